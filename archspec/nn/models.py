@@ -1,0 +1,114 @@
+"""The decoder-only language model: embeddings -> blocks -> final norm -> head, plus its KV cache and masks."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archspec.nn.cache import KVCache, LayerKVCache
+from archspec.nn.masks import additive_mask, causal_mask
+from archspec.nn.positions import alibi_bias
+from archspec.nn.rope import RotaryEmbedding
+
+
+@dataclass
+class LMOutput:
+    """What a forward pass returns: logits [batch, seq, vocab], and the loss when labels were given."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class DecoderLM(nn.Module):
+    """A causal decoder LM. Receives its parts ready-made; `windows[i]` is layer i's sliding window or None.
+
+    Positions are `cache.length + arange(seq)` for every row. Masks are built once per forward, one per distinct
+    window, and shared by the layers; without a cache, window or ALiBi none is built and SDPA's causal fast path
+    runs.
+    """
+
+    def __init__(
+        self,
+        embed: nn.Embedding,
+        layers: list[nn.Module],
+        final_norm: nn.Module,
+        lm_head: nn.Linear,
+        *,
+        windows: list[int | None],
+        kv_heads: int,
+        head_dim: int,
+        context_length: int,
+        pos_embed: nn.Embedding | None = None,
+        embed_norm: nn.Module | None = None,
+        rotary: RotaryEmbedding | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+        tied: bool = False,
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.pos_embed = pos_embed
+        self.embed_norm = embed_norm or nn.Identity()
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
+        self.lm_head = lm_head
+        if tied:
+            self.lm_head.weight = self.embed.weight
+        self.rotary = rotary
+        if alibi_slopes is not None:
+            self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
+        else:
+            self.alibi_slopes = None
+        self.windows = windows
+        self.kv_heads, self.head_dim, self.context_length = kv_heads, head_dim, context_length
+
+    def forward(self, input_ids: torch.Tensor, *, cache: KVCache | None = None, labels: torch.Tensor | None = None) -> LMOutput:
+        batch, seq = input_ids.shape
+        past = cache.length if cache is not None else 0
+        positions = torch.arange(past, past + seq, device=input_ids.device)
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        x = self.embed_norm(x)
+        rope = self.rotary(positions, past + seq, x.dtype) if self.rotary is not None else None
+        masks = self._masks(positions, cache, x.dtype)
+        for index, layer in enumerate(self.layers):
+            layer_cache = cache.layers[index] if cache is not None else None
+            x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
+        if cache is not None:
+            cache.length = past + seq
+        logits = self.lm_head(self.final_norm(x))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return LMOutput(logits=logits, loss=loss)
+
+    def _masks(self, positions: torch.Tensor, cache: KVCache | None, dtype: torch.dtype) -> dict[int | None, torch.Tensor | None]:
+        distinct = set(self.windows)
+        if cache is None and self.alibi_slopes is None and distinct == {None}:
+            return {None: None}
+        key_positions = torch.arange(cache.max_len if cache is not None else positions.shape[0], device=positions.device)
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for window in distinct:
+            allowed = causal_mask(positions, key_positions, window)
+            if self.alibi_slopes is not None:
+                masks[window] = additive_mask(allowed, alibi_bias(self.alibi_slopes, key_positions), dtype)
+            else:
+                masks[window] = allowed
+        return masks
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | None = None) -> KVCache:
+        """An empty static cache for `batch` sequences of up to `max_len` positions."""
+        reference = self.embed.weight
+        layers = [
+            LayerKVCache(batch, self.kv_heads, max_len, self.head_dim, dtype or reference.dtype, device or reference.device)
+            for _ in self.layers
+        ]
+        return KVCache(layers)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
+        """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`."""
+        from archspec.nn.generate import generate
+
+        return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]

@@ -1,0 +1,22 @@
+"""Normalisation layers. LayerNorm is `torch.nn.LayerNorm`; RMSNorm is written out because its cast order matters."""
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 and cast back *before* the weight multiply.
+
+    That cast order is LLaMA's and T5's (and what their half-precision checkpoints were trained with), which is
+    why this is not `torch.nn.RMSNorm`. Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)

@@ -1,0 +1,145 @@
+"""Rotary position embedding (Su et al. 2021, https://arxiv.org/abs/2104.09864) and its context-extension scalings.
+
+Each head's first `rotary_dim` dims rotate in pairs by angle `position * inv_freq[k]`; the rest pass through.
+Two pairings exist: *half* pairs dim k with k + r/2 (GPT-NeoX, LLaMA in HF layout), *interleaved* pairs 2k with
+2k+1 (GPT-J, GLM). The frequency functions below follow the formulas of each scaling's paper and are computed in
+float32 in the same order as the reference implementations, so the tables match bit for bit.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+def rope_frequencies(rotary_dim: int, theta: float) -> torch.Tensor:
+    """inv_freq[k] = theta^(-2k / rotary_dim), k = 0 .. rotary_dim/2 - 1."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float32) / rotary_dim
+    return 1.0 / (theta**exponents)
+
+
+def linear_scaled_frequencies(rotary_dim: int, theta: float, factor: float) -> torch.Tensor:
+    """Position interpolation (Chen et al. 2023): every frequency divided by `factor`."""
+    return rope_frequencies(rotary_dim, theta) / factor
+
+
+def dynamic_ntk_theta(theta: float, factor: float, seq_len: int, context_length: int, rotary_dim: int) -> float:
+    """Dynamic NTK: theta' = theta * (factor * L / L_max - (factor - 1)) ^ (d / (d - 2)) once L exceeds L_max."""
+    seq_len = max(seq_len, context_length)
+    return theta * ((factor * seq_len / context_length) - (factor - 1)) ** (rotary_dim / (rotary_dim - 2))
+
+
+def llama3_scaled_frequencies(
+    rotary_dim: int, theta: float, factor: float, low_freq_factor: float, high_freq_factor: float, original_context: int
+) -> torch.Tensor:
+    """LLaMA 3.1: wavelengths above L0/low are divided by `factor`, below L0/high kept, smoothly blended between.
+
+    With s = (L0 / wavelength - low) / (high - low): inv_freq = (1 - s) * inv_freq / factor + s * inv_freq.
+    """
+    inv_freq = rope_frequencies(rotary_dim, theta)
+    wavelength = 2 * math.pi / inv_freq
+    low_freq_wavelength = original_context / low_freq_factor
+    high_freq_wavelength = original_context / high_freq_factor
+    scaled = torch.where(wavelength > low_freq_wavelength, inv_freq / factor, inv_freq)
+    smooth = (original_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelength < high_freq_wavelength) * ~(wavelength > low_freq_wavelength)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def yarn_scaled_frequencies(
+    rotary_dim: int,
+    theta: float,
+    factor: float,
+    original_context: int,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    truncate: bool = True,
+) -> torch.Tensor:
+    """YaRN (Peng et al. 2023, https://arxiv.org/abs/2309.00071): NTK-by-parts interpolation.
+
+    Dims that rotate more than beta_fast times over L0 extrapolate (keep their frequency), dims that rotate fewer
+    than beta_slow times interpolate (frequency / factor), with a linear ramp between. The correction dim of r
+    rotations is d * ln(L0 / (2 pi r)) / (2 ln theta).
+    """
+
+    def correction_dim(rotations: float) -> float:
+        return rotary_dim * math.log(original_context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = torch.clamp((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    position_freqs = theta ** (torch.arange(0, rotary_dim, 2).to(torch.float32) / rotary_dim)
+    extrapolation = 1 - ramp
+    return (1.0 / (factor * position_freqs)) * (1 - extrapolation) + (1.0 / position_freqs) * extrapolation
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature: 0.1 * mscale * ln(factor) + 1 (1 when factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_attention_factor(
+    factor: float, mscale: float | None = None, mscale_all_dim: float | None = None, explicit: float | None = None
+) -> float:
+    """Multiplier of cos and sin: the explicit value, DeepSeek's mscale ratio, or yarn_mscale(factor)."""
+    if explicit is not None:
+        return explicit
+    if mscale and mscale_all_dim:
+        return yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+    return yarn_mscale(factor)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the given positions, already laid out for the pairing (half or interleaved).
+
+    `dynamic_ntk = (theta, factor, context_length)` recomputes the frequencies when the sequence grows past the
+    context length (dynamic NTK scaling); otherwise the frequencies are a fixed buffer.
+    """
+
+    def __init__(
+        self,
+        inv_freq: torch.Tensor,
+        attention_factor: float = 1.0,
+        interleaved: bool = False,
+        dynamic_ntk: tuple[float, float, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
+        self.rotary_dim = 2 * inv_freq.shape[0]
+        self.attention_factor = attention_factor
+        self.interleaved = interleaved
+        self.dynamic_ntk = dynamic_ntk
+
+    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [..., S] integer positions; seq_len: the largest position + 1 (for dynamic NTK)."""
+        inv_freq = self.inv_freq
+        if self.dynamic_ntk is not None and seq_len > self.dynamic_ntk[2]:
+            theta, factor, context_length = self.dynamic_ntk
+            scaled_theta = dynamic_ntk_theta(theta, factor, seq_len, context_length, self.rotary_dim)
+            inv_freq = rope_frequencies(self.rotary_dim, scaled_theta).to(inv_freq.device)
+        freqs = positions[..., None].float() * inv_freq
+        if self.interleaved:
+            angles = freqs.repeat_interleave(2, dim=-1)
+        else:
+            angles = torch.cat((freqs, freqs), dim=-1)
+        cos = angles.cos() * self.attention_factor
+        sin = angles.sin() * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of x ([batch, heads, seq, head_dim]); cos/sin: [(batch,) seq, r]."""
+    rotary_dim = cos.shape[-1]
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    if interleaved:
+        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        half = rotary_dim // 2
+        rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)

@@ -1,0 +1,206 @@
+"""Load a spec from YAML: safe loading, `extends:` chains, shorthands, and errors with file:line: key.path.
+
+Line numbers come from the YAML node marks: the document is composed into nodes once, constructed with
+PyYAML's *safe* constructor, and every key path is remembered with the file and line that set it. After
+`extends` merging, a key path points at whichever file last set it, so an error in an inherited value names the
+parent file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from archspec.spec.errors import SpecError, SpecIssue
+from archspec.spec.schema import Spec
+
+KeyPath = tuple[str | int, ...]
+Origins = dict[KeyPath, tuple[str, int]]
+
+SHORTHAND_KEYS: tuple[KeyPath, ...] = (("norm",), ("position",), ("block",), ("position", "scaling"))
+"""Keys whose value may be a bare `kind` string; expanded before merging so `extends` can override one field."""
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, merge and validate a spec file. Raises `SpecError` listing every problem with file and line."""
+    data, origins = load_yaml_tree(Path(path))
+    return validate_spec(data, origins, default_file=str(path))
+
+
+def spec_from_dict(data: dict[str, Any], source: str = "<dict>") -> Spec:
+    """Validate a spec given as plain data (no `extends`), with the same error reporting as files."""
+    data = dict(data)
+    _expand_shorthands(data)
+    return validate_spec(data, {}, default_file=source)
+
+
+def load_yaml_tree(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Origins]:
+    """The merged data of `path` and its `extends` chain, and where each key path was set."""
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise SpecError([SpecIssue(("extends",), f"extends cycle: {cycle}", "remove one link", str(path))])
+    if not path.is_file():
+        raise SpecError([SpecIssue((), "file not found", "check the path", str(path))])
+    data, origins = _parse_file(path)
+    parent_ref = data.pop("extends", None)
+    if parent_ref is None:
+        return data, origins
+    where = origins.get(("extends",), (str(path), 0))
+    if not isinstance(parent_ref, str):
+        raise SpecError([SpecIssue(("extends",), "must be a relative file path", "", *where)])
+    parent_path = path.parent / parent_ref
+    if not parent_path.is_file():
+        raise SpecError(
+            [SpecIssue(("extends",), f"file not found: {parent_path}", "paths are relative to this file", *where)]
+        )
+    parent_data, parent_origins = load_yaml_tree(parent_path, (*_chain, resolved))
+    return deep_merge(parent_data, data), {**parent_origins, **origins}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; any other value in `override` replaces the one in `base`."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def validate_spec(data: Any, origins: Origins, default_file: str) -> Spec:
+    """Validate merged data; translate pydantic's errors into located `SpecIssue`s."""
+    if not isinstance(data, dict):
+        raise SpecError([SpecIssue((), "a spec must be a mapping of keys to values", "", default_file, 1)])
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for error in exc.errors():
+            for issue in _issues_from_error(error, data):
+                file, line = _locate(issue.path, origins, default_file)
+                issues.append(SpecIssue(issue.path, issue.message, issue.hint, file, line))
+        raise SpecError(issues) from None
+
+
+# ------------------------------------------------------------------------------------------ internals
+def _parse_file(path: Path) -> tuple[dict[str, Any], Origins]:
+    text = path.read_text(encoding="utf-8")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise SpecError([SpecIssue((), "the file is empty", "", str(path), 1)])
+        origins: Origins = {}
+        duplicates: list[SpecIssue] = []
+        _record_origins(node, (), str(path), origins, duplicates)
+        if duplicates:
+            raise SpecError(duplicates)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        message = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
+        raise SpecError([SpecIssue((), f"invalid YAML: {message}", "check indentation and quoting", str(path), line)]) from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise SpecError([SpecIssue((), "a spec must be a mapping of keys to values", "", str(path), 1)])
+    _expand_shorthands(data)
+    return data, origins
+
+
+def _record_origins(node: yaml.Node, path: KeyPath, file: str, origins: Origins, duplicates: list[SpecIssue]) -> None:
+    origins[path] = (file, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                duplicates.append(
+                    SpecIssue((*path, key), "duplicate key", "YAML would silently keep the last one", file, key_node.start_mark.line + 1)
+                )
+            seen.add(key)
+            origins[(*path, key)] = (file, key_node.start_mark.line + 1)
+            _record_origins_children(value_node, (*path, key), file, origins, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_origins(item, (*path, index), file, origins, duplicates)
+
+
+def _record_origins_children(node: yaml.Node, path: KeyPath, file: str, origins: Origins, duplicates: list[SpecIssue]) -> None:
+    # The key's own line stays the origin of `path`; only its children are recorded from the value node.
+    line = origins[path]
+    _record_origins(node, path, file, origins, duplicates)
+    origins[path] = line
+
+
+def _expand_shorthands(data: dict[str, Any]) -> None:
+    for key_path in SHORTHAND_KEYS:
+        parent: Any = data
+        for key in key_path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        last = key_path[-1]
+        if isinstance(parent, dict) and isinstance(parent.get(last), str):
+            parent[last] = {"kind": parent[last]}
+
+
+def _issues_from_error(error: dict[str, Any], data: dict[str, Any]) -> list[SpecIssue]:
+    if error["type"] == "consistency":
+        return list(error["ctx"]["issues"])
+    path = _data_path(error["loc"], data)
+    message = error["msg"]
+    hint = ""
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+        close = difflib.get_close_matches(str(path[-1]), _all_field_names(), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see `archspec schema` for the allowed keys"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    elif error["type"] in ("union_tag_invalid", "literal_error"):
+        hint = "allowed: " + str(error.get("ctx", {}).get("expected_tags") or error.get("ctx", {}).get("expected", ""))
+    return [SpecIssue(path, message, hint)]
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> KeyPath:
+    """Pydantic's loc with union tags and validator names dropped: the path as the user wrote it."""
+    path: list[str | int] = []
+    node = data
+    for index, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif index == len(loc) - 1 and isinstance(part, str) and (node is None or isinstance(node, dict)):
+            path.append(part)  # a missing key: the path where it should be
+    return tuple(path)
+
+
+def _locate(path: KeyPath, origins: Origins, default_file: str) -> tuple[str, int | None]:
+    for end in range(len(path), -1, -1):
+        if path[:end] in origins:
+            return origins[path[:end]]
+    return default_file, None
+
+
+def _all_field_names() -> list[str]:
+    names: set[str] = set()
+
+    def walk(schema: Any) -> None:
+        if isinstance(schema, dict):
+            names.update(schema.get("properties", {}).keys())
+            for value in schema.values():
+                walk(value)
+        elif isinstance(schema, list):
+            for value in schema:
+                walk(value)
+
+    walk(Spec.model_json_schema())
+    return sorted(names)

@@ -1,0 +1,269 @@
+"""The spec vocabulary: pydantic models that read like one row of an architecture table.
+
+Every field carries a description, so `archspec schema` documents itself. Unknown keys are errors
+(`extra="forbid"`). Sections that have a `kind` accept a bare string as shorthand (`norm: rmsnorm`).
+Optional numbers that have a natural default derived from other fields (`kv_heads`, `head_dim`, the norm
+`bias`) are filled in after validation, so a validated `Spec` is always *resolved*: two specs that build the
+same model compare equal field by field, which is what `archspec diff` relies on.
+
+Cross-field rules (heads divisible by kv_heads, even rotary dims, ...) live in `archspec.spec.rules`, which
+reports every problem with the key path it belongs to.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+def kind_shorthand(value: Any) -> Any:
+    """`"rmsnorm"` -> `{"kind": "rmsnorm"}`: lets a section with a `kind` be written as one word."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
+def bool_for_all_projections(value: Any) -> Any:
+    """`bias: true` -> the same flag for q, k, v and o."""
+    return {"q": value, "k": value, "v": value, "o": value} if isinstance(value, bool) else value
+
+
+class Section(BaseModel):
+    """Base of every spec section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+# ----------------------------------------------------------------------------------------------- norms
+class NormSpec(Section):
+    kind: Literal["rmsnorm", "layernorm"] = Field(
+        "rmsnorm", description="rmsnorm: x / rms(x) * w (LLaMA, T5); layernorm: (x - mean) / std * w + b."
+    )
+    eps: float = Field(1e-5, gt=0, description="Added to the variance before the square root.")
+    bias: bool | None = Field(
+        None, description="LayerNorm only: learn an additive bias (default true for layernorm, false for rmsnorm)."
+    )
+
+    @model_validator(mode="after")
+    def _default_bias(self) -> NormSpec:
+        if self.bias is None:
+            self.bias = self.kind == "layernorm"
+        return self
+
+
+# ------------------------------------------------------------------------------------------- attention
+class ProjectionBias(Section):
+    q: bool = Field(False, description="Bias on the query projection.")
+    k: bool = Field(False, description="Bias on the key projection.")
+    v: bool = Field(False, description="Bias on the value projection.")
+    o: bool = Field(False, description="Bias on the output projection.")
+
+
+class AttentionSpec(Section):
+    kind: Literal["mha"] = Field(
+        "mha", description="Multi-head attention with kv_heads key/value heads (MHA, GQA or MQA)."
+    )
+    heads: int = Field(gt=0, description="Number of query heads.")
+    kv_heads: int | None = Field(
+        None, gt=0, description="Key/value heads: = heads is MHA, 1 is MQA, in between is GQA. Default: heads."
+    )
+    head_dim: int | None = Field(
+        None, gt=0, description="Width of one head. Default: d_model / heads (Qwen3 and GLM set it explicitly)."
+    )
+    bias: Annotated[ProjectionBias, BeforeValidator(bool_for_all_projections)] = Field(
+        default_factory=ProjectionBias,
+        description="Projection biases: one flag for all, or {q, k, v, o} separately (Qwen2: q/k/v only).",
+    )
+    qk_norm: bool = Field(False, description="Per-head RMSNorm of q and k before RoPE (Qwen3).")
+    window: int | None = Field(
+        None, gt=0, description="Sliding window: a query sees itself and the window-1 keys before it (Mistral)."
+    )
+    window_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="Layers that use the sliding window (default: all layers when window is set)."
+    )
+    scale: float | None = Field(
+        None, gt=0, description="Multiplier of q.k before the softmax. Default: head_dim ** -0.5."
+    )
+
+
+# ------------------------------------------------------------------------------------------- positions
+class LinearScaling(Section):
+    kind: Literal["linear"]
+    factor: float = Field(gt=0, description="Positions are divided by this factor (position interpolation).")
+
+
+class DynamicScaling(Section):
+    kind: Literal["dynamic"]
+    factor: float = Field(gt=0, description="Dynamic NTK: theta grows once the sequence exceeds context_length.")
+
+
+class Llama3Scaling(Section):
+    kind: Literal["llama3"]
+    factor: float = Field(gt=0, description="Interpolation factor for the low-frequency band.")
+    low_freq_factor: float = Field(1.0, gt=0, description="Wavelengths above original_context/low_freq_factor are scaled.")
+    high_freq_factor: float = Field(4.0, gt=0, description="Wavelengths below original_context/high_freq_factor are kept.")
+    original_context: int = Field(gt=0, description="Context length the model was pre-trained with.")
+
+
+class YarnScaling(Section):
+    kind: Literal["yarn"]
+    factor: float = Field(gt=0, description="Context extension factor.")
+    original_context: int = Field(gt=0, description="Context length the model was pre-trained with.")
+    beta_fast: float = Field(32.0, gt=0, description="Rotations above which dimensions extrapolate.")
+    beta_slow: float = Field(1.0, gt=0, description="Rotations below which dimensions interpolate.")
+    mscale: float | None = Field(None, description="DeepSeek's attention-temperature numerator (with mscale_all_dim).")
+    mscale_all_dim: float | None = Field(None, description="DeepSeek's attention-temperature denominator.")
+    attention_factor: float | None = Field(
+        None, gt=0, description="Explicit multiplier of cos and sin. Default: 0.1 ln(factor) + 1."
+    )
+    truncate: bool = Field(True, description="Round the correction range to whole dimensions (the YaRN paper does).")
+
+
+RopeScaling = Annotated[
+    Union[LinearScaling, DynamicScaling, Llama3Scaling, YarnScaling], Field(discriminator="kind")
+]
+
+
+class RopeSpec(Section):
+    kind: Literal["rope"]
+    theta: float = Field(10000.0, gt=0, description="Base of the rotary frequencies.")
+    fraction: float = Field(
+        1.0, gt=0, le=1, description="Fraction of each head's dims that rotate (GPT-NeoX 0.25, GLM 0.5)."
+    )
+    pairing: Literal["half", "interleaved"] = Field(
+        "half",
+        description="half: dims (k, k + r/2) rotate together (LLaMA/NeoX); interleaved: (2k, 2k+1) (GPT-J/GLM).",
+    )
+    scaling: Annotated[RopeScaling | None, BeforeValidator(kind_shorthand)] = Field(
+        None, description="Context-extension scaling of the frequencies: linear, dynamic, llama3 or yarn."
+    )
+
+
+class AlibiSpec(Section):
+    kind: Literal["alibi"]
+
+
+class LearnedPositionSpec(Section):
+    kind: Literal["learned"]
+
+
+class NoPositionSpec(Section):
+    kind: Literal["none"]
+
+
+PositionSpec = Annotated[
+    Union[RopeSpec, AlibiSpec, LearnedPositionSpec, NoPositionSpec], Field(discriminator="kind")
+]
+
+
+# ---------------------------------------------------------------------------------------- block, mlp
+class BlockSpec(Section):
+    kind: Literal["pre-norm", "post-norm", "parallel", "sandwich"] = Field(
+        "pre-norm",
+        description=(
+            "pre-norm: x + f(norm(x)); post-norm: norm(x + f(x)) (original GPT); parallel: attention and MLP "
+            "read the same input and both add to it (GPT-J, NeoX, Falcon); sandwich: pre-norm plus a norm on "
+            "each sublayer's output (GLM-4-0414)."
+        ),
+    )
+    parallel_norms: Literal[1, 2] = Field(
+        1, description="parallel only: 1 norm shared by attention and MLP (Falcon-7B), or 2 (NeoX, Falcon-40B)."
+    )
+    residual_from_norm: bool = Field(
+        False, description="pre-norm only: the residual branch starts from the normed input (BLOOM option)."
+    )
+
+
+Activation = Literal["relu", "gelu", "gelu-tanh", "silu", "swiglu", "geglu", "geglu-tanh", "reglu"]
+
+GATED_ACTIVATIONS: dict[str, str] = {"swiglu": "silu", "geglu": "gelu", "geglu-tanh": "gelu-tanh", "reglu": "relu"}
+"""Gated MLP activations and the activation applied to their gate: down(act(gate x) * up x)."""
+
+
+class MlpSpec(Section):
+    activation: Activation = Field(
+        description=(
+            "relu, gelu (exact erf), gelu-tanh (tanh approximation: GPT-2's gelu_new, BLOOM), silu; gated: "
+            "swiglu, geglu, geglu-tanh, reglu."
+        )
+    )
+    d_ff: int = Field(gt=0, description="Hidden width of the MLP (of each of gate and up when gated).")
+    bias: bool = Field(False, description="Biases on the MLP projections.")
+
+
+class EmbeddingSpec(Section):
+    tied: bool = Field(False, description="The output head reuses the token-embedding matrix.")
+    norm: bool = Field(False, description="A norm (of the spec's norm kind) right after the embedding (BLOOM).")
+
+
+class TokenSpec(Section):
+    bos: int | None = Field(None, ge=0, description="Beginning-of-sequence token id.")
+    eos: int | None = Field(None, ge=0, description="End-of-sequence token id: generate() stops there.")
+    pad: int | None = Field(None, ge=0, description="Padding token id (generate() pads finished rows with it).")
+
+
+# ------------------------------------------------------------------------------------------------ spec
+class Spec(Section):
+    """One architecture, exactly. See DESIGN.md section 4 and docs/spec.md for the vocabulary."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Identifier: letters, digits, '.', '_' and '-'.")
+    description: str = Field("", description="One line on what this is and where its numbers come from.")
+    structure: Literal["decoder"] = Field("decoder", description="decoder: a causal decoder-only LM.")
+    vocab_size: int = Field(gt=0, description="Rows of the token embedding.")
+    d_model: int = Field(gt=0, description="Width of the residual stream.")
+    n_layers: int = Field(gt=0, description="Number of blocks.")
+    context_length: int = Field(gt=0, description="Maximum positions (size of the learned table, RoPE's L_max).")
+    attention: AttentionSpec
+    position: Annotated[PositionSpec, BeforeValidator(kind_shorthand)] = Field(
+        description="rope, alibi, learned (absolute table) or none."
+    )
+    norm: Annotated[NormSpec, BeforeValidator(kind_shorthand)] = Field(
+        default_factory=NormSpec, description="The norm used everywhere (blocks, final, embedding, qk-norm eps)."
+    )
+    block: Annotated[BlockSpec, BeforeValidator(kind_shorthand)] = Field(
+        default_factory=BlockSpec, description="Residual layout of a block."
+    )
+    mlp: MlpSpec
+    embeddings: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
+    tokens: TokenSpec = Field(default_factory=TokenSpec)
+
+    @model_validator(mode="after")
+    def _resolve_and_check(self) -> Spec:
+        from archspec.spec.rules import consistency_issues
+
+        attn = self.attention
+        if attn.kv_heads is None:
+            attn.kv_heads = attn.heads
+        if attn.head_dim is None and self.d_model % attn.heads == 0:
+            attn.head_dim = self.d_model // attn.heads
+        issues = consistency_issues(self)
+        if issues:
+            text = "; ".join(f"{'.'.join(map(str, i.path))}: {i.message}" for i in issues)
+            raise PydanticCustomError("consistency", "{text}", {"text": text, "issues": issues})
+        return self
+
+    # Derived numbers the compiler and analysis share, so no one recomputes them differently.
+    @property
+    def head_dim(self) -> int:
+        assert self.attention.head_dim is not None  # filled in by validation
+        return self.attention.head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        assert self.attention.kv_heads is not None
+        return self.attention.kv_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each head that RoPE rotates (0 without RoPE)."""
+        if not isinstance(self.position, RopeSpec):
+            return 0
+        return int(self.head_dim * self.position.fraction)
+
+    def window_for_layer(self, layer: int) -> int | None:
+        attn = self.attention
+        if attn.window is None or (attn.window_layers is not None and layer not in attn.window_layers):
+            return None
+        return attn.window
