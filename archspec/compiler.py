@@ -49,6 +49,17 @@ def build(spec: Spec, *, device: str | torch.device | None = None, dtype: torch.
     return model
 
 
+def materialize_buffers(model: DecoderLM, device: torch.device | str) -> None:
+    """Recompute the non-learned buffers (RoPE frequencies, ALiBi slopes) of a model built on the meta device
+    whose parameters were then assigned real tensors (e.g. by `load_hf_weights`)."""
+    spec: Spec = model.spec  # type: ignore[assignment]
+    with torch.device(device):
+        if model.rotary is not None:
+            model.rotary = _rotary(spec)
+        if model.alibi_slopes is not None:
+            model.alibi_slopes = alibi_slopes(spec.attention.heads).to(device)
+
+
 def init_weights(model: nn.Module, std: float = 0.02) -> None:
     """GPT-2-style initialisation: N(0, std) for matrices and embeddings, zero biases, unit norm weights."""
     for module in model.modules():

@@ -1,2 +1,607 @@
-def spec_from_hf(path): raise NotImplementedError
-def load_hf_weights(model, path): raise NotImplementedError
+"""Hugging Face interop: `config.json` -> Spec, and checkpoint tensors -> archspec's uniform state-dict names.
+
+Everything peculiar to a `transformers` checkpoint lives here and nowhere else: per-family config keys and their
+class defaults, legacy RoPE fields (`rope_theta` / `rope_scaling` of 4.x next to 5.x's `rope_parameters`), key
+names, fused-QKV layouts and GPT-2's Conv1D transposes. Matched against transformers 5.23.0
+(`models/<family>/configuration_<family>.py`, `modeling_<family>.py`, `modeling_rope_utils.py`); see
+/shared/reference/hf_parity_map.md for the formulas.
+
+archspec itself does not need `transformers`: configs are read as JSON and tensors with safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from archspec.spec.errors import ArchspecError, WeightLoadError
+from archspec.spec.loader import spec_from_dict
+from archspec.spec.schema import NAME_PATTERN, Spec
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "bloom", "falcon", "glm", "glm4", "gpt_neox")
+
+# Class defaults of the transformers 5.23.0 config classes, for keys a config.json may leave out.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False, hidden_act="silu",
+                  attention_bias=False, mlp_bias=False, rope_theta=10000.0, bos_token_id=1, eos_token_id=2),
+    "mistral": dict(rms_norm_eps=1e-6, max_position_embeddings=131072, tie_word_embeddings=False, hidden_act="silu",
+                    num_key_value_heads=8, sliding_window=4096, rope_theta=10000.0, bos_token_id=1, eos_token_id=2),
+    "qwen2": dict(rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False, hidden_act="silu",
+                  use_sliding_window=False, sliding_window=None, max_window_layers=28, rope_theta=10000.0),
+    "qwen3": dict(rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False, hidden_act="silu",
+                  head_dim=128, attention_bias=False, use_sliding_window=False, sliding_window=None,
+                  max_window_layers=28, rope_theta=10000.0),
+    "gpt2": dict(n_positions=1024, n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                 tie_word_embeddings=True, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+                 bos_token_id=50256, eos_token_id=50256),
+    "bloom": dict(layer_norm_epsilon=1e-5, apply_residual_connection_post_layernorm=False, tie_word_embeddings=True,
+                  bos_token_id=1, eos_token_id=2, seq_length=2048),
+    "falcon": dict(num_ln_in_parallel_attn=None, layer_norm_epsilon=1e-5, alibi=False, new_decoder_architecture=False,
+                   multi_query=True, parallel_attn=True, bias=False, max_position_embeddings=2048, ffn_hidden_size=None,
+                   activation="gelu", tie_word_embeddings=True, rope_theta=10000.0, bos_token_id=11, eos_token_id=11),
+    "gpt_neox": dict(hidden_act="gelu", max_position_embeddings=2048, layer_norm_eps=1e-5, tie_word_embeddings=False,
+                     use_parallel_residual=True, attention_bias=True, rope_theta=10000.0, partial_rotary_factor=0.25,
+                     bos_token_id=0, eos_token_id=2),
+    "glm": dict(num_key_value_heads=2, head_dim=128, hidden_act="silu", max_position_embeddings=131072,
+                rms_norm_eps=1.5625e-07, tie_word_embeddings=False, attention_bias=True, rope_theta=10000.0,
+                partial_rotary_factor=0.5),
+}
+_DEFAULTS["glm4"] = _DEFAULTS["glm"]
+
+_GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu-tanh", "gelu_new": "geglu-tanh", "relu": "reglu"}
+_PLAIN = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh",
+          "gelu_fast": "gelu-tanh", "relu": "relu"}
+
+
+class UnsupportedConfigError(ArchspecError):
+    """A config.json whose model type or options archspec cannot express exactly."""
+
+
+# ============================================================================================ config -> spec
+def read_hf_config(source: str | Path | dict[str, Any]) -> dict[str, Any]:
+    """The config dict of a model directory (its config.json), a config.json path, or a dict."""
+    if isinstance(source, dict):
+        return dict(source)
+    path = Path(source)
+    path = path / "config.json" if path.is_dir() else path
+    if not path.is_file():
+        raise ArchspecError(f"{path}: no config.json here (expected a Hugging Face model directory)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArchspecError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+
+
+def spec_from_hf(source: str | Path | dict[str, Any], name: str | None = None) -> Spec:
+    """The spec of a Hugging Face model directory (config.json) or config dict.
+
+    Reads both the 5.x `rope_parameters` field and the 4.x `rope_theta` / `rope_scaling` fields.
+    """
+    config = read_hf_config(source)
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedConfigError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    get = _Getter(config, _DEFAULTS[model_type])
+    data = _CONVERTERS[model_type](get)
+    data["name"] = name or _spec_name(source, config)
+    data["description"] = f"imported from a transformers '{model_type}' config"
+    data["tokens"] = _tokens(get)
+    return spec_from_dict(data, source=str(source) if not isinstance(source, dict) else "<hf config>")
+
+
+@dataclass
+class _Getter:
+    """config[key], falling back to the config class default; `require` raises a clear error when absent."""
+
+    config: dict[str, Any]
+    defaults: dict[str, Any]
+
+    def __call__(self, key: str, default: Any = None) -> Any:
+        if key in self.config:
+            return self.config[key]
+        return self.defaults.get(key, default)
+
+    def require(self, key: str) -> Any:
+        if key not in self.config:
+            raise UnsupportedConfigError(f"config.json has no {key!r}")
+        return self.config[key]
+
+
+def _spec_name(source: Any, config: dict[str, Any]) -> str:
+    raw = config.get("_name_or_path") or (Path(source).name if not isinstance(source, dict) else "") or config["model_type"]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(raw).split("/")[-1]).strip("-._")
+    return cleaned if re.match(NAME_PATTERN, cleaned or "") else f"{config['model_type']}-import"
+
+
+def _tokens(get: _Getter) -> dict[str, Any]:
+    def one(value: Any) -> Any:
+        return value if value is None or isinstance(value, int) else list(value)
+
+    return {"bos": one(get("bos_token_id")), "eos": one(get("eos_token_id")), "pad": one(get("pad_token_id"))}
+
+
+def _rope(get: _Getter, fraction: float | None = None, pairing: str = "half") -> dict[str, Any]:
+    """The `position` section from 5.x rope_parameters or 4.x rope_theta / rope_scaling / rotary_pct."""
+    params = dict(get.config.get("rope_scaling") or {})
+    params.update(get.config.get("rope_parameters") or {})
+    theta = params.get("rope_theta", get.config.get("rope_theta", get.config.get("rotary_emb_base", get("rope_theta"))))
+    if fraction is None:
+        fraction = params.get(
+            "partial_rotary_factor", get.config.get("partial_rotary_factor", get.config.get("rotary_pct", get("partial_rotary_factor", 1.0)))
+        )
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    position: dict[str, Any] = {"kind": "rope", "theta": float(theta), "fraction": float(fraction), "pairing": pairing}
+    max_positions = get("max_position_embeddings")
+    original = params.get("original_max_position_embeddings", get.config.get("original_max_position_embeddings", max_positions))
+    if rope_type == "default":
+        pass
+    elif rope_type in ("linear", "dynamic"):
+        position["scaling"] = {"kind": rope_type, "factor": float(params["factor"])}
+    elif rope_type == "llama3":
+        position["scaling"] = {
+            "kind": "llama3",
+            "factor": float(params["factor"]),
+            "low_freq_factor": float(params["low_freq_factor"]),
+            "high_freq_factor": float(params["high_freq_factor"]),
+            "original_context": int(original),
+        }
+    elif rope_type == "yarn":
+        factor = params.get("factor") or max_positions / original
+        scaling: dict[str, Any] = {"kind": "yarn", "factor": float(factor), "original_context": int(original)}
+        for key in ("mscale", "mscale_all_dim", "attention_factor"):
+            if params.get(key) is not None:
+                scaling[key] = float(params[key])
+        scaling["beta_fast"] = float(params.get("beta_fast") or 32)
+        scaling["beta_slow"] = float(params.get("beta_slow") or 1)
+        scaling["truncate"] = bool(params.get("truncate", True))
+        position["scaling"] = scaling
+    else:
+        raise UnsupportedConfigError(f"rope_type {rope_type!r} is not supported (default, linear, dynamic, llama3, yarn)")
+    return position
+
+
+def _llama_like(get: _Getter, *, bias: dict[str, bool], qk_norm: bool = False) -> dict[str, Any]:
+    heads = get.require("num_attention_heads")
+    hidden = get.require("hidden_size")
+    activation = get("hidden_act")
+    if activation not in _GATED:
+        raise UnsupportedConfigError(f"hidden_act {activation!r} is not supported for a gated MLP")
+    return {
+        "vocab_size": get.require("vocab_size"),
+        "d_model": hidden,
+        "n_layers": get.require("num_hidden_layers"),
+        "context_length": get("max_position_embeddings"),
+        "attention": {
+            "heads": heads,
+            "kv_heads": get("num_key_value_heads") or heads,
+            "head_dim": get.config.get("head_dim") or get.defaults.get("head_dim") or hidden // heads,
+            "bias": bias,
+            "qk_norm": qk_norm,
+        },
+        "position": _rope(get, fraction=1.0),
+        "norm": {"kind": "rmsnorm", "eps": get("rms_norm_eps")},
+        "block": "pre-norm",
+        "mlp": {"activation": _GATED[activation], "d_ff": get.require("intermediate_size"), "bias": bool(get("mlp_bias", False))},
+        "embeddings": {"tied": bool(get("tie_word_embeddings"))},
+    }
+
+
+def _sliding_layers(get: _Getter, data: dict[str, Any]) -> None:
+    """Qwen2/3: layer_types, or use_sliding_window + max_window_layers (layers >= it slide)."""
+    window = get("sliding_window") if get("use_sliding_window") else None
+    layer_types = get.config.get("layer_types")
+    if layer_types and "sliding_attention" in layer_types:
+        window = window or get.config.get("sliding_window")
+        layers = [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
+    elif window is not None:
+        layers = list(range(get("max_window_layers"), data["n_layers"]))
+    else:
+        return
+    if layers:
+        data["attention"]["window"] = window
+        if len(layers) < data["n_layers"]:
+            data["attention"]["window_layers"] = layers
+
+
+def _from_llama(get: _Getter) -> dict[str, Any]:
+    params = get.config.get("rope_parameters") or get.config.get("rope_scaling") or {}
+    if float(params.get("partial_rotary_factor", get.config.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise UnsupportedConfigError("llama with partial_rotary_factor != 1 (transformers applies it inconsistently)")
+    flag = bool(get("attention_bias"))
+    return _llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": flag})
+
+
+def _from_mistral(get: _Getter) -> dict[str, Any]:
+    data = _llama_like(get, bias={"q": False, "k": False, "v": False, "o": False})
+    if get("sliding_window") is not None:
+        data["attention"]["window"] = get("sliding_window")
+    return data
+
+
+def _from_qwen2(get: _Getter) -> dict[str, Any]:
+    data = _llama_like(get, bias={"q": True, "k": True, "v": True, "o": False})
+    _sliding_layers(get, data)
+    return data
+
+
+def _from_qwen3(get: _Getter) -> dict[str, Any]:
+    flag = bool(get("attention_bias"))
+    data = _llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": flag}, qk_norm=True)
+    _sliding_layers(get, data)
+    return data
+
+
+def _from_glm(get: _Getter, sandwich: bool = False) -> dict[str, Any]:
+    flag = bool(get("attention_bias"))
+    data = _llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": False})
+    data["position"] = _rope(get, pairing="interleaved")
+    data["block"] = "sandwich" if sandwich else "pre-norm"
+    return data
+
+
+def _from_gpt2(get: _Getter) -> dict[str, Any]:
+    if get("scale_attn_by_inverse_layer_idx"):
+        raise UnsupportedConfigError("gpt2 with scale_attn_by_inverse_layer_idx is not supported")
+    hidden, heads = get.require("n_embd"), get.require("n_head")
+    activation = get("activation_function")
+    return {
+        "vocab_size": get.require("vocab_size"),
+        "d_model": hidden,
+        "n_layers": get.require("n_layer"),
+        "context_length": get("n_positions"),
+        "attention": {"heads": heads, "bias": True, **({} if get("scale_attn_weights") else {"scale": 1.0})},
+        "position": "learned",
+        "norm": {"kind": "layernorm", "eps": get("layer_norm_epsilon")},
+        "block": "pre-norm",
+        "mlp": {"activation": _plain(activation), "d_ff": get("n_inner") or 4 * hidden, "bias": True},
+        "embeddings": {"tied": bool(get("tie_word_embeddings"))},
+    }
+
+
+def _from_bloom(get: _Getter) -> dict[str, Any]:
+    hidden = get.config.get("hidden_size") or get.require("n_embed")
+    return {
+        "vocab_size": get.require("vocab_size"),
+        "d_model": hidden,
+        "n_layers": get.config.get("n_layer") or get.require("num_hidden_layers"),
+        "context_length": get("seq_length"),
+        "attention": {"heads": get.config.get("n_head") or get.require("num_attention_heads"), "bias": True},
+        "position": "alibi",
+        "norm": {"kind": "layernorm", "eps": get("layer_norm_epsilon")},
+        "block": {"kind": "pre-norm", "residual_from_norm": bool(get("apply_residual_connection_post_layernorm"))},
+        "mlp": {"activation": "gelu-tanh", "d_ff": 4 * hidden, "bias": True},
+        "embeddings": {"tied": bool(get("tie_word_embeddings")), "norm": True},
+    }
+
+
+def _from_falcon(get: _Getter) -> dict[str, Any]:
+    if get("alibi"):
+        raise UnsupportedConfigError("falcon with alibi=True (falcon-rw) is not supported: its eager path counts ALiBi twice")
+    hidden, heads = get.require("hidden_size"), get.require("num_attention_heads")
+    new_arch = bool(get("new_decoder_architecture"))
+    if new_arch:
+        kv_heads = get.config.get("num_kv_heads") or heads
+    else:
+        kv_heads = 1 if get("multi_query") else heads
+    if get("parallel_attn") or new_arch:
+        norms = (get("num_ln_in_parallel_attn") or 2) if new_arch else 1
+        block: dict[str, Any] = {"kind": "parallel", "parallel_norms": norms}
+    else:
+        block = {"kind": "pre-norm"}
+    return {
+        "vocab_size": get.require("vocab_size"),
+        "d_model": hidden,
+        "n_layers": get.require("num_hidden_layers"),
+        "context_length": get("max_position_embeddings"),
+        "attention": {"heads": heads, "kv_heads": kv_heads, "bias": bool(get("bias"))},
+        "position": _rope(get, fraction=1.0),
+        "norm": {"kind": "layernorm", "eps": get("layer_norm_epsilon")},
+        "block": block,
+        "mlp": {"activation": _plain(get("activation")), "d_ff": get("ffn_hidden_size") or 4 * hidden, "bias": bool(get("bias"))},
+        "embeddings": {"tied": bool(get("tie_word_embeddings"))},
+    }
+
+
+def _from_gpt_neox(get: _Getter) -> dict[str, Any]:
+    parallel = bool(get("use_parallel_residual"))
+    return {
+        "vocab_size": get.require("vocab_size"),
+        "d_model": get.require("hidden_size"),
+        "n_layers": get.require("num_hidden_layers"),
+        "context_length": get("max_position_embeddings"),
+        "attention": {"heads": get.require("num_attention_heads"), "bias": bool(get("attention_bias"))},
+        "position": _rope(get),
+        "norm": {"kind": "layernorm", "eps": get("layer_norm_eps")},
+        "block": {"kind": "parallel", "parallel_norms": 2} if parallel else "pre-norm",
+        "mlp": {"activation": _plain(get("hidden_act")), "d_ff": get.require("intermediate_size"), "bias": True},
+        "embeddings": {"tied": bool(get("tie_word_embeddings"))},
+    }
+
+
+def _plain(activation: str) -> str:
+    if activation not in _PLAIN:
+        raise UnsupportedConfigError(f"activation {activation!r} is not supported")
+    return _PLAIN[activation]
+
+
+_CONVERTERS: dict[str, Callable[[_Getter], dict[str, Any]]] = {
+    "llama": _from_llama,
+    "mistral": _from_mistral,
+    "qwen2": _from_qwen2,
+    "qwen3": _from_qwen3,
+    "gpt2": _from_gpt2,
+    "bloom": _from_bloom,
+    "falcon": _from_falcon,
+    "gpt_neox": _from_gpt_neox,
+    "glm": _from_glm,
+    "glm4": lambda get: _from_glm(get, sandwich=True),
+}
+
+
+# ============================================================================================ weights
+@dataclass(frozen=True)
+class Source:
+    """Where one archspec tensor comes from: an HF tensor name, optionally a part of a fused tensor."""
+
+    name: str
+    split: Callable[[torch.Tensor], torch.Tensor] | None = None
+    transpose: bool = False  # GPT-2 Conv1D stores [in, out]
+
+
+@dataclass
+class KeyMap:
+    """A family's names: archspec module path -> HF module path, per model and per layer (`{i}`)."""
+
+    top: dict[str, str]
+    layer_prefix: str
+    layer: dict[str, str]
+    fused: dict[str, tuple[str, str]] = field(default_factory=dict)  # archspec module -> (hf module, part)
+    conv1d: frozenset[str] = frozenset()
+    aliases: dict[str, str] = field(default_factory=dict)  # alternative HF names found in real checkpoints
+
+
+_LLAMA_LAYER = {
+    "attn_norm": "input_layernorm",
+    "mlp_norm": "post_attention_layernorm",
+    "attn.q": "self_attn.q_proj",
+    "attn.k": "self_attn.k_proj",
+    "attn.v": "self_attn.v_proj",
+    "attn.o": "self_attn.o_proj",
+    "attn.q_norm": "self_attn.q_norm",
+    "attn.k_norm": "self_attn.k_norm",
+    "mlp.gate": "mlp.gate_proj",
+    "mlp.up": "mlp.up_proj",
+    "mlp.down": "mlp.down_proj",
+}
+_LLAMA_TOP = {"embed": "model.embed_tokens", "final_norm": "model.norm", "lm_head": "lm_head"}
+_FALCON_BLOOM_LAYER = {
+    "attn.o": "self_attention.dense",
+    "mlp.up": "mlp.dense_h_to_4h",
+    "mlp.down": "mlp.dense_4h_to_h",
+}
+_QKV = {"attn.q": ("query_key_value", "q"), "attn.k": ("query_key_value", "k"), "attn.v": ("query_key_value", "v")}
+
+
+def key_map(model_type: str, spec: Spec) -> KeyMap:
+    """The names of one family's checkpoint, given the spec (Falcon's norms depend on its layout)."""
+    if model_type in ("llama", "mistral", "qwen2", "qwen3"):
+        return KeyMap(_LLAMA_TOP, "model.layers.{i}.", _LLAMA_LAYER)
+    if model_type in ("glm", "glm4"):
+        layer = {k: v for k, v in _LLAMA_LAYER.items() if k not in ("mlp.gate", "mlp.up")}
+        layer |= {"attn_out_norm": "post_self_attn_layernorm", "mlp_out_norm": "post_mlp_layernorm"}
+        fused = {"mlp.gate": ("mlp.gate_up_proj", "gate"), "mlp.up": ("mlp.gate_up_proj", "up")}
+        return KeyMap(_LLAMA_TOP, "model.layers.{i}.", layer, fused)
+    if model_type == "gpt2":
+        return KeyMap(
+            {"embed": "transformer.wte", "pos_embed": "transformer.wpe", "final_norm": "transformer.ln_f", "lm_head": "lm_head"},
+            "transformer.h.{i}.",
+            {"attn_norm": "ln_1", "mlp_norm": "ln_2", "attn.o": "attn.c_proj", "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"},
+            {"attn.q": ("attn.c_attn", "q"), "attn.k": ("attn.c_attn", "k"), "attn.v": ("attn.c_attn", "v")},
+            conv1d=frozenset({"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}),
+        )
+    if model_type == "bloom":
+        layer = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", **_FALCON_BLOOM_LAYER}
+        top = {
+            "embed": "transformer.word_embeddings",
+            "embed_norm": "transformer.word_embeddings_layernorm",
+            "final_norm": "transformer.ln_f",
+            "lm_head": "lm_head",
+        }
+        return KeyMap(top, "transformer.h.{i}.", layer, {k: ("self_attention." + m, p) for k, (m, p) in _QKV.items()})
+    if model_type == "falcon":
+        if spec.block.kind == "parallel" and spec.block.parallel_norms == 2:
+            norms = {"attn_norm": "ln_attn", "mlp_norm": "ln_mlp"}
+        elif spec.block.kind == "parallel":
+            norms = {"attn_norm": "input_layernorm"}
+        else:
+            norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+        top = {"embed": "transformer.word_embeddings", "final_norm": "transformer.ln_f", "lm_head": "lm_head"}
+        fused = {k: ("self_attention." + m, p) for k, (m, p) in _QKV.items()}
+        return KeyMap(top, "transformer.h.{i}.", {**norms, **_FALCON_BLOOM_LAYER}, fused)
+    if model_type == "gpt_neox":
+        top = {"embed": "gpt_neox.embed_in", "final_norm": "gpt_neox.final_layer_norm", "lm_head": "lm_head"}
+        layer = {
+            "attn_norm": "input_layernorm",
+            "mlp_norm": "post_attention_layernorm",
+            "attn.o": "attention.dense",
+            "mlp.up": "mlp.dense_h_to_4h",
+            "mlp.down": "mlp.dense_4h_to_h",
+        }
+        fused = {k: ("attention." + m, p) for k, (m, p) in _QKV.items()}
+        return KeyMap(top, "gpt_neox.layers.{i}.", layer, fused, aliases={"lm_head.weight": "embed_out.weight"})
+    raise UnsupportedConfigError(f"model_type {model_type!r} has no weight map")
+
+
+def fused_part(model_type: str, spec: Spec, part: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How to cut one part (q, k, v, gate, up) out of a fused tensor (weight [out, in] or bias [out])."""
+    if part in ("gate", "up"):  # GLM gate_up_proj: rows [0:I] gate, [I:2I] up
+        return lambda t: t.chunk(2, dim=0)[0 if part == "gate" else 1]
+    index = "qkv".index(part)
+    if model_type == "gpt2":  # Conv1D weight [in, 3H] or bias [3H]: [q | k | v] along the last dim
+        return lambda t: t.chunk(3, dim=-1)[index]
+    heads, kv_heads, head_dim = spec.attention.heads, spec.kv_heads, spec.head_dim
+    group = heads // kv_heads
+
+    def grouped(t: torch.Tensor) -> torch.Tensor:
+        """Rows as [kv_heads, group + 2, head_dim]: each group's query heads, then its key, then its value.
+
+        One layout serves them all: BLOOM / NeoX / multi-head Falcon ([heads, 3, head_dim], group = 1), Falcon-7B
+        multi-query ([q_0 .. q_{h-1}, k, v], kv_heads = 1) and Falcon-40B's new architecture.
+        """
+        rows = t.reshape(kv_heads, group + 2, head_dim, *t.shape[1:])
+        picked = rows[:, :group] if part == "q" else rows[:, group + index - 1]
+        return picked.reshape(-1, *t.shape[1:])
+
+    return grouped
+
+
+def archspec_sources(model_type: str, spec: Spec, archspec_keys: list[str]) -> dict[str, Source]:
+    """For each archspec state-dict key, the HF tensor it comes from."""
+    names = key_map(model_type, spec)
+    sources: dict[str, Source] = {}
+    for key in archspec_keys:
+        module, _, param = key.rpartition(".")
+        layer_match = re.fullmatch(r"layers\.(\d+)\.(.+)", module)
+        if layer_match:
+            prefix, inner = names.layer_prefix.format(i=layer_match.group(1)), layer_match.group(2)
+            table = names.layer
+        else:
+            prefix, inner, table = "", module, names.top
+        if inner in table:
+            hf_module = table[inner]
+            sources[key] = Source(f"{prefix}{hf_module}.{param}", transpose=hf_module in names.conv1d and param == "weight")
+        elif inner in names.fused:
+            hf_module, part = names.fused[inner]
+            split = fused_part(model_type, spec, part)
+            transpose = hf_module in names.conv1d and param == "weight"
+            sources[key] = Source(f"{prefix}{hf_module}.{param}", split, transpose)
+    return sources
+
+
+class CheckpointReader:
+    """Tensors of a checkpoint directory: model.safetensors, or shards listed in model.safetensors.index.json."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        index = self.directory / "model.safetensors.index.json"
+        single = self.directory / "model.safetensors"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            self.files = {name: self.directory / file for name, file in weight_map.items()}
+            missing_shards = sorted({str(f) for f in self.files.values() if not f.is_file()})
+            if missing_shards:
+                raise WeightLoadError(f"{index}: shard files are missing: {', '.join(missing_shards)}")
+        elif single.is_file():
+            with safe_open(str(single), "pt") as handle:
+                self.files = {name: single for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        else:
+            raise WeightLoadError(f"{self.directory}: no model.safetensors or model.safetensors.index.json")
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def names(self) -> set[str]:
+        return set(self.files)
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._cache:
+            with safe_open(str(self.files[name]), "pt") as handle:
+                self._cache[name] = handle.get_tensor(name)
+        return self._cache[name]
+
+
+def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | None = None) -> nn.Module:
+    """Load a Hugging Face checkpoint into a model built by `archspec.build`. Strict: every model tensor must be
+    found with the right shape and every checkpoint tensor used, else `WeightLoadError` names them all and the
+    model is left untouched. Works on a meta-device model too (tensors are then assigned, not copied).
+    """
+    spec: Spec | None = getattr(model, "spec", None)
+    if spec is None:
+        raise WeightLoadError("this model has no .spec: build it with archspec.build(spec)")
+    model_type = model_type or read_hf_config(directory).get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise WeightLoadError(f"{directory}: model_type {model_type!r} is not supported")
+    reader = CheckpointReader(directory)
+    names = key_map(model_type, spec)  # type: ignore[arg-type]
+    expected = model.state_dict()
+    tied = spec.embeddings.tied
+    wanted = [k for k in expected if not (tied and k == "lm_head.weight")]
+    sources = archspec_sources(model_type, spec, wanted)  # type: ignore[arg-type]
+    available = reader.names()
+
+    tensors: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    missing, mismatched = [], []
+    for key in wanted:
+        source = sources.get(key)
+        hf_name = _resolve(source.name, available, names.aliases) if source else None
+        if source is None or hf_name is None:
+            missing.append(f"{key} (from {source.name if source else '?'})")
+            continue
+        tensor = reader.get(hf_name)
+        used.add(hf_name)
+        if source.split is not None:
+            tensor = source.split(tensor)
+        if source.transpose:
+            tensor = tensor.t()
+        if tensor.shape != expected[key].shape:
+            mismatched.append(f"{key}: checkpoint {hf_name} gives {tuple(tensor.shape)}, model has {tuple(expected[key].shape)}")
+            continue
+        tensors[key] = tensor.to(expected[key].dtype).contiguous()
+    if tied:
+        head = _resolve(names.top["lm_head"] + ".weight", available, names.aliases)
+        if head is not None:
+            embed_name = sources["embed.weight"].name
+            if embed_name in available and not torch.equal(reader.get(head), reader.get(embed_name)):
+                mismatched.append(f"lm_head.weight: the spec ties embeddings but the checkpoint's {head} differs from {embed_name}")
+            used.add(head)
+    unexpected = sorted(available - used - {n for n in available if _ignorable(n)})
+    problems = []
+    if missing:
+        problems.append("missing: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected: " + ", ".join(unexpected))
+    if mismatched:
+        problems.append("wrong shape: " + "; ".join(mismatched))
+    if problems:
+        raise WeightLoadError(f"{directory}: checkpoint does not fit the spec '{spec.name}': " + " | ".join(problems))
+
+    on_meta = any(t.is_meta for t in expected.values())
+    model.load_state_dict(tensors, strict=not tied, assign=on_meta)
+    if on_meta:
+        from archspec.compiler import materialize_buffers
+
+        materialize_buffers(model, device=next(iter(tensors.values())).device)
+    if tied:
+        model.lm_head.weight = model.embed.weight  # type: ignore[union-attr]
+    return model
+
+
+def _resolve(name: str, available: set[str], aliases: dict[str, str]) -> str | None:
+    """The checkpoint's name for `name`: itself, a known alias, or without the base-model prefix (old hub files)."""
+    for candidate in _candidates(name, aliases):
+        if candidate in available:
+            return candidate
+    return None
+
+
+def _candidates(name: str, aliases: dict[str, str]) -> Iterator[str]:
+    yield name
+    if name in aliases:
+        yield aliases[name]
+    for prefix in ("transformer.", "model.", "gpt_neox."):
+        if name.startswith(prefix):
+            yield name[len(prefix) :]
+
+
+def _ignorable(name: str) -> bool:
+    """Buffers some checkpoints carry that hold no learned weights (rotary tables, GPT-2's causal masks)."""
+    return name.endswith(("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias"))

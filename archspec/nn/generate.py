@@ -11,7 +11,7 @@ def generate(
     input_ids: torch.Tensor,
     max_new_tokens: int = 20,
     *,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -33,18 +33,19 @@ def generate(
     context_length = getattr(model, "context_length", None)
     if context_length is not None and getattr(model, "pos_embed", None) is not None and total > context_length:
         raise ValueError(f"prompt + max_new_tokens = {total} exceeds the learned position table ({context_length})")
-    pad = pad_token_id if pad_token_id is not None else eos_token_id
+    stop = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device)
+    pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if len(stop) else 0)
     cache: KVCache | None = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     logits = model(input_ids, cache=cache).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
-        if eos_token_id is not None:
-            next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)  # type: ignore[arg-type]
-            finished = finished | (next_token == eos_token_id)
+        if len(stop):
+            next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)
+            finished = finished | torch.isin(next_token, stop)
         tokens = torch.cat((tokens, next_token[:, None]), dim=1)
-        if step == max_new_tokens - 1 or (eos_token_id is not None and bool(finished.all())):
+        if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
             break
         step_input = next_token[:, None] if cache is not None else tokens
         logits = model(step_input, cache=cache).logits[:, -1]
@@ -52,7 +53,12 @@ def generate(
 
 
 def _pick(
-    logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
     if not do_sample:
         return logits.argmax(dim=-1)

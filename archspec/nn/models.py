@@ -9,7 +9,6 @@ from torch import nn
 from archspec.nn.cache import KVCache, LayerKVCache
 from archspec.nn.masks import additive_mask, causal_mask
 from archspec.nn.positions import alibi_bias
-from archspec.nn.rope import RotaryEmbedding
 
 
 @dataclass
@@ -41,7 +40,7 @@ class DecoderLM(nn.Module):
         context_length: int,
         pos_embed: nn.Embedding | None = None,
         embed_norm: nn.Module | None = None,
-        rotary: RotaryEmbedding | None = None,
+        rotary: nn.Module | None = None,
         alibi_slopes: torch.Tensor | None = None,
         tied: bool = False,
     ) -> None:
@@ -62,7 +61,9 @@ class DecoderLM(nn.Module):
         self.windows = windows
         self.kv_heads, self.head_dim, self.context_length = kv_heads, head_dim, context_length
 
-    def forward(self, input_ids: torch.Tensor, *, cache: KVCache | None = None, labels: torch.Tensor | None = None) -> LMOutput:
+    def forward(
+        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, labels: torch.Tensor | None = None
+    ) -> LMOutput:
         batch, seq = input_ids.shape
         past = cache.length if cache is not None else 0
         positions = torch.arange(past, past + seq, device=input_ids.device)
@@ -83,32 +84,46 @@ class DecoderLM(nn.Module):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return LMOutput(logits=logits, loss=loss)
 
-    def _masks(self, positions: torch.Tensor, cache: KVCache | None, dtype: torch.dtype) -> dict[int | None, torch.Tensor | None]:
+    def _masks(
+        self, positions: torch.Tensor, cache: KVCache | None, dtype: torch.dtype
+    ) -> dict[int | None, torch.Tensor | None]:
         distinct = set(self.windows)
         if cache is None and self.alibi_slopes is None and distinct == {None}:
             return {None: None}
-        key_positions = torch.arange(cache.max_len if cache is not None else positions.shape[0], device=positions.device)
+        key_positions = torch.arange(
+            cache.max_len if cache is not None else positions.shape[0], device=positions.device
+        )
         masks: dict[int | None, torch.Tensor | None] = {}
         for window in distinct:
-            allowed = causal_mask(positions, key_positions, window)
-            if self.alibi_slopes is not None:
-                masks[window] = additive_mask(allowed, alibi_bias(self.alibi_slopes, key_positions), dtype)
-            else:
-                masks[window] = allowed
+            mask = causal_mask(positions, key_positions, window)
+            if self.alibi_slopes is not None:  # emit-if: alibi
+                mask = additive_mask(mask, alibi_bias(self.alibi_slopes, key_positions), dtype)
+            masks[window] = mask
         return masks
 
-    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | None = None) -> KVCache:
+    def new_cache(
+        self, batch: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> KVCache:
         """An empty static cache for `batch` sequences of up to `max_len` positions."""
         reference = self.embed.weight
         layers = [
-            LayerKVCache(batch, self.kv_heads, max_len, self.head_dim, dtype or reference.dtype, device or reference.device)
+            LayerKVCache(
+                batch, self.kv_heads, max_len, self.head_dim, dtype or reference.dtype, device or reference.device
+            )
             for _ in self.layers
         ]
         return KVCache(layers)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
-        """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`."""
+        """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
+
+        `eos_token_id` / `pad_token_id` default to the spec's `tokens` when the model was built from a spec.
+        """
         from archspec.nn.generate import generate
 
+        tokens = getattr(getattr(self, "spec", None), "tokens", None)
+        if tokens is not None:
+            options.setdefault("eos_token_id", tokens.eos)
+            options.setdefault("pad_token_id", tokens.pad)
         return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]

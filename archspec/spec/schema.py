@@ -12,7 +12,7 @@ reports every problem with the key path it belongs to.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -102,8 +102,12 @@ class DynamicScaling(Section):
 class Llama3Scaling(Section):
     kind: Literal["llama3"]
     factor: float = Field(gt=0, description="Interpolation factor for the low-frequency band.")
-    low_freq_factor: float = Field(1.0, gt=0, description="Wavelengths above original_context/low_freq_factor are scaled.")
-    high_freq_factor: float = Field(4.0, gt=0, description="Wavelengths below original_context/high_freq_factor are kept.")
+    low_freq_factor: float = Field(
+        1.0, gt=0, description="Wavelengths above original_context/low_freq_factor are scaled."
+    )
+    high_freq_factor: float = Field(
+        4.0, gt=0, description="Wavelengths below original_context/high_freq_factor are kept."
+    )
     original_context: int = Field(gt=0, description="Context length the model was pre-trained with.")
 
 
@@ -121,9 +125,7 @@ class YarnScaling(Section):
     truncate: bool = Field(True, description="Round the correction range to whole dimensions (the YaRN paper does).")
 
 
-RopeScaling = Annotated[
-    Union[LinearScaling, DynamicScaling, Llama3Scaling, YarnScaling], Field(discriminator="kind")
-]
+RopeScaling = Annotated[LinearScaling | DynamicScaling | Llama3Scaling | YarnScaling, Field(discriminator="kind")]
 
 
 class RopeSpec(Section):
@@ -153,9 +155,7 @@ class NoPositionSpec(Section):
     kind: Literal["none"]
 
 
-PositionSpec = Annotated[
-    Union[RopeSpec, AlibiSpec, LearnedPositionSpec, NoPositionSpec], Field(discriminator="kind")
-]
+PositionSpec = Annotated[RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------- block, mlp
@@ -200,7 +200,9 @@ class EmbeddingSpec(Section):
 
 class TokenSpec(Section):
     bos: int | None = Field(None, ge=0, description="Beginning-of-sequence token id.")
-    eos: int | None = Field(None, ge=0, description="End-of-sequence token id: generate() stops there.")
+    eos: int | list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="End-of-sequence token id, or several: generate() stops at any of them."
+    )
     pad: int | None = Field(None, ge=0, description="Padding token id (generate() pads finished rows with it).")
 
 
