@@ -1,0 +1,45 @@
+"""Tiny versions of real specs: the same architecture (layout, position kind, norms, GQA ratio kind) at toy sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import archspec
+
+SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+
+
+def spec_files() -> list[Path]:
+    return sorted(SPECS_DIR.glob("*.yaml"))
+
+
+def shrink(spec: archspec.Spec, *, layers: int = 2) -> archspec.Spec:
+    """d_model 64, 4 query heads of 16 dims, vocab 128, 64 positions; keeps MHA/GQA/MQA, windows, scalings."""
+    data = spec.model_dump(mode="json")
+    attention = data["attention"]
+    kind = "mha" if attention["kv_heads"] == attention["heads"] else ("mqa" if attention["kv_heads"] == 1 else "gqa")
+    attention.update(heads=4, kv_heads={"mha": 4, "mqa": 1, "gqa": 2}[kind], head_dim=16)
+    if attention.get("window"):
+        attention["window"] = 5
+    if attention.get("window_layers") is not None:
+        attention["window_layers"] = [layer for layer in attention["window_layers"] if layer < layers] or [layers - 1]
+    scaling = (data["position"] or {}).get("scaling")
+    if scaling and "original_context" in scaling:
+        scaling["original_context"] = 16
+    data.update(name=f"{spec.name}-tiny", vocab_size=128, d_model=64, n_layers=layers, context_length=64)
+    data["mlp"]["d_ff"] = 96
+    data["tokens"] = {"bos": None, "eos": None, "pad": None}
+    return archspec.spec_from_dict(data)
+
+
+def distinct_tiny_specs() -> dict[str, archspec.Spec]:
+    """One tiny spec per distinct architecture in specs/ (llama3-8b and llama3-70b shrink to the same thing)."""
+    seen: dict[str, archspec.Spec] = {}
+    signatures: set[str] = set()
+    for path in spec_files():
+        tiny = shrink(archspec.load_spec(path))
+        signature = tiny.model_copy(update={"name": "x", "description": ""}).model_dump_json()
+        if signature not in signatures:
+            signatures.add(signature)
+            seen[path.stem] = tiny
+    return seen
