@@ -1,0 +1,128 @@
+"""`archspec info` and `archspec diff`: the analysis commands, registered on the main Typer app by `register`.
+
+Both read specs (after `extends` and defaults), compute exact figures without building weights, and print Rich
+tables, Markdown (`--format markdown`, for pasting into a PR) or JSON (`--format json`, stable keys). Bad input
+(an invalid spec, an unknown dtype, ...) is one readable message on stderr and exit code 1, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from archspec.analysis.diff import diff_specs
+from archspec.analysis.metrics import analyse
+from archspec.analysis.render import (
+    Table,
+    diff_json,
+    diff_tables,
+    info_json,
+    info_tables,
+    plot_diff,
+    tables_markdown,
+    to_rich,
+)
+from archspec.spec import ArchspecError, load_spec
+
+T = TypeVar("T")
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+CONTEXT = typer.Option(
+    None,
+    "--context",
+    "-c",
+    help="Sequence length for FLOPs and the KV cache (info: the spec's context_length; "
+    "diff: the shortest context_length of the specs).",
+    show_default=False,
+)
+BATCH = typer.Option(1, "--batch", "-b", help="Sequences in the batch, for the KV-cache total.")
+DTYPE = typer.Option(
+    "bfloat16", "--dtype", help="dtype of the KV cache: float32, float16/fp16, bfloat16/bf16, fp8, int8."
+)
+FORMAT = typer.Option(OutputFormat.table, "--format", "-f", help="table (Rich), markdown, or json (stable keys).")
+
+
+def info(
+    spec: Path = typer.Argument(..., help="Spec YAML file.", show_default=False),
+    context: int | None = CONTEXT,
+    batch: int = BATCH,
+    dtype: str = DTYPE,
+    format: OutputFormat = FORMAT,
+) -> None:
+    """Parameters (total, embeddings, per layer, active per token), FLOPs per token, KV-cache bytes."""
+    analysis = _guarded(lambda: analyse(load_spec(spec), context, batch, dtype))
+    _emit(format, lambda: info_tables(analysis), lambda: info_json(analysis))
+
+
+def diff(
+    specs: list[Path] = typer.Argument(
+        ..., help="Two or more spec YAML files; the first is the baseline.", show_default=False
+    ),
+    context: int | None = CONTEXT,
+    batch: int = BATCH,
+    dtype: str = DTYPE,
+    format: OutputFormat = FORMAT,
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Also draw the figures as grouped bars into this PNG (needs matplotlib).",
+        show_default=False,
+    ),
+) -> None:
+    """Fields that differ between resolved specs, and their figures side by side with the ratio to the first."""
+
+    def compute() -> Any:
+        loaded = [load_spec(path) for path in specs]
+        names = [spec.name for spec in loaded]
+        labels = [str(path) for path in specs] if len(set(names)) < len(names) else None
+        result = diff_specs(loaded, context, batch, dtype, labels=labels)
+        if plot is not None:
+            plot_diff(result, plot)
+        return result
+
+    result = _guarded(compute)
+    _emit(format, lambda: diff_tables(result), lambda: diff_json(result))
+    if plot is not None and format is OutputFormat.table:
+        typer.echo(f"plot written to {plot}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `info` and `diff` to the archspec command line."""
+    app.command("info")(info)
+    app.command("diff")(diff)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _guarded(compute: Callable[[], T]) -> T:
+    """Run `compute`; an ArchspecError becomes its message on stderr and exit code 1."""
+    try:
+        return compute()
+    except ArchspecError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=1) from None
+
+
+def _emit(format: OutputFormat, tables: Callable[[], list[Table]], document: Callable[[], dict[str, Any]]) -> None:
+    if format is OutputFormat.json:
+        typer.echo(json.dumps(document(), indent=2))
+    elif format is OutputFormat.markdown:
+        typer.echo(tables_markdown(tables()), nl=False)
+    else:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=160)
+        for table in tables():
+            console.print(to_rich(table))
