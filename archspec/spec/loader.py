@@ -8,6 +8,7 @@ parent file.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,9 @@ def load_spec(path: str | Path) -> Spec:
 
 def spec_from_dict(data: dict[str, Any], source: str = "<dict>") -> Spec:
     """Validate a spec given as plain data (no `extends`), with the same error reporting as files."""
-    data = dict(data)
-    _expand_shorthands(data)
+    data = copy.deepcopy(data)  # shorthand expansion rewrites nested sections; never touch the caller's data
+    if isinstance(data, dict):
+        _expand_shorthands(data)
     return validate_spec(data, {}, default_file=source)
 
 
@@ -54,19 +56,27 @@ def load_yaml_tree(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
     if not isinstance(parent_ref, str):
         raise SpecError([SpecIssue(("extends",), "must be a relative file path", "", *where)])
     parent_path = path.parent / parent_ref
+    chain = (*_chain, resolved)
+    if parent_path.is_file() and parent_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, parent_path.resolve()))
+        raise SpecError([SpecIssue(("extends",), f"extends cycle: {cycle}", "remove one link", *where)])
     if not parent_path.is_file():
         raise SpecError(
             [SpecIssue(("extends",), f"file not found: {parent_path}", "paths are relative to this file", *where)]
         )
-    parent_data, parent_origins = load_yaml_tree(parent_path, (*_chain, resolved))
+    parent_data, parent_origins = load_yaml_tree(parent_path, chain)
     return deep_merge(parent_data, data), {**parent_origins, **origins}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; any other value in `override` replaces the one in `base`."""
+    """Mappings merge key by key; any other value in `override` replaces the one in `base`.
+
+    A section whose `kind` changes is replaced whole: `position: alibi` over a RoPE parent must not inherit `theta`.
+    """
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        old = merged.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind", old.get("kind")) == old.get("kind"):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
@@ -106,7 +116,9 @@ def _parse_file(path: Path) -> tuple[dict[str, Any], Origins]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         message = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
-        raise SpecError([SpecIssue((), f"invalid YAML: {message}", "check indentation and quoting", str(path), line)]) from None
+        raise SpecError(
+            [SpecIssue((), f"invalid YAML: {message}", "check indentation and quoting", str(path), line)]
+        ) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -123,7 +135,13 @@ def _record_origins(node: yaml.Node, path: KeyPath, file: str, origins: Origins,
             key = key_node.value
             if key in seen:
                 duplicates.append(
-                    SpecIssue((*path, key), "duplicate key", "YAML would silently keep the last one", file, key_node.start_mark.line + 1)
+                    SpecIssue(
+                        (*path, key),
+                        "duplicate key",
+                        "YAML would silently keep the last one",
+                        file,
+                        key_node.start_mark.line + 1,
+                    )
                 )
             seen.add(key)
             origins[(*path, key)] = (file, key_node.start_mark.line + 1)
@@ -133,7 +151,9 @@ def _record_origins(node: yaml.Node, path: KeyPath, file: str, origins: Origins,
             _record_origins(item, (*path, index), file, origins, duplicates)
 
 
-def _record_origins_children(node: yaml.Node, path: KeyPath, file: str, origins: Origins, duplicates: list[SpecIssue]) -> None:
+def _record_origins_children(
+    node: yaml.Node, path: KeyPath, file: str, origins: Origins, duplicates: list[SpecIssue]
+) -> None:
     # The key's own line stays the origin of `path`; only its children are recorded from the value node.
     line = origins[path]
     _record_origins(node, path, file, origins, duplicates)
@@ -163,8 +183,25 @@ def _issues_from_error(error: dict[str, Any], data: dict[str, Any]) -> list[Spec
     elif error["type"] == "missing":
         message = "required key is missing"
     elif error["type"] in ("union_tag_invalid", "literal_error"):
-        hint = "allowed: " + str(error.get("ctx", {}).get("expected_tags") or error.get("ctx", {}).get("expected", ""))
+        ctx = error.get("ctx", {})
+        given = ctx.get("tag", error.get("input"))
+        message = f"{given!r} is not allowed" if error["type"] == "literal_error" else f"unknown kind {given!r}"
+        if error["type"] == "union_tag_invalid" and path and isinstance(_value_at(data, path), dict):
+            path = (*path, "kind")
+        hint = "allowed: " + str(ctx.get("expected_tags") or ctx.get("expected", ""))
+    elif _is_scalar(error.get("input")) and error["type"] not in ("consistency", "value_error"):
+        hint = f"got {error['input']!r}"
     return [SpecIssue(path, message, hint)]
+
+
+def _value_at(data: Any, path: KeyPath) -> Any:
+    for part in path:
+        data = data[part] if isinstance(data, dict | list) else None
+    return data
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> KeyPath:

@@ -1,0 +1,345 @@
+"""The `archspec` command line: check, build, import-hf, schema (DESIGN.md section 2).
+
+Every error a user can cause (a bad spec, a missing file, weights that do not fit) ends in one readable message on
+stderr and exit code 1, never a traceback. Set `ARCHSPEC_TRACEBACK=1` to see the traceback of an unexpected
+(internal) error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from archspec.spec import ArchspecError, Spec, SpecError, load_spec, spec_from_dict
+
+if TYPE_CHECKING:
+    from torch import nn
+
+app = typer.Typer(
+    name="archspec",
+    help="Say what a transformer is in YAML; get it as an exact, compile-ready PyTorch module.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+# soft_wrap: never break a `file:line: key.path: message` line; markup/highlight off: messages are plain text.
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def fail(message: str) -> NoReturn:
+    """Print one readable message on stderr and exit 1."""
+    err.print(message, markup=False)
+    raise typer.Exit(1)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can cause into one message and exit code 1; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+            raise
+        except SpecError as exc:
+            fail(_spec_error_text(exc))
+        except ArchspecError as exc:
+            fail(f"error: {exc}")
+        except OSError as exc:  # FileNotFoundError, IsADirectoryError, PermissionError, ...
+            where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+            fail(f"error{where}: {exc.strerror or exc}")
+        except Exception as exc:  # a bug in archspec, not in the input: still one line unless asked for more
+            if os.environ.get("ARCHSPEC_TRACEBACK"):
+                raise
+            fail(
+                f"internal error: {type(exc).__name__}: {exc} "
+                "(please report it; set ARCHSPEC_TRACEBACK=1 to see the traceback)"
+            )
+
+    return wrapper
+
+
+def _spec_error_text(exc: SpecError) -> str:
+    issues = exc.issues or []
+    if not issues:
+        return f"error: {exc}"
+    return "\n".join(f"error: {issue}" for issue in issues)
+
+
+# ------------------------------------------------------------------------------------------------ check
+@app.command()
+@user_errors
+def check(
+    specs: list[Path] = typer.Argument(..., metavar="SPEC...", help="Spec files to validate."),
+) -> None:
+    """Validate specs: every problem of every file, as file:line: key.path: message (hint). Exit 1 if any is invalid."""
+    invalid = 0
+    for path in specs:
+        try:
+            load_spec(path)
+        except SpecError as exc:
+            invalid += 1
+            err.print(_spec_error_text(exc), markup=False)
+            continue
+        except OSError as exc:
+            invalid += 1
+            err.print(f"error: {path}: {exc.strerror or exc}", markup=False)
+            continue
+        out.print(f"ok: {path}", markup=False)
+    if invalid:
+        noun = "spec is" if invalid == 1 else "specs are"
+        err.print(f"{invalid} of {len(specs)} {noun} invalid", markup=False)
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ build
+@app.command()
+@user_errors
+def build(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="The spec file to compile."),
+    output: Path = typer.Option(
+        Path("generated"), "--output", "-o", metavar="DIR", help="Where the emitted source is written."
+    ),
+    check_only: bool = typer.Option(
+        False, "--check", help="Write nothing; exit 1 if the emitted source on disk is missing or stale."
+    ),
+) -> None:
+    """Validate SPEC, compile it on the meta device, print a summary, and write DIR/<name>.py."""
+    import archspec
+
+    spec = load_spec(spec_path)
+    model = archspec.build(spec, device="meta")
+    out.print(summary_table(spec, model))
+
+    emit = _emitter()
+    if emit is None:
+        err.print("note: source emission (archspec.emit) is not available yet; nothing written")
+        return
+    target = emit.generated_path(spec, output)
+    if check_only:
+        if not target.is_file():
+            fail(f"error: {target} does not exist; run `archspec build {spec_path} -o {output}` to write it")
+        if emit.is_stale(spec, output):
+            fail(f"error: {target} is stale; run `archspec build {spec_path} -o {output}` to regenerate it")
+        out.print(f"up to date: {target}", markup=False)
+        return
+    out.print(f"wrote {emit.write_generated(spec, output)}", markup=False)
+
+
+def _emitter() -> ModuleType | None:
+    """`archspec.emit` (generated_path, is_stale, write_generated), or None while it does not exist."""
+    try:
+        import archspec.emit as emit
+    except ImportError:
+        return None
+    return emit
+
+
+def summary_table(spec: Spec, model: nn.Module) -> Table:
+    """The architecture in one screen: one row per concern, and the exact parameter total."""
+    table = Table(title=spec.name, show_header=False, title_justify="left", box=None, padding=(0, 2, 0, 0))
+    table.add_column(style="bold")
+    table.add_column()
+    total = count_parameters(model)
+    rows = {
+        "structure": spec.structure,
+        "layers": describe_layers(spec),
+        "d_model": str(spec.d_model),
+        "vocab": str(spec.vocab_size),
+        "context": str(spec.context_length),
+        "attention": describe_attention(spec),
+        "position": describe_position(spec),
+        "norm": f"{spec.norm.kind} (eps {spec.norm.eps:g}{', bias' if spec.norm.bias else ''})",
+        "block": describe_block(spec),
+        "mlp": f"{spec.mlp.activation}, d_ff {spec.mlp.d_ff}{', bias' if spec.mlp.bias else ''}",
+        "embeddings": ("tied" if spec.embeddings.tied else "untied") + (", normed" if spec.embeddings.norm else ""),
+        "parameters": f"{human_count(total)} ({total:,})",
+    }
+    for key, value in rows.items():
+        table.add_row(key, value)
+    return table
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Total of every distinct parameter tensor (a tied embedding counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def human_count(n: int) -> str:
+    """8_030_261_248 -> '8.03B'."""
+    for size, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if n >= size:
+            return f"{n / size:.2f}{suffix}"
+    return str(n)
+
+
+def describe_layers(spec: Spec) -> str:
+    decoder_layers = getattr(spec, "n_decoder_layers", None)  # encoder-decoder specs
+    return f"{spec.n_layers} encoder + {decoder_layers} decoder" if decoder_layers else str(spec.n_layers)
+
+
+def describe_attention(spec: Spec) -> str:
+    attn = spec.attention
+    heads, kv = attn.heads, spec.kv_heads
+    kind = "MHA" if kv == heads else "MQA" if kv == 1 else "GQA"
+    text = f"{kind}, {heads} heads, {kv} kv heads, head_dim {spec.head_dim}"
+    if attn.qk_norm:
+        text += ", qk-norm"
+    biases = [name for name in ("q", "k", "v", "o") if getattr(attn.bias, name)]
+    if biases:
+        text += f", bias on {'/'.join(biases)}"
+    if attn.window is not None:
+        layers = "all layers" if attn.window_layers is None else f"layers {attn.window_layers}"
+        text += f", window {attn.window} ({layers})"
+    if attn.scale is not None:
+        text += f", scale {attn.scale:g}"
+    return text
+
+
+def describe_position(spec: Spec) -> str:
+    position = spec.position
+    if position.kind != "rope":
+        return position.kind
+    text = f"rope (theta {position.theta:g}"
+    if position.fraction != 1:
+        text += f", {spec.rotary_dim} of {spec.head_dim} dims"
+    if position.pairing != "half":
+        text += f", {position.pairing}"
+    if position.scaling is not None:
+        text += f", {position.scaling.kind} scaling x{position.scaling.factor:g}"
+    return text + ")"
+
+
+def describe_block(spec: Spec) -> str:
+    block = spec.block
+    if block.kind == "parallel":
+        return f"parallel ({block.parallel_norms} norm{'s' if block.parallel_norms == 2 else ''})"
+    if block.residual_from_norm:
+        return f"{block.kind} (residual from norm)"
+    return block.kind
+
+
+# -------------------------------------------------------------------------------------------- import-hf
+@app.command("import-hf")
+@user_errors
+def import_hf(
+    hf_dir: Path = typer.Argument(..., metavar="HF_DIR", help="A Hugging Face model directory (or its config.json)."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="SPEC.yaml", help="Where to write the spec."),
+    name: str | None = typer.Option(None, "--name", help="Name of the spec (default: chosen by spec_from_hf)."),
+) -> None:
+    """Write the spec of a Hugging Face model directory; loading it gives the same model."""
+    import archspec
+
+    if not hf_dir.exists():
+        fail(f"error: {hf_dir}: no such file or directory")
+    spec = archspec.spec_from_hf(str(hf_dir), name=name)
+    text = f"# written by `archspec import-hf {hf_dir}`\n" + spec_to_yaml(spec)
+    if spec_from_dict(yaml.safe_load(text)) != spec:  # the file must give back exactly this spec
+        raise RuntimeError("the written spec does not load back to the imported one")
+    write_atomically(output, text)
+    out.print(f"wrote {output}", markup=False)
+
+
+def spec_to_yaml(spec: Spec) -> str:
+    """A spec as YAML that `load_spec` reads back to an equal `Spec`.
+
+    Values equal to the schema's defaults are left out, so the file reads like a hand-written spec; values the
+    loader resolves (kv_heads, head_dim, norm bias) are written out, so the file does not depend on how they are
+    derived. Sections whose values are all scalars are written on one line: `attention: {heads: 32, kv_heads: 8}`.
+    """
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    return yaml.dump(data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=120)
+
+
+class _SpecDumper(yaml.SafeDumper):
+    """Block style at the top level, flow style for leaf sections."""
+
+    def represent_mapping(self, tag: str, mapping: Any, flow_style: bool | None = None) -> yaml.MappingNode:
+        node = super().represent_mapping(tag, mapping, flow_style)
+        node.flow_style = all(isinstance(value, yaml.ScalarNode) for _, value in node.value) and self._depth > 0
+        return node
+
+    def represent_data(self, data: Any) -> yaml.Node:
+        self._depth = getattr(self, "_depth", -1) + 1
+        try:
+            return super().represent_data(data)
+        finally:
+            self._depth -= 1
+
+
+# ----------------------------------------------------------------------------------------------- schema
+@app.command()
+@user_errors
+def schema() -> None:
+    """Print the JSON Schema of a spec (for editor completion with yaml-language-server)."""
+    typer.echo(json.dumps(Spec.model_json_schema(), indent=2))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary_sibling(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode `open()` would
+        os.replace(tmp, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def _temporary_sibling(path: Path) -> Iterator[Path]:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from archspec import __version__
+
+        typer.echo(f"archspec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    """Say what a transformer is in YAML; get it as an exact, compile-ready PyTorch module."""
+
+
+def run() -> None:
+    """Entry point of `python -m archspec`."""
+    app(prog_name="archspec")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())
