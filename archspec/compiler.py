@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from contextlib import contextmanager
 
 import torch
@@ -11,20 +12,26 @@ from torch import nn
 from archspec.nn.activations import ACTIVATIONS
 from archspec.nn.attention import Attention
 from archspec.nn.blocks import ParallelBlock, PostNormBlock, PreNormBlock
+from archspec.nn.mla import LatentAttention
 from archspec.nn.mlp import MLP
+from archspec.nn.moe import MoE, Experts, Router
 from archspec.nn.models import DecoderLM
 from archspec.nn.norms import RMSNorm
 from archspec.nn.positions import alibi_slopes
+from archspec.nn.positions import RelativePositionBias
+from archspec.nn.encoder_decoder import CrossAttention, CrossAttentionBlock, EncoderDecoderLM, Stack
 from archspec.nn.rope import (
     RotaryEmbedding,
     linear_scaled_frequencies,
     llama3_scaled_frequencies,
     rope_frequencies,
     yarn_attention_factor,
+    yarn_mscale,
     yarn_scaled_frequencies,
 )
 from archspec.spec.schema import (
     GATED_ACTIVATIONS,
+    LatentAttentionSpec,
     AlibiSpec,
     DynamicScaling,
     LearnedPositionSpec,
@@ -34,6 +41,7 @@ from archspec.spec.schema import (
     Spec,
     YarnScaling,
 )
+from archspec.spec.schema import RelativeBiasSpec
 
 
 def build(spec: Spec, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DecoderLM:
@@ -42,7 +50,7 @@ def build(spec: Spec, *, device: str | torch.device | None = None, dtype: torch.
     Parameters are created directly in `dtype`; RoPE frequencies stay float32 whatever the dtype.
     """
     with torch.device(device or "cpu"), _default_dtype(dtype):
-        model = _decoder(spec)
+        model = _encoder_decoder(spec) if spec.structure == "encoder-decoder" else _decoder(spec)
         if torch.device(device or "cpu").type != "meta":
             init_weights(model)
     model.spec = spec  # type: ignore[assignment]
@@ -54,9 +62,9 @@ def materialize_buffers(model: DecoderLM, device: torch.device | str) -> None:
     whose parameters were then assigned real tensors (e.g. by `load_hf_weights`)."""
     spec: Spec = model.spec  # type: ignore[assignment]
     with torch.device(device):
-        if model.rotary is not None:
+        if getattr(model, "rotary", None) is not None:
             model.rotary = _rotary(spec)
-        if model.alibi_slopes is not None:
+        if getattr(model, "alibi_slopes", None) is not None:
             model.alibi_slopes = alibi_slopes(spec.attention.heads).to(device)
 
 
@@ -65,6 +73,9 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
     for module in model.modules():
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, Experts | Router):
+            for param in module.parameters(recurse=False):
+                nn.init.normal_(param, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
@@ -78,19 +89,26 @@ def _decoder(spec: Spec) -> DecoderLM:
         final_norm=nn.Identity() if spec.block.kind == "post-norm" else _norm(spec, spec.d_model),
         lm_head=nn.Linear(spec.d_model, spec.vocab_size, bias=False),
         windows=[spec.window_for_layer(index) for index in range(spec.n_layers)],
-        kv_heads=spec.kv_heads,
-        head_dim=spec.head_dim,
         context_length=spec.context_length,
         pos_embed=nn.Embedding(spec.context_length, spec.d_model) if isinstance(position, LearnedPositionSpec) else None,
         embed_norm=_norm(spec, spec.d_model) if spec.embeddings.norm else None,
         rotary=_rotary(spec) if isinstance(position, RopeSpec) else None,
         alibi_slopes=alibi_slopes(spec.attention.heads) if isinstance(position, AlibiSpec) else None,
         tied=spec.embeddings.tied,
+        **_router_loss_options(spec),
     )
 
 
+def _router_loss_options(spec: Spec) -> dict[str, Any]:
+    if spec.moe is None:
+        return {}
+    router = spec.moe.router
+    return {"aux_loss": router.aux_loss, "aux_loss_coef": router.aux_loss_coef, "z_loss_coef": router.z_loss_coef}
+
+
 def _block(spec: Spec, index: int) -> nn.Module:
-    attn, mlp = _attention(spec), _mlp(spec)
+    attn = _latent_attention(spec) if isinstance(spec.attention, LatentAttentionSpec) else _attention(spec)
+    mlp = _moe(spec) if spec.is_moe_layer(index) else _mlp(spec)
     kind = spec.block.kind
     if kind == "post-norm":
         return PostNormBlock(attn, mlp, _norm(spec, spec.d_model), _norm(spec, spec.d_model))
@@ -122,6 +140,60 @@ def _attention(spec: Spec) -> Attention:
         qk_norm_eps=spec.norm.eps if attn.qk_norm else None,
         scale=attn.scale,
         rope_interleaved=interleaved,
+    )
+
+
+def _latent_attention(spec: Spec) -> LatentAttention:
+    attn = spec.attention
+    assert isinstance(attn, LatentAttentionSpec) and isinstance(spec.position, RopeSpec)
+    scale = attn.scale
+    scaling = spec.position.scaling
+    if scale is None:  # DeepSeek: the YaRN temperature correction enters the softmax scale squared
+        scale = (attn.nope_dim + attn.rope_dim) ** -0.5
+        if isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:
+            scale *= yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
+    return LatentAttention(
+        spec.d_model,
+        attn.heads,
+        attn.q_rank,
+        attn.kv_rank,
+        attn.nope_dim,
+        attn.rope_dim,
+        attn.v_dim,
+        bias=attn.bias,
+        latent_norm_eps=attn.latent_norm_eps,
+        scale=scale,
+        rope_interleaved=spec.position.pairing == "interleaved",
+    )
+
+
+def _moe(spec: Spec) -> MoE:
+    moe = spec.moe
+    assert moe is not None and moe.d_ff is not None and moe.shared_d_ff is not None
+    router = moe.router
+    name = spec.mlp.activation
+    activation = ACTIVATIONS[GATED_ACTIVATIONS.get(name, name)]
+    gated = name in GATED_ACTIVATIONS
+    shared = None
+    if moe.shared_experts:
+        shared = MLP(spec.d_model, moe.shared_experts * moe.shared_d_ff, activation, gated=gated, bias=False)
+    return MoE(
+        Router(
+            spec.d_model,
+            moe.experts,
+            moe.top_k,
+            scoring=router.scoring,
+            renormalize=router.renormalize,
+            scale=router.scale,
+            groups=router.groups,
+            top_groups=router.top_groups or router.groups,
+            group_score=router.group_score,
+            correction_bias=router.correction_bias,
+        ),
+        Experts(moe.experts, spec.d_model, moe.d_ff, activation, gated),
+        shared=shared,
+        shared_gate=nn.Linear(spec.d_model, 1, bias=False) if moe.shared_gate else None,
+        jitter=router.jitter,
     )
 
 
@@ -171,3 +243,43 @@ def _default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+# ----------------------------------------------------------------------------------- encoder-decoder
+def _encoder_decoder(spec: Spec) -> EncoderDecoderLM:
+    """T5: a bidirectional encoder and a causal decoder with cross-attention, each with its own relative-bias
+    table (computed once per stack), one shared embedding, and optionally the d_model^-0.5 head scale."""
+    position = spec.position
+    assert isinstance(position, RelativeBiasSpec)  # checked by the spec rules
+    assert spec.n_decoder_layers is not None and spec.tokens.decoder_start is not None
+
+    def bias(bidirectional: bool) -> RelativePositionBias:
+        return RelativePositionBias(spec.attention.heads, position.buckets, position.max_distance, bidirectional)
+
+    def norm() -> nn.Module:
+        return _norm(spec, spec.d_model)
+
+    encoder_layers = [
+        PreNormBlock(_attention(spec), _mlp(spec), attn_norm=norm(), mlp_norm=norm()) for _ in range(spec.n_layers)
+    ]
+    decoder_layers = [
+        CrossAttentionBlock(_attention(spec), _cross_attention(spec), _mlp(spec), norm(), norm(), norm())
+        for _ in range(spec.n_decoder_layers)
+    ]
+    return EncoderDecoderLM(
+        embed=nn.Embedding(spec.vocab_size, spec.d_model),
+        encoder=Stack(encoder_layers, bias(bidirectional=True), norm()),
+        decoder=Stack(decoder_layers, bias(bidirectional=False), norm()),
+        lm_head=nn.Linear(spec.d_model, spec.vocab_size, bias=False),
+        kv_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        decoder_start=spec.tokens.decoder_start,
+        head_scale=spec.d_model**-0.5 if spec.embeddings.scale_head else None,
+        tied=spec.embeddings.tied,
+    )
+
+
+def _cross_attention(spec: Spec) -> CrossAttention:
+    attn = spec.attention
+    bias = (attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o)
+    return CrossAttention(spec.d_model, attn.heads, spec.kv_heads, spec.head_dim, bias=bias, scale=attn.scale)

@@ -26,7 +26,8 @@ from archspec.spec.errors import ArchspecError, WeightLoadError
 from archspec.spec.loader import spec_from_dict
 from archspec.spec.schema import NAME_PATTERN, Spec
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "bloom", "falcon", "glm", "glm4", "gpt_neox")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "bloom", "falcon", "glm", "glm4", "gpt_neox", "t5",
+                         "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
 
 # Class defaults of the transformers 5.23.0 config classes, for keys a config.json may leave out.
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -55,6 +56,23 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                 partial_rotary_factor=0.5),
 }
 _DEFAULTS["glm4"] = _DEFAULTS["glm"]
+_DEFAULTS["mixtral"] = dict(_DEFAULTS["mistral"], sliding_window=None, rms_norm_eps=1e-5, rope_theta=1e6,
+                            num_experts_per_tok=2, num_local_experts=8, router_aux_loss_coef=0.001, router_jitter_noise=0.0)
+_DEFAULTS["qwen2_moe"] = dict(_DEFAULTS["qwen2"], decoder_sparse_step=1, moe_intermediate_size=1408,
+                              shared_expert_intermediate_size=5632, num_experts_per_tok=4, num_experts=60,
+                              norm_topk_prob=False, router_aux_loss_coef=0.001, mlp_only_layers=[], qkv_bias=True)
+_DEFAULTS["qwen3_moe"] = dict(_DEFAULTS["qwen3"], decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8,
+                              num_experts=128, norm_topk_prob=False, router_aux_loss_coef=0.001, mlp_only_layers=[])
+_DEFAULTS["deepseek_v2"] = dict(rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False, hidden_act="silu",
+                                attention_bias=False, rope_theta=10000.0, first_k_dense_replace=0, kv_lora_rank=512,
+                                q_lora_rank=1536, n_group=None, n_routed_experts=64, n_shared_experts=2, qk_nope_head_dim=128,
+                                qk_rope_head_dim=64, routed_scaling_factor=1.0, topk_group=None, topk_method="greedy",
+                                v_head_dim=128, num_experts_per_tok=None, moe_intermediate_size=1407, bos_token_id=1,
+                                eos_token_id=2)
+_DEFAULTS["deepseek_v3"] = dict(_DEFAULTS["deepseek_v2"], n_shared_experts=1, n_routed_experts=256, routed_scaling_factor=2.5,
+                                n_group=8, topk_group=4, num_experts_per_tok=8, first_k_dense_replace=3, norm_topk_prob=True,
+                                max_position_embeddings=4096, moe_intermediate_size=2048, rope_interleave=True,
+                                bos_token_id=0, eos_token_id=1)
 
 _GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu-tanh", "gelu_new": "geglu-tanh", "relu": "reglu"}
 _PLAIN = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh",
@@ -95,7 +113,7 @@ def spec_from_hf(source: str | Path | dict[str, Any], name: str | None = None) -
     data = _CONVERTERS[model_type](get)
     data["name"] = name or _spec_name(source, config)
     data["description"] = f"imported from a transformers '{model_type}' config"
-    data["tokens"] = _tokens(get)
+    data["tokens"] = {**_tokens(get), **data.get("tokens", {})}
     return spec_from_dict(data, source=str(source) if not isinstance(source, dict) else "<hf config>")
 
 
@@ -328,6 +346,97 @@ def _from_gpt_neox(get: _Getter) -> dict[str, Any]:
     }
 
 
+def _experts(get: _Getter, *names: str) -> Any:
+    """The routed-expert count under whichever of its names this config uses."""
+    for name in names:
+        if get.config.get(name) is not None:
+            return get.config[name]
+    return get(names[0])
+
+
+def _from_mixtral(get: _Getter) -> dict[str, Any]:
+    data = _from_mistral(get)
+    data["moe"] = {
+        "experts": _experts(get, "num_local_experts", "num_experts"),
+        "top_k": get("num_experts_per_tok"),
+        "router": {"renormalize": True, "jitter": float(get("router_jitter_noise") or 0.0),
+                   "aux_loss_coef": float(get("router_aux_loss_coef"))},
+    }
+    return data
+
+
+def _qwen_moe_layers(get: _Getter, n_layers: int) -> list[int] | None:
+    """Qwen-MoE: layer l is sparse iff l is not in mlp_only_layers and (l + 1) % decoder_sparse_step == 0."""
+    step, dense = get("decoder_sparse_step") or 1, set(get("mlp_only_layers") or [])
+    layers = [layer for layer in range(n_layers) if layer not in dense and (layer + 1) % step == 0]
+    return None if len(layers) == n_layers else layers
+
+
+def _from_qwen_moe(get: _Getter, shared: bool) -> dict[str, Any]:
+    if shared:
+        flag = bool(get("qkv_bias"))
+        data = _llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": False})
+    else:
+        flag = bool(get("attention_bias"))
+        data = _llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": flag}, qk_norm=True)
+    moe: dict[str, Any] = {
+        "experts": _experts(get, "num_experts", "num_local_experts"),
+        "top_k": get("num_experts_per_tok"),
+        "d_ff": get("moe_intermediate_size"),
+        "layers": _qwen_moe_layers(get, data["n_layers"]),
+        "router": {"renormalize": bool(get("norm_topk_prob")), "aux_loss_coef": float(get("router_aux_loss_coef"))},
+    }
+    if shared and get("shared_expert_intermediate_size"):
+        moe |= {"shared_experts": 1, "shared_d_ff": get("shared_expert_intermediate_size"), "shared_gate": True}
+    data["moe"] = moe
+    return data
+
+
+def _from_deepseek(get: _Getter, version: int) -> dict[str, Any]:
+    heads = get.require("num_attention_heads")
+    rope_dim = get("qk_rope_head_dim")
+    pairing = "interleaved" if version == 2 or get("rope_interleave") else "half"
+    position = _rope(get, fraction=1.0, pairing=pairing)
+    groups = get("n_group") or 1
+    if version == 2:
+        greedy = get("topk_method") == "greedy"
+        router = {"scoring": "softmax", "renormalize": False, "groups": 1 if greedy else groups,
+                  "top_groups": 1 if greedy else get("topk_group"), "group_score": "max"}
+    else:
+        router = {"scoring": "sigmoid", "renormalize": bool(get("norm_topk_prob")), "groups": groups,
+                  "top_groups": get("topk_group") or groups, "group_score": "top2-sum", "correction_bias": True}
+    router["scale"] = float(get("routed_scaling_factor"))
+    return {
+        "vocab_size": get.require("vocab_size"),
+        "d_model": get.require("hidden_size"),
+        "n_layers": get.require("num_hidden_layers"),
+        "context_length": get("max_position_embeddings"),
+        "attention": {
+            "kind": "mla",
+            "heads": heads,
+            "q_rank": get("q_lora_rank"),
+            "kv_rank": get("kv_lora_rank"),
+            "nope_dim": get("qk_nope_head_dim"),
+            "rope_dim": rope_dim,
+            "v_dim": get("v_head_dim"),
+            "bias": bool(get("attention_bias")),
+        },
+        "position": position,
+        "norm": {"kind": "rmsnorm", "eps": get("rms_norm_eps")},
+        "block": "pre-norm",
+        "mlp": {"activation": _GATED[get("hidden_act")], "d_ff": get.require("intermediate_size")},
+        "moe": {
+            "experts": _experts(get, "n_routed_experts", "num_experts", "num_local_experts"),
+            "top_k": get("num_experts_per_tok"),
+            "d_ff": get("moe_intermediate_size"),
+            "shared_experts": get("n_shared_experts") or 0,
+            "dense_layers": get("first_k_dense_replace") or 0,
+            "router": router,
+        },
+        "embeddings": {"tied": bool(get("tie_word_embeddings"))},
+    }
+
+
 def _plain(activation: str) -> str:
     if activation not in _PLAIN:
         raise UnsupportedConfigError(f"activation {activation!r} is not supported")
@@ -345,6 +454,11 @@ _CONVERTERS: dict[str, Callable[[_Getter], dict[str, Any]]] = {
     "gpt_neox": _from_gpt_neox,
     "glm": _from_glm,
     "glm4": lambda get: _from_glm(get, sandwich=True),
+    "mixtral": _from_mixtral,
+    "qwen2_moe": lambda get: _from_qwen_moe(get, shared=True),
+    "qwen3_moe": lambda get: _from_qwen_moe(get, shared=False),
+    "deepseek_v2": lambda get: _from_deepseek(get, version=2),
+    "deepseek_v3": lambda get: _from_deepseek(get, version=3),
 }
 
 
@@ -356,6 +470,8 @@ class Source:
     name: str
     split: Callable[[torch.Tensor], torch.Tensor] | None = None
     transpose: bool = False  # GPT-2 Conv1D stores [in, out]
+    stack: tuple[str, ...] = ()  # per-expert tensors stacked into one [experts, ...] tensor (`name` is the first)
+    alternative: Source | None = None  # another layout of the same tensor (5.x fused experts vs hub per-expert)
 
 
 @dataclass
@@ -392,10 +508,54 @@ _FALCON_BLOOM_LAYER = {
 _QKV = {"attn.q": ("query_key_value", "q"), "attn.k": ("query_key_value", "k"), "attn.v": ("query_key_value", "v")}
 
 
+_MLA_LAYER = {
+    "attn.q": "self_attn.q_proj",
+    "attn.q_down": "self_attn.q_a_proj",
+    "attn.q_latent_norm": "self_attn.q_a_layernorm",
+    "attn.q_up": "self_attn.q_b_proj",
+    "attn.kv_down": "self_attn.kv_a_proj_with_mqa",
+    "attn.kv_latent_norm": "self_attn.kv_a_layernorm",
+    "attn.kv_up": "self_attn.kv_b_proj",
+}
+_SHARED = {"mlp.shared.gate": "gate_proj", "mlp.shared.up": "up_proj", "mlp.shared.down": "down_proj"}
+_MOE_LAYER: dict[str, dict[str, str]] = {
+    "mixtral": {"mlp.router": "block_sparse_moe.gate"},
+    "qwen2_moe": {"mlp.router": "mlp.gate", "mlp.shared_gate": "mlp.shared_expert_gate"}
+    | {k: f"mlp.shared_expert.{v}" for k, v in _SHARED.items()},
+    "qwen3_moe": {"mlp.router": "mlp.gate"},
+    "deepseek_v2": {"mlp.router": "mlp.gate"} | {k: f"mlp.shared_experts.{v}" for k, v in _SHARED.items()},
+    "deepseek_v3": {"mlp.router": "mlp.gate"} | {k: f"mlp.shared_experts.{v}" for k, v in _SHARED.items()},
+}
+_MOE_FAMILIES = tuple(_MOE_LAYER)
+# Per-expert hub names (experts.{e}.<name>.weight) of gate, up and down; Mixtral's are w1, w3, w2.
+_EXPERT_NAMES = {"mixtral": ("block_sparse_moe.experts", {"gate": "w1", "up": "w3", "down": "w2"})}
+_DEFAULT_EXPERT_NAMES = ("mlp.experts", {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"})
+
+
+def _expert_source(model_type: str, spec: Spec, prefix: str, part: str) -> Source:
+    """Stacked per-expert tensors (hub layout), or transformers 5.x's fused gate_up_proj / down_proj."""
+    assert spec.moe is not None
+    module, names = _EXPERT_NAMES.get(model_type, _DEFAULT_EXPERT_NAMES)
+    stacked = tuple(f"{prefix}{module}.{e}.{names[part]}.weight" for e in range(spec.moe.experts))
+    if part == "down":
+        fused = Source(f"{prefix}mlp.experts.down_proj")
+    else:
+        fused = Source(f"{prefix}mlp.experts.gate_up_proj", split=lambda t: t.chunk(2, dim=1)[0 if part == "gate" else 1])
+    return Source(stacked[0], stack=stacked, alternative=fused)
+
+
 def key_map(model_type: str, spec: Spec) -> KeyMap:
     """The names of one family's checkpoint, given the spec (Falcon's norms depend on its layout)."""
+    if model_type == "t5":
+        return _t5_key_map(spec)
     if model_type in ("llama", "mistral", "qwen2", "qwen3"):
         return KeyMap(_LLAMA_TOP, "model.layers.{i}.", _LLAMA_LAYER)
+    if model_type in _MOE_FAMILIES:
+        layer = dict(_LLAMA_LAYER)
+        if model_type.startswith("deepseek"):
+            layer |= _MLA_LAYER
+        layer |= _MOE_LAYER[model_type]
+        return KeyMap(_LLAMA_TOP, "model.layers.{i}.", layer, aliases={"block_sparse_moe.": "mlp."})
     if model_type in ("glm", "glm4"):
         layer = {k: v for k, v in _LLAMA_LAYER.items() if k not in ("mlp.gate", "mlp.up")}
         layer |= {"attn_out_norm": "post_self_attn_layernorm", "mlp_out_norm": "post_mlp_layernorm"}
@@ -477,7 +637,11 @@ def archspec_sources(model_type: str, spec: Spec, archspec_keys: list[str]) -> d
             table = names.layer
         else:
             prefix, inner, table = "", module, names.top
-        if inner in table:
+        if layer_match and inner == "mlp.experts":
+            sources[key] = _expert_source(model_type, spec, prefix, param)
+        elif inner == "mlp.router" and param == "correction_bias":
+            sources[key] = Source(f"{prefix}{table[inner]}.e_score_correction_bias")
+        elif inner in table:
             hf_module = table[inner]
             sources[key] = Source(f"{prefix}{hf_module}.{param}", transpose=hf_module in names.conv1d and param == "weight")
         elif inner in names.fused:
@@ -542,12 +706,17 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
     missing, mismatched = [], []
     for key in wanted:
         source = sources.get(key)
-        hf_name = _resolve(source.name, available, names.aliases) if source else None
-        if source is None or hf_name is None:
+        found = _find(source, available, names.aliases)
+        if source is None or found is None:
             missing.append(f"{key} (from {source.name if source else '?'})")
             continue
-        tensor = reader.get(hf_name)
-        used.add(hf_name)
+        source, hf_names = found
+        hf_name = hf_names[0]
+        used.update(hf_names)
+        if source.stack:
+            tensor = torch.stack([reader.get(name) for name in hf_names])
+        else:
+            tensor = reader.get(hf_name)
         if source.split is not None:
             tensor = source.split(tensor)
         if source.transpose:
@@ -585,6 +754,17 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
     return model
 
 
+def _find(source: Source | None, available: set[str], aliases: dict[str, str]) -> tuple[Source, list[str]] | None:
+    """The first layout of `source` whose tensors are all in the checkpoint, with their checkpoint names."""
+    while source is not None:
+        wanted = source.stack or (source.name,)
+        resolved = [_resolve(name, available, aliases) for name in wanted]
+        if all(resolved):
+            return source, resolved  # type: ignore[return-value]
+        source = source.alternative
+    return None
+
+
 def _resolve(name: str, available: set[str], aliases: dict[str, str]) -> str | None:
     """The checkpoint's name for `name`: itself, a known alias, or without the base-model prefix (old hub files)."""
     for candidate in _candidates(name, aliases):
@@ -597,6 +777,9 @@ def _candidates(name: str, aliases: dict[str, str]) -> Iterator[str]:
     yield name
     if name in aliases:
         yield aliases[name]
+    for old, new in aliases.items():
+        if old.endswith(".") and old in name:
+            yield name.replace(old, new)
     for prefix in ("transformer.", "model.", "gpt_neox."):
         if name.startswith(prefix):
             yield name[len(prefix) :]
@@ -604,4 +787,83 @@ def _candidates(name: str, aliases: dict[str, str]) -> Iterator[str]:
 
 def _ignorable(name: str) -> bool:
     """Buffers some checkpoints carry that hold no learned weights (rotary tables, GPT-2's causal masks)."""
+    if name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):  # T5's copies of shared.weight
+        return True
     return name.endswith(("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias"))
+
+
+# ============================================================================================ T5
+_DEFAULTS["t5"] = dict(d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=None, num_heads=8,
+                       relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                       layer_norm_epsilon=1e-6, feed_forward_proj="relu", n_positions=512, pad_token_id=0,
+                       eos_token_id=1, decoder_start_token_id=0)
+
+
+def _from_t5(get: _Getter) -> dict[str, Any]:
+    """T5 v1.0 (ReLU, tied head scaled by d_model^-0.5) and v1.1 / Flan-T5 (gated-gelu = gelu_new, untied head).
+
+    The head: transformers 5.x scales the decoder output iff `tie_word_embeddings` was not passed as False, and
+    writes the result as `scale_decoder_outputs` (while `tie_word_embeddings` itself is always true in 5.x
+    configs); 4.x configs only have `tie_word_embeddings`. A scaled head is T5 v1.0's tied head; an unscaled one
+    is v1.1's separate `lm_head`.
+    """
+    proj = str(get("feed_forward_proj"))
+    gated, act = proj.startswith("gated-"), proj.split("-")[-1]
+    if gated:
+        activation = "geglu-tanh" if act == "gelu" else _GATED.get(act)  # "gated-gelu" is gelu_new in T5
+    else:
+        activation = _PLAIN.get(act)
+    if activation is None:
+        raise UnsupportedConfigError(f"feed_forward_proj {proj!r} is not supported")
+    scale = get.config.get("scale_decoder_outputs", get.config.get("tie_word_embeddings", True) is not False)
+    layers = get("num_layers")
+    start = get("decoder_start_token_id")
+    return {
+        "structure": "encoder-decoder",
+        "vocab_size": get.require("vocab_size"),
+        "d_model": get.require("d_model"),
+        "n_layers": layers,
+        "n_decoder_layers": get("num_decoder_layers") or layers,
+        "context_length": get("n_positions"),
+        "attention": {"heads": get("num_heads"), "head_dim": get("d_kv"), "bias": False, "scale": 1.0},
+        "position": {
+            "kind": "relative-bias",
+            "buckets": get("relative_attention_num_buckets"),
+            "max_distance": get("relative_attention_max_distance"),
+        },
+        "norm": {"kind": "rmsnorm", "eps": get("layer_norm_epsilon")},
+        "block": "pre-norm",
+        "mlp": {"activation": activation, "d_ff": get("d_ff"), "bias": False},
+        "embeddings": {"tied": bool(scale), "scale_head": bool(scale)},
+        "tokens": {"decoder_start": start if start is not None else get("pad_token_id")},
+    }
+
+
+_CONVERTERS["t5"] = _from_t5
+
+
+def _t5_key_map(spec: Spec) -> KeyMap:
+    """T5 names (hf_parity_map section 7). The relative-bias table sits in block 0's self-attention of each stack;
+    a 5.x model built from a config keeps `lm_head` tied to `shared` even for v1.1, so an untied head falls back
+    to `shared.weight` when the checkpoint has no `lm_head.weight`."""
+    gated = spec.mlp.activation in ("swiglu", "geglu", "geglu-tanh", "reglu")
+    ff = {"mlp.gate": "DenseReluDense.wi_0", "mlp.up": "DenseReluDense.wi_1"} if gated else {"mlp.up": "DenseReluDense.wi"}
+    ff["mlp.down"] = "DenseReluDense.wo"
+    top = {"embed": "shared", "lm_head": "lm_head"}
+    for side, n_layers in (("encoder", spec.n_layers), ("decoder", spec.n_decoder_layers or spec.n_layers)):
+        top[f"{side}.position_bias.table"] = f"{side}.block.0.layer.0.SelfAttention.relative_attention_bias"
+        top[f"{side}.final_norm"] = f"{side}.final_layer_norm"
+        ff_index = 1 if side == "encoder" else 2
+        for i in range(n_layers):
+            ours, theirs = f"{side}.layers.{i}.", f"{side}.block.{i}.layer."
+            top[ours + "attn_norm"] = theirs + "0.layer_norm"
+            top[ours + "mlp_norm"] = f"{theirs}{ff_index}.layer_norm"
+            for p in "qkvo":
+                top[f"{ours}attn.{p}"] = f"{theirs}0.SelfAttention.{p}"
+            for name, hf in ff.items():
+                top[ours + name] = f"{theirs}{ff_index}.{hf}"
+            if side == "decoder":
+                top[ours + "cross_norm"] = theirs + "1.layer_norm"
+                for p in "qkvo":
+                    top[f"{ours}cross_attn.{p}"] = f"{theirs}1.EncDecAttention.{p}"
+    return KeyMap(top, "", {}, aliases={"lm_head.weight": "shared.weight"})

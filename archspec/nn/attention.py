@@ -40,8 +40,15 @@ class Attention(nn.Module):
         self.k = nn.Linear(d_model, kv_heads * head_dim, bias=k_bias)
         self.v = nn.Linear(d_model, kv_heads * head_dim, bias=v_bias)
         self.o = nn.Linear(heads * head_dim, d_model, bias=o_bias)
-        self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
-        self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
+        self.q_norm: nn.Module | None = None
+        self.k_norm: nn.Module | None = None
+        if qk_norm_eps is not None:  # emit-if: qk_norm
+            self.q_norm = RMSNorm(head_dim, qk_norm_eps)
+            self.k_norm = RMSNorm(head_dim, qk_norm_eps)
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerKVCache:
+        """An empty static cache for this layer's keys and values."""
+        return LayerKVCache(batch, self.kv_heads, max_len, self.head_dim, dtype, device)
 
     def forward(
         self,
@@ -52,13 +59,14 @@ class Attention(nn.Module):
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = self.q(x).view(batch, seq, self.heads, self.head_dim)
-        k = self.k(x).view(batch, seq, self.kv_heads, self.head_dim)
-        v = self.v(x).view(batch, seq, self.kv_heads, self.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
+        # -1, not self.heads: under tensor parallelism each rank holds only its share of the heads.
+        q = self.q(x).view(batch, seq, -1, self.head_dim)
+        k = self.k(x).view(batch, seq, -1, self.head_dim)
+        v = self.v(x).view(batch, seq, -1, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:  # emit-if: qk_norm
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if rope is not None:
+        if rope is not None:  # emit-if: rope
             cos, sin = rope
             q = apply_rotary(q, cos, sin, self.rope_interleaved)
             k = apply_rotary(k, cos, sin, self.rope_interleaved)
@@ -73,4 +81,4 @@ class Attention(nn.Module):
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )
-        return self.o(out.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
+        return self.o(out.transpose(1, 2).reshape(batch, seq, -1))

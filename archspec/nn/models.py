@@ -6,17 +6,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archspec.nn.cache import KVCache, LayerKVCache
+from archspec.nn.cache import KVCache
 from archspec.nn.masks import additive_mask, causal_mask
+from archspec.nn.moe import MoE, load_balancing_loss, router_z_loss, sequence_balancing_loss
 from archspec.nn.positions import alibi_bias
 
 
 @dataclass
 class LMOutput:
-    """What a forward pass returns: logits [batch, seq, vocab], and the loss when labels were given."""
+    """What a forward pass returns: logits [batch, seq, vocab], and the loss when labels were given.
+
+    For MoE models the router losses are reported separately and added to `loss` with their coefficients.
+    """
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
 
 
 class DecoderLM(nn.Module):
@@ -35,14 +41,15 @@ class DecoderLM(nn.Module):
         lm_head: nn.Linear,
         *,
         windows: list[int | None],
-        kv_heads: int,
-        head_dim: int,
         context_length: int,
         pos_embed: nn.Embedding | None = None,
         embed_norm: nn.Module | None = None,
         rotary: nn.Module | None = None,
         alibi_slopes: torch.Tensor | None = None,
         tied: bool = False,
+        aux_loss: str = "token",
+        aux_loss_coef: float = 0.0,
+        z_loss_coef: float = 0.0,
     ) -> None:
         super().__init__()
         self.embed = embed
@@ -59,7 +66,8 @@ class DecoderLM(nn.Module):
         else:
             self.alibi_slopes = None
         self.windows = windows
-        self.kv_heads, self.head_dim, self.context_length = kv_heads, head_dim, context_length
+        self.context_length = context_length
+        self.aux_loss, self.aux_loss_coef, self.z_loss_coef = aux_loss, aux_loss_coef, z_loss_coef
 
     def forward(
         self, input_ids: torch.Tensor, *, cache: KVCache | None = None, labels: torch.Tensor | None = None
@@ -79,10 +87,25 @@ class DecoderLM(nn.Module):
         if cache is not None:
             cache.length = past + seq
         logits = self.lm_head(self.final_norm(x))
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        if labels is None:
+            return LMOutput(logits=logits)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        if any(isinstance(layer.mlp, MoE) for layer in self.layers):  # emit-if: moe
+            aux, z = self._router_losses(batch)
+            total = loss + self.aux_loss_coef * aux + self.z_loss_coef * z
+            return LMOutput(logits=logits, loss=total, aux_loss=aux, z_loss=z)
         return LMOutput(logits=logits, loss=loss)
+
+    def _router_losses(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:  # emit-if: moe
+        moes = [layer.mlp for layer in self.layers if isinstance(layer.mlp, MoE)]
+        logits = [moe.router_logits for moe in moes]
+        selected = [moe.selected for moe in moes]
+        experts = moes[0].router.experts
+        if self.aux_loss == "sequence":
+            aux = sequence_balancing_loss(logits, selected, experts, batch, moes[0].router.scoring)  # type: ignore[arg-type]
+        else:
+            aux = load_balancing_loss(logits, selected, experts)  # type: ignore[arg-type]
+        return aux, router_z_loss(logits)  # type: ignore[arg-type]
 
     def _masks(
         self, positions: torch.Tensor, cache: KVCache | None, dtype: torch.dtype
@@ -106,13 +129,8 @@ class DecoderLM(nn.Module):
     ) -> KVCache:
         """An empty static cache for `batch` sequences of up to `max_len` positions."""
         reference = self.embed.weight
-        layers = [
-            LayerKVCache(
-                batch, self.kv_heads, max_len, self.head_dim, dtype or reference.dtype, device or reference.device
-            )
-            for _ in self.layers
-        ]
-        return KVCache(layers)
+        dtype, device = dtype or reference.dtype, device or reference.device
+        return KVCache([layer.attn.new_cache(batch, max_len, dtype, device) for layer in self.layers])
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:

@@ -27,3 +27,43 @@ def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor) -> torch.Tenso
     position alone is what BLOOM computes, which keeps the logits bit-comparable.
     """
     return (slopes[:, None] * key_positions[None, :].float())[:, None, :]
+
+
+def relative_position_buckets(
+    relative: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucket of each relative distance `relative = key - query` (Raffel et al. 2020, section 2.1).
+
+    Bidirectional (encoder): half the buckets are for keys after the query. Causal (decoder): only
+    n = max(query - key, 0) counts (later keys fall in bucket 0 and are masked anyway). Distances below
+    me = buckets / 2 get a bucket each; larger ones share logarithmically wider buckets up to `max_distance`:
+    me + trunc(ln(n / me) / ln(max_distance / me) * (buckets - me)), capped at buckets - 1.
+    """
+    offset = torch.zeros_like(relative)
+    if bidirectional:
+        buckets //= 2
+        offset = (relative > 0).to(torch.long) * buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)
+    max_exact = buckets // 2
+    scaled = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (buckets - max_exact)
+    large = (max_exact + scaled.to(torch.long)).clamp(max=buckets - 1)
+    return offset + torch.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(torch.nn.Module):
+    """T5's learned bias per head and distance bucket, added to the attention scores: [heads, queries, keys].
+
+    One table per stack; the bias it gives is computed once per forward and shared by every layer of the stack.
+    """
+
+    def __init__(self, heads: int, buckets: int, max_distance: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.buckets, self.max_distance, self.bidirectional = buckets, max_distance, bidirectional
+        self.table = torch.nn.Embedding(buckets, heads)
+
+    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        relative = key_positions[None, :] - query_positions[:, None]
+        bucket = relative_position_buckets(relative, self.bidirectional, self.buckets, self.max_distance)
+        return self.table(bucket).permute(2, 0, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from archspec.spec.errors import SpecIssue
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
 
 def consistency_issues(spec: Spec) -> list[SpecIssue]:
     """Every rule the types alone cannot express. Runs on a spec whose fields are individually valid."""
-    from archspec.spec.schema import Llama3Scaling, RopeSpec
+    from archspec.spec.schema import AttentionSpec, LatentAttentionSpec, Llama3Scaling, RopeSpec
 
     issues: list[SpecIssue] = []
 
@@ -20,24 +21,27 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
         issues.append(SpecIssue(tuple(path.split(".")), message, hint))
 
     attn = spec.attention
-    if attn.head_dim is None:
-        problem(
-            "attention.heads",
-            f"d_model ({spec.d_model}) is not divisible by heads ({attn.heads})",
-            "set attention.head_dim explicitly or change heads",
-        )
-    if attn.kv_heads is not None and attn.heads % attn.kv_heads:
-        problem(
-            "attention.kv_heads",
-            f"heads ({attn.heads}) must be divisible by kv_heads ({attn.kv_heads})",
-            "each key/value head serves a whole group of query heads",
-        )
-    if attn.window_layers is not None:
-        if attn.window is None:
-            problem("attention.window_layers", "window_layers is set but attention.window is not", "set window")
-        bad = [layer for layer in attn.window_layers if layer >= spec.n_layers]
-        if bad:
-            problem("attention.window_layers", f"layers {bad} do not exist (n_layers = {spec.n_layers})")
+    if isinstance(attn, LatentAttentionSpec):
+        issues.extend(_latent_attention_issues(spec))
+    else:
+        if attn.head_dim is None:
+            problem(
+                "attention.heads",
+                f"d_model ({spec.d_model}) is not divisible by heads ({attn.heads})",
+                "set attention.head_dim explicitly or change heads",
+            )
+        if attn.kv_heads is not None and attn.heads % attn.kv_heads:
+            problem(
+                "attention.kv_heads",
+                f"heads ({attn.heads}) must be divisible by kv_heads ({attn.kv_heads})",
+                "each key/value head serves a whole group of query heads",
+            )
+        if attn.window_layers is not None:
+            if attn.window is None:
+                problem("attention.window_layers", "window_layers is set but attention.window is not", "set window")
+            bad = [layer for layer in attn.window_layers if layer >= spec.n_layers]
+            if bad:
+                problem("attention.window_layers", f"layers {bad} do not exist (n_layers = {spec.n_layers})")
 
     if spec.norm.kind == "rmsnorm" and spec.norm.bias:
         problem("norm.bias", "rmsnorm has no bias", "use kind: layernorm, or drop bias")
@@ -49,7 +53,7 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
         problem("block.parallel_norms", f"only meaningful for parallel blocks, not {block.kind}")
 
     position = spec.position
-    if isinstance(position, RopeSpec) and attn.head_dim is not None:
+    if isinstance(position, RopeSpec) and isinstance(attn, AttentionSpec) and attn.head_dim is not None:
         rotary = int(attn.head_dim * position.fraction)
         if rotary == 0 or rotary % 2:
             problem(
@@ -64,6 +68,87 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
                 f"must exceed low_freq_factor ({scaling.low_freq_factor})",
                 "the two bound the band that is smoothly interpolated",
             )
-    if attn.qk_norm and spec.norm.kind != "rmsnorm":
+    if isinstance(attn, AttentionSpec) and attn.qk_norm and spec.norm.kind != "rmsnorm":
         problem("attention.qk_norm", "qk_norm uses RMSNorm per head; the spec's norm is layernorm")
+    _structure_issues(spec, problem)
+    if spec.moe is not None:
+        issues.extend(_moe_issues(spec))
     return issues
+
+
+def _latent_attention_issues(spec: Spec) -> list[SpecIssue]:
+    from archspec.spec.schema import RopeSpec
+
+    issues = []
+    position = spec.position
+    if not isinstance(position, RopeSpec):
+        issues.append(SpecIssue(("position",), "mla needs rope positions (its rope_dim part rotates)", "position: rope"))
+    elif position.fraction != 1.0:
+        issues.append(SpecIssue(("position", "fraction"), "mla rotates exactly attention.rope_dim dims", "drop fraction"))
+    if spec.attention.rope_dim % 2:  # type: ignore[union-attr]
+        issues.append(SpecIssue(("attention", "rope_dim"), "must be even", "rotary dims rotate in pairs"))
+    return issues
+
+
+def _moe_issues(spec: Spec) -> list[SpecIssue]:
+    moe = spec.moe
+    assert moe is not None
+    router = moe.router
+    issues = []
+
+    def problem(path: str, message: str, hint: str = "") -> None:
+        issues.append(SpecIssue(tuple(path.split(".")), message, hint))
+
+    if moe.top_k > moe.experts:
+        problem("moe.top_k", f"top_k ({moe.top_k}) exceeds experts ({moe.experts})")
+    if moe.experts % router.groups:
+        problem("moe.router.groups", f"experts ({moe.experts}) must be divisible by groups ({router.groups})")
+    elif router.top_groups is not None:
+        if router.top_groups > router.groups:
+            problem("moe.router.top_groups", f"top_groups ({router.top_groups}) exceeds groups ({router.groups})")
+        elif router.top_groups * (moe.experts // router.groups) < moe.top_k:
+            problem("moe.router.top_groups", f"the kept groups hold fewer than top_k ({moe.top_k}) experts")
+        if router.group_score == "top2-sum" and router.groups > 1 and moe.experts // router.groups < 2:
+            problem("moe.router.group_score", "top2-sum needs at least 2 experts per group")
+    if moe.layers is not None and any(layer >= spec.n_layers for layer in moe.layers):
+        problem("moe.layers", f"layers beyond n_layers ({spec.n_layers})")
+    if moe.dense_layers > spec.n_layers:
+        problem("moe.dense_layers", f"exceeds n_layers ({spec.n_layers})")
+    if moe.shared_gate and moe.shared_experts == 0:
+        problem("moe.shared_gate", "there are no shared experts to gate", "set shared_experts")
+    return issues
+
+
+def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
+    """Rules of the encoder-decoder (T5) and GLM structures and of the deepnorm block."""
+    from archspec.spec.schema import RelativeBiasSpec, RopeSpec
+
+    position, block = spec.position, spec.block
+    encoder_decoder = spec.structure == "encoder-decoder"
+    if isinstance(position, RelativeBiasSpec) and not encoder_decoder:
+        problem("position.kind", "relative-bias is implemented for structure: encoder-decoder only")
+    if encoder_decoder:
+        if not isinstance(position, RelativeBiasSpec):
+            problem("position.kind", f"encoder-decoder supports position kind relative-bias, not {position.kind}")
+        if block.kind != "pre-norm" or block.residual_from_norm:
+            problem("block", "encoder-decoder blocks are pre-norm (T5's layout)", "use block: pre-norm")
+        if spec.attention.window is not None:
+            problem("attention.window", "sliding windows are not supported in encoder-decoder models")
+        if spec.tokens.decoder_start is None:
+            problem("tokens.decoder_start", "encoder-decoder needs a decoder start token", "T5 uses 0 (the pad id)")
+    else:
+        if spec.n_decoder_layers is not None:
+            problem("n_decoder_layers", "only meaningful for structure: encoder-decoder")
+        if spec.embeddings.scale_head:
+            problem("embeddings.scale_head", "implemented for structure: encoder-decoder only (T5 v1.0)")
+    if isinstance(position, RopeSpec) and position.block_positions:
+        if spec.structure != "glm":
+            problem("position.block_positions", "2-D positions belong to structure: glm")
+        if position.fraction != 1.0 or position.pairing != "half":
+            problem("position.block_positions", "2-D positions rotate whole heads in half pairing", "fraction: 1, pairing: half")
+        if spec.attention.head_dim is not None and spec.attention.head_dim % 4:
+            problem("position.block_positions", f"head_dim {spec.attention.head_dim} must be divisible by 4", "two rotary halves of even width")
+    if block.kind != "deepnorm":
+        for name in ("alpha", "beta"):
+            if getattr(block, name) is not None:
+                problem(f"block.{name}", f"only meaningful for deepnorm blocks, not {block.kind}")

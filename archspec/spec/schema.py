@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -88,6 +88,42 @@ class AttentionSpec(Section):
     )
 
 
+class LatentAttentionSpec(Section):
+    """Multi-head Latent Attention (DeepSeek-V2, https://arxiv.org/abs/2405.04434): keys and values are
+    up-projected from one compressed latent per token, which is all the KV cache stores (plus one shared RoPE key)."""
+
+    kind: Literal["mla"]
+    heads: int = Field(gt=0, description="Number of query (and key/value) heads.")
+    q_rank: int | None = Field(None, gt=0, description="Rank of the query's low-rank projection (none: a plain q).")
+    kv_rank: int = Field(gt=0, description="Width of the compressed key/value latent (what the cache stores).")
+    nope_dim: int = Field(gt=0, description="Per-head query/key dims without RoPE.")
+    rope_dim: int = Field(gt=0, description="Per-head query/key dims with RoPE (the key part is shared by heads).")
+    v_dim: int = Field(gt=0, description="Per-head value dims.")
+    bias: bool = Field(False, description="Biases on the down projections and the output projection.")
+    latent_norm_eps: float = Field(1e-6, gt=0, description="Epsilon of the RMSNorms on the q and kv latents.")
+    scale: float | None = Field(
+        None,
+        gt=0,
+        description="Softmax scale. Default: (nope_dim + rope_dim) ** -0.5, times mscale(factor, mscale_all_dim)^2 "
+        "under YaRN scaling with mscale_all_dim (DeepSeek's temperature correction).",
+    )
+
+
+def _attention_kind(value: Any) -> str:
+    kind = value.get("kind", "mha") if isinstance(value, dict) else getattr(value, "kind", "mha")
+    return kind if isinstance(kind, str) else "mha"
+
+
+AnyAttention = Annotated[
+    Annotated[AttentionSpec, Tag("mha")] | Annotated[LatentAttentionSpec, Tag("mla")],
+    Discriminator(
+        _attention_kind,
+        custom_error_type="attention_kind",
+        custom_error_message="unknown attention kind (allowed: 'mha', 'mla')",
+    ),
+]
+
+
 # ------------------------------------------------------------------------------------------- positions
 class LinearScaling(Section):
     kind: Literal["linear"]
@@ -141,6 +177,13 @@ class RopeSpec(Section):
     scaling: Annotated[RopeScaling | None, BeforeValidator(kind_shorthand)] = Field(
         None, description="Context-extension scaling of the frequencies: linear, dynamic, llama3 or yarn."
     )
+    block_positions: bool = Field(
+        False,
+        description=(
+            "2-D positions (GLM, ChatGLM-6B; structure: glm): half of each head's rotary frequencies turn with the "
+            "position id, the other half with the block position id (0 in the prefix, 1, 2, ... after it)."
+        ),
+    )
 
 
 class AlibiSpec(Section):
@@ -155,17 +198,30 @@ class NoPositionSpec(Section):
     kind: Literal["none"]
 
 
-PositionSpec = Annotated[RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec, Field(discriminator="kind")]
+class RelativeBiasSpec(Section):
+    """T5's bucketed relative position bias (Raffel et al. 2020, https://arxiv.org/abs/1910.10683, section 2.1)."""
+
+    kind: Literal["relative-bias"]
+    buckets: int = Field(32, gt=1, description="Buckets of relative distance (relative_attention_num_buckets).")
+    max_distance: int = Field(
+        128, gt=1, description="Distances beyond this share the last bucket (relative_attention_max_distance)."
+    )
+
+
+PositionSpec = Annotated[
+    RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec | RelativeBiasSpec, Field(discriminator="kind")
+]
 
 
 # ---------------------------------------------------------------------------------------- block, mlp
 class BlockSpec(Section):
-    kind: Literal["pre-norm", "post-norm", "parallel", "sandwich"] = Field(
+    kind: Literal["pre-norm", "post-norm", "parallel", "sandwich", "deepnorm"] = Field(
         "pre-norm",
         description=(
             "pre-norm: x + f(norm(x)); post-norm: norm(x + f(x)) (original GPT); parallel: attention and MLP "
             "read the same input and both add to it (GPT-J, NeoX, Falcon); sandwich: pre-norm plus a norm on "
-            "each sublayer's output (GLM-4-0414)."
+            "each sublayer's output (GLM-4-0414); deepnorm: norm(alpha * x + f(x)) with the value/output/MLP "
+            "weights initialised with gain beta (DeepNet, https://arxiv.org/abs/2203.00555; GLM-130B)."
         ),
     )
     parallel_norms: Literal[1, 2] = Field(
@@ -173,6 +229,16 @@ class BlockSpec(Section):
     )
     residual_from_norm: bool = Field(
         False, description="pre-norm only: the residual branch starts from the normed input (BLOOM option)."
+    )
+    alpha: float | None = Field(
+        None,
+        gt=0,
+        description="deepnorm only: residual multiplier. Default (2N)^(1/4) for N decoder layers (DeepNet, Table 1).",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="deepnorm only: init gain of value, output and MLP weights. Default (8N)^(-1/4) (DeepNet).",
     )
 
 
@@ -196,6 +262,9 @@ class MlpSpec(Section):
 class EmbeddingSpec(Section):
     tied: bool = Field(False, description="The output head reuses the token-embedding matrix.")
     norm: bool = Field(False, description="A norm (of the spec's norm kind) right after the embedding (BLOOM).")
+    scale_head: bool = Field(
+        False, description="Multiply the final hidden state by d_model^-0.5 before the head (T5 v1.0, tied head)."
+    )
 
 
 class TokenSpec(Section):
@@ -204,6 +273,48 @@ class TokenSpec(Section):
         None, description="End-of-sequence token id, or several: generate() stops at any of them."
     )
     pad: int | None = Field(None, ge=0, description="Padding token id (generate() pads finished rows with it).")
+    decoder_start: int | None = Field(
+        None, ge=0, description="encoder-decoder: the token the decoder starts from (T5: 0, the pad id)."
+    )
+
+
+# ------------------------------------------------------------------------------------------------- moe
+class RouterSpec(Section):
+    scoring: Literal["softmax", "sigmoid"] = Field(
+        "softmax", description="Expert scores from the router logits: softmax (Mixtral, Qwen, DeepSeek-V2) or sigmoid (V3)."
+    )
+    renormalize: bool = Field(True, description="Divide the top-k weights by their sum (Mixtral; Qwen's norm_topk_prob).")
+    scale: float = Field(1.0, gt=0, description="Routed scaling factor multiplying the top-k weights (DeepSeek).")
+    groups: int = Field(1, gt=0, description="Group-limited routing: experts form this many groups ...")
+    top_groups: int | None = Field(None, gt=0, description="... and a token may only use experts of its best top_groups.")
+    group_score: Literal["max", "top2-sum"] = Field(
+        "max", description="Score of a group: its best expert (DeepSeek-V2) or its best two summed (V3)."
+    )
+    correction_bias: bool = Field(
+        False, description="A learned per-expert bias added to the scores for selection only, not weighting (V3)."
+    )
+    jitter: float = Field(0.0, ge=0, description="Training only: multiply the MoE input by U(1 - j, 1 + j) (Mixtral).")
+    aux_loss: Literal["token", "sequence"] = Field(
+        "token", description="Load-balancing loss over all tokens (Switch/Mixtral) or per sequence (DeepSeek-V3)."
+    )
+    aux_loss_coef: float = Field(0.0, ge=0, description="Weight of the load-balancing loss in the training loss.")
+    z_loss_coef: float = Field(0.0, ge=0, description="Weight of the router z-loss, mean(logsumexp(logits)^2) (ST-MoE).")
+
+
+class MoESpec(Section):
+    """A mixture of experts that replaces the MLP in its layers. Experts use the spec's MLP activation."""
+
+    experts: int = Field(gt=0, description="Number of routed experts.")
+    top_k: int = Field(gt=0, description="Experts each token is sent to.")
+    d_ff: int | None = Field(None, gt=0, description="Hidden width of each expert. Default: mlp.d_ff.")
+    shared_experts: int = Field(0, ge=0, description="Always-on experts (DeepSeek, Qwen-MoE), fused into one MLP.")
+    shared_d_ff: int | None = Field(None, gt=0, description="Width of each shared expert. Default: d_ff.")
+    shared_gate: bool = Field(False, description="Scale the shared experts by sigmoid(linear(x)) (Qwen-MoE).")
+    dense_layers: int = Field(0, ge=0, description="The first N layers keep the dense MLP (DeepSeek's first_k_dense_replace).")
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="Explicit list of MoE layers (overrides dense_layers; Qwen-MoE's sparse step / mlp_only_layers)."
+    )
+    router: RouterSpec = Field(default_factory=RouterSpec)
 
 
 # ------------------------------------------------------------------------------------------------ spec
@@ -212,12 +323,22 @@ class Spec(Section):
 
     name: str = Field(pattern=NAME_PATTERN, description="Identifier: letters, digits, '.', '_' and '-'.")
     description: str = Field("", description="One line on what this is and where its numbers come from.")
-    structure: Literal["decoder"] = Field("decoder", description="decoder: a causal decoder-only LM.")
+    structure: Literal["decoder", "encoder-decoder", "glm"] = Field(
+        "decoder",
+        description=(
+            "decoder: a causal decoder-only LM; encoder-decoder: a bidirectional encoder and a causal decoder with "
+            "cross-attention (T5); glm: a decoder whose attention is bidirectional over a per-sequence prefix and "
+            "causal after it (GLM's blank infilling, ChatGLM)."
+        ),
+    )
     vocab_size: int = Field(gt=0, description="Rows of the token embedding.")
     d_model: int = Field(gt=0, description="Width of the residual stream.")
-    n_layers: int = Field(gt=0, description="Number of blocks.")
+    n_layers: int = Field(gt=0, description="Number of blocks (of the encoder, for encoder-decoder).")
+    n_decoder_layers: int | None = Field(
+        None, gt=0, description="encoder-decoder only: decoder blocks. Default: n_layers."
+    )
     context_length: int = Field(gt=0, description="Maximum positions (size of the learned table, RoPE's L_max).")
-    attention: AttentionSpec
+    attention: AnyAttention = Field(description="mha (MHA/GQA/MQA) or mla (DeepSeek's latent attention).")
     position: Annotated[PositionSpec, BeforeValidator(kind_shorthand)] = Field(
         description="rope, alibi, learned (absolute table) or none."
     )
@@ -228,6 +349,7 @@ class Spec(Section):
         default_factory=BlockSpec, description="Residual layout of a block."
     )
     mlp: MlpSpec
+    moe: MoESpec | None = Field(None, description="Mixture of experts replacing the MLP in its layers.")
     embeddings: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     tokens: TokenSpec = Field(default_factory=TokenSpec)
 
@@ -236,10 +358,25 @@ class Spec(Section):
         from archspec.spec.rules import consistency_issues
 
         attn = self.attention
-        if attn.kv_heads is None:
-            attn.kv_heads = attn.heads
-        if attn.head_dim is None and self.d_model % attn.heads == 0:
-            attn.head_dim = self.d_model // attn.heads
+        if isinstance(attn, AttentionSpec):
+            if attn.kv_heads is None:
+                attn.kv_heads = attn.heads
+            if attn.head_dim is None and self.d_model % attn.heads == 0:
+                attn.head_dim = self.d_model // attn.heads
+        if self.moe is not None:
+            if self.moe.d_ff is None:
+                self.moe.d_ff = self.mlp.d_ff
+            if self.moe.shared_d_ff is None:
+                self.moe.shared_d_ff = self.moe.d_ff
+            if self.moe.router.top_groups is None:
+                self.moe.router.top_groups = self.moe.router.groups
+        if self.structure == "encoder-decoder" and self.n_decoder_layers is None:
+            self.n_decoder_layers = self.n_layers
+        if self.block.kind == "deepnorm":  # DeepNet's decoder-only constants, N = number of layers
+            if self.block.alpha is None:
+                self.block.alpha = (2 * self.n_layers) ** 0.25
+            if self.block.beta is None:
+                self.block.beta = (8 * self.n_layers) ** -0.25
         issues = consistency_issues(self)
         if issues:
             text = "; ".join(f"{'.'.join(map(str, i.path))}: {i.message}" for i in issues)
@@ -249,23 +386,42 @@ class Spec(Section):
     # Derived numbers the compiler and analysis share, so no one recomputes them differently.
     @property
     def head_dim(self) -> int:
-        assert self.attention.head_dim is not None  # filled in by validation
-        return self.attention.head_dim
+        """Query/key width of one head (MLA: nope + rope dims)."""
+        attn = self.attention
+        if isinstance(attn, LatentAttentionSpec):
+            return attn.nope_dim + attn.rope_dim
+        assert attn.head_dim is not None  # filled in by validation
+        return attn.head_dim
 
     @property
     def kv_heads(self) -> int:
-        assert self.attention.kv_heads is not None
-        return self.attention.kv_heads
+        attn = self.attention
+        if isinstance(attn, LatentAttentionSpec):
+            return attn.heads
+        assert attn.kv_heads is not None
+        return attn.kv_heads
 
     @property
     def rotary_dim(self) -> int:
-        """Dims of each head that RoPE rotates (0 without RoPE)."""
+        """Dims of each head that RoPE rotates (0 without RoPE; MLA: its rope_dim)."""
         if not isinstance(self.position, RopeSpec):
             return 0
+        if isinstance(self.attention, LatentAttentionSpec):
+            return self.attention.rope_dim
         return int(self.head_dim * self.position.fraction)
 
     def window_for_layer(self, layer: int) -> int | None:
         attn = self.attention
-        if attn.window is None or (attn.window_layers is not None and layer not in attn.window_layers):
+        if not isinstance(attn, AttentionSpec) or attn.window is None:
+            return None
+        if attn.window_layers is not None and layer not in attn.window_layers:
             return None
         return attn.window
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer `layer` uses the mixture of experts instead of the dense MLP."""
+        if self.moe is None:
+            return False
+        if self.moe.layers is not None:
+            return layer in self.moe.layers
+        return layer >= self.moe.dense_layers

@@ -19,7 +19,10 @@ def make_reference(config: transformers.PretrainedConfig, directory: Path, seed:
     HF initialises biases to 0 and norm weights to 1: left alone, a missing bias or norm weight would go unnoticed.
     """
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    model.eval()
+    if hasattr(model, "set_experts_implementation"):
+        model.set_experts_implementation("eager")
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -30,6 +33,9 @@ def make_reference(config: transformers.PretrainedConfig, directory: Path, seed:
                 param.copy_(noise * 0.3)
             else:
                 param.copy_(noise * 0.1)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias: zero at init
+                buffer.copy_(0.5 * torch.randn(buffer.shape, generator=generator))
     model.save_pretrained(directory)
     return model
 
