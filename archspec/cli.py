@@ -236,6 +236,22 @@ def describe_block(spec: Spec) -> str:
     return block.kind
 
 
+# ---------------------------------------------------------------------------------------- info and diff
+def _register_analysis_commands() -> None:
+    """`info` and `diff` live in archspec/cli_analysis.py; registered here, between build and import-hf (the order
+    of DESIGN.md), and given the same no-traceback error handling as every other command."""
+    from archspec.cli_analysis import register
+
+    known = {id(command.callback) for command in app.registered_commands}
+    register(app)
+    for command in app.registered_commands:
+        if id(command.callback) not in known and command.callback is not None:
+            command.callback = user_errors(command.callback)
+
+
+_register_analysis_commands()
+
+
 # -------------------------------------------------------------------------------------------- import-hf
 @app.command("import-hf")
 @user_errors

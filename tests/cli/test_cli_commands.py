@@ -305,5 +305,5 @@ def test_schema_is_the_json_schema_of_a_spec() -> None:
 def test_version_and_help() -> None:
     assert invoke("--version").stdout.strip() == f"archspec {archspec.__version__}"
     help_text = invoke("--help").stdout
-    for command in ("check", "build", "import-hf", "schema"):
+    for command in ("check", "build", "info", "diff", "import-hf", "schema"):
         assert command in help_text
