@@ -11,6 +11,7 @@ The public API (DESIGN.md section 2):
 """
 
 from archspec.compiler import build
+from archspec.distributed import enable_activation_checkpointing, parallelize, tp_plan
 from archspec.interop.hf import load_hf_weights, spec_from_hf
 from archspec.spec import ArchspecError, Spec, SpecError, WeightLoadError, load_spec, spec_from_dict
 
@@ -20,9 +21,12 @@ __all__ = [
     "SpecError",
     "WeightLoadError",
     "build",
+    "enable_activation_checkpointing",
     "load_hf_weights",
     "load_spec",
+    "parallelize",
     "spec_from_dict",
     "spec_from_hf",
+    "tp_plan",
 ]
 __version__ = "0.1.0"
