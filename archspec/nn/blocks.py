@@ -39,7 +39,14 @@ class PreNormBlock(nn.Module):
         self.mlp_out_norm = mlp_out_norm or nn.Identity()
         self.residual_from_norm = residual_from_norm
 
-    def forward(self, x: torch.Tensor, rope: Rope, mask: torch.Tensor | None, cache: LayerKVCache | None, positions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None,
+        cache: LayerKVCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
         h = self.attn_norm(x)
         x = (h if self.residual_from_norm else x) + self.attn_out_norm(self.attn(h, rope, mask, cache, positions))
         h = self.mlp_norm(x)
@@ -54,7 +61,14 @@ class PostNormBlock(nn.Module):
         self.attn, self.attn_norm = attn, attn_norm
         self.mlp, self.mlp_norm = mlp, mlp_norm
 
-    def forward(self, x: torch.Tensor, rope: Rope, mask: torch.Tensor | None, cache: LayerKVCache | None, positions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None,
+        cache: LayerKVCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
         x = self.attn_norm(x + self.attn(x, rope, mask, cache, positions))
         return self.mlp_norm(x + self.mlp(x))
 
@@ -65,12 +79,21 @@ class ParallelBlock(nn.Module):
     With `mlp_norm=None` the MLP reads the attention's normed input (one shared norm: Falcon-7B, GPT-J).
     """
 
-    def __init__(self, attn: Attention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module | None = None) -> None:
+    def __init__(
+        self, attn: Attention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.attn, self.attn_norm = attn, attn_norm
         self.mlp, self.mlp_norm = mlp, mlp_norm
 
-    def forward(self, x: torch.Tensor, rope: Rope, mask: torch.Tensor | None, cache: LayerKVCache | None, positions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None,
+        cache: LayerKVCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
         h = self.attn_norm(x)
         h_mlp = h if self.mlp_norm is None else self.mlp_norm(x)
         return x + self.attn(h, rope, mask, cache, positions) + self.mlp(h_mlp)

@@ -10,11 +10,22 @@ import torch
 class LayerKVCache:
     """Keys and values of one attention layer: [batch, kv_heads, max_len, head_dim] each."""
 
-    def __init__(self, batch: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype, device: torch.device, value_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        value_dim: int | None = None,
+    ) -> None:
         self.keys = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros(batch, kv_heads, max_len, value_dim or head_dim, dtype=dtype, device=device)
 
-    def update(self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new keys/values at `positions` ([seq]) and return the whole cache."""
         self.keys.index_copy_(2, positions, keys)
         self.values.index_copy_(2, positions, values)

@@ -33,7 +33,9 @@ def generate(
     context_length = getattr(model, "context_length", None)
     if context_length is not None and getattr(model, "pos_embed", None) is not None and total > context_length:
         raise ValueError(f"prompt + max_new_tokens = {total} exceeds the learned position table ({context_length})")
-    stop = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device)
+    stop = torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device
+    )
     pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if len(stop) else 0)
     cache: KVCache | None = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
     tokens = input_ids

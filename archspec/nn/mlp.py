@@ -9,7 +9,9 @@ from torch import nn
 class MLP(nn.Module):
     """down(act(up x)), or gated: down(act(gate x) * up x) (SwiGLU, GeGLU, ReGLU)."""
 
-    def __init__(self, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool, bias: bool) -> None:
+    def __init__(
+        self, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool, bias: bool
+    ) -> None:
         super().__init__()
         self.activation = activation
         self.gate = nn.Linear(d_model, d_ff, bias=bias) if gated else None

@@ -118,7 +118,7 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [..., S] integer positions; seq_len: the largest position + 1 (for dynamic NTK)."""
         inv_freq = self.inv_freq
-        if self.dynamic_ntk is not None and seq_len > self.dynamic_ntk[2]:
+        if self.dynamic_ntk is not None and seq_len > self.dynamic_ntk[2]:  # emit-if: dynamic_ntk
             theta, factor, context_length = self.dynamic_ntk
             scaled_theta = dynamic_ntk_theta(theta, factor, seq_len, context_length, self.rotary_dim)
             inv_freq = rope_frequencies(self.rotary_dim, scaled_theta).to(inv_freq.device)

@@ -1,0 +1,423 @@
+"""`emit_source(spec)`: one stand-alone Python file (torch + stdlib only) with the same model as `build(spec)`.
+
+The file is the components the spec uses, copied from `archspec.nn` (see `components.py`), plus glue written by
+the Jinja template `templates/model.py.j2`: a header with the spec's table row, the resolved spec as a `CONFIG`
+literal, `make_block()` and a model class constructible with no arguments. The glue mirrors
+`archspec.compiler` call for call, with the spec's numbers as literals; the tests hold the two to the same
+state-dict names and logits.
+
+Safety: the spec is re-validated first (a `Spec` can be mutated without validation), identifiers are derived from
+the validated name by `module_name` / `class_name`, and every value reaches the source through `literals.py`.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import keyword
+import re
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from archspec.emit.components import library, select
+from archspec.emit.literals import py_block, py_literal
+from archspec.spec.schema import (
+    GATED_ACTIVATIONS,
+    NAME_PATTERN,
+    AlibiSpec,
+    DynamicScaling,
+    LearnedPositionSpec,
+    LinearScaling,
+    Llama3Scaling,
+    NoPositionSpec,
+    RopeSpec,
+    Spec,
+    YarnScaling,
+)
+
+TEMPLATES = Path(__file__).parent / "templates"
+RESERVED_MODULES = frozenset({"torch", "archspec"}) | frozenset(sys.stdlib_module_names)
+
+
+# -------------------------------------------------------------------------------------------- names
+def _checked_name(name: str) -> str:
+    if not isinstance(name, str) or re.fullmatch(NAME_PATTERN, name) is None:
+        raise ValueError(f"spec name {name!r} is not a valid name (letters, digits, '.', '_' and '-', starting alnum)")
+    return name
+
+
+def module_name(name: str) -> str:
+    """The file name (without .py) for a spec name: `llama3-8b` -> `llama3_8b`; `torch` -> `torch_model`."""
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", _checked_name(name))
+    if ident[0].isdigit():
+        ident = "_" + ident
+    if keyword.iskeyword(ident) or keyword.issoftkeyword(ident) or ident in RESERVED_MODULES:
+        ident += "_model"
+    assert ident.isidentifier()
+    return ident
+
+
+def class_name(name: str) -> str:
+    """The model class for a spec name: `llama3-8b` -> `Llama3_8b`, `qwen2.5-7b` -> `Qwen2_5_7b`, `gpt2` -> `Gpt2`.
+
+    Parts are capitalised and joined, with `_` between two digits; a name that would collide with anything the
+    generated file defines (`MLP`, `Model`, ...) gets a `Model` suffix.
+    """
+    parts = [p for p in re.split(r"[^0-9A-Za-z]+", _checked_name(name)) if p]
+    ident = ""
+    for part in parts:
+        joiner = "_" if ident and ident[-1].isdigit() and part[0].isdigit() else ""
+        ident += joiner + part[0].upper() + part[1:]
+    if not ident or not ident[0].isalpha():
+        ident = "Model_" + ident
+    if keyword.iskeyword(ident) or ident in _file_names():
+        ident += "Model"
+    assert ident.isidentifier()
+    return ident
+
+
+@cache
+def _file_names() -> frozenset[str]:
+    lib = library()
+    return frozenset(lib.definitions) | frozenset(lib.imports) | {"CONFIG", "Model", "make_block"}
+
+
+# ---------------------------------------------------------------------------------------- the file
+def emit_source(spec: Spec) -> str:
+    """The stand-alone source of `spec`'s model. Deterministic: the same spec gives the same bytes."""
+    spec = _revalidated(spec)
+    reason = unsupported(spec)
+    if reason is not None:
+        raise NotImplementedError(f"emit_source cannot emit {spec.name!r} yet: {reason}")
+    context = _context(spec)
+    environment = _environment()
+    glue = environment.get_template("glue.py.j2").render(context)
+    selection = select(glue, _features(spec))
+    modules: list[tuple[str, list[str]]] = []
+    for module, source in selection.sources:
+        if not modules or modules[-1][0] != module:
+            modules.append((module, []))
+        modules[-1][1].append(source)
+    text = environment.get_template("file.py.j2").render(
+        context,
+        module=module_name(spec.name),
+        imports=selection.imports,
+        components=[(module, "\n\n\n".join(sources)) for module, sources in modules],
+        glue=glue.rstrip("\n"),
+    )
+    ast.parse(text)  # a template bug must never produce a file that does not parse
+    return text
+
+
+@cache
+def _environment() -> Any:
+    import jinja2  # imported here so `archspec` itself stays quick to import
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # the output is Python; every value is made safe by literals.py before it gets here
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def unsupported(spec: Spec) -> str | None:
+    """Why the emitter cannot write this spec's model yet (None when it can): the glue covers dense decoders."""
+    position = spec.position
+    checks = [
+        (spec.structure != "decoder", f"structure {spec.structure!r}"),
+        (spec.attention.kind != "mha", f"attention kind {spec.attention.kind!r}"),
+        (getattr(spec, "moe", None) is not None, "moe"),
+        (getattr(spec, "n_decoder_layers", None) is not None, "n_decoder_layers"),
+        (not isinstance(position, RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec), "position kind"),
+        (isinstance(position, RopeSpec) and getattr(position, "block_positions", False), "rope block_positions"),
+        (spec.block.kind not in ("pre-norm", "post-norm", "parallel", "sandwich"), f"block kind {spec.block.kind!r}"),
+    ]
+    failed = next((reason for failed, reason in checks if failed), None)
+    return failed or _unhandled_field(spec)
+
+
+HANDLED: dict[str, set[str] | None] = {
+    "": {"name", "description", "structure", "vocab_size", "d_model", "n_layers", "context_length"}
+    | {"attention", "position", "norm", "block", "mlp", "embeddings", "tokens"},
+    "attention": {"kind", "heads", "kv_heads", "head_dim", "bias", "qk_norm", "window", "window_layers", "scale"},
+    "position": {"kind", "theta", "fraction", "pairing", "scaling"},
+    "position.scaling": None,  # every field of the four scaling kinds is passed to the frequency functions
+    "attention.bias": None,
+    "norm": {"kind", "eps", "bias"},
+    "block": {"kind", "parallel_norms", "residual_from_norm"},
+    "mlp": {"activation", "d_ff", "bias"},
+    "embeddings": {"tied", "norm"},
+    "tokens": None,  # token ids change no weights or logits (eos/pad only set generate()'s defaults)
+}
+"""Fields the glue reads, per section. Any other field (added to the schema later) must keep its default, or
+`unsupported` names it: a new option can never be silently dropped from an emitted file."""
+
+
+def _unhandled_field(spec: Spec) -> str | None:
+    def walk(model: BaseModel, path: str) -> str | None:
+        handled = HANDLED.get(path, set())
+        if handled is None:
+            return None
+        for name, info in type(model).model_fields.items():
+            value, key = getattr(model, name), f"{path}.{name}" if path else name
+            if name not in handled:
+                if value != info.get_default(call_default_factory=True):
+                    return f"field {key!r} (not handled by the emitter yet)"
+            elif isinstance(value, BaseModel):
+                problem = walk(value, key)
+                if problem:
+                    return problem
+        return None
+
+    return walk(spec, "")
+
+
+def _revalidated(spec: Spec) -> Spec:
+    """Validate again from plain data: fields assigned after validation are checked like a fresh spec."""
+    from archspec.spec.loader import spec_from_dict
+
+    if not isinstance(spec, Spec):
+        raise TypeError(f"emit_source expects an archspec.Spec, got {type(spec).__name__}")
+    _checked_name(spec.name)
+    return spec_from_dict(spec.model_dump(exclude_none=True, warnings=False), source=f"<spec {spec.name!r}>")
+
+
+def _features(spec: Spec) -> frozenset[str]:
+    position = spec.position
+    features = set()
+    if isinstance(position, RopeSpec):
+        features.add("rope")
+        if isinstance(position.scaling, DynamicScaling):
+            features.add("dynamic_ntk")
+    if isinstance(position, AlibiSpec):
+        features.add("alibi")
+    if spec.attention.qk_norm:
+        features.add("qk_norm")
+    if getattr(spec, "moe", None) is not None:
+        features.add("moe")
+    return frozenset(features)
+
+
+# ------------------------------------------------------------------------------------------- glue
+def _context(spec: Spec) -> dict[str, Any]:
+    """The template's inputs: each value already a piece of valid Python (literals from literals.py)."""
+    attn, position, block = spec.attention, spec.position, spec.block
+    d, n_layers = spec.d_model, spec.n_layers
+    norm = _norm(spec, d)
+    interleaved = isinstance(position, RopeSpec) and position.pairing == "interleaved"
+
+    attention_args = [
+        ("d_model", py_literal(d)),
+        ("heads", py_literal(attn.heads)),
+        ("kv_heads", py_literal(spec.kv_heads)),
+        ("head_dim", py_literal(spec.head_dim)),
+        ("bias", py_literal((attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o))),
+        ("qk_norm_eps", py_literal(spec.norm.eps if attn.qk_norm else None)),
+        ("scale", py_literal(attn.scale)),
+        ("rope_interleaved", py_literal(interleaved)),
+    ]
+    activation = spec.mlp.activation
+    mlp_args = [
+        ("d_model", py_literal(d)),
+        ("d_ff", py_literal(spec.mlp.d_ff)),
+        ("activation", _activation(GATED_ACTIVATIONS.get(activation, activation))),
+        ("gated", py_literal(activation in GATED_ACTIVATIONS)),
+        ("bias", py_literal(spec.mlp.bias)),
+    ]
+    if block.kind == "post-norm":
+        block_class, block_args = "PostNormBlock", [("attn_norm", norm), ("mlp_norm", norm)]
+    elif block.kind == "parallel":
+        block_class, block_args = "ParallelBlock", [("attn_norm", norm)]
+        if block.parallel_norms == 2:
+            block_args.append(("mlp_norm", norm))
+    elif block.kind in ("pre-norm", "sandwich"):
+        block_class, block_args = "PreNormBlock", [("attn_norm", norm), ("mlp_norm", norm)]
+        if block.kind == "sandwich":
+            block_args += [("attn_out_norm", norm), ("mlp_out_norm", norm)]
+        if block.residual_from_norm:
+            block_args.append(("residual_from_norm", "True"))
+    else:
+        raise NotImplementedError(f"emitting block kind {block.kind!r} is not supported yet")
+
+    windows = [spec.window_for_layer(index) for index in range(n_layers)]
+    if len(set(windows)) == 1:
+        windows_code = f"windows=[{py_literal(windows[0])}] * {n_layers},"
+    else:
+        windows_code = py_block(windows, indent=3, prefix="windows=", suffix=",").lstrip()
+    model_args = [
+        ("embed", f"nn.Embedding({py_literal(spec.vocab_size)}, {py_literal(d)})"),
+        ("layers", f"[make_block() for _ in range({py_literal(n_layers)})]"),
+        ("final_norm", "nn.Identity()" if block.kind == "post-norm" else norm),
+        ("lm_head", f"nn.Linear({py_literal(d)}, {py_literal(spec.vocab_size)}, bias=False)"),
+    ]
+    tail = [
+        (key, py_literal(value))
+        for key, value in (("kv_heads", spec.kv_heads), ("head_dim", spec.head_dim))
+        if key in _decoder_parameters()  # older DecoderLM signatures took these for the cache
+    ]
+    tail.append(("context_length", py_literal(spec.context_length)))
+    if isinstance(position, LearnedPositionSpec):
+        tail.append(("pos_embed", f"nn.Embedding({py_literal(spec.context_length)}, {py_literal(d)})"))
+    if spec.embeddings.norm:
+        tail.append(("embed_norm", norm))
+    if isinstance(position, RopeSpec):
+        tail.append(("rotary", "rotary"))
+    if isinstance(position, AlibiSpec):
+        tail.append(("alibi_slopes", f"alibi_slopes({py_literal(attn.heads)})"))
+    if spec.embeddings.tied:
+        tail.append(("tied", "True"))
+    for token in ("eos", "pad"):  # once DecoderLM takes its generate() defaults as numbers, pass the spec's
+        value = getattr(spec.tokens, token)
+        if value is not None and f"{token}_token_id" in _decoder_parameters():
+            tail.append((f"{token}_token_id", py_literal(value)))
+    if not isinstance(position, RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec):
+        raise NotImplementedError(f"emitting position kind {position.kind!r} is not supported yet")
+
+    return {
+        "name": spec.name,
+        "class_name": class_name(spec.name),
+        "header": _header(spec),
+        "config": py_block(spec.model_dump(exclude_none=True), prefix="CONFIG = ", expand=True),
+        "n_layers": n_layers,
+        "block_kind": block.kind,
+        "attention_args": attention_args,
+        "mlp_args": mlp_args,
+        "block_class": block_class,
+        "block_args": block_args,
+        "model_args": model_args,
+        "windows_code": windows_code,
+        "model_tail": tail,
+        "rotary": _rotary(spec) if isinstance(position, RopeSpec) else None,
+    }
+
+
+def _norm(spec: Spec, dim: int) -> str:
+    if spec.norm.kind == "rmsnorm":
+        return f"RMSNorm({py_literal(dim)}, {py_literal(spec.norm.eps)})"
+    return f"nn.LayerNorm({py_literal(dim)}, eps={py_literal(spec.norm.eps)}, bias={py_literal(bool(spec.norm.bias))})"
+
+
+def _rotary(spec: Spec) -> dict[str, Any]:
+    position = spec.position
+    assert isinstance(position, RopeSpec)
+    scaling = position.scaling
+    args = [("rotary_dim", py_literal(spec.rotary_dim)), ("theta", py_literal(position.theta))]
+    factor_args = None
+    if isinstance(scaling, LinearScaling):
+        function = "linear_scaled_frequencies"
+        args.append(("factor", py_literal(scaling.factor)))
+    elif isinstance(scaling, Llama3Scaling):
+        function = "llama3_scaled_frequencies"
+        args += [
+            ("factor", py_literal(scaling.factor)),
+            ("low_freq_factor", py_literal(scaling.low_freq_factor)),
+            ("high_freq_factor", py_literal(scaling.high_freq_factor)),
+            ("original_context", py_literal(scaling.original_context)),
+        ]
+    elif isinstance(scaling, YarnScaling):
+        function = "yarn_scaled_frequencies"
+        args += [
+            ("factor", py_literal(scaling.factor)),
+            ("original_context", py_literal(scaling.original_context)),
+            ("beta_fast", py_literal(scaling.beta_fast)),
+            ("beta_slow", py_literal(scaling.beta_slow)),
+            ("truncate", py_literal(scaling.truncate)),
+        ]
+        factor_args = [
+            ("factor", py_literal(scaling.factor)),
+            ("mscale", py_literal(scaling.mscale)),
+            ("mscale_all_dim", py_literal(scaling.mscale_all_dim)),
+            ("explicit", py_literal(scaling.attention_factor)),
+        ]
+    elif scaling is None or isinstance(scaling, DynamicScaling):
+        function = "rope_frequencies"
+    else:
+        raise NotImplementedError(f"emitting rope scaling {scaling.kind!r} is not supported yet")
+    dynamic = (position.theta, scaling.factor, spec.context_length) if isinstance(scaling, DynamicScaling) else None
+    return {
+        "function": function,
+        "args": args,
+        "factor_args": factor_args,
+        "interleaved": py_literal(position.pairing == "interleaved"),
+        "dynamic_ntk": py_literal(dynamic),
+    }
+
+
+@cache
+def _decoder_parameters() -> frozenset[str]:
+    from archspec.nn.models import DecoderLM
+
+    return frozenset(inspect.signature(DecoderLM.__init__).parameters)
+
+
+@cache
+def _activation_sources() -> dict[str, str]:
+    """Source of each entry of `archspec.nn.activations.ACTIVATIONS` (`"gelu-tanh"` -> `partial(F.gelu, ...)`)."""
+    definition = library().definitions["ACTIVATIONS"]
+    text = "\n".join(definition.lines)
+    (node,) = ast.parse(text).body
+    assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+    sources = {}
+    for key, value in zip(node.value.keys, node.value.values, strict=True):
+        assert isinstance(key, ast.Constant) and isinstance(key.value, str)
+        segment = ast.get_source_segment(text, value)
+        assert segment is not None
+        sources[key.value] = segment
+    return sources
+
+
+def _activation(name: str) -> str:
+    try:
+        return _activation_sources()[name]
+    except KeyError:
+        raise NotImplementedError(f"activation {name!r} is not in archspec.nn.activations.ACTIVATIONS") from None
+
+
+# ------------------------------------------------------------------------------------------ header
+def _header(spec: Spec) -> str:
+    """The spec's row of the architecture table, as markdown. Made only of validated names, kinds and numbers."""
+    attn, position, block = spec.attention, spec.position, spec.block
+    kind = "MHA" if spec.kv_heads == attn.heads else "MQA" if spec.kv_heads == 1 else "GQA"
+    attention = f"{kind}, {attn.heads} heads / {spec.kv_heads} kv, head_dim {spec.head_dim}"
+    if attn.window is not None:
+        attention += f", window {attn.window}" + (" (some layers)" if attn.window_layers is not None else "")
+    if attn.qk_norm:
+        attention += ", qk-norm"
+    biased = [name for name in "qkvo" if getattr(attn.bias, name)]
+    if biased:
+        attention += ", bias " + "/".join(biased)
+    if attn.scale is not None:
+        attention += f", scale {attn.scale!r}"
+    if isinstance(position, RopeSpec):
+        pos = f"rope, theta {position.theta!r}"
+        if position.fraction != 1:
+            pos += f", {spec.rotary_dim} of {spec.head_dim} dims"
+        if position.pairing == "interleaved":
+            pos += ", interleaved"
+        if position.scaling is not None:
+            pos += f", {position.scaling.kind} x{position.scaling.factor!r}"
+    else:
+        pos = position.kind
+    norm = f"{spec.norm.kind}, eps {spec.norm.eps!r}"
+    if spec.norm.kind == "layernorm" and not spec.norm.bias:
+        norm += ", no bias"
+    block_text = block.kind
+    if block.kind == "parallel":
+        block_text += f", {block.parallel_norms} norm" + ("s" if block.parallel_norms == 2 else "")
+    if block.residual_from_norm:
+        block_text += ", residual from norm"
+    mlp = f"{spec.mlp.activation}, d_ff {spec.mlp.d_ff}" + (", bias" if spec.mlp.bias else "")
+    embeddings = ("tied" if spec.embeddings.tied else "untied") + (", norm" if spec.embeddings.norm else "")
+    columns = ["name", "layers", "d_model", "attention", "position", "norm", "block", "mlp", "embeddings"]
+    row = [spec.name, str(spec.n_layers), str(spec.d_model), attention, pos, norm, block_text, mlp, embeddings]
+    header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n| " + " | ".join(row) + " |"
+    if re.fullmatch(r"[A-Za-z0-9 .,_/|+\-\n()]*", header) is None:  # defence in depth: nothing here can escape
+        raise ValueError(f"unexpected characters in the generated header: {header!r}")
+    return header

@@ -1,0 +1,509 @@
+"""emit_source: the stand-alone file of a spec equals `archspec.build(spec)` (state-dict names, logits, generate),
+runs where archspec is not importable, compiles with fullgraph, is deterministic, safe and ruff-clean; generated/
+is current for every spec in specs/.
+
+The files are run in ONE fresh `python -I` subprocess (archspec blocked) that checks every tiny spec, to keep the
+suite fast; per-spec results come back as JSON and each spec is its own test case.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import archspec
+from archspec.emit import (
+    class_name,
+    emit_source,
+    generated_path,
+    is_stale,
+    module_name,
+    unsupported,
+    write_generated,
+)
+from archspec.spec import SpecError, spec_from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+SPECS = sorted((REPO / "specs").glob("*.yaml"))
+
+BASE: dict[str, Any] = {
+    "vocab_size": 67,
+    "d_model": 48,
+    "n_layers": 2,
+    "context_length": 64,
+    "attention": {"heads": 6, "kv_heads": 2},
+    "position": "rope",
+    "norm": "rmsnorm",
+    "mlp": {"activation": "swiglu", "d_ff": 40},
+}
+
+
+def tiny(name: str, **changes: Any) -> dict[str, Any]:
+    data = json.loads(json.dumps(BASE))
+    data["name"] = name
+    data.update(changes)
+    return data
+
+
+LAYERNORM = {"kind": "layernorm", "eps": 1e-5}
+TINY: dict[str, dict[str, Any]] = {
+    "llama3": tiny(
+        "tiny-llama3",
+        position={
+            "kind": "rope",
+            "theta": 500000.0,
+            "scaling": {
+                "kind": "llama3",
+                "factor": 8,
+                "low_freq_factor": 1,
+                "high_freq_factor": 4,
+                "original_context": 16,
+            },
+        },
+        tokens={"bos": 1, "eos": 2},
+    ),
+    "mistral": tiny("tiny-mistral", attention={"heads": 6, "kv_heads": 2, "window": 5}),
+    "qwen2-window-layers": tiny(
+        "tiny.qwen2",
+        attention={
+            "heads": 6,
+            "kv_heads": 2,
+            "bias": {"q": True, "k": True, "v": True},
+            "window": 4,
+            "window_layers": [1],
+        },
+        position={"kind": "rope", "theta": 1000000.0, "scaling": {"kind": "yarn", "factor": 4, "original_context": 32}},
+    ),
+    "qwen3": tiny("tiny-qwen3", d_model=40, attention={"heads": 4, "kv_heads": 2, "head_dim": 16, "qk_norm": True}),
+    "gpt2": tiny(
+        "tiny-gpt2",
+        attention={"heads": 4, "bias": True},
+        position="learned",
+        norm=LAYERNORM,
+        mlp={"activation": "gelu-tanh", "d_ff": 64, "bias": True},
+        embeddings={"tied": True},
+    ),
+    "bloom": tiny(
+        "tiny-bloom",
+        attention={"heads": 6, "bias": True},
+        position="alibi",
+        norm=LAYERNORM,
+        mlp={"activation": "gelu-tanh", "d_ff": 64, "bias": True},
+        embeddings={"tied": True, "norm": True},
+    ),
+    "falcon-7b": tiny(
+        "tiny-falcon-7b",
+        attention={"heads": 4, "kv_heads": 1},
+        norm=LAYERNORM,
+        block={"kind": "parallel", "parallel_norms": 1},
+        mlp={"activation": "gelu", "d_ff": 64},
+    ),
+    "falcon-40b": tiny(
+        "tiny-falcon-40b",
+        attention={"heads": 6, "kv_heads": 2},
+        norm=LAYERNORM,
+        block={"kind": "parallel", "parallel_norms": 2},
+        mlp={"activation": "gelu", "d_ff": 64},
+        embeddings={"tied": True},
+    ),
+    "glm4": tiny(
+        "tiny-glm4",
+        d_model=40,
+        attention={"heads": 4, "kv_heads": 2, "head_dim": 16, "bias": {"q": True, "k": True, "v": True}},
+        position={"kind": "rope", "fraction": 0.5, "pairing": "interleaved"},
+        block="sandwich",
+        tokens={"eos": 5, "pad": 5},
+    ),
+    "gpt-neox": tiny(
+        "tiny-gpt-neox",
+        d_model=64,
+        attention={"heads": 4, "bias": True},
+        position={"kind": "rope", "fraction": 0.25, "scaling": {"kind": "linear", "factor": 2}},
+        norm=LAYERNORM,
+        block={"kind": "parallel", "parallel_norms": 2},
+        mlp={"activation": "gelu", "d_ff": 64, "bias": True},
+    ),
+    "gpt": tiny(
+        "tiny-gpt",
+        attention={"heads": 4, "bias": True},
+        position="learned",
+        norm=LAYERNORM,
+        block="post-norm",
+        mlp={"activation": "gelu", "d_ff": 64, "bias": True},
+        embeddings={"tied": True},
+    ),
+    "dynamic-ntk": tiny(
+        "tiny-dynamic",
+        context_length=8,  # shorter than the test sequences: the dynamic branch runs
+        position={"kind": "rope", "scaling": {"kind": "dynamic", "factor": 2}},
+        mlp={"activation": "geglu-tanh", "d_ff": 40},
+    ),
+    "odd-options": tiny(
+        "7b",
+        attention={"heads": 6, "kv_heads": 3, "scale": 0.3},
+        position="none",
+        norm={"kind": "layernorm", "eps": 1e-6, "bias": False},
+        block={"kind": "pre-norm", "residual_from_norm": True},
+        mlp={"activation": "reglu", "d_ff": 40},
+        description='quotes \' " """ and a\nnewline {{ jinja }}',
+    ),
+}
+COMPILED = {"mistral", "bloom"}
+"""Cases also run through torch.compile(fullgraph=True, backend="aot_eager") in the subprocess (a few seconds
+each: one RoPE + GQA + sliding-window model and one ALiBi + LayerNorm + tied model cover the emitted code paths;
+the compile-readiness of every family is tested on `archspec.build` models, which run the same code)."""
+
+
+def shrink(data: dict[str, Any]) -> dict[str, Any]:
+    """The same architecture at toy size: every kind, flag and ratio kept, every width tiny."""
+    data = json.loads(json.dumps(data))
+    attn = data["attention"]
+    heads, kv = attn["heads"], attn["kv_heads"]
+    explicit_head_dim = attn["head_dim"] * heads != data["d_model"]
+    attn["heads"], attn["kv_heads"] = (4, 4) if kv == heads else (4, 1) if kv == 1 else (4, 2)
+    attn["head_dim"] = 16
+    data.update(vocab_size=101, d_model=48 if explicit_head_dim else 64, n_layers=2)
+    data["context_length"] = min(data["context_length"], 64)
+    data["mlp"]["d_ff"] = 40
+    if "window" in attn:
+        attn["window"] = 5
+        if "window_layers" in attn:
+            attn["window_layers"] = [layer for layer in attn["window_layers"] if layer < 2] or [0]
+    data.pop("tokens", None)
+    return data
+
+
+def real_specs() -> dict[str, dict[str, Any]]:
+    """Every spec in specs/ that the emitter supports, shrunk."""
+    specs = {f"specs/{path.stem}": archspec.load_spec(path) for path in SPECS}
+    return {key: shrink(spec.model_dump(exclude_none=True)) for key, spec in specs.items() if unsupported(spec) is None}
+
+
+RUNNER = r"""
+import importlib.util, json, sys
+sys.modules["archspec"] = None  # `import archspec` now fails: the files must stand alone
+sys.path[:] = [p for p in sys.path if "editable" not in p and not p.startswith(sys.argv[3])]
+import torch
+
+results = {}
+for case in torch.load(sys.argv[1], weights_only=False):
+    result = results.setdefault(case["key"], {})
+    try:
+        spec = importlib.util.spec_from_file_location(case["module"], case["path"])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        model = getattr(module, case["class"])()
+        assert type(model) is module.Model
+        model.load_state_dict(case["state"], strict=True)
+        model.eval()
+        result["names"] = list(model.state_dict())
+        with torch.no_grad():
+            result["logits"] = (model(case["ids"]).logits - case["logits"]).abs().max().item()
+        result["generate"] = model.generate(case["prompt"], **case["options"]).tolist()
+        if case["compile"]:
+            compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+            with torch.no_grad():
+                result["compiled"] = (compiled(case["ids"]).logits - case["logits"]).abs().max().item()
+    except Exception as error:  # reported per case by the parent
+        result["error"] = f"{type(error).__name__}: {error}"
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def all_cases() -> dict[str, dict[str, Any]]:
+    return {**TINY, **real_specs()}
+
+
+@pytest.fixture(scope="module")
+def run_results(all_cases: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Emit every case, save the archspec model's weights and outputs, check them all in one isolated subprocess."""
+    directory = tmp_path_factory.mktemp("emitted")
+    cases, expected = [], {}
+    for key, data in all_cases.items():
+        spec = spec_from_dict(data)
+        torch.manual_seed(0)
+        model = archspec.build(spec).eval()
+        with torch.no_grad():
+            for parameter in model.parameters():  # no weight may hide behind its default value
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+        ids = torch.randint(0, spec.vocab_size, (2, 12))
+        prompt = ids[:, :5]
+        options = {"max_new_tokens": 6}
+        if spec.tokens.eos is not None:
+            options.update(eos_token_id=spec.tokens.eos, pad_token_id=spec.tokens.pad)
+        with torch.no_grad():
+            logits = model(ids).logits
+        path = directory / f"{module_name(spec.name)}.py"
+        path.write_text(emit_source(spec))
+        expected[key] = {"names": list(model.state_dict()), "generate": model.generate(prompt, **options).tolist()}
+        cases.append(
+            {
+                "key": key,
+                "module": module_name(spec.name),
+                "path": str(path),
+                "class": class_name(spec.name),
+                "state": model.state_dict(),
+                "ids": ids,
+                "logits": logits,
+                "prompt": prompt,
+                "options": options,
+                "compile": key in COMPILED,
+            }
+        )
+    data_file, out_file, runner = directory / "cases.pt", directory / "results.json", directory / "runner.py"
+    torch.save(cases, data_file)
+    runner.write_text(RUNNER)
+    process = subprocess.run(
+        [sys.executable, "-I", str(runner), str(data_file), str(out_file), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=directory,
+    )
+    assert process.returncode == 0, process.stderr[-4000:]
+    return {"results": json.loads(out_file.read_text()), "expected": expected, "directory": directory}
+
+
+CASE_KEYS = list(TINY) + [f"specs/{path.stem}" for path in SPECS]
+
+
+@pytest.mark.parametrize("key", CASE_KEYS)
+def test_emitted_file_matches_build_without_archspec(run_results: dict[str, Any], key: str) -> None:
+    if key not in run_results["results"]:
+        pytest.skip(f"emit does not support {key} yet")
+    result, expected = run_results["results"][key], run_results["expected"][key]
+    assert "error" not in result, result["error"]
+    assert result["names"] == expected["names"]  # same state-dict names, same order
+    assert result["logits"] <= 1e-6
+    assert result["generate"] == expected["generate"]
+    if key in COMPILED:
+        assert result["compiled"] <= 1e-6
+
+
+def test_emitted_files_import_only_torch_and_stdlib(run_results: dict[str, Any]) -> None:
+    for path in sorted(run_results["directory"].glob("*.py")):
+        if path.name == "runner.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for module in modules:
+                    top = module.split(".")[0]
+                    assert top == "torch" or top in sys.stdlib_module_names, f"{path.name}: import {module}"
+
+
+def _ruff(*args: str) -> subprocess.CompletedProcess[str]:
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    pyproject = REPO / "pyproject.toml"
+    config = ["--config", str(pyproject)] if pyproject.exists() else ["--line-length", "120"]
+    return subprocess.run([ruff, *args, *config, "--no-cache"], capture_output=True, text=True)
+
+
+def test_emitted_files_pass_ruff(run_results: dict[str, Any]) -> None:
+    files = [str(p) for p in sorted(run_results["directory"].glob("*.py")) if p.name != "runner.py"]
+    check = _ruff("check", *files)
+    assert check.returncode == 0, check.stdout[-4000:]
+    fmt = _ruff("format", "--check", "--diff", *files)
+    assert fmt.returncode == 0, fmt.stdout[-4000:] + fmt.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ only what the spec uses
+def _source(key: str) -> str:
+    return emit_source(spec_from_dict(TINY[key]))
+
+
+def test_llama_file_has_no_alibi_or_layernorm() -> None:
+    src = _source("llama3")
+    absent_code = ("alibi_bias", "def alibi_slopes", "additive_mask", "LayerNorm", "ParallelBlock", "PostNormBlock")
+    for absent in (*absent_code, "class MoE", "_router_losses", "load_balancing_loss", "RelativePositionBias"):
+        assert absent not in src
+    for present in ("class RMSNorm", "llama3_scaled_frequencies", "def apply_rotary", "class PreNormBlock"):
+        assert present in src
+    assert "emit-if" not in src and not re.search(r"^\s*(from|import) archspec", src, re.MULTILINE)
+
+
+def test_bloom_file_has_no_rope() -> None:
+    src = _source("bloom")
+    for absent in ("apply_rotary", "RotaryEmbedding", "rope_frequencies", "class RMSNorm", "dynamic_ntk_theta"):
+        assert absent not in src
+    for present in ("def alibi_slopes", "def alibi_bias", "nn.LayerNorm", "embed_norm="):
+        assert present in src
+
+
+def test_qk_norm_and_dynamic_code_only_when_used() -> None:
+    assert "self.q_norm = RMSNorm" in _source("qwen3")
+    assert "self.q_norm = RMSNorm" not in _source("mistral")
+    assert "dynamic_ntk_theta" in _source("dynamic-ntk")
+    assert "dynamic_ntk_theta" not in _source("mistral")
+
+
+def test_config_literal_gives_the_spec_back() -> None:
+    for data in TINY.values():
+        spec = spec_from_dict(data)
+        tree = ast.parse(emit_source(spec))
+        (config,) = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "CONFIG"]  # type: ignore[attr-defined]
+        assert spec_from_dict(ast.literal_eval(config.value)) == spec
+
+
+def test_options_the_emitter_does_not_handle_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schema field the glue does not read must keep its default, or emit refuses instead of dropping it."""
+    from archspec.emit import source
+
+    spec = spec_from_dict(TINY["qwen3"])
+    assert unsupported(spec) is None
+    monkeypatch.setitem(source.HANDLED, "attention", source.HANDLED["attention"] - {"qk_norm"})  # type: ignore[operator]
+    assert unsupported(spec) == "field 'attention.qk_norm' (not handled by the emitter yet)"
+    with pytest.raises(NotImplementedError, match="attention.qk_norm"):
+        emit_source(spec)
+    assert unsupported(spec_from_dict(TINY["llama3"])) is None  # qk_norm at its default: fine
+
+
+# ------------------------------------------------------------------------------------- determinism
+def test_deterministic_across_calls_and_hash_seeds() -> None:
+    specs = [spec_from_dict(data) for data in TINY.values()]
+    first = [emit_source(spec) for spec in specs]
+    assert first == [emit_source(spec) for spec in specs]
+    code = (
+        "import hashlib, json, sys\n"
+        "from archspec.emit import emit_source\nfrom archspec.spec import spec_from_dict\n"
+        "print(json.dumps([hashlib.sha256(emit_source(spec_from_dict(d)).encode()).hexdigest()"
+        " for d in json.loads(sys.stdin.read())]))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    process = subprocess.run(
+        [sys.executable, "-c", code], input=json.dumps(list(TINY.values())), capture_output=True, text=True, env=env
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    import hashlib
+
+    assert json.loads(process.stdout) == [hashlib.sha256(text.encode()).hexdigest() for text in first]
+
+
+# ----------------------------------------------------------------------------------------- safety
+@pytest.mark.parametrize("name", ['x"; import os; #', "a b", "-x", "", "a\nb", "x'", "ünï", "a/b", "a;b", "${x}"])
+def test_bad_names_are_rejected_by_validation(name: str) -> None:
+    with pytest.raises(SpecError):
+        spec_from_dict({**TINY["llama3"], "name": name})
+
+
+def test_names_assigned_after_validation_are_rejected_by_emit() -> None:
+    spec = spec_from_dict(TINY["llama3"])
+    spec.name = 'x"; import os; #'
+    with pytest.raises(ValueError, match="not a valid name"):
+        emit_source(spec)
+
+
+def test_values_assigned_after_validation_are_revalidated() -> None:
+    spec = spec_from_dict(TINY["llama3"])
+    spec.d_model = "48); import os; ("  # type: ignore[assignment]
+    with pytest.raises(SpecError):
+        emit_source(spec)
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        '"""',
+        "'''",
+        '""""',
+        "a\nb\r\nc",
+        "\\",
+        "ends with a backslash \\",
+        '\\"',
+        "both ' and \" quotes",
+        'more "double" than \'single\' " quotes',
+        "{{ name }} {% if x %} {# c #}",
+        '"""; import os; """',
+        "\x00\x07\t\u2028 ünïcödé 🦙",
+    ],
+)
+def test_descriptions_are_emitted_as_exact_string_literals(description: str, tmp_path: Path) -> None:
+    spec = spec_from_dict({**TINY["gpt2"], "description": description})
+    src = emit_source(spec)
+    tree = ast.parse(src)
+    assert [type(node).__name__ for node in tree.body[:1]] == ["Expr"]  # the docstring, untouched
+    config = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "CONFIG")  # type: ignore[attr-defined]
+    assert ast.literal_eval(config.value)["description"] == description
+    assert description not in ast.get_docstring(tree)  # type: ignore[operator]
+    path = tmp_path / "described.py"
+    path.write_text(src)
+    fmt = _ruff("format", "--check", "--diff", str(path))
+    assert fmt.returncode == 0, fmt.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "cls"),
+    [
+        ("llama3-8b", "llama3_8b", "Llama3_8b"),
+        ("qwen2.5-7b", "qwen2_5_7b", "Qwen2_5_7b"),
+        ("gpt2", "gpt2", "Gpt2"),
+        ("7b", "_7b", "Model_7b"),
+        ("class", "class_model", "Class"),
+        ("match", "match_model", "Match"),
+        ("torch", "torch_model", "Torch"),
+        ("none", "none", "NoneModel"),
+        ("MLP", "MLP", "MLPModel"),
+        ("Model", "Model", "ModelModel"),
+    ],
+)
+def test_sanitised_identifiers(name: str, module: str, cls: str) -> None:
+    assert (module_name(name), class_name(name)) == (module, cls)
+
+
+# ------------------------------------------------------------------------------ writing and staleness
+def test_write_generated_and_is_stale(tmp_path: Path) -> None:
+    spec = spec_from_dict(TINY["mistral"])
+    assert is_stale(spec, tmp_path)  # missing
+    path = write_generated(spec, tmp_path)
+    assert path == generated_path(spec, tmp_path) == tmp_path / "tiny_mistral.py"
+    assert path.read_text() == emit_source(spec) and not is_stale(spec, tmp_path)
+    path.write_text(path.read_text() + "# edited\n")
+    assert is_stale(spec, tmp_path)
+    write_generated(spec, tmp_path)
+    assert not is_stale(spec, tmp_path)
+    changed = spec_from_dict({**TINY["mistral"], "d_model": 60})
+    assert is_stale(changed, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_mistral.py"]  # no temporary files left
+
+
+def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = spec_from_dict(TINY["mistral"])
+    path = write_generated(spec, tmp_path)
+    before = path.read_bytes()
+
+    def fail(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_generated(spec_from_dict({**TINY["mistral"], "d_model": 60}), tmp_path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_mistral.py"]
+
+
+@pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
+def test_generated_directory_is_current(spec_path: Path) -> None:
+    spec = archspec.load_spec(spec_path)
+    if unsupported(spec) is not None:
+        pytest.skip(f"emit does not support {spec_path.name} yet: {unsupported(spec)}")
+    assert not is_stale(spec, REPO / "generated"), (
+        f"{generated_path(spec, REPO / 'generated')} is stale: run `archspec build {spec_path.relative_to(REPO)}`"
+    )
+
+
+def test_generated_directory_has_no_orphans() -> None:
+    expected = {generated_path(archspec.load_spec(p), REPO / "generated").name for p in SPECS}  # supported or not
+    assert {p.name for p in (REPO / "generated").glob("*.py")} <= expected
