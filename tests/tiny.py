@@ -17,8 +17,20 @@ def shrink(spec: archspec.Spec, *, layers: int = 2) -> archspec.Spec:
     """d_model 64, 4 query heads of 16 dims, vocab 128, 64 positions; keeps MHA/GQA/MQA, windows, scalings."""
     data = spec.model_dump(mode="json")
     attention = data["attention"]
-    kind = "mha" if attention["kv_heads"] == attention["heads"] else ("mqa" if attention["kv_heads"] == 1 else "gqa")
-    attention.update(heads=4, kv_heads={"mha": 4, "mqa": 1, "gqa": 2}[kind], head_dim=16)
+    if attention.get("kind") == "mla":
+        attention.update(heads=4, q_rank=24 if attention["q_rank"] else None, kv_rank=32, nope_dim=16, rope_dim=8, v_dim=12)
+    else:
+        kind = "mha" if attention["kv_heads"] == attention["heads"] else ("mqa" if attention["kv_heads"] == 1 else "gqa")
+        attention.update(heads=4, kv_heads={"mha": 4, "mqa": 1, "gqa": 2}[kind], head_dim=16)
+    moe = data.get("moe")
+    if moe:
+        router = moe["router"]
+        grouped = router["groups"] > 1
+        moe.update(experts=8, top_k=min(moe["top_k"], 3), d_ff=24, shared_d_ff=24)
+        router.update(groups=4 if grouped else 1, top_groups=2 if grouped else 1)
+        if moe.get("layers") is not None:
+            moe["layers"] = [layer for layer in moe["layers"] if layer < layers]
+        moe["dense_layers"] = min(moe["dense_layers"], layers - 1)
     if attention.get("window"):
         attention["window"] = 5
     if attention.get("window_layers") is not None:

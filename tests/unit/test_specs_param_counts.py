@@ -143,6 +143,73 @@ def gpt_neox_20b() -> transformers.PretrainedConfig:  # EleutherAI/gpt-neox-20b
     )  # fmt: skip
 
 
+def mixtral_8x7b() -> transformers.PretrainedConfig:  # mistralai/Mixtral-8x7B-v0.1
+    return transformers.MixtralConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, max_position_embeddings=32768, rope_theta=1e6, num_local_experts=8,
+        num_experts_per_tok=2, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def mixtral_8x22b() -> transformers.PretrainedConfig:  # mistralai/Mixtral-8x22B-v0.1
+    return transformers.MixtralConfig(
+        vocab_size=32000, hidden_size=6144, intermediate_size=16384, num_hidden_layers=56, num_attention_heads=48,
+        num_key_value_heads=8, max_position_embeddings=65536, rope_theta=1e6, num_local_experts=8,
+        num_experts_per_tok=2, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def qwen1_5_moe_a2_7b() -> transformers.PretrainedConfig:  # Qwen/Qwen1.5-MoE-A2.7B
+    return transformers.Qwen2MoeConfig(
+        vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
+        num_key_value_heads=16, max_position_embeddings=8192, num_experts=60, num_experts_per_tok=4,
+        moe_intermediate_size=1408, shared_expert_intermediate_size=5632, decoder_sparse_step=1,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def qwen3_30b_a3b() -> transformers.PretrainedConfig:  # Qwen/Qwen3-30B-A3B
+    return transformers.Qwen3MoeConfig(
+        vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=48, num_attention_heads=32,
+        num_key_value_heads=4, head_dim=128, max_position_embeddings=40960, num_experts=128, num_experts_per_tok=8,
+        moe_intermediate_size=768, norm_topk_prob=True, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def deepseek_v2_lite() -> transformers.PretrainedConfig:  # deepseek-ai/DeepSeek-V2-Lite
+    return transformers.DeepseekV2Config(
+        vocab_size=102400, hidden_size=2048, intermediate_size=10944, moe_intermediate_size=1408,
+        num_hidden_layers=27, num_attention_heads=16, num_key_value_heads=16, q_lora_rank=None, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=64, n_shared_experts=2,
+        num_experts_per_tok=6, first_k_dense_replace=1, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def deepseek_v3() -> transformers.PretrainedConfig:  # deepseek-ai/DeepSeek-V3
+    return transformers.DeepseekV3Config(
+        vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+        num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128, q_lora_rank=1536, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_routed_experts=256, n_shared_experts=1,
+        num_experts_per_tok=8, n_group=8, topk_group=4, first_k_dense_replace=3, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def deepseek_moe_16b_by_hand() -> int:
+    """deepseek-ai/deepseek-moe-16b-base has no transformers class: its count, term by term from its config.json.
+
+    Llama MHA attention and RMSNorms, layer 0 a dense SwiGLU of 10944, layers 1..27 a router over 64 experts of
+    1408 plus 2 shared experts (one SwiGLU of 2816); untied head. The paper reports 16.4B.
+    """
+    d, vocab, layers = 2048, 102400, 28
+    attention, norms = 4 * d * d, 2 * d
+    dense_mlp = 3 * d * 10944
+    moe_mlp = 64 * d + 64 * 3 * d * 1408 + 3 * d * 2 * 1408
+    return 2 * vocab * d + layers * (attention + norms) + dense_mlp + (layers - 1) * moe_mlp + d
+
+
+BY_HAND: dict[str, Callable[[], int]] = {"deepseek-moe-16b.yaml": deepseek_moe_16b_by_hand}
+
+
 REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "llama3.yaml": llama3_8b,
     "llama3-8b.yaml": llama3_8b,
@@ -159,6 +226,12 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "falcon-40b.yaml": falcon_40b,
     "glm4-9b.yaml": glm4_9b,
     "gpt-neox-20b.yaml": gpt_neox_20b,
+    "mixtral-8x7b.yaml": mixtral_8x7b,
+    "mixtral-8x22b.yaml": mixtral_8x22b,
+    "qwen1.5-moe-a2.7b.yaml": qwen1_5_moe_a2_7b,
+    "qwen3-30b-a3b.yaml": qwen3_30b_a3b,
+    "deepseek-v2-lite.yaml": deepseek_v2_lite,
+    "deepseek-v3.yaml": deepseek_v3,
 }
 
 
@@ -184,8 +257,9 @@ def reference_model(config: transformers.PretrainedConfig) -> nn.Module:
 def test_every_spec_has_a_reference() -> None:
     """A new spec file needs a reference config here (or a note on why it cannot have one)."""
     on_disk = {path.name for path in SPECS.glob("*.yaml")}
-    assert on_disk - REFERENCES.keys() == set(), "add a reference config for these specs"
-    assert REFERENCES.keys() - on_disk == set(), "these referenced specs no longer exist"
+    known = REFERENCES.keys() | BY_HAND.keys()
+    assert on_disk - known == set(), "add a reference config for these specs"
+    assert known - on_disk == set(), "these referenced specs no longer exist"
 
 
 @pytest.mark.parametrize("filename", sorted(REFERENCES))
@@ -205,3 +279,13 @@ def test_llama3_is_llama3_8b_renamed() -> None:
     short, full = archspec.load_spec(SPECS / "llama3.yaml"), archspec.load_spec(SPECS / "llama3-8b.yaml")
     assert short.name == "llama3"
     assert short.model_dump(exclude={"name"}) == full.model_dump(exclude={"name"})
+
+
+@pytest.mark.parametrize("filename", sorted(BY_HAND))
+def test_parameter_count_equals_the_count_by_hand(filename: str) -> None:
+    ours = archspec.build(archspec.load_spec(SPECS / filename), device="meta")
+    assert sum(p.numel() for p in ours.parameters()) == BY_HAND[filename]()
+
+
+def test_deepseek_moe_16b_is_the_published_size() -> None:
+    assert round(deepseek_moe_16b_by_hand() / 1e9, 1) == 16.4

@@ -1,0 +1,95 @@
+"""MoE and MLA families against transformers 5.x (checked with 5.23.0): mixtral, qwen2_moe, qwen3_moe,
+deepseek_v2, deepseek_v3. Eager attention and eager experts, float32, every weight and the DeepSeek-V3 correction
+bias perturbed; tolerance 1e-5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+from hf_reference import archspec_from, make_reference, max_logit_diff
+
+import archspec
+
+TOLERANCE = 1e-5
+SMALL = dict(vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4)
+MLA = dict(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, moe_intermediate_size=32,
+           intermediate_size=128, num_key_value_heads=4)
+YARN = dict(rope_type="yarn", rope_theta=1e4, factor=40.0, original_max_position_embeddings=64, beta_fast=32, beta_slow=1)
+
+CONFIGS = {
+    "mixtral-top2": T.MixtralConfig(**SMALL, num_key_value_heads=2, intermediate_size=96, num_local_experts=4,
+                                    num_experts_per_tok=2),
+    "mixtral-top1-window": T.MixtralConfig(**SMALL, num_key_value_heads=2, intermediate_size=96, num_local_experts=4,
+                                           num_experts_per_tok=1, sliding_window=5),
+    "qwen2-moe-shared-gated-sparse-step": T.Qwen2MoeConfig(
+        **SMALL, num_key_value_heads=2, intermediate_size=96, moe_intermediate_size=32,
+        shared_expert_intermediate_size=48, num_experts=6, num_experts_per_tok=3, decoder_sparse_step=2),
+    "qwen3-moe-top4-renorm-dense-first": T.Qwen3MoeConfig(
+        **SMALL, num_key_value_heads=2, intermediate_size=96, moe_intermediate_size=32, num_experts=8,
+        num_experts_per_tok=4, head_dim=16, norm_topk_prob=True, mlp_only_layers=[0]),
+    "deepseek-v2-greedy-no-q-lora": T.DeepseekV2Config(
+        **SMALL, **MLA, q_lora_rank=None, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=2,
+        first_k_dense_replace=1),
+    "deepseek-v2-group-limited-yarn": T.DeepseekV2Config(
+        **SMALL, **MLA, q_lora_rank=24, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3,
+        first_k_dense_replace=1, topk_method="group_limited_greedy", n_group=4, topk_group=2,
+        routed_scaling_factor=1.5, max_position_embeddings=256,
+        rope_parameters=dict(YARN, mscale=0.707, mscale_all_dim=0.707)),
+    "deepseek-v3-yarn-groups": T.DeepseekV3Config(
+        **SMALL, **MLA, q_lora_rank=24, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+        first_k_dense_replace=1, n_group=4, topk_group=2, routed_scaling_factor=2.5, max_position_embeddings=256,
+        rope_parameters=dict(YARN, mscale=1.0, mscale_all_dim=0.8)),
+    "deepseek-v3-half-rope-no-renorm": T.DeepseekV3Config(
+        **SMALL, **MLA, q_lora_rank=None, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3,
+        first_k_dense_replace=0, n_group=2, topk_group=1, norm_topk_prob=False, rope_interleave=False),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def reference(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    return request.param, make_reference(CONFIGS[request.param], directory), directory
+
+
+def _ids(name: str, length: int = 12) -> torch.Tensor:
+    return torch.randint(0, 128, (2, length), generator=torch.Generator().manual_seed(len(name)))
+
+
+def test_logits_match_transformers(reference):
+    name, hf_model, directory = reference
+    assert max_logit_diff(hf_model, archspec_from(directory), _ids(name)) <= TOLERANCE
+
+
+def test_greedy_generate_matches_transformers_and_recompute(reference):
+    name, hf_model, directory = reference
+    model = archspec_from(directory)
+    ids = _ids(name, length=5)
+    with torch.no_grad():
+        expected = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    cached = model.generate(ids, max_new_tokens=8)
+    assert torch.equal(cached, model.generate(ids, max_new_tokens=8, use_cache=False))
+    assert torch.equal(cached, expected)
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(CONFIGS) if name.startswith("deepseek")])
+def test_mla_cache_holds_the_latent_not_the_heads(name):
+    spec = archspec.spec_from_hf(CONFIGS[name].to_dict())
+    cache = archspec.build(spec).new_cache(batch=1, max_len=16)
+    layer = cache.layers[0]
+    assert layer.keys.shape == (1, 1, 16, spec.attention.kv_rank)
+    assert layer.values.shape == (1, 1, 16, spec.attention.rope_dim)
+
+
+@pytest.mark.parametrize("name", ["mixtral-top2", "qwen2-moe-shared-gated-sparse-step"])
+def test_aux_loss_matches_transformers(name, tmp_path):
+    """transformers' load_balancing_loss_func (Switch loss over all MoE layers' tokens) and its loss total."""
+    config = CONFIGS[name]
+    hf_model = make_reference(config, tmp_path)
+    model = archspec_from(tmp_path)
+    ids = _ids(name)
+    with torch.no_grad():
+        expected = hf_model(ids, labels=ids, output_router_logits=True)
+        actual = model(ids, labels=ids)
+    torch.testing.assert_close(actual.aux_loss, expected.aux_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-5, atol=1e-6)
