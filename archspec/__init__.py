@@ -13,6 +13,7 @@ The public API (DESIGN.md section 2):
 from archspec.compiler import build
 from archspec.distributed import enable_activation_checkpointing, parallelize, tp_plan
 from archspec.interop.hf import load_hf_weights, spec_from_hf
+from archspec.interop.hf_export import save_hf
 from archspec.spec import ArchspecError, Spec, SpecError, WeightLoadError, load_spec, spec_from_dict
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "load_hf_weights",
     "load_spec",
     "parallelize",
+    "save_hf",
     "spec_from_dict",
     "spec_from_hf",
     "tp_plan",
