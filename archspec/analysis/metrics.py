@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from archspec.spec.errors import ArchspecError
-from archspec.spec.schema import GATED_ACTIVATIONS, LearnedPositionSpec, Spec
+from archspec.spec.schema import GATED_ACTIVATIONS, LatentAttentionSpec, LearnedPositionSpec, Spec
 
 AttentionCount = Literal["causal", "full"]
 
@@ -154,8 +154,22 @@ def norm_params(spec: Spec, dim: int) -> int:
     return dim * (2 if spec.norm.kind == "layernorm" and spec.norm.bias else 1)
 
 
+def latent_attention_params(attn: LatentAttentionSpec, d: int) -> int:
+    """MLA: q (plain, or down + latent norm + up), kv down (latent + shared rope key), latent norm, kv up, o."""
+    heads, qk = attn.heads, attn.nope_dim + attn.rope_dim
+    if attn.q_rank is None:
+        count = d * heads * qk
+    else:
+        count = d * attn.q_rank + attn.bias * attn.q_rank + attn.q_rank + attn.q_rank * heads * qk
+    down = attn.kv_rank + attn.rope_dim
+    count += d * down + attn.bias * down + attn.kv_rank + attn.kv_rank * heads * (attn.nope_dim + attn.v_dim)
+    return count + heads * attn.v_dim * d + attn.bias * d
+
+
 def attention_params(spec: Spec, layer: int) -> int:
     """q, k, v, o projections with their biases, plus per-head qk-norm weights."""
+    if isinstance(spec.attention, LatentAttentionSpec):
+        return latent_attention_params(spec.attention, spec.d_model)
     attn, d = spec.attention, spec.d_model
     q_width, kv_width = attn.heads * spec.head_dim, spec.kv_heads * spec.head_dim
     count = d * q_width + 2 * d * kv_width + q_width * d
@@ -165,8 +179,21 @@ def attention_params(spec: Spec, layer: int) -> int:
     return count
 
 
+def moe_params(spec: Spec) -> tuple[int, int]:
+    """(total, active per token) of one MoE layer: router, routed experts (top_k of them active), shared
+    experts and their gate. Expert projections have no biases."""
+    moe, d = spec.moe, spec.d_model
+    assert moe is not None and moe.d_ff is not None and moe.shared_d_ff is not None
+    projections = 3 if spec.mlp.activation in GATED_ACTIVATIONS else 2
+    expert = projections * d * moe.d_ff
+    always = moe.experts * d + projections * d * moe.shared_experts * moe.shared_d_ff + d * moe.shared_gate
+    return always + moe.experts * expert, always + moe.top_k * expert
+
+
 def mlp_params(spec: Spec, layer: int) -> tuple[int, int]:
     """(total, active per token) of a layer's MLP. Gated MLPs have gate, up and down; plain ones up and down."""
+    if spec.is_moe_layer(layer):
+        return moe_params(spec)
     d, ff = spec.d_model, spec.mlp.d_ff
     gated = spec.mlp.activation in GATED_ACTIVATIONS
     projections = 3 if gated else 2
@@ -182,6 +209,17 @@ def block_norms(spec: Spec) -> int:
     if kind == "parallel":
         return spec.block.parallel_norms
     return 4 if kind == "sandwich" else 2
+
+
+def decoder_layer_params(spec: Spec) -> LayerParams:
+    """A decoder block of an encoder-decoder: self-attention, cross-attention, MLP and three norms."""
+    mlp_total, mlp_active = mlp_params(spec, 0)
+    return LayerParams(
+        attention=2 * attention_params(spec, 0),
+        mlp=mlp_total,
+        norms=3 * norm_params(spec, spec.d_model),
+        mlp_active=mlp_active,
+    )
 
 
 def layer_params(spec: Spec, layer: int) -> LayerParams:
@@ -210,6 +248,8 @@ ANALYSED_FIELDS = frozenset(
         "mlp",
         "embeddings",
         "tokens",
+        "moe",
+        "n_decoder_layers",
     }
 )
 """Top-level spec fields the formulas here account for. A spec that sets any other field away from its default
@@ -218,9 +258,9 @@ ANALYSED_FIELDS = frozenset(
 
 def check_supported(spec: Spec) -> None:
     """Raise AnalysisError for specs whose figures these formulas would get wrong."""
-    if spec.structure != "decoder":
+    if spec.structure not in ("decoder", "encoder-decoder"):
         raise AnalysisError(f"{spec.name}: analysis of structure {spec.structure!r} is not implemented yet")
-    if spec.attention.kind != "mha":
+    if spec.attention.kind not in ("mha", "mla"):
         raise AnalysisError(f"{spec.name}: analysis of attention kind {spec.attention.kind!r} is not implemented yet")
     for name, info in type(spec).model_fields.items():
         if name not in ANALYSED_FIELDS and getattr(spec, name) != info.get_default(call_default_factory=True):
@@ -231,6 +271,8 @@ def param_counts(spec: Spec) -> ParamCounts:
     """Exact parameter counts; equal to `sum(p.numel() for p in archspec.build(spec, device="meta").parameters())`."""
     check_supported(spec)
     d = spec.d_model
+    if spec.structure == "encoder-decoder":
+        return _encoder_decoder_params(spec)
     return ParamCounts(
         token_embedding=spec.vocab_size * d,
         position_embedding=spec.context_length * d if isinstance(spec.position, LearnedPositionSpec) else 0,
@@ -241,15 +283,43 @@ def param_counts(spec: Spec) -> ParamCounts:
     )
 
 
+def _encoder_decoder_params(spec: Spec) -> ParamCounts:
+    """T5: one shared embedding, encoder blocks then decoder blocks (in `layers`), a relative-bias table of
+    buckets x heads per stack (counted as the position embedding) and a final norm per stack."""
+    d, position = spec.d_model, spec.position
+    buckets = getattr(position, "buckets", 0)
+    decoder_layers = spec.n_decoder_layers or spec.n_layers
+    return ParamCounts(
+        token_embedding=spec.vocab_size * d,
+        position_embedding=2 * buckets * spec.attention.heads,
+        head=0 if spec.embeddings.tied else spec.vocab_size * d,
+        embedding_norm=0,
+        layers=tuple(layer_params(spec, i) for i in range(spec.n_layers))
+        + tuple(decoder_layer_params(spec) for _ in range(decoder_layers)),
+        final_norm=2 * norm_params(spec, d),
+    )
+
+
 # ------------------------------------------------------------------------------------------------ FLOPs
 def attention_matmul_weights(spec: Spec, layer: int) -> int:
-    """Weights of the q, k, v and o projections (what a token multiplies by in attention)."""
+    """Weights of the q, k, v and o projections (what a token multiplies by in attention).
+
+    MLA: every projection including kv_up, which archspec applies once per token of the forward pass (the
+    latent is up-projected, not absorbed into q and o); latent-norm weights are not matmuls.
+    """
+    attn = spec.attention
+    if isinstance(attn, LatentAttentionSpec):
+        norms = attn.kv_rank + (attn.q_rank or 0)
+        biases = attn.bias * ((attn.q_rank or 0) + attn.kv_rank + attn.rope_dim + spec.d_model)
+        return latent_attention_params(attn, spec.d_model) - norms - biases
     q_width, kv_width = spec.attention.heads * spec.head_dim, spec.kv_heads * spec.head_dim
     return spec.d_model * (2 * q_width + 2 * kv_width)
 
 
 def mlp_matmul_weights(spec: Spec, layer: int) -> int:
-    """Weights of the MLP projections one token goes through."""
+    """Weights of the MLP projections one token goes through (MoE: router, its top_k experts, shared ones)."""
+    if spec.is_moe_layer(layer):
+        return moe_params(spec)[1]
     projections = 3 if spec.mlp.activation in GATED_ACTIVATIONS else 2
     return projections * spec.d_model * spec.mlp.d_ff
 
@@ -269,7 +339,8 @@ def attended_keys(context: int, window: int | None, count: AttentionCount = "cau
 
 def attention_score_value_flops(spec: Spec, layer: int, context: int, count: AttentionCount = "causal") -> int:
     """FLOPs of q.k scores and the weighted sum of values of one layer over a whole sequence."""
-    qk_dim = v_dim = spec.head_dim
+    attn = spec.attention
+    qk_dim, v_dim = spec.head_dim, attn.v_dim if isinstance(attn, LatentAttentionSpec) else spec.head_dim
     pairs = attended_keys(context, spec.window_for_layer(layer), count)
     return 2 * spec.attention.heads * (qk_dim + v_dim) * pairs
 
@@ -304,6 +375,8 @@ def flop_counts(spec: Spec, context: int | None = None, count: AttentionCount = 
     """Forward FLOPs at `context` (default: the spec's context length). `count`: "causal" or "full" keys."""
     check_supported(spec)
     context = check_context(spec, context)
+    if spec.structure == "encoder-decoder":
+        return _encoder_decoder_flops(spec, context, count)
     matmul_weights = head_matmul_weights(spec) + sum(
         attention_matmul_weights(spec, i) + mlp_matmul_weights(spec, i) for i in range(spec.n_layers)
     )
@@ -311,9 +384,28 @@ def flop_counts(spec: Spec, context: int | None = None, count: AttentionCount = 
     return FlopCounts(context, count, 2 * matmul_weights, attention)
 
 
+def _encoder_decoder_flops(spec: Spec, context: int, count: AttentionCount) -> FlopCounts:
+    """Encoder-decoder, with `context` source and `context` target tokens; per token means per target token
+    (whose forward pass includes encoding one source token). Encoder self-attention is bidirectional (L^2
+    pairs), decoder self-attention causal, cross-attention every target token against every source token."""
+    decoder_layers = spec.n_decoder_layers or spec.n_layers
+    attention = attention_matmul_weights(spec, 0)
+    mlp = mlp_matmul_weights(spec, 0)
+    matmul = spec.n_layers * (attention + mlp) + decoder_layers * (2 * attention + mlp) + head_matmul_weights(spec)
+    per_pair = 2 * spec.attention.heads * 2 * spec.head_dim
+    pairs = spec.n_layers * context * context + decoder_layers * (
+        attended_keys(context, None, count) + context * context
+    )
+    return FlopCounts(context, count, 2 * matmul, per_pair * pairs)
+
+
 # ------------------------------------------------------------------------------------------------ KV cache
 def kv_elements_per_token(spec: Spec, layer: int) -> int:
-    """Cached numbers per token of one layer: a key and a value vector per kv head."""
+    """Cached numbers per token of one layer: a key and a value vector per kv head (MLA: the latent and the
+    shared rope key)."""
+    attn = spec.attention
+    if isinstance(attn, LatentAttentionSpec):
+        return attn.kv_rank + attn.rope_dim
     return 2 * spec.kv_heads * spec.head_dim
 
 
@@ -336,7 +428,10 @@ def kv_cache(spec: Spec, context: int | None = None, batch: int = 1, dtype: str 
     if batch < 1:
         raise AnalysisError(f"batch must be at least 1, got {batch}")
     name = canonical_dtype(dtype)
-    elements = sum(kv_elements_per_token(spec, i) for i in range(spec.n_layers))
+    if spec.structure == "encoder-decoder":  # per decoder layer: self-attention K/V + cached cross K/V
+        elements = 2 * (spec.n_decoder_layers or spec.n_layers) * kv_elements_per_token(spec, 0)
+    else:
+        elements = sum(kv_elements_per_token(spec, i) for i in range(spec.n_layers))
     return KVCacheFigures(name, elements * DTYPE_BYTES[name], context, batch)
 
 

@@ -76,6 +76,7 @@ def test_keys_only_one_spec_has_are_absent_on_the_other() -> None:
         "position.theta": (500000.0, ABSENT),
         "position.fraction": (1.0, ABSENT),
         "position.pairing": ("half", ABSENT),
+        "position.block_positions": (False, ABSENT),
         "position.scaling.kind": ("linear", ABSENT),
         "position.scaling.factor": (2.0, ABSENT),
     }
