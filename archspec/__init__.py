@@ -8,13 +8,43 @@ The public API (DESIGN.md section 2):
     ids   = model.generate(input_ids, max_new_tokens=20)
     spec  = archspec.spec_from_hf("path/to/hf_dir")
     archspec.load_hf_weights(model, "path/to/hf_dir")
+    src   = archspec.emit_source(spec)
+
+The spec layer imports no torch; everything that builds or runs models is imported on first use, so
+`archspec check`, `info`, `diff` and `schema` start fast.
 """
 
-from archspec.compiler import build
-from archspec.distributed import enable_activation_checkpointing, parallelize, tp_plan
-from archspec.interop.hf import load_hf_weights, spec_from_hf
-from archspec.interop.hf_export import save_hf
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from archspec.spec import ArchspecError, Spec, SpecError, WeightLoadError, load_spec, spec_from_dict
+
+_LAZY = {
+    "build": "archspec.compiler",
+    "spec_from_hf": "archspec.interop.hf",
+    "load_hf_weights": "archspec.interop.hf",
+    "save_hf": "archspec.interop.hf_export",
+    "emit_source": "archspec.emit",
+    "parallelize": "archspec.distributed",
+    "tp_plan": "archspec.distributed",
+    "enable_activation_checkpointing": "archspec.distributed",
+}
+
+if TYPE_CHECKING:
+    from archspec.compiler import build
+    from archspec.distributed import enable_activation_checkpointing, parallelize, tp_plan
+    from archspec.emit import emit_source
+    from archspec.interop.hf import load_hf_weights, spec_from_hf
+    from archspec.interop.hf_export import save_hf
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'archspec' has no attribute {name!r}")
+
 
 __all__ = [
     "ArchspecError",
@@ -22,6 +52,7 @@ __all__ = [
     "SpecError",
     "WeightLoadError",
     "build",
+    "emit_source",
     "enable_activation_checkpointing",
     "load_hf_weights",
     "load_spec",

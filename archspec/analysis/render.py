@@ -12,7 +12,7 @@ from typing import Any
 
 from archspec.analysis.diff import ABSENT, SpecDiff
 from archspec.analysis.metrics import Analysis, AnalysisError, LayerParams
-from archspec.spec.schema import AlibiSpec, LearnedPositionSpec, RopeSpec, Spec
+from archspec.spec.schema import AlibiSpec, LatentAttentionSpec, LearnedPositionSpec, RopeSpec, Spec
 
 JSON_VERSION = 1
 
@@ -111,17 +111,21 @@ def tables_markdown(tables: list[Table]) -> str:
 def describe(spec: Spec) -> dict[str, str]:
     """One short phrase per architectural choice: the row of an architecture table."""
     attn = spec.attention
-    heads, kv = attn.heads, spec.kv_heads
-    kind = "MHA" if kv == heads else "MQA" if kv == 1 else "GQA"
-    attention = f"{kind} {heads}q/{kv}kv x {spec.head_dim}"
-    if attn.window is not None:
-        layers = "" if attn.window_layers is None else f" on {len(attn.window_layers)} layers"
-        attention += f", window {attn.window}{layers}"
-    if attn.qk_norm:
-        attention += ", qk-norm"
-    biased = [name for name in ("q", "k", "v", "o") if getattr(attn.bias, name)]
-    if biased:
-        attention += f", bias {','.join(biased)}"
+    if isinstance(attn, LatentAttentionSpec):
+        q = f"q rank {attn.q_rank}" if attn.q_rank else "full q"
+        attention = f"MLA {attn.heads}q, kv rank {attn.kv_rank}, {q}, dims {attn.nope_dim}+{attn.rope_dim}/{attn.v_dim}"
+    else:
+        heads, kv = attn.heads, spec.kv_heads
+        kind = "MHA" if kv == heads else "MQA" if kv == 1 else "GQA"
+        attention = f"{kind} {heads}q/{kv}kv x {spec.head_dim}"
+        if attn.window is not None:
+            layers = "" if attn.window_layers is None else f" on {len(attn.window_layers)} layers"
+            attention += f", window {attn.window}{layers}"
+        if attn.qk_norm:
+            attention += ", qk-norm"
+        biased = [name for name in ("q", "k", "v", "o") if getattr(attn.bias, name)]
+        if biased:
+            attention += f", bias {','.join(biased)}"
 
     position = spec.position
     if isinstance(position, RopeSpec):
@@ -137,8 +141,10 @@ def describe(spec: Spec) -> dict[str, str]:
         where = "alibi"
     elif isinstance(position, LearnedPositionSpec):
         where = f"learned ({spec.context_length})"
+    elif position.kind == "relative-bias":
+        where = f"relative bias, {position.buckets} buckets, max {position.max_distance}"  # type: ignore[union-attr]
     else:
-        where = "none"
+        where = position.kind
 
     norm = spec.norm.kind + (" (no bias)" if spec.norm.kind == "layernorm" and not spec.norm.bias else "")
     block = spec.block.kind
@@ -155,9 +161,27 @@ def describe(spec: Spec) -> dict[str, str]:
         "norm": norm,
         "block": block,
         "mlp": mlp,
-        "moe": "dense",
+        "moe": _describe_moe(spec),
         "embeddings": embeddings,
     }
+
+
+def _describe_moe(spec: Spec) -> str:
+    moe = spec.moe
+    if moe is None:
+        return "dense"
+    router = moe.router
+    text = f"{moe.experts} experts top-{moe.top_k} x {moe.d_ff}"
+    if moe.shared_experts:
+        text += f" + {moe.shared_experts} shared" + (" (gated)" if moe.shared_gate else "")
+    text += f", {router.scoring}"
+    if router.groups > 1:
+        text += f", {router.top_groups}/{router.groups} groups"
+    if moe.layers is not None:
+        text += f", on {len(moe.layers)} layers"
+    elif moe.dense_layers:
+        text += f", first {moe.dense_layers} dense"
+    return text
 
 
 # ----------------------------------------------------------------------------------------------- info
