@@ -42,6 +42,9 @@ from archspec.spec.schema import (
     YarnScaling,
 )
 from archspec.spec.schema import RelativeBiasSpec
+from archspec.nn.vision import VISION_ACTIVATIONS, PatchEmbedding, PatchPool, Projector, VisionTower
+from archspec.nn.vlm import VisionLanguageLM
+from archspec.spec.schema import ViTSpec
 
 
 def build(spec: Spec, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DecoderLM:
@@ -83,7 +86,8 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
 # ------------------------------------------------------------------------------------------- wiring
 def _decoder(spec: Spec) -> DecoderLM:
     position = spec.position
-    return DecoderLM(
+    model_class, vision = (VisionLanguageLM, _vision(spec)) if spec.vision is not None else (DecoderLM, {})
+    return model_class(
         embed=nn.Embedding(spec.vocab_size, spec.d_model),
         layers=[_block(spec, index) for index in range(spec.n_layers)],
         final_norm=nn.Identity() if spec.block.kind == "post-norm" else _norm(spec, spec.d_model),
@@ -96,6 +100,7 @@ def _decoder(spec: Spec) -> DecoderLM:
         alibi_slopes=alibi_slopes(spec.attention.heads) if isinstance(position, AlibiSpec) else None,
         tied=spec.embeddings.tied,
         **_router_loss_options(spec),
+        **vision,
     )
 
 
@@ -283,3 +288,56 @@ def _cross_attention(spec: Spec) -> CrossAttention:
     attn = spec.attention
     bias = (attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o)
     return CrossAttention(spec.d_model, attn.heads, spec.kv_heads, spec.head_dim, bias=bias, scale=attn.scale)
+
+# -------------------------------------------------------------------------------------------- vision
+def _vision(spec: Spec) -> dict[str, Any]:
+    """The image side of a VisionLanguageLM: tower (None when external), projector, pooling, splice numbers."""
+    vision = spec.vision
+    assert vision is not None and vision.tower is not None and vision.projector.depth is not None
+    tower, tower_module = vision.tower, None
+    if isinstance(tower, ViTSpec):
+        tower_module = _vision_tower(spec)
+    layers_read = len(vision.feature_layers) if isinstance(tower, ViTSpec) else 1
+    width = tower.width * layers_read
+    pooling = None
+    if vision.pooling is not None:
+        grid, side = round(vision.feature_tokens**0.5), round(vision.pooling.tokens**0.5)
+        pooling = PatchPool(grid, side)
+    projector = vision.projector
+    return {
+        "vision_tower": tower_module,
+        "projector": Projector(
+            width, spec.d_model, projector.depth, VISION_ACTIVATIONS[projector.activation], bias=projector.bias
+        ),
+        "pooling": pooling,
+        "image_token": vision.image_token,
+        "tokens_per_image": vision.tokens_per_image,
+        "feature_shape": (vision.feature_tokens, width),
+    }
+
+
+def _vision_tower(spec: Spec) -> VisionTower:
+    """A ViT/CLIP tower built from the library's own blocks: pre-norm, MHA with biases, plain MLP, LayerNorm."""
+    vision = spec.vision
+    assert vision is not None and isinstance(vision.tower, ViTSpec)
+    tower = vision.tower
+    width, grid = tower.width, tower.image_size // tower.patch_size
+
+    def norm() -> nn.LayerNorm:
+        return nn.LayerNorm(width, eps=tower.norm_eps)
+
+    def block() -> PreNormBlock:
+        bias = (tower.bias,) * 4
+        attn = Attention(width, tower.heads, tower.heads, width // tower.heads, bias=bias)
+        mlp = MLP(width, tower.d_ff, VISION_ACTIVATIONS[tower.activation], gated=False, bias=tower.bias)
+        return PreNormBlock(attn, mlp, attn_norm=norm(), mlp_norm=norm())
+
+    hidden_states = tower.depth + 1
+    return VisionTower(
+        PatchEmbedding(tower.channels, width, tower.patch_size, grid, tower.class_token, tower.patch_bias),
+        [block() for _ in range(tower.depth)],
+        norm() if tower.pre_norm else None,
+        norm() if tower.post_norm else None,
+        feature_layers=[layer % hidden_states for layer in vision.feature_layers],
+        drop_class_token=tower.class_token and vision.feature_select == "patches",
+    )

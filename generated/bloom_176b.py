@@ -364,7 +364,11 @@ class DecoderLM(nn.Module):
         self.aux_loss, self.aux_loss_coef, self.z_loss_coef = aux_loss, aux_loss_coef, z_loss_coef
 
     def forward(
-        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, labels: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
     ) -> LMOutput:
         batch, seq = input_ids.shape
         past = cache.length if cache is not None else 0

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-FEATURES = frozenset({"rope", "qk_norm", "alibi", "dynamic_ntk", "moe"})
+FEATURES = frozenset({"rope", "qk_norm", "alibi", "dynamic_ntk", "moe", "vision"})
 """Names allowed in `# emit-if:` markers."""
 
 MARKER = re.compile(r"\s+# emit-if: ([a-z_]+)$")

@@ -27,7 +27,7 @@ from archspec.spec.loader import spec_from_dict
 from archspec.spec.schema import NAME_PATTERN, Spec
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "bloom", "falcon", "glm", "glm4", "gpt_neox", "t5",
-                         "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3")
+                         "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llava")
 
 # Class defaults of the transformers 5.23.0 config classes, for keys a config.json may leave out.
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -548,6 +548,8 @@ def key_map(model_type: str, spec: Spec) -> KeyMap:
     """The names of one family's checkpoint, given the spec (Falcon's norms depend on its layout)."""
     if model_type == "t5":
         return _t5_key_map(spec)
+    if model_type == "llava":
+        return _llava("llava_key_map")(spec)
     if model_type in ("llama", "mistral", "qwen2", "qwen3"):
         return KeyMap(_LLAMA_TOP, "model.layers.{i}.", _LLAMA_LAYER)
     if model_type in _MOE_FAMILIES:
@@ -867,3 +869,15 @@ def _t5_key_map(spec: Spec) -> KeyMap:
                 for p in "qkvo":
                     top[f"{ours}cross_attn.{p}"] = f"{theirs}1.EncDecAttention.{p}"
     return KeyMap(top, "", {}, aliases={"lm_head.weight": "shared.weight"})
+
+
+# ============================================================================================ LLaVA
+def _llava(name: str) -> Any:
+    """A function of archspec.interop.hf_llava (LLaVA's config and names), imported on first use: it imports this module."""
+    from archspec.interop import hf_llava
+
+    return getattr(hf_llava, name)
+
+
+_DEFAULTS["llava"] = {}  # hf_llava reads LlavaConfig's defaults itself
+_CONVERTERS["llava"] = lambda get: _llava("llava_spec_data")(get)

@@ -2,6 +2,7 @@
 
 from functools import partial
 
+import torch
 import torch.nn.functional as F
 
 ACTIVATIONS = {
@@ -10,3 +11,8 @@ ACTIVATIONS = {
     "gelu-tanh": partial(F.gelu, approximate="tanh"),
     "silu": F.silu,
 }
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(1.702 x): the sigmoid approximation of GELU that CLIP's towers were trained with."""
+    return x * torch.sigmoid(1.702 * x)

@@ -70,12 +70,19 @@ class DecoderLM(nn.Module):
         self.aux_loss, self.aux_loss_coef, self.z_loss_coef = aux_loss, aux_loss_coef, z_loss_coef
 
     def forward(
-        self, input_ids: torch.Tensor, *, cache: KVCache | None = None, labels: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,  # emit-if: vision
     ) -> LMOutput:
         batch, seq = input_ids.shape
         past = cache.length if cache is not None else 0
         positions = torch.arange(past, past + seq, device=input_ids.device)
         x = self.embed(input_ids)
+        if inputs_embeds is not None:  # emit-if: vision
+            x = inputs_embeds
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
         x = self.embed_norm(x)

@@ -71,6 +71,8 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
     if isinstance(attn, AttentionSpec) and attn.qk_norm and spec.norm.kind != "rmsnorm":
         problem("attention.qk_norm", "qk_norm uses RMSNorm per head; the spec's norm is layernorm")
     _structure_issues(spec, problem)
+    if spec.vision is not None:
+        _vision_issues(spec, problem)
     if spec.moe is not None:
         issues.extend(_moe_issues(spec))
     return issues
@@ -146,9 +148,68 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
             problem("position.block_positions", "2-D positions belong to structure: glm")
         if position.fraction != 1.0 or position.pairing != "half":
             problem("position.block_positions", "2-D positions rotate whole heads in half pairing", "fraction: 1, pairing: half")
+        if position.scaling is not None:
+            problem("position.scaling", "2-D positions take no frequency scaling")
         if spec.attention.head_dim is not None and spec.attention.head_dim % 4:
             problem("position.block_positions", f"head_dim {spec.attention.head_dim} must be divisible by 4", "two rotary halves of even width")
     if block.kind != "deepnorm":
         for name in ("alpha", "beta"):
             if getattr(block, name) is not None:
                 problem(f"block.{name}", f"only meaningful for deepnorm blocks, not {block.kind}")
+
+
+def _vision_issues(spec: Spec, problem: Callable[..., None]) -> None:
+    """Rules of the `vision` section: a tower that tiles its image, feature layers that exist, a pooling grid that
+    divides the tower's, and tokens_per_image equal to what the tower, selection and pooling give."""
+    from archspec.spec.schema import ExternalTowerSpec, ViTSpec
+
+    vision = spec.vision
+    assert vision is not None
+    tower = vision.tower
+    if spec.structure != "decoder":
+        problem("vision", f"vision is implemented for structure: decoder, not {spec.structure}")
+    if vision.image_token >= spec.vocab_size:
+        problem("vision.image_token", f"{vision.image_token} is not below vocab_size ({spec.vocab_size})")
+    grid: int | None = None
+    if isinstance(tower, ViTSpec):
+        if tower.image_size % tower.patch_size:
+            problem("vision.tower.patch_size", f"does not divide image_size ({tower.image_size})", "patches tile the image")
+        if tower.width % tower.heads:
+            problem("vision.tower.heads", f"width ({tower.width}) is not divisible by heads ({tower.heads})")
+        bad = [layer for layer in vision.feature_layers if not -(tower.depth + 1) <= layer <= tower.depth]
+        if bad:
+            problem(
+                "vision.feature_layer",
+                f"{bad} out of range for a tower of depth {tower.depth}",
+                f"hidden states are 0..{tower.depth} (or -{tower.depth + 1}..-1 from the end)",
+            )
+        if not (tower.class_token and vision.feature_select == "all"):
+            grid = tower.image_size // tower.patch_size
+    elif isinstance(tower, ExternalTowerSpec):
+        if vision.feature_layer != -1:
+            problem("vision.feature_layer", "an external tower's features are used as given", "drop feature_layer")
+        side = round(tower.patches**0.5)
+        grid = side if side * side == tower.patches else None
+    if vision.projector.kind == "linear" and vision.projector.depth != 1:
+        problem("vision.projector.depth", "a linear projector has depth 1", "use kind: mlp for more layers")
+    if vision.projector.kind == "mlp" and (vision.projector.depth or 0) < 2:
+        problem("vision.projector.depth", "an mlp projector has at least 2 layers", "use kind: linear for one")
+    pooling = vision.pooling
+    if pooling is not None:
+        side = round(pooling.tokens**0.5)
+        if grid is None:
+            problem(
+                "vision.pooling",
+                f"pooling needs a square grid of patch tokens; the tower gives {vision.feature_tokens} per image",
+                "use feature_select: patches (drop the class token), or an external tower with a square patch count",
+            )
+        elif side * side != pooling.tokens or side > grid or grid % side:
+            problem(
+                "vision.pooling.tokens",
+                f"{pooling.tokens} is not side^2 for a side dividing the {grid} x {grid} patch grid",
+                f"e.g. {(grid // 2) ** 2} for 2 x 2 windows" if grid % 2 == 0 else f"e.g. {grid * grid} (no pooling)",
+            )
+    expected = pooling.tokens if pooling is not None else vision.feature_tokens
+    if vision.tokens_per_image != expected:
+        source = f"pooling to {expected}" if pooling is not None else f"the tower's {expected} feature tokens per image"
+        problem("vision.tokens_per_image", f"is {vision.tokens_per_image}, but {source}", f"set {expected} or drop it")

@@ -317,6 +317,115 @@ class MoESpec(Section):
     router: RouterSpec = Field(default_factory=RouterSpec)
 
 
+# ---------------------------------------------------------------------------------------------- vision
+VisionActivation = Literal["relu", "gelu", "gelu-tanh", "quick-gelu", "silu"]
+
+
+class ViTSpec(Section):
+    """A ViT / CLIP-style image encoder (Dosovitskiy et al. 2020, https://arxiv.org/abs/2010.11929; CLIP, Radford et
+    al. 2021, https://arxiv.org/abs/2103.00020): square patches embedded by one linear map, an optional class token,
+    learned absolute positions, then pre-norm blocks of bidirectional multi-head attention and a plain MLP."""
+
+    kind: Literal["vit"]
+    image_size: int = Field(gt=0, description="Side of the square input image in pixels.")
+    patch_size: int = Field(gt=0, description="Side of a square patch: the grid has image_size / patch_size per side.")
+    channels: int = Field(3, gt=0, description="Channels of pixel_values.")
+    width: int = Field(gt=0, description="Hidden width of the tower (CLIP's hidden_size).")
+    depth: int = Field(gt=0, description="Number of encoder blocks.")
+    heads: int = Field(gt=0, description="Attention heads; head_dim = width / heads.")
+    d_ff: int = Field(gt=0, description="Hidden width of each block's MLP.")
+    activation: VisionActivation = Field(
+        "quick-gelu", description="MLP activation; quick-gelu is x * sigmoid(1.702 x) (CLIP's quick_gelu)."
+    )
+    norm_eps: float = Field(1e-5, gt=0, description="Epsilon of the tower's LayerNorms.")
+    bias: bool = Field(True, description="Biases on the attention and MLP projections.")
+    patch_bias: bool = Field(False, description="Bias on the patch embedding (CLIP has none).")
+    class_token: bool = Field(True, description="Prepend a learned class token (CLIP).")
+    pre_norm: bool = Field(True, description="A LayerNorm on the embeddings before the first block (CLIP's pre_layrnorm).")
+    post_norm: bool = Field(
+        True,
+        description="CLIP's post_layernorm: part of the checkpoint, but it only normalises the pooled class token, "
+        "never the patch features a VLM reads.",
+    )
+
+
+class ExternalTowerSpec(Section):
+    """A tower the user supplies: call the model with `image_features=[images, patches, width]`, or set
+    `model.vision_tower` to a module or callable mapping pixel_values to such features."""
+
+    kind: Literal["external"]
+    width: int = Field(gt=0, description="Width of each feature vector the tower returns.")
+    patches: int = Field(gt=0, description="Feature vectors per image the tower returns (e.g. 576 for a 24 x 24 grid).")
+
+
+class ProjectorSpec(Section):
+    """Maps tower features to the LM's width: one linear map, or an MLP (LLaVA-1.5: 2 layers with GELU)."""
+
+    kind: Literal["linear", "mlp"] = Field("mlp", description="linear: one linear map; mlp: depth linear maps.")
+    depth: int | None = Field(
+        None, gt=0, description="Linear layers, with the activation between them. Default: 1 for linear, 2 for mlp."
+    )
+    activation: VisionActivation = Field("gelu", description="Activation between the MLP's layers.")
+    bias: bool = Field(True, description="Biases on the projector's layers (LLaVA's multimodal_projector_bias).")
+
+    @model_validator(mode="after")
+    def _default_depth(self) -> ProjectorSpec:
+        if self.depth is None:
+            self.depth = 1 if self.kind == "linear" else 2
+        return self
+
+
+class PatchPoolingSpec(Section):
+    """Average pooling of each image's square grid of projected tokens to a smaller square grid (e.g. 24 x 24 = 576
+    -> 12 x 12 = 144), after the projector, as LLaVA-OneVision pools video frames."""
+
+    kind: Literal["average"] = Field("average", description="Mean over non-overlapping square windows.")
+    tokens: int = Field(gt=0, description="Tokens per image after pooling: a square, side^2, whose side divides the grid's.")
+
+
+class VisionSpec(Section):
+    """Images as tokens (LLaVA, Liu et al. 2023, https://arxiv.org/abs/2304.08485): tower features -> projector ->
+    optional pooling, spliced into the text sequence where input_ids hold the image placeholder token."""
+
+    tower: Annotated[ViTSpec | ExternalTowerSpec, Field(discriminator="kind")] = Field(
+        description="vit: a built-in ViT/CLIP-style encoder; external: features come from the user."
+    )
+    feature_layer: int | list[int] = Field(
+        -1,
+        description="Which hidden state of the tower to read: 0 is the embeddings, k the output of block k, negative "
+        "counts from the end (-1 the last block, -2 the one before: LLaVA-1.5). A list concatenates several.",
+    )
+    feature_select: Literal["patches", "all"] = Field(
+        "patches",
+        description="patches: drop the class token (LLaVA's vision_feature_select_strategy 'default'); all: keep it ('full').",
+    )
+    projector: Annotated[ProjectorSpec, BeforeValidator(kind_shorthand)] = Field(default_factory=ProjectorSpec)
+    pooling: PatchPoolingSpec | None = Field(None, description="Average pooling of each image's tokens to fewer tokens.")
+    image_token: int = Field(ge=0, description="The placeholder token id: each image fills a run of tokens_per_image of them.")
+    tokens_per_image: int | None = Field(
+        None, gt=0, description="Image tokens per image in the text sequence. Default: what the tower and pooling give."
+    )
+
+    @property
+    def feature_tokens(self) -> int:
+        """Feature vectors per image that reach the projector."""
+        tower = self.tower
+        if isinstance(tower, ExternalTowerSpec):
+            return tower.patches
+        tokens = (tower.image_size // tower.patch_size) ** 2
+        return tokens + int(tower.class_token and self.feature_select == "all")
+
+    @property
+    def feature_layers(self) -> list[int]:
+        return self.feature_layer if isinstance(self.feature_layer, list) else [self.feature_layer]
+
+    @model_validator(mode="after")
+    def _default_tokens(self) -> VisionSpec:
+        if self.tokens_per_image is None:
+            self.tokens_per_image = self.pooling.tokens if self.pooling is not None else self.feature_tokens
+        return self
+
+
 # ------------------------------------------------------------------------------------------------ spec
 class Spec(Section):
     """One architecture, exactly. See DESIGN.md section 4 and docs/spec.md for the vocabulary."""
@@ -350,6 +459,9 @@ class Spec(Section):
     )
     mlp: MlpSpec
     moe: MoESpec | None = Field(None, description="Mixture of experts replacing the MLP in its layers.")
+    vision: VisionSpec | None = Field(
+        None, description="Images as tokens: a vision tower, a projector and the placeholder splice (LLaVA)."
+    )
     embeddings: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     tokens: TokenSpec = Field(default_factory=TokenSpec)
 
