@@ -20,6 +20,8 @@ from archspec.nn.norms import RMSNorm
 from archspec.nn.positions import alibi_slopes
 from archspec.nn.positions import RelativePositionBias
 from archspec.nn.encoder_decoder import CrossAttention, CrossAttentionBlock, EncoderDecoderLM, Stack
+from archspec.nn.blocks import DeepNormBlock
+from archspec.nn.glm import BlockRotaryEmbedding
 from archspec.nn.rope import (
     RotaryEmbedding,
     linear_scaled_frequencies,
@@ -56,6 +58,8 @@ def build(spec: Spec, *, device: str | torch.device | None = None, dtype: torch.
         model = _encoder_decoder(spec) if spec.structure == "encoder-decoder" else _decoder(spec)
         if torch.device(device or "cpu").type != "meta":
             init_weights(model)
+            if spec.block.kind == "deepnorm":
+                deepnorm_init(model, spec.block.beta or 1.0)
     model.spec = spec  # type: ignore[assignment]
     return model
 
@@ -90,7 +94,7 @@ def _decoder(spec: Spec) -> DecoderLM:
     return model_class(
         embed=nn.Embedding(spec.vocab_size, spec.d_model),
         layers=[_block(spec, index) for index in range(spec.n_layers)],
-        final_norm=nn.Identity() if spec.block.kind == "post-norm" else _norm(spec, spec.d_model),
+        final_norm=nn.Identity() if spec.block.kind in ("post-norm", "deepnorm") else _norm(spec, spec.d_model),
         lm_head=nn.Linear(spec.d_model, spec.vocab_size, bias=False),
         windows=[spec.window_for_layer(index) for index in range(spec.n_layers)],
         context_length=spec.context_length,
@@ -100,6 +104,10 @@ def _decoder(spec: Spec) -> DecoderLM:
         alibi_slopes=alibi_slopes(spec.attention.heads) if isinstance(position, AlibiSpec) else None,
         tied=spec.embeddings.tied,
         **_router_loss_options(spec),
+        eos_token_id=spec.tokens.eos,
+        pad_token_id=spec.tokens.pad,
+        prefix_lm=spec.structure == "glm",
+        block_positions=isinstance(position, RopeSpec) and position.block_positions,
         **vision,
     )
 
@@ -115,6 +123,9 @@ def _block(spec: Spec, index: int) -> nn.Module:
     attn = _latent_attention(spec) if isinstance(spec.attention, LatentAttentionSpec) else _attention(spec)
     mlp = _moe(spec) if spec.is_moe_layer(index) else _mlp(spec)
     kind = spec.block.kind
+    if kind == "deepnorm":
+        alpha = spec.block.alpha or 1.0
+        return DeepNormBlock(attn, mlp, _norm(spec, spec.d_model), _norm(spec, spec.d_model), alpha)
     if kind == "post-norm":
         return PostNormBlock(attn, mlp, _norm(spec, spec.d_model), _norm(spec, spec.d_model))
     if kind == "parallel":
@@ -215,10 +226,14 @@ def _norm(spec: Spec, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=spec.norm.eps, bias=bool(spec.norm.bias))
 
 
-def _rotary(spec: Spec) -> RotaryEmbedding:
+def _rotary(spec: Spec) -> RotaryEmbedding | BlockRotaryEmbedding:
     position = spec.position
     assert isinstance(position, RopeSpec)
     dim, theta, scaling = spec.rotary_dim, position.theta, position.scaling
+    if position.block_positions:  # GLM 2-D: two RoPEs of half the width (no scaling, checked by the rules)
+        with torch.device("cpu"):
+            inv_freq = rope_frequencies(dim // 2, theta)
+        return BlockRotaryEmbedding(inv_freq.to(torch.get_default_device()))
     interleaved = position.pairing == "interleaved"
     with torch.device("cpu"):  # frequencies are exact float32 numbers, computed on the CPU then moved
         if isinstance(scaling, LinearScaling):
@@ -288,6 +303,20 @@ def _cross_attention(spec: Spec) -> CrossAttention:
     attn = spec.attention
     bias = (attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o)
     return CrossAttention(spec.d_model, attn.heads, spec.kv_heads, spec.head_dim, bias=bias, scale=attn.scale)
+
+
+# ----------------------------------------------------------------------------------------- deepnorm
+def deepnorm_init(model: nn.Module, beta: float) -> None:
+    """DeepNet's initialisation (Wang et al. 2022, https://arxiv.org/abs/2203.00555, Algorithm 1): Xavier-normal
+    weights, with gain beta for the value and output projections and the MLP, gain 1 for query and key."""
+    for layer in model.layers:  # type: ignore[union-attr]
+        if not isinstance(layer, DeepNormBlock):
+            continue
+        for name, module in layer.named_modules():
+            if isinstance(module, nn.Linear):
+                gain = 1.0 if name in ("attn.q", "attn.k") else beta
+                nn.init.xavier_normal_(module.weight, gain=gain)
+
 
 # -------------------------------------------------------------------------------------------- vision
 def _vision(spec: Spec) -> dict[str, Any]:

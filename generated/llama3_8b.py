@@ -278,13 +278,18 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    model_kwargs: dict[str, object] | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]) and return [batch, seq + n].
 
     Rows that produced `eos_token_id` are padded with `pad_token_id` (or eos) afterwards, and decoding stops
     early once every row has finished, as `transformers`' generate does. `use_cache=False` recomputes the whole
-    sequence at each step (the reference the cache is tested against).
+    sequence at each step (the reference the cache is tested against). `model_kwargs` go to every forward call
+    (GLM's `prefix_lengths`). `compile=True` runs the decode steps through one `torch.compile`d step
+    (CUDA graphs on GPU) that takes the position as a tensor, with a static cache kept on the model for reuse.
     """
+    model_kwargs = model_kwargs or {}
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     batch, seq = input_ids.shape
@@ -296,10 +301,14 @@ def generate(
         [eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device
     )
     pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if len(stop) else 0)
-    cache: KVCache | None = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
+    step_fn = _compiled_step(model, input_ids.device) if compile and use_cache else None
+    if step_fn is not None:
+        cache = _reusable_cache(model, batch, total)
+    else:
+        cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    logits = model(input_ids, cache=cache).logits[:, -1]
+    logits = model(input_ids, cache=cache, **model_kwargs).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         if len(stop):
@@ -309,8 +318,57 @@ def generate(
         if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
             break
         step_input = next_token[:, None] if cache is not None else tokens
-        logits = model(step_input, cache=cache).logits[:, -1]
+        if step_fn is not None and cache is not None:
+            positions = torch.full((1,), cache.length, dtype=torch.long, device=input_ids.device)
+            logits = step_fn(model, step_input, cache, positions, model_kwargs)
+            cache.length += 1
+        else:
+            logits = model(step_input, cache=cache, **model_kwargs).logits[:, -1]
     return tokens
+
+
+def _decode_step(
+    model: torch.nn.Module,
+    token: torch.Tensor,
+    cache: KVCache,
+    positions: torch.Tensor,
+    model_kwargs: dict[str, object],
+) -> torch.Tensor:
+    return model(token, cache=cache, positions=positions, **model_kwargs).logits[:, -1]
+
+
+_COMPILED_STEPS: dict[str, object] = {}
+
+
+def _compiled_step(model: torch.nn.Module, device: torch.device):  # noqa: ANN202
+    """The compiled decode step (one per compile mode), or None for models whose forward needs the sequence
+    length as a number (dynamic NTK RoPE) and so cannot take positions as a tensor."""
+    rotary = getattr(model, "rotary", None)
+    if getattr(rotary, "dynamic_ntk", None) is not None or not hasattr(model, "new_cache"):
+        return None
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED_STEPS[mode]
+
+
+def _reusable_cache(model: torch.nn.Module, batch: int, total: int) -> KVCache:
+    """A static cache for compiled decoding, kept on the model and reused by calls of the same shape.
+
+    Its tensors get fixed addresses (what CUDA graphs replay against), so reuse avoids a recompile per call.
+    Stale slots need no clearing: slot t is written at position t before any query can attend to it.
+    """
+    caches: dict[tuple[int, int], KVCache] = model.__dict__.setdefault("_decode_caches", {})
+    cache = caches.get((batch, total))
+    if cache is None:
+        cache = model.new_cache(batch, total)  # type: ignore[operator]
+        for layer in cache.layers:
+            for tensor in vars(layer).values():
+                if isinstance(tensor, torch.Tensor):
+                    torch._dynamo.mark_static_address(tensor)
+        caches[(batch, total)] = cache
+    cache.length = 0
+    return cache
 
 
 def _pick(
@@ -388,8 +446,13 @@ class DecoderLM(nn.Module):
         aux_loss: str = "token",
         aux_loss_coef: float = 0.0,
         z_loss_coef: float = 0.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        prefix_lm: bool = False,
+        block_positions: bool = False,
     ) -> None:
         super().__init__()
+        self.prefix_lm, self.block_positions = prefix_lm, block_positions
         self.embed = embed
         self.pos_embed = pos_embed
         self.embed_norm = embed_norm or nn.Identity()
@@ -406,6 +469,7 @@ class DecoderLM(nn.Module):
         self.windows = windows
         self.context_length = context_length
         self.aux_loss, self.aux_loss_coef, self.z_loss_coef = aux_loss, aux_loss_coef, z_loss_coef
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
 
     def forward(
         self,
@@ -413,20 +477,29 @@ class DecoderLM(nn.Module):
         *,
         cache: KVCache | None = None,
         labels: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> LMOutput:
+        """`prefix_lengths` ([batch]; GLM): the first prefix_lengths[b] tokens of row b attend to each other in both
+        directions (part A), the rest causally (part B). None or 0 is the causal decoder."""
         batch, seq = input_ids.shape
-        past = cache.length if cache is not None else 0
-        positions = torch.arange(past, past + seq, device=input_ids.device)
+        # Explicit `positions` ([seq], a tensor) replace cache.length + arange(seq), and the caller advances
+        # cache.length: a compiled decode step (generate(compile=True)) then serves every position with one graph.
+        explicit = positions is not None
+        past = cache.length if cache is not None and not explicit else 0
+        if positions is None:
+            positions = torch.arange(past, past + seq, device=input_ids.device)
         x = self.embed(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
         x = self.embed_norm(x)
-        rope = self.rotary(positions, past + seq, x.dtype) if self.rotary is not None else None
-        masks = self._masks(positions, cache, x.dtype)
+        rope_positions = positions
+        rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
+        masks = self._masks(positions, cache, x.dtype, prefix_lengths)
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
             x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
-        if cache is not None:
+        if cache is not None and not explicit:
             cache.length = past + seq
         logits = self.lm_head(self.final_norm(x))
         if labels is None:
@@ -435,10 +508,14 @@ class DecoderLM(nn.Module):
         return LMOutput(logits=logits, loss=loss)
 
     def _masks(
-        self, positions: torch.Tensor, cache: KVCache | None, dtype: torch.dtype
+        self,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        dtype: torch.dtype,
+        prefix_lengths: torch.Tensor | None = None,
     ) -> dict[int | None, torch.Tensor | None]:
         distinct = set(self.windows)
-        if cache is None and self.alibi_slopes is None and distinct == {None}:
+        if cache is None and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
             return {None: None}
         key_positions = torch.arange(
             cache.max_len if cache is not None else positions.shape[0], device=positions.device
@@ -461,12 +538,10 @@ class DecoderLM(nn.Module):
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
         """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
 
-        `eos_token_id` / `pad_token_id` default to the spec's `tokens` when the model was built from a spec.
+        `eos_token_id` / `pad_token_id` default to the model's own (`archspec.build` passes the spec's `tokens`).
         """
-        tokens = getattr(getattr(self, "spec", None), "tokens", None)
-        if tokens is not None:
-            options.setdefault("eos_token_id", tokens.eos)
-            options.setdefault("pad_token_id", tokens.pad)
+        options.setdefault("eos_token_id", self.eos_token_id)
+        options.setdefault("pad_token_id", self.pad_token_id)
         return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
 
 
@@ -540,6 +615,7 @@ class Llama3_8b(DecoderLM):
             windows=[None] * 32,
             context_length=8192,
             rotary=rotary,
+            eos_token_id=128001,
         )
 
 

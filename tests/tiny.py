@@ -40,7 +40,9 @@ def shrink(spec: archspec.Spec, *, layers: int = 2) -> archspec.Spec:
         scaling["original_context"] = 16
     data.update(name=f"{spec.name}-tiny", vocab_size=128, d_model=64, n_layers=layers, context_length=64)
     data["mlp"]["d_ff"] = 96
-    data["tokens"] = {"bos": None, "eos": None, "pad": None}
+    data["tokens"] = {"bos": None, "eos": None, "pad": None, "decoder_start": data["tokens"].get("decoder_start")}
+    if data.get("n_decoder_layers") is not None:
+        data["n_decoder_layers"] = layers
     return archspec.spec_from_dict(data)
 
 

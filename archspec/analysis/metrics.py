@@ -124,6 +124,7 @@ class ParamCounts:
     embedding_norm: int
     layers: tuple[LayerParams, ...]
     final_norm: int
+    vision: int = 0  # the vision tower and projector of a vision-language model
 
     @property
     def embeddings(self) -> int:
@@ -136,7 +137,7 @@ class ParamCounts:
 
     @property
     def total(self) -> int:
-        return self.embeddings + self.embedding_norm + self.layers_total + self.final_norm
+        return self.embeddings + self.embedding_norm + self.layers_total + self.final_norm + self.vision
 
     @property
     def non_embedding(self) -> int:
@@ -248,6 +249,7 @@ ANALYSED_FIELDS = frozenset(
         "mlp",
         "embeddings",
         "tokens",
+        "vision",
         "moe",
         "n_decoder_layers",
     }
@@ -258,13 +260,36 @@ ANALYSED_FIELDS = frozenset(
 
 def check_supported(spec: Spec) -> None:
     """Raise AnalysisError for specs whose figures these formulas would get wrong."""
-    if spec.structure not in ("decoder", "encoder-decoder"):
+    if spec.structure not in ("decoder", "encoder-decoder", "glm"):  # glm: a decoder (causal-count FLOPs)
         raise AnalysisError(f"{spec.name}: analysis of structure {spec.structure!r} is not implemented yet")
     if spec.attention.kind not in ("mha", "mla"):
         raise AnalysisError(f"{spec.name}: analysis of attention kind {spec.attention.kind!r} is not implemented yet")
     for name, info in type(spec).model_fields.items():
         if name not in ANALYSED_FIELDS and getattr(spec, name) != info.get_default(call_default_factory=True):
             raise AnalysisError(f"{spec.name}: analysis of the {name!r} section is not implemented yet")
+
+
+def vision_params(spec: Spec) -> int:
+    """The vision section's parameters: a ViT tower (patch embedding, class token, position table, blocks of
+    attention + MLP + two LayerNorms, pre/post norms) and the projector. External towers and pooling own none.
+    The figures per token below are the text model's: image tokens also cost the tower once per image."""
+    vision = spec.vision
+    if vision is None:
+        return 0
+    from archspec.spec.schema import ViTSpec
+
+    tower, count = vision.tower, 0
+    width = tower.width
+    if isinstance(tower, ViTSpec):
+        grid, w = tower.image_size // tower.patch_size, tower.width
+        count += tower.channels * tower.patch_size**2 * w + w * tower.patch_bias
+        count += w * tower.class_token + (grid * grid + tower.class_token) * w
+        count += 2 * w * (tower.pre_norm + tower.post_norm)
+        block = 4 * w * w + 2 * w * tower.d_ff + 2 * 2 * w + (5 * w + tower.d_ff) * tower.bias
+        count += tower.depth * block
+        width = w * len(vision.feature_layers)
+    dims = [width] + [spec.d_model] * (vision.projector.depth or 1)
+    return count + sum(a * b + b * vision.projector.bias for a, b in zip(dims[:-1], dims[1:], strict=True))
 
 
 def param_counts(spec: Spec) -> ParamCounts:
@@ -279,7 +304,8 @@ def param_counts(spec: Spec) -> ParamCounts:
         head=0 if spec.embeddings.tied else spec.vocab_size * d,
         embedding_norm=norm_params(spec, d) if spec.embeddings.norm else 0,
         layers=tuple(layer_params(spec, index) for index in range(spec.n_layers)),
-        final_norm=0 if spec.block.kind == "post-norm" else norm_params(spec, d),
+        vision=vision_params(spec),
+        final_norm=0 if spec.block.kind in ("post-norm", "deepnorm") else norm_params(spec, d),
     )
 
 

@@ -11,6 +11,11 @@ Two edits are made to the copied text, both mechanical:
 * a line marked `# emit-if: FEATURE` starts a branch that only a model with FEATURE can take. With the feature on
   the marker is removed; with it off, the line and the block indented under it are dropped. This is how a LLaMA
   file ends up without ALiBi code and a BLOOM file without RoPE, while the library stays one plain class each.
+
+A third edit is made to the whole selection: custom operators (`torch.library.custom_op("archspec::name")`, such
+as the MoE's grouped matmul) are renamed into the file's own namespace. Operator names are global to a process,
+so a generated file that kept `archspec::` would replace archspec's registration (or fail to register) when both
+are imported; with its own namespace each registers and calls its own copy.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-FEATURES = frozenset({"rope", "qk_norm", "alibi", "dynamic_ntk", "moe", "vision"})
+FEATURES = frozenset({"rope", "qk_norm", "alibi", "dynamic_ntk", "moe", "prefix_lm", "block_positions", "vision"})
 """Names allowed in `# emit-if:` markers."""
 
 MARKER = re.compile(r"\s+# emit-if: ([a-z_]+)$")
 ARCHSPEC_IMPORT = re.compile(r"^\s*(from archspec[.\s]|import archspec\b)")
+OP_NAMESPACE = "archspec"
+"""The torch.library namespace of archspec's custom operators; `rename_ops` moves a copy into another one."""
+OP_REFERENCE = re.compile(rf"""(?<=["'])({OP_NAMESPACE})(?=::)|(?<=\btorch\.ops\.)({OP_NAMESPACE})\b""")
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,10 @@ class Import:
 class Library:
     definitions: dict[str, Definition]
     imports: dict[str, Import]
+    registrations: dict[str, list[Definition]]
+    """Top-level statements that complete a definition rather than define a name, keyed by what they complete:
+    `@grouped_linear.register_fake def _(...)` and `grouped_linear.register_autograd(...)`. They are copied
+    whenever that definition is, each at its own place in library order."""
 
 
 def component_modules() -> list[str]:
@@ -96,6 +108,7 @@ def library() -> Library:
     """Index every top-level definition and third-party/stdlib import of the component modules."""
     definitions: dict[str, Definition] = {}
     imports: dict[str, Import] = {}
+    registrations: dict[str, list[Definition]] = {}
     ambiguous: set[str] = set()
     for rank, short in enumerate(component_modules()):
         module = importlib.import_module(f"archspec.nn.{short}")
@@ -107,10 +120,16 @@ def library() -> Library:
                     imports.setdefault(found.bound, found)
                 continue
             names = _defined_names(node)
-            if not names:
+            registered = _registered(node)
+            if not names and registered is None:
                 continue
             start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
             assert node.end_lineno is not None
+            if registered is not None:
+                label = f"{registered}@{short}:{start}"
+                text = tuple(lines[start - 1 : node.end_lineno])
+                registrations.setdefault(registered, []).append(Definition(label, short, (rank, start), text))
+                continue
             definition = Definition(names[0], short, (rank, start), tuple(lines[start - 1 : node.end_lineno]))
             for name in names:
                 if name in definitions and definitions[name] != definition:
@@ -118,7 +137,7 @@ def library() -> Library:
                 definitions[name] = definition
     for name in ambiguous:
         definitions.pop(name)  # used by a copied component, it is reported as undefined rather than guessed
-    return Library(definitions, imports)
+    return Library(definitions, imports, registrations)
 
 
 def specialise(lines: Iterable[str], features: frozenset[str]) -> list[str]:
@@ -166,8 +185,17 @@ class Selection:
     imports: str
 
 
-def select(glue: str, features: frozenset[str]) -> Selection:
-    """The components `glue` uses, transitively, specialised to `features`, and the imports they all need."""
+def rename_ops(source: str, namespace: str) -> str:
+    """`source` with its custom operators (`"archspec::op"` names, `torch.ops.archspec.op`) moved to `namespace`."""
+    if not namespace.isidentifier():
+        raise ValueError(f"operator namespace {namespace!r} is not an identifier")
+    return OP_REFERENCE.sub(namespace, source)
+
+
+def select(glue: str, features: frozenset[str], op_namespace: str = OP_NAMESPACE) -> Selection:
+    """The components `glue` uses, transitively, specialised to `features`, and the imports they all need.
+
+    Custom operators are registered under `op_namespace` (see `rename_ops`)."""
     lib = library()
     chosen: dict[str, tuple[Definition, str]] = {}
     needed_imports: set[str] = set()
@@ -186,12 +214,13 @@ def select(glue: str, features: frozenset[str]) -> Selection:
             continue
         if definition.name in chosen:
             continue
-        source = "\n".join(specialise(definition.lines, features))
-        chosen[definition.name] = (definition, source)
-        found = sorted(global_names(source))
-        pending.extend(found)
-        for used in found:
-            referrer.setdefault(used, f"archspec.nn.{definition.module}.{definition.name}")
+        for part in (definition, *lib.registrations.get(definition.name, [])):
+            source = rename_ops("\n".join(specialise(part.lines, features)), op_namespace)
+            chosen[part.name] = (part, source)
+            found = sorted(global_names(source))
+            pending.extend(found)
+            for used in found:
+                referrer.setdefault(used, f"archspec.nn.{part.module}.{part.name}")
     ordered = sorted(chosen.values(), key=lambda item: item[0].order)
     return Selection(
         [(d.module, source) for d, source in ordered], render_imports(lib.imports[n] for n in needed_imports)
@@ -245,6 +274,21 @@ def _imports(node: ast.Import | ast.ImportFrom) -> list[Import]:
     if node.module is None or node.module.startswith("archspec") or node.level:
         return []
     return [Import(node.module, a.name, a.asname) for a in node.names]
+
+
+def _registered(node: ast.stmt) -> str | None:
+    """`X` when `node` registers something on X: `@X.register_fake` over a function, or `X.register_...(...)`."""
+    if isinstance(node, ast.FunctionDef) and node.name == "_" and node.decorator_list:
+        target = node.decorator_list[0]
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        target = node.value.func
+    else:
+        return None
+    if isinstance(target, ast.Call):
+        target = target.func
+    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.attr.startswith("register"):
+        return target.value.id
+    return None
 
 
 def _defined_names(node: ast.stmt) -> list[str]:

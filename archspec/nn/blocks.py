@@ -97,3 +97,35 @@ class ParallelBlock(nn.Module):
         h = self.attn_norm(x)
         h_mlp = h if self.mlp_norm is None else self.mlp_norm(x)
         return x + self.attn(h, rope, mask, cache, positions) + self.mlp(h_mlp)
+
+
+class DeepNormBlock(nn.Module):
+    """DeepNorm (Wang et al. 2022, "DeepNet: Scaling Transformers to 1,000 Layers", https://arxiv.org/abs/2203.00555):
+    post-norm with the residual up-weighted by a constant alpha,
+
+    ```
+    x = n1(alpha * x + attn(x))
+    x = n2(alpha * x + mlp(x))
+    ```
+    For a decoder-only stack of N layers the paper sets alpha = (2N)^(1/4) and initialises the value, output and
+    MLP projections with Xavier-normal gain beta = (8N)^(-1/4) (query and key keep gain 1): the update of each
+    sublayer is then bounded independently of depth. GLM-130B uses alpha = (2N)^(1/2), beta = (2N)^(-1/2).
+    With alpha = 1 this is the post-norm block.
+    """
+
+    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module, alpha: float) -> None:
+        super().__init__()
+        self.attn, self.attn_norm = attn, attn_norm
+        self.mlp, self.mlp_norm = mlp, mlp_norm
+        self.alpha = alpha
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None,
+        cache: LayerKVCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        x = self.attn_norm(self.alpha * x + self.attn(x, rope, mask, cache, positions))
+        return self.mlp_norm(self.alpha * x + self.mlp(x))

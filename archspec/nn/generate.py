@@ -19,13 +19,18 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    model_kwargs: dict[str, object] | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]) and return [batch, seq + n].
 
     Rows that produced `eos_token_id` are padded with `pad_token_id` (or eos) afterwards, and decoding stops
     early once every row has finished, as `transformers`' generate does. `use_cache=False` recomputes the whole
-    sequence at each step (the reference the cache is tested against).
+    sequence at each step (the reference the cache is tested against). `model_kwargs` go to every forward call
+    (GLM's `prefix_lengths`). `compile=True` runs the decode steps through one `torch.compile`d step
+    (CUDA graphs on GPU) that takes the position as a tensor, with a static cache kept on the model for reuse.
     """
+    model_kwargs = model_kwargs or {}
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     batch, seq = input_ids.shape
@@ -37,10 +42,14 @@ def generate(
         [eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device
     )
     pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if len(stop) else 0)
-    cache: KVCache | None = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
+    step_fn = _compiled_step(model, input_ids.device) if compile and use_cache else None
+    if step_fn is not None:
+        cache = _reusable_cache(model, batch, total)
+    else:
+        cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    logits = model(input_ids, cache=cache).logits[:, -1]
+    logits = model(input_ids, cache=cache, **model_kwargs).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         if len(stop):
@@ -50,8 +59,57 @@ def generate(
         if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
             break
         step_input = next_token[:, None] if cache is not None else tokens
-        logits = model(step_input, cache=cache).logits[:, -1]
+        if step_fn is not None and cache is not None:
+            positions = torch.full((1,), cache.length, dtype=torch.long, device=input_ids.device)
+            logits = step_fn(model, step_input, cache, positions, model_kwargs)
+            cache.length += 1
+        else:
+            logits = model(step_input, cache=cache, **model_kwargs).logits[:, -1]
     return tokens
+
+
+def _decode_step(
+    model: torch.nn.Module,
+    token: torch.Tensor,
+    cache: KVCache,
+    positions: torch.Tensor,
+    model_kwargs: dict[str, object],
+) -> torch.Tensor:
+    return model(token, cache=cache, positions=positions, **model_kwargs).logits[:, -1]
+
+
+_COMPILED_STEPS: dict[str, object] = {}
+
+
+def _compiled_step(model: torch.nn.Module, device: torch.device):  # noqa: ANN202
+    """The compiled decode step (one per compile mode), or None for models whose forward needs the sequence
+    length as a number (dynamic NTK RoPE) and so cannot take positions as a tensor."""
+    rotary = getattr(model, "rotary", None)
+    if getattr(rotary, "dynamic_ntk", None) is not None or not hasattr(model, "new_cache"):
+        return None
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED_STEPS[mode]
+
+
+def _reusable_cache(model: torch.nn.Module, batch: int, total: int) -> KVCache:
+    """A static cache for compiled decoding, kept on the model and reused by calls of the same shape.
+
+    Its tensors get fixed addresses (what CUDA graphs replay against), so reuse avoids a recompile per call.
+    Stale slots need no clearing: slot t is written at position t before any query can attend to it.
+    """
+    caches: dict[tuple[int, int], KVCache] = model.__dict__.setdefault("_decode_caches", {})
+    cache = caches.get((batch, total))
+    if cache is None:
+        cache = model.new_cache(batch, total)  # type: ignore[operator]
+        for layer in cache.layers:
+            for tensor in vars(layer).values():
+                if isinstance(tensor, torch.Tensor):
+                    torch._dynamo.mark_static_address(tensor)
+        caches[(batch, total)] = cache
+    cache.length = 0
+    return cache
 
 
 def _pick(

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from archspec.nn.cache import KVCache
-from archspec.nn.masks import additive_mask, causal_mask
+from archspec.nn.glm import glm_positions
+from archspec.nn.masks import additive_mask, causal_mask, prefix_mask
 from archspec.nn.moe import MoE, load_balancing_loss, router_z_loss, sequence_balancing_loss
 from archspec.nn.positions import alibi_bias
 
@@ -50,8 +51,13 @@ class DecoderLM(nn.Module):
         aux_loss: str = "token",
         aux_loss_coef: float = 0.0,
         z_loss_coef: float = 0.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        prefix_lm: bool = False,
+        block_positions: bool = False,
     ) -> None:
         super().__init__()
+        self.prefix_lm, self.block_positions = prefix_lm, block_positions
         self.embed = embed
         self.pos_embed = pos_embed
         self.embed_norm = embed_norm or nn.Identity()
@@ -68,6 +74,7 @@ class DecoderLM(nn.Module):
         self.windows = windows
         self.context_length = context_length
         self.aux_loss, self.aux_loss_coef, self.z_loss_coef = aux_loss, aux_loss_coef, z_loss_coef
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
 
     def forward(
         self,
@@ -75,23 +82,34 @@ class DecoderLM(nn.Module):
         *,
         cache: KVCache | None = None,
         labels: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,  # emit-if: vision
+        positions: torch.Tensor | None = None,
     ) -> LMOutput:
+        """`prefix_lengths` ([batch]; GLM): the first prefix_lengths[b] tokens of row b attend to each other in both
+        directions (part A), the rest causally (part B). None or 0 is the causal decoder."""
         batch, seq = input_ids.shape
-        past = cache.length if cache is not None else 0
-        positions = torch.arange(past, past + seq, device=input_ids.device)
+        # Explicit `positions` ([seq], a tensor) replace cache.length + arange(seq), and the caller advances
+        # cache.length: a compiled decode step (generate(compile=True)) then serves every position with one graph.
+        explicit = positions is not None
+        past = cache.length if cache is not None and not explicit else 0
+        if positions is None:
+            positions = torch.arange(past, past + seq, device=input_ids.device)
         x = self.embed(input_ids)
         if inputs_embeds is not None:  # emit-if: vision
             x = inputs_embeds
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
         x = self.embed_norm(x)
-        rope = self.rotary(positions, past + seq, x.dtype) if self.rotary is not None else None
-        masks = self._masks(positions, cache, x.dtype)
+        rope_positions = positions
+        if self.block_positions:  # emit-if: block_positions
+            rope_positions = glm_positions(positions, prefix_lengths, batch)
+        rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
+        masks = self._masks(positions, cache, x.dtype, prefix_lengths)
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
             x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
-        if cache is not None:
+        if cache is not None and not explicit:
             cache.length = past + seq
         logits = self.lm_head(self.final_norm(x))
         if labels is None:
@@ -115,10 +133,14 @@ class DecoderLM(nn.Module):
         return aux, router_z_loss(logits)  # type: ignore[arg-type]
 
     def _masks(
-        self, positions: torch.Tensor, cache: KVCache | None, dtype: torch.dtype
+        self,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        dtype: torch.dtype,
+        prefix_lengths: torch.Tensor | None = None,
     ) -> dict[int | None, torch.Tensor | None]:
         distinct = set(self.windows)
-        if cache is None and self.alibi_slopes is None and distinct == {None}:
+        if cache is None and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
             return {None: None}
         key_positions = torch.arange(
             cache.max_len if cache is not None else positions.shape[0], device=positions.device
@@ -126,6 +148,8 @@ class DecoderLM(nn.Module):
         masks: dict[int | None, torch.Tensor | None] = {}
         for window in distinct:
             mask = causal_mask(positions, key_positions, window)
+            if prefix_lengths is not None:  # emit-if: prefix_lm
+                mask = prefix_mask(positions, key_positions, prefix_lengths, window)
             if self.alibi_slopes is not None:  # emit-if: alibi
                 mask = additive_mask(mask, alibi_bias(self.alibi_slopes, key_positions), dtype)
             masks[window] = mask
@@ -143,12 +167,14 @@ class DecoderLM(nn.Module):
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
         """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
 
-        `eos_token_id` / `pad_token_id` default to the spec's `tokens` when the model was built from a spec.
+        `eos_token_id` / `pad_token_id` default to the model's own (`archspec.build` passes the spec's `tokens`).
         """
         from archspec.nn.generate import generate
 
-        tokens = getattr(getattr(self, "spec", None), "tokens", None)
-        if tokens is not None:
-            options.setdefault("eos_token_id", tokens.eos)
-            options.setdefault("pad_token_id", tokens.pad)
+        options.setdefault("eos_token_id", self.eos_token_id)
+        options.setdefault("pad_token_id", self.pad_token_id)
+        if self.prefix_lm and "model_kwargs" not in options:  # emit-if: prefix_lm
+            # GLM: the prompt is part A (bidirectional); generated tokens are part B.
+            prompt = torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
+            options["model_kwargs"] = {"prefix_lengths": prompt}
         return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from tiny import distinct_tiny_specs
@@ -17,9 +19,18 @@ def tiny_model(request):
     return archspec.build(TINY_SPECS[request.param]).eval()
 
 
+def with_source(model, source: torch.Tensor, decoder_input_ids: torch.Tensor, **kwargs):
+    return model(source, decoder_input_ids=decoder_input_ids, **kwargs)
+
+
+def extra(model, ids: torch.Tensor) -> dict:
+    """Encoder-decoder models also take the decoder's input (here the source reversed)."""
+    return {"decoder_input_ids": ids.flip(1)} if model.spec.structure == "encoder-decoder" else {}
+
+
 def test_forward_has_no_graph_breaks(tiny_model):
     ids = torch.randint(0, 128, (2, 10))
-    explanation = torch._dynamo.explain(tiny_model)(ids)
+    explanation = torch._dynamo.explain(tiny_model)(ids, **extra(tiny_model, ids))
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
@@ -27,8 +38,9 @@ def test_fullgraph_compile_matches_eager(tiny_model):
     torch._dynamo.reset()
     ids = torch.randint(0, 128, (2, 10))
     compiled = torch.compile(tiny_model, fullgraph=True, backend="aot_eager")
+    kwargs = extra(tiny_model, ids)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(ids).logits, tiny_model(ids).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled(ids, **kwargs).logits, tiny_model(ids, **kwargs).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_cached_decode_step_compiles_without_breaks(tiny_model):
@@ -36,11 +48,16 @@ def test_cached_decode_step_compiles_without_breaks(tiny_model):
     torch._dynamo.reset()
     ids = torch.randint(0, 128, (1, 6))
     cache = tiny_model.new_cache(1, 8)
-    step = torch.compile(tiny_model, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(tiny_model, fullgraph=True, backend="aot_eager")
+    if tiny_model.spec.structure == "encoder-decoder":  # the decoder steps over a fixed source
+        source = torch.randint(0, 128, (1, 9))
+        step, model = partial(with_source, compiled, source), partial(with_source, tiny_model, source)
+    else:
+        step, model = compiled, tiny_model
     with torch.no_grad():
         step(ids, cache=cache)
         last = step(ids[:, :1], cache=cache).logits
-        full = tiny_model(torch.cat([ids, ids[:, :1]], dim=1)).logits[:, -1:]
+        full = model(torch.cat([ids, ids[:, :1]], dim=1)).logits[:, -1:]
     torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-5)
 
 
@@ -49,5 +66,6 @@ def test_inductor_compile_matches_eager(tiny_model):
     torch._dynamo.reset()
     ids = torch.randint(0, 128, (2, 10))
     compiled = torch.compile(tiny_model, fullgraph=True)
+    kwargs = extra(tiny_model, ids)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(ids).logits, tiny_model(ids).logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(compiled(ids, **kwargs).logits, tiny_model(ids, **kwargs).logits, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,871 @@
+"""mixtral-8x7b: a stand-alone PyTorch model emitted by archspec from its spec. Generated: do not edit by hand.
+
+| name | layers | d_model | attention | position | norm | block | mlp | embeddings | moe |
+|---|---|---|---|---|---|---|---|---|---|
+| mixtral-8x7b | 32 | 4096 | GQA, 32 heads / 8 kv, head_dim 128 | rope, theta 1000000.0 | rmsnorm, eps 1e-05 | pre-norm | swiglu, d_ff 14336 | untied | 8 experts top-2, d_ff 14336, softmax, renormalised |
+
+Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
+this spec uses); `make_block` and `Mixtral8x7b` wire them as `archspec.build(spec)` does, so state-dict names
+and numerics are the same as the archspec model's:
+
+    model = Mixtral8x7b()  # random weights; then load a state dict saved from archspec.build(spec):
+    model.load_state_dict(torch.load("mixtral_8x7b.pt"))
+    logits = model(input_ids).logits
+    tokens = model.generate(input_ids, max_new_tokens=20)
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG = {
+    "name": "mixtral-8x7b",
+    "description": "Mixtral 8x7B v0.1 (8 experts, top-2, GQA, no sliding window); numbers from config.json of mistralai/Mixtral-8x7B-v0.1.",
+    "structure": "decoder",
+    "vocab_size": 32000,
+    "d_model": 4096,
+    "n_layers": 32,
+    "context_length": 32768,
+    "attention": {
+        "kind": "mha",
+        "heads": 32,
+        "kv_heads": 8,
+        "head_dim": 128,
+        "bias": {"q": False, "k": False, "v": False, "o": False},
+        "qk_norm": False,
+    },
+    "position": {"kind": "rope", "theta": 1000000.0, "fraction": 1.0, "pairing": "half", "block_positions": False},
+    "norm": {"kind": "rmsnorm", "eps": 1e-05, "bias": False},
+    "block": {"kind": "pre-norm", "parallel_norms": 1, "residual_from_norm": False},
+    "mlp": {"activation": "swiglu", "d_ff": 14336, "bias": False},
+    "moe": {
+        "experts": 8,
+        "top_k": 2,
+        "d_ff": 14336,
+        "shared_experts": 0,
+        "shared_d_ff": 14336,
+        "shared_gate": False,
+        "dense_layers": 0,
+        "router": {
+            "scoring": "softmax",
+            "renormalize": True,
+            "scale": 1.0,
+            "groups": 1,
+            "top_groups": 1,
+            "group_score": "max",
+            "correction_bias": False,
+            "jitter": 0.0,
+            "aux_loss": "token",
+            "aux_loss_coef": 0.02,
+            "z_loss_coef": 0.0,
+        },
+    },
+    "embeddings": {"tied": False, "norm": False, "scale_head": False},
+    "tokens": {"bos": 1, "eos": 2},
+}
+"""The resolved spec this file was emitted from (`archspec.spec_from_dict(CONFIG)` gives the spec back)."""
+
+
+# ----------------------------------------------------------------------------------- copied from archspec/nn/cache.py
+class LayerKVCache:
+    """Keys and values of one attention layer: [batch, kv_heads, max_len, head_dim] each."""
+
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        value_dim: int | None = None,
+    ) -> None:
+        self.keys = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros(batch, kv_heads, max_len, value_dim or head_dim, dtype=dtype, device=device)
+
+    def update(
+        self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys/values at `positions` ([seq]) and return the whole cache."""
+        self.keys.index_copy_(2, positions, keys)
+        self.values.index_copy_(2, positions, values)
+        return self.keys, self.values
+
+
+class KVCache:
+    """The caches of every layer plus how many positions have been written."""
+
+    def __init__(self, layers: list[LayerKVCache]) -> None:
+        self.layers = layers
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].keys.shape[2]
+
+
+# ----------------------------------------------------------------------------------- copied from archspec/nn/norms.py
+class RMSNorm(nn.Module):
+    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 and cast back *before* the weight multiply.
+
+    That cast order is LLaMA's and T5's (and what their half-precision checkpoints were trained with), which is
+    why this is not `torch.nn.RMSNorm`. Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------ copied from archspec/nn/rope.py
+def rope_frequencies(rotary_dim: int, theta: float) -> torch.Tensor:
+    """inv_freq[k] = theta^(-2k / rotary_dim), k = 0 .. rotary_dim/2 - 1."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float32) / rotary_dim
+    return 1.0 / (theta**exponents)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the given positions, already laid out for the pairing (half or interleaved).
+
+    `dynamic_ntk = (theta, factor, context_length)` recomputes the frequencies when the sequence grows past the
+    context length (dynamic NTK scaling); otherwise the frequencies are a fixed buffer.
+    """
+
+    def __init__(
+        self,
+        inv_freq: torch.Tensor,
+        attention_factor: float = 1.0,
+        interleaved: bool = False,
+        dynamic_ntk: tuple[float, float, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
+        self.rotary_dim = 2 * inv_freq.shape[0]
+        self.attention_factor = attention_factor
+        self.interleaved = interleaved
+        self.dynamic_ntk = dynamic_ntk
+
+    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [..., S] integer positions; seq_len: the largest position + 1 (for dynamic NTK)."""
+        inv_freq = self.inv_freq
+        freqs = positions[..., None].float() * inv_freq
+        if self.interleaved:
+            angles = freqs.repeat_interleave(2, dim=-1)
+        else:
+            angles = torch.cat((freqs, freqs), dim=-1)
+        cos = angles.cos() * self.attention_factor
+        sin = angles.sin() * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of x ([batch, heads, seq, head_dim]); cos/sin: [(batch,) seq, r]."""
+    rotary_dim = cos.shape[-1]
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    if interleaved:
+        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        half = rotary_dim // 2
+        rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+
+
+# ------------------------------------------------------------------------------- copied from archspec/nn/attention.py
+class Attention(nn.Module):
+    """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
+
+    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
+    boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        bias: tuple[bool, bool, bool, bool] = (False, False, False, False),
+        qk_norm_eps: float | None = None,
+        scale: float | None = None,
+        rope_interleaved: bool = False,
+    ) -> None:
+        super().__init__()
+        q_bias, k_bias, v_bias, o_bias = bias
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.rope_interleaved = rope_interleaved
+        self.q = nn.Linear(d_model, heads * head_dim, bias=q_bias)
+        self.k = nn.Linear(d_model, kv_heads * head_dim, bias=k_bias)
+        self.v = nn.Linear(d_model, kv_heads * head_dim, bias=v_bias)
+        self.o = nn.Linear(heads * head_dim, d_model, bias=o_bias)
+        self.q_norm: nn.Module | None = None
+        self.k_norm: nn.Module | None = None
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerKVCache:
+        """An empty static cache for this layer's keys and values."""
+        return LayerKVCache(batch, self.kv_heads, max_len, self.head_dim, dtype, device)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        cache: LayerKVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        # -1, not self.heads: under tensor parallelism each rank holds only its share of the heads.
+        q = self.q(x).view(batch, seq, -1, self.head_dim)
+        k = self.k(x).view(batch, seq, -1, self.head_dim)
+        v = self.v(x).view(batch, seq, -1, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q = apply_rotary(q, cos, sin, self.rope_interleaved)
+            k = apply_rotary(k, cos, sin, self.rope_interleaved)
+        if cache is not None and positions is not None:
+            k, v = cache.update(positions, k, v)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=self.scale,
+            enable_gqa=self.kv_heads != self.heads,
+        )
+        return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+# ---------------------------------------------------------------------------------- copied from archspec/nn/blocks.py
+Rope = tuple[torch.Tensor, torch.Tensor] | None
+
+
+class PreNormBlock(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x)); `residual_from_norm` adds to the normed input instead (BLOOM)."""
+
+    def __init__(
+        self,
+        attn: Attention,
+        mlp: nn.Module,
+        attn_norm: nn.Module,
+        mlp_norm: nn.Module,
+        attn_out_norm: nn.Module | None = None,
+        mlp_out_norm: nn.Module | None = None,
+        residual_from_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.attn_norm, self.attn = attn_norm, attn
+        self.attn_out_norm = attn_out_norm or nn.Identity()
+        self.mlp_norm, self.mlp = mlp_norm, mlp
+        self.mlp_out_norm = mlp_out_norm or nn.Identity()
+        self.residual_from_norm = residual_from_norm
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None,
+        cache: LayerKVCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        h = self.attn_norm(x)
+        x = (h if self.residual_from_norm else x) + self.attn_out_norm(self.attn(h, rope, mask, cache, positions))
+        h = self.mlp_norm(x)
+        return (h if self.residual_from_norm else x) + self.mlp_out_norm(self.mlp(h))
+
+
+# -------------------------------------------------------------------------------- copied from archspec/nn/generate.py
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 20,
+    *,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    model_kwargs: dict[str, object] | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]) and return [batch, seq + n].
+
+    Rows that produced `eos_token_id` are padded with `pad_token_id` (or eos) afterwards, and decoding stops
+    early once every row has finished, as `transformers`' generate does. `use_cache=False` recomputes the whole
+    sequence at each step (the reference the cache is tested against). `model_kwargs` go to every forward call
+    (GLM's `prefix_lengths`). `compile=True` runs the decode steps through one `torch.compile`d step
+    (CUDA graphs on GPU) that takes the position as a tensor, with a static cache kept on the model for reuse.
+    """
+    model_kwargs = model_kwargs or {}
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    batch, seq = input_ids.shape
+    total = seq + max_new_tokens
+    context_length = getattr(model, "context_length", None)
+    if context_length is not None and getattr(model, "pos_embed", None) is not None and total > context_length:
+        raise ValueError(f"prompt + max_new_tokens = {total} exceeds the learned position table ({context_length})")
+    stop = torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device
+    )
+    pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if len(stop) else 0)
+    step_fn = _compiled_step(model, input_ids.device) if compile and use_cache else None
+    if step_fn is not None:
+        cache = _reusable_cache(model, batch, total)
+    else:
+        cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
+    tokens = input_ids
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    logits = model(input_ids, cache=cache, **model_kwargs).logits[:, -1]
+    for step in range(max_new_tokens):
+        next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
+        if len(stop):
+            next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)
+            finished = finished | torch.isin(next_token, stop)
+        tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+        if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
+            break
+        step_input = next_token[:, None] if cache is not None else tokens
+        if step_fn is not None and cache is not None:
+            positions = torch.full((1,), cache.length, dtype=torch.long, device=input_ids.device)
+            logits = step_fn(model, step_input, cache, positions, model_kwargs)
+            cache.length += 1
+        else:
+            logits = model(step_input, cache=cache, **model_kwargs).logits[:, -1]
+    return tokens
+
+
+def _decode_step(
+    model: torch.nn.Module,
+    token: torch.Tensor,
+    cache: KVCache,
+    positions: torch.Tensor,
+    model_kwargs: dict[str, object],
+) -> torch.Tensor:
+    return model(token, cache=cache, positions=positions, **model_kwargs).logits[:, -1]
+
+
+_COMPILED_STEPS: dict[str, object] = {}
+
+
+def _compiled_step(model: torch.nn.Module, device: torch.device):  # noqa: ANN202
+    """The compiled decode step (one per compile mode), or None for models whose forward needs the sequence
+    length as a number (dynamic NTK RoPE) and so cannot take positions as a tensor."""
+    rotary = getattr(model, "rotary", None)
+    if getattr(rotary, "dynamic_ntk", None) is not None or not hasattr(model, "new_cache"):
+        return None
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED_STEPS[mode]
+
+
+def _reusable_cache(model: torch.nn.Module, batch: int, total: int) -> KVCache:
+    """A static cache for compiled decoding, kept on the model and reused by calls of the same shape.
+
+    Its tensors get fixed addresses (what CUDA graphs replay against), so reuse avoids a recompile per call.
+    Stale slots need no clearing: slot t is written at position t before any query can attend to it.
+    """
+    caches: dict[tuple[int, int], KVCache] = model.__dict__.setdefault("_decode_caches", {})
+    cache = caches.get((batch, total))
+    if cache is None:
+        cache = model.new_cache(batch, total)  # type: ignore[operator]
+        for layer in cache.layers:
+            for tensor in vars(layer).values():
+                if isinstance(tensor, torch.Tensor):
+                    torch._dynamo.mark_static_address(tensor)
+        caches[(batch, total)] = cache
+    cache.length = 0
+    return cache
+
+
+def _pick(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------- copied from archspec/nn/masks.py
+def causal_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """[queries, keys] mask: key j is visible to query i iff j <= i, and i - j < window when a window is set.
+
+    A window of w lets a query see itself and the w - 1 keys before it (Mistral's convention).
+    """
+    distance = query_positions[:, None] - key_positions[None, :]
+    allowed = distance >= 0
+    if window is not None:
+        allowed = allowed & (distance < window)
+    return allowed
+
+
+# ------------------------------------------------------------------------------------- copied from archspec/nn/moe.py
+@torch.library.custom_op("mixtral_8x7b_ops::grouped_linear", mutates_args=())
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows offsets[e-1]:offsets[e] of x times weight[e].T ([experts, out, in], nn.Linear layout)."""
+    if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+        return torch._grouped_mm(x, weight.transpose(-2, -1), offs=offsets.to(torch.int32))
+    out = x.new_empty(x.shape[0], weight.shape[1])
+    start = 0
+    for expert, end in enumerate(offsets.tolist()):
+        out[start:end] = x[start:end] @ weight[expert].T
+        start = end
+    return out
+
+
+@grouped_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[1])
+
+
+@torch.library.custom_op("mixtral_8x7b_ops::grouped_linear_weight_grad", mutates_args=())
+def grouped_linear_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, experts: int
+) -> torch.Tensor:
+    """d(loss)/d(weight[e]) = grad[block e].T @ x[block e]."""
+    out = grad.new_zeros(experts, grad.shape[1], x.shape[1])
+    start = 0
+    for expert, end in enumerate(offsets.tolist()):
+        out[expert] = grad[start:end].T @ x[start:end]
+        start = end
+    return out
+
+
+@grouped_linear_weight_grad.register_fake
+def _(grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, experts: int) -> torch.Tensor:
+    return grad.new_empty(experts, grad.shape[1], x.shape[1])
+
+
+def _grouped_linear_backward(ctx, grad: torch.Tensor):  # noqa: ANN001 (autograd context)
+    x, weight, offsets = ctx.saved_tensors
+    grad_x = grouped_linear(grad, weight.transpose(1, 2).contiguous(), offsets)
+    grad_weight = grouped_linear_weight_grad(grad, x, offsets, weight.shape[0])
+    return grad_x, grad_weight, None
+
+
+def _grouped_linear_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    ctx.save_for_backward(*inputs)
+
+
+grouped_linear.register_autograd(_grouped_linear_backward, setup_context=_grouped_linear_setup)
+
+
+class Router(nn.Module):
+    """Scores experts per token and picks the top-k. Returns (weights [T, k], experts [T, k], logits [T, E]).
+
+    The correction bias (DeepSeek-V3) shifts which experts are *selected*; the weights always come from the
+    unbiased scores. With groups, each group is scored (its best expert, or its best two summed) and only the
+    experts of the top_groups best groups can be selected.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        experts: int,
+        top_k: int,
+        scoring: str = "softmax",
+        renormalize: bool = True,
+        scale: float = 1.0,
+        groups: int = 1,
+        top_groups: int = 1,
+        group_score: str = "max",
+        correction_bias: bool = False,
+    ) -> None:
+        super().__init__()
+        self.experts, self.top_k = experts, top_k
+        self.scoring, self.renormalize, self.scale = scoring, renormalize, scale
+        self.groups, self.top_groups, self.group_score = groups, top_groups, group_score
+        self.weight = nn.Parameter(torch.empty(experts, d_model))
+        self.correction_bias: torch.Tensor | None
+        if correction_bias:
+            self.register_buffer("correction_bias", torch.zeros(experts))
+        else:
+            self.correction_bias = None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = F.linear(x.float(), self.weight.float())
+        scores = logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
+        choice = scores if self.correction_bias is None else scores + self.correction_bias
+        if self.groups > 1:
+            grouped = choice.view(-1, self.groups, self.experts // self.groups)
+            if self.group_score == "max":
+                group_scores = grouped.max(dim=-1).values
+            else:
+                group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+            best_groups = group_scores.topk(self.top_groups, dim=-1).indices
+            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, best_groups, True)
+            choice = choice.masked_fill(~keep.repeat_interleave(self.experts // self.groups, dim=1), float("-inf"))
+        experts = choice.topk(self.top_k, dim=-1).indices
+        weights = scores.gather(1, experts)
+        if self.renormalize:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * self.scale, experts, logits
+
+
+class Experts(nn.Module):
+    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate, up, down."""
+
+    def __init__(
+        self, experts: int, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool
+    ) -> None:
+        super().__init__()
+        self.activation = activation
+        self.gate = nn.Parameter(torch.empty(experts, d_ff, d_model)) if gated else None
+        self.up = nn.Parameter(torch.empty(experts, d_ff, d_model))
+        self.down = nn.Parameter(torch.empty(experts, d_model, d_ff))
+
+    def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """x_sorted: token rows grouped by expert; offsets: cumulative row count per expert."""
+        up = grouped_linear(x_sorted, self.up, offsets)
+        if self.gate is not None:
+            hidden = self.activation(grouped_linear(x_sorted, self.gate, offsets)) * up
+        else:
+            hidden = self.activation(up)
+        return grouped_linear(hidden, self.down, offsets)
+
+
+class MoE(nn.Module):
+    """y = sum_k w_k * expert_k(x) [+ shared(x), optionally gated by sigmoid(shared_gate x)].
+
+    After each forward, `router_logits` [T, E] and `selected` [T, k] are kept for the router losses (read by the
+    model when it computes the training loss).
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        experts: Experts,
+        shared: nn.Module | None = None,
+        shared_gate: nn.Linear | None = None,
+        jitter: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.router, self.experts = router, experts
+        self.shared, self.shared_gate = shared, shared_gate
+        self.jitter = jitter
+        self.router_logits: torch.Tensor | None = None
+        self.selected: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        if self.training and self.jitter > 0:
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        weights, selected, logits = self.router(x)
+        self.router_logits, self.selected = logits, selected
+        top_k = selected.shape[1]
+        flat = selected.flatten()
+        order = flat.argsort(stable=True)
+        counts = torch.zeros(self.router.experts, dtype=torch.long, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat)
+        )
+        token_of_row = order // top_k
+        rows = self.experts(x[token_of_row], counts.cumsum(0))
+        rows = rows * weights.flatten()[order, None].to(rows.dtype)
+        out = torch.zeros_like(x).index_add_(0, token_of_row, rows)
+        if self.shared is not None:
+            shared = self.shared(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            out = out + shared
+        return out.view(shape)
+
+
+def load_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int) -> torch.Tensor:
+    """Switch-Transformer balance loss over all tokens of all MoE layers: E * sum_e f_e * P_e.
+
+    f_e is the fraction of (token, slot) selections that went to expert e times top_k (so sum_e f_e = top_k, as
+    in transformers' Mixtral), P_e the mean softmax probability of expert e. Minimal (= top_k) when uniform.
+    """
+    probs = torch.cat([logit.softmax(dim=-1) for logit in logits])
+    chosen = torch.cat(selected)
+    fraction = F.one_hot(chosen, experts).float().mean(dim=0)  # [k, E]: per slot, as transformers computes it
+    return experts * (fraction * probs.mean(dim=0)).sum()
+
+
+def sequence_balancing_loss(
+    logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int, batch: int, scoring: str
+) -> torch.Tensor:
+    """DeepSeek-V3's complementary sequence-wise balance loss, averaged over layers and sequences:
+    sum_e f_e * P_e with f_e = E / (k T) * #selections of e in the sequence and P_e = mean_t of the normalised scores.
+    """
+    losses = []
+    for logit, chosen in zip(logits, selected, strict=True):
+        scores = logit.softmax(dim=-1) if scoring == "softmax" else logit.sigmoid()
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+        scores = scores.view(batch, -1, experts)
+        tokens, top_k = scores.shape[1], chosen.shape[-1]
+        counts = F.one_hot(chosen.view(batch, -1), experts).float().sum(dim=1)  # [batch, E]
+        fraction = counts * experts / (top_k * tokens)
+        losses.append((fraction * scores.mean(dim=1)).sum(dim=-1).mean())
+    return torch.stack(losses).mean()
+
+
+def router_z_loss(logits: list[torch.Tensor]) -> torch.Tensor:
+    """mean over tokens (of all MoE layers) of logsumexp(router logits)^2: keeps the logits small (ST-MoE)."""
+    return torch.cat(logits).logsumexp(dim=-1).pow(2).mean()
+
+
+# ---------------------------------------------------------------------------------- copied from archspec/nn/models.py
+@dataclass
+class LMOutput:
+    """What a forward pass returns: logits [batch, seq, vocab], and the loss when labels were given.
+
+    For MoE models the router losses are reported separately and added to `loss` with their coefficients.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+
+
+class DecoderLM(nn.Module):
+    """A causal decoder LM. Receives its parts ready-made; `windows[i]` is layer i's sliding window or None.
+
+    Positions are `cache.length + arange(seq)` for every row. Masks are built once per forward, one per distinct
+    window, and shared by the layers; without a cache, window or ALiBi none is built and SDPA's causal fast path
+    runs.
+    """
+
+    def __init__(
+        self,
+        embed: nn.Embedding,
+        layers: list[nn.Module],
+        final_norm: nn.Module,
+        lm_head: nn.Linear,
+        *,
+        windows: list[int | None],
+        context_length: int,
+        pos_embed: nn.Embedding | None = None,
+        embed_norm: nn.Module | None = None,
+        rotary: nn.Module | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+        tied: bool = False,
+        aux_loss: str = "token",
+        aux_loss_coef: float = 0.0,
+        z_loss_coef: float = 0.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        prefix_lm: bool = False,
+        block_positions: bool = False,
+    ) -> None:
+        super().__init__()
+        self.prefix_lm, self.block_positions = prefix_lm, block_positions
+        self.embed = embed
+        self.pos_embed = pos_embed
+        self.embed_norm = embed_norm or nn.Identity()
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
+        self.lm_head = lm_head
+        if tied:
+            self.lm_head.weight = self.embed.weight
+        self.rotary = rotary
+        if alibi_slopes is not None:
+            self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
+        else:
+            self.alibi_slopes = None
+        self.windows = windows
+        self.context_length = context_length
+        self.aux_loss, self.aux_loss_coef, self.z_loss_coef = aux_loss, aux_loss_coef, z_loss_coef
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> LMOutput:
+        """`prefix_lengths` ([batch]; GLM): the first prefix_lengths[b] tokens of row b attend to each other in both
+        directions (part A), the rest causally (part B). None or 0 is the causal decoder."""
+        batch, seq = input_ids.shape
+        # Explicit `positions` ([seq], a tensor) replace cache.length + arange(seq), and the caller advances
+        # cache.length: a compiled decode step (generate(compile=True)) then serves every position with one graph.
+        explicit = positions is not None
+        past = cache.length if cache is not None and not explicit else 0
+        if positions is None:
+            positions = torch.arange(past, past + seq, device=input_ids.device)
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        x = self.embed_norm(x)
+        rope_positions = positions
+        rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
+        masks = self._masks(positions, cache, x.dtype, prefix_lengths)
+        for index, layer in enumerate(self.layers):
+            layer_cache = cache.layers[index] if cache is not None else None
+            x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
+        if cache is not None and not explicit:
+            cache.length = past + seq
+        logits = self.lm_head(self.final_norm(x))
+        if labels is None:
+            return LMOutput(logits=logits)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        if any(isinstance(layer.mlp, MoE) for layer in self.layers):
+            aux, z = self._router_losses(batch)
+            total = loss + self.aux_loss_coef * aux + self.z_loss_coef * z
+            return LMOutput(logits=logits, loss=total, aux_loss=aux, z_loss=z)
+        return LMOutput(logits=logits, loss=loss)
+
+    def _router_losses(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        moes = [layer.mlp for layer in self.layers if isinstance(layer.mlp, MoE)]
+        logits = [moe.router_logits for moe in moes]
+        selected = [moe.selected for moe in moes]
+        experts = moes[0].router.experts
+        if self.aux_loss == "sequence":
+            aux = sequence_balancing_loss(logits, selected, experts, batch, moes[0].router.scoring)  # type: ignore[arg-type]
+        else:
+            aux = load_balancing_loss(logits, selected, experts)  # type: ignore[arg-type]
+        return aux, router_z_loss(logits)  # type: ignore[arg-type]
+
+    def _masks(
+        self,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        dtype: torch.dtype,
+        prefix_lengths: torch.Tensor | None = None,
+    ) -> dict[int | None, torch.Tensor | None]:
+        distinct = set(self.windows)
+        if cache is None and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
+            return {None: None}
+        key_positions = torch.arange(
+            cache.max_len if cache is not None else positions.shape[0], device=positions.device
+        )
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for window in distinct:
+            mask = causal_mask(positions, key_positions, window)
+            masks[window] = mask
+        return masks
+
+    def new_cache(
+        self, batch: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> KVCache:
+        """An empty static cache for `batch` sequences of up to `max_len` positions."""
+        reference = self.embed.weight
+        dtype, device = dtype or reference.dtype, device or reference.device
+        return KVCache([layer.attn.new_cache(batch, max_len, dtype, device) for layer in self.layers])
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
+        """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
+
+        `eos_token_id` / `pad_token_id` default to the model's own (`archspec.build` passes the spec's `tokens`).
+        """
+        options.setdefault("eos_token_id", self.eos_token_id)
+        options.setdefault("pad_token_id", self.pad_token_id)
+        return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------------------------- glue written by archspec.emit
+def make_moe() -> MoE:
+    """The mixture of experts that replaces the MLP in layers 0-31."""
+    return MoE(
+        Router(
+            d_model=4096,
+            experts=8,
+            top_k=2,
+            scoring="softmax",
+            renormalize=True,
+            scale=1.0,
+            groups=1,
+            top_groups=1,
+            group_score="max",
+            correction_bias=False,
+        ),
+        Experts(
+            experts=8,
+            d_model=4096,
+            d_ff=14336,
+            activation=F.silu,
+            gated=True,
+        ),
+        jitter=0.0,
+    )
+
+
+def make_block() -> nn.Module:
+    """One pre-norm block; the model stacks 32 of them."""
+    attn = Attention(
+        d_model=4096,
+        heads=32,
+        kv_heads=8,
+        head_dim=128,
+        bias=(False, False, False, False),
+        qk_norm_eps=None,
+        scale=None,
+        rope_interleaved=False,
+    )
+    mlp = make_moe()
+    return PreNormBlock(
+        attn,
+        mlp,
+        attn_norm=RMSNorm(4096, 1e-05),
+        mlp_norm=RMSNorm(4096, 1e-05),
+    )
+
+
+class Mixtral8x7b(DecoderLM):
+    """The mixtral-8x7b model; `Mixtral8x7b()` builds it with random weights."""
+
+    def __init__(self) -> None:
+        with torch.device("cpu"):  # frequencies are exact float32 numbers, computed on the CPU then moved
+            inv_freq = rope_frequencies(
+                rotary_dim=128,
+                theta=1000000.0,
+            )
+        rotary = RotaryEmbedding(
+            inv_freq.to(torch.get_default_device()),
+            attention_factor=1.0,
+            interleaved=False,
+            dynamic_ntk=None,
+        )
+        super().__init__(
+            embed=nn.Embedding(32000, 4096),
+            layers=[make_block() for _ in range(32)],
+            final_norm=RMSNorm(4096, 1e-05),
+            lm_head=nn.Linear(4096, 32000, bias=False),
+            windows=[None] * 32,
+            context_length=32768,
+            rotary=rotary,
+            aux_loss="token",
+            aux_loss_coef=0.02,
+            z_loss_coef=0.0,
+            eos_token_id=2,
+        )
+
+
+Model = Mixtral8x7b
+"""This file's model under a fixed name."""
