@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 
 from archspec.nn.activations import ACTIVATIONS
 from archspec.nn.attention import Attention
-from archspec.nn.blocks import ParallelBlock, PostNormBlock, PreNormBlock
+from archspec.nn.blocks import DeepNormBlock, ParallelBlock, PostNormBlock, PreNormBlock
+from archspec.nn.encoder_decoder import CrossAttention, CrossAttentionBlock, EncoderDecoderLM, Stack
+from archspec.nn.glm import BlockRotaryEmbedding
 from archspec.nn.mla import LatentAttention
 from archspec.nn.mlp import MLP
-from archspec.nn.moe import MoE, Experts, Router
 from archspec.nn.models import DecoderLM
+from archspec.nn.moe import Experts, MoE, Router
 from archspec.nn.norms import RMSNorm
-from archspec.nn.positions import alibi_slopes
-from archspec.nn.positions import RelativePositionBias
-from archspec.nn.encoder_decoder import CrossAttention, CrossAttentionBlock, EncoderDecoderLM, Stack
-from archspec.nn.blocks import DeepNormBlock
-from archspec.nn.glm import BlockRotaryEmbedding
+from archspec.nn.positions import RelativePositionBias, alibi_slopes
 from archspec.nn.rope import (
     RotaryEmbedding,
     linear_scaled_frequencies,
@@ -31,22 +29,22 @@ from archspec.nn.rope import (
     yarn_mscale,
     yarn_scaled_frequencies,
 )
+from archspec.nn.vision import VISION_ACTIVATIONS, PatchEmbedding, PatchPool, Projector, VisionTower
+from archspec.nn.vlm import VisionLanguageLM
 from archspec.spec.schema import (
     GATED_ACTIVATIONS,
-    LatentAttentionSpec,
     AlibiSpec,
     DynamicScaling,
+    LatentAttentionSpec,
     LearnedPositionSpec,
     LinearScaling,
     Llama3Scaling,
+    RelativeBiasSpec,
     RopeSpec,
     Spec,
+    ViTSpec,
     YarnScaling,
 )
-from archspec.spec.schema import RelativeBiasSpec
-from archspec.nn.vision import VISION_ACTIVATIONS, PatchEmbedding, PatchPool, Projector, VisionTower
-from archspec.nn.vlm import VisionLanguageLM
-from archspec.spec.schema import ViTSpec
 
 
 def build(spec: Spec, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DecoderLM:
