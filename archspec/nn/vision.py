@@ -133,8 +133,10 @@ def splice_image_tokens(
     Static shapes and no host sync: the k-th placeholder gathers image token k (a cumulative count), so it traces
     and compiles. The caller checks that the counts agree (`placeholder_mismatch`).
     """
-    is_image = input_ids == image_token_id
     flat = image_tokens.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+    if flat.shape[0] == 0:  # no images (a static shape: no graph break)
+        return embeds
+    is_image = input_ids == image_token_id
     index = (is_image.flatten().cumsum(0) - 1).clamp(min=0).view_as(input_ids)
     return torch.where(is_image[..., None], flat[index], embeds)
 

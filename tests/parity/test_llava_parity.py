@@ -12,6 +12,7 @@ import pytest
 import torch
 import transformers as T
 import yaml
+
 import archspec
 
 TOLERANCE = 1e-5
