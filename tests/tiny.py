@@ -43,7 +43,24 @@ def shrink(spec: archspec.Spec, *, layers: int = 2) -> archspec.Spec:
     data["tokens"] = {"bos": None, "eos": None, "pad": None, "decoder_start": data["tokens"].get("decoder_start")}
     if data.get("n_decoder_layers") is not None:
         data["n_decoder_layers"] = layers
+    if data.get("vision"):
+        _shrink_vision(data["vision"], vocab=128)
     return archspec.spec_from_dict(data)
+
+
+def _shrink_vision(vision: dict, vocab: int) -> None:
+    """A 4 x 4 patch grid (pooled to 2 x 2 when the spec pools), width 32, the last token id as placeholder."""
+    tower = vision["tower"]
+    if tower["kind"] == "vit":
+        tower.update(image_size=32, patch_size=8, width=32, depth=2, heads=4, d_ff=64)
+        if isinstance(vision["feature_layer"], int) and vision["feature_layer"] < -2:
+            vision["feature_layer"] = -2
+    else:
+        tower.update(width=32, patches=16)
+    if vision.get("pooling"):
+        vision["pooling"]["tokens"] = 4
+    vision["tokens_per_image"] = None
+    vision["image_token"] = vocab - 1
 
 
 def distinct_tiny_specs() -> dict[str, archspec.Spec]:
