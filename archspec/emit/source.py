@@ -1,8 +1,9 @@
 """`emit_source(spec)`: one stand-alone Python file (torch + stdlib only) with the same model as `build(spec)`.
 
 The file is the components the spec uses, copied from `archspec.nn` (see `components.py`), plus glue written by
-the Jinja template `templates/model.py.j2`: a header with the spec's table row, the resolved spec as a `CONFIG`
-literal, `make_block()` and a model class constructible with no arguments. The glue mirrors
+the Jinja templates `templates/file.py.j2` and `templates/glue.py.j2`: a header with the spec's table row, the
+resolved spec as a `CONFIG` literal, `make_moe()` (MoE specs), `make_block()` and a model class constructible with
+no arguments. The glue mirrors
 `archspec.compiler` call for call, with the spec's numbers as literals; the tests hold the two to the same
 state-dict names and logits.
 
@@ -23,13 +24,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from archspec.emit.components import library, select
+from archspec.emit.components import library, rename_ops, select
 from archspec.emit.literals import py_block, py_literal
 from archspec.spec.schema import (
     GATED_ACTIVATIONS,
     NAME_PATTERN,
     AlibiSpec,
     DynamicScaling,
+    LatentAttentionSpec,
     LearnedPositionSpec,
     LinearScaling,
     Llama3Scaling,
@@ -83,7 +85,7 @@ def class_name(name: str) -> str:
 @cache
 def _file_names() -> frozenset[str]:
     lib = library()
-    return frozenset(lib.definitions) | frozenset(lib.imports) | {"CONFIG", "Model", "make_block"}
+    return frozenset(lib.definitions) | frozenset(lib.imports) | {"CONFIG", "Model", "make_block", "make_moe"}
 
 
 # ---------------------------------------------------------------------------------------- the file
@@ -96,7 +98,10 @@ def emit_source(spec: Spec) -> str:
     context = _context(spec)
     environment = _environment()
     glue = environment.get_template("glue.py.j2").render(context)
-    selection = select(glue, _features(spec))
+    selection = select(glue, _features(spec), op_namespace=op_namespace(spec.name))
+    leftover = [source for _, source in selection.sources if rename_ops(source, "x") != source]
+    if leftover:  # every custom op must have moved to the file's namespace (see components.rename_ops)
+        raise RuntimeError(f"archspec operator references left in the copied components: {leftover[0][:200]}")
     modules: list[tuple[str, list[str]]] = []
     for module, source in selection.sources:
         if not modules or modules[-1][0] != module:
@@ -127,13 +132,22 @@ def _environment() -> Any:
     )
 
 
+def op_namespace(name: str) -> str:
+    """The torch.library namespace of a generated file's custom operators: `mixtral-8x7b` -> `mixtral_8x7b_ops`.
+
+    Operator names are global to a process; the file's own namespace lets it be imported next to archspec (whose
+    operators are `archspec::...`) and next to other generated files."""
+    return f"{module_name(name)}_ops"
+
+
 def unsupported(spec: Spec) -> str | None:
-    """Why the emitter cannot write this spec's model yet (None when it can): the glue covers dense decoders."""
+    """Why the emitter cannot write this spec's model yet (None when it can): the glue covers decoders (dense,
+    MoE, MLA)."""
     position = spec.position
     checks = [
         (spec.structure != "decoder", f"structure {spec.structure!r}"),
-        (spec.attention.kind != "mha", f"attention kind {spec.attention.kind!r}"),
-        (getattr(spec, "moe", None) is not None, "moe"),
+        (spec.attention.kind not in ("mha", "mla"), f"attention kind {spec.attention.kind!r}"),
+        (spec.attention.kind == "mla" and not isinstance(position, RopeSpec), "mla without rope"),
         (getattr(spec, "n_decoder_layers", None) is not None, "n_decoder_layers"),
         (not isinstance(position, RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec), "position kind"),
         (isinstance(position, RopeSpec) and getattr(position, "block_positions", False), "rope block_positions"),
@@ -145,8 +159,9 @@ def unsupported(spec: Spec) -> str | None:
 
 HANDLED: dict[str, set[str] | None] = {
     "": {"name", "description", "structure", "vocab_size", "d_model", "n_layers", "context_length"}
-    | {"attention", "position", "norm", "block", "mlp", "embeddings", "tokens"},
-    "attention": {"kind", "heads", "kv_heads", "head_dim", "bias", "qk_norm", "window", "window_layers", "scale"},
+    | {"attention", "position", "norm", "block", "mlp", "embeddings", "tokens", "moe"},
+    "attention": {"kind", "heads", "kv_heads", "head_dim", "bias", "qk_norm", "window", "window_layers", "scale"}
+    | {"q_rank", "kv_rank", "nope_dim", "rope_dim", "v_dim", "latent_norm_eps"},  # mla
     "position": {"kind", "theta", "fraction", "pairing", "scaling"},
     "position.scaling": None,  # every field of the four scaling kinds is passed to the frequency functions
     "attention.bias": None,
@@ -154,6 +169,10 @@ HANDLED: dict[str, set[str] | None] = {
     "block": {"kind", "parallel_norms", "residual_from_norm"},
     "mlp": {"activation", "d_ff", "bias"},
     "embeddings": {"tied", "norm"},
+    "moe": {"experts", "top_k", "d_ff", "shared_experts", "shared_d_ff", "shared_gate", "dense_layers", "layers"}
+    | {"router"},
+    "moe.router": {"scoring", "renormalize", "scale", "groups", "top_groups", "group_score", "correction_bias"}
+    | {"jitter", "aux_loss", "aux_loss_coef", "z_loss_coef"},
     "tokens": None,  # token ids change no weights or logits (eos/pad only set generate()'s defaults)
 }
 """Fields the glue reads, per section. Any other field (added to the schema later) must keep its default, or
@@ -198,7 +217,7 @@ def _features(spec: Spec) -> frozenset[str]:
             features.add("dynamic_ntk")
     if isinstance(position, AlibiSpec):
         features.add("alibi")
-    if spec.attention.qk_norm:
+    if getattr(spec.attention, "qk_norm", False):
         features.add("qk_norm")
     if getattr(spec, "moe", None) is not None:
         features.add("moe")
@@ -213,24 +232,30 @@ def _context(spec: Spec) -> dict[str, Any]:
     norm = _norm(spec, d)
     interleaved = isinstance(position, RopeSpec) and position.pairing == "interleaved"
 
-    attention_args = [
-        ("d_model", py_literal(d)),
-        ("heads", py_literal(attn.heads)),
-        ("kv_heads", py_literal(spec.kv_heads)),
-        ("head_dim", py_literal(spec.head_dim)),
-        ("bias", py_literal((attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o))),
-        ("qk_norm_eps", py_literal(spec.norm.eps if attn.qk_norm else None)),
-        ("scale", py_literal(attn.scale)),
-        ("rope_interleaved", py_literal(interleaved)),
-    ]
-    activation = spec.mlp.activation
-    mlp_args = [
-        ("d_model", py_literal(d)),
-        ("d_ff", py_literal(spec.mlp.d_ff)),
-        ("activation", _activation(GATED_ACTIVATIONS.get(activation, activation))),
-        ("gated", py_literal(activation in GATED_ACTIVATIONS)),
-        ("bias", py_literal(spec.mlp.bias)),
-    ]
+    if isinstance(attn, LatentAttentionSpec):
+        attention_class, attention_args = "LatentAttention", _latent_attention_args(spec)
+    else:
+        attention_class = "Attention"
+        attention_args = [
+            ("d_model", py_literal(d)),
+            ("heads", py_literal(attn.heads)),
+            ("kv_heads", py_literal(spec.kv_heads)),
+            ("head_dim", py_literal(spec.head_dim)),
+            ("bias", py_literal((attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o))),
+            ("qk_norm_eps", py_literal(spec.norm.eps if attn.qk_norm else None)),
+            ("scale", py_literal(attn.scale)),
+            ("rope_interleaved", py_literal(interleaved)),
+        ]
+    mlp_args = _mlp_args(spec, spec.mlp.d_ff, spec.mlp.bias)
+    moe_layers = [index for index in range(n_layers) if spec.is_moe_layer(index)]
+    if not moe_layers:
+        moe_choice, make_layer = "none", "make_block() for _ in"
+    elif len(moe_layers) == n_layers:
+        moe_choice, make_layer = "all", "make_block() for _ in"
+    elif moe_layers == list(range(moe_layers[0], n_layers)):
+        moe_choice, make_layer = "some", f"make_block(moe=index >= {moe_layers[0]!r}) for index in"
+    else:
+        moe_choice, make_layer = "some", f"make_block(moe=index in {py_literal(tuple(moe_layers))}) for index in"
     if block.kind == "post-norm":
         block_class, block_args = "PostNormBlock", [("attn_norm", norm), ("mlp_norm", norm)]
     elif block.kind == "parallel":
@@ -253,7 +278,7 @@ def _context(spec: Spec) -> dict[str, Any]:
         windows_code = py_block(windows, indent=3, prefix="windows=", suffix=",").lstrip()
     model_args = [
         ("embed", f"nn.Embedding({py_literal(spec.vocab_size)}, {py_literal(d)})"),
-        ("layers", f"[make_block() for _ in range({py_literal(n_layers)})]"),
+        ("layers", f"[{make_layer} range({py_literal(n_layers)})]"),
         ("final_norm", "nn.Identity()" if block.kind == "post-norm" else norm),
         ("lm_head", f"nn.Linear({py_literal(d)}, {py_literal(spec.vocab_size)}, bias=False)"),
     ]
@@ -273,6 +298,13 @@ def _context(spec: Spec) -> dict[str, Any]:
         tail.append(("alibi_slopes", f"alibi_slopes({py_literal(attn.heads)})"))
     if spec.embeddings.tied:
         tail.append(("tied", "True"))
+    if spec.moe is not None:  # the router losses' settings, as archspec.compiler passes them
+        router = spec.moe.router
+        tail += [
+            ("aux_loss", py_literal(router.aux_loss)),
+            ("aux_loss_coef", py_literal(router.aux_loss_coef)),
+            ("z_loss_coef", py_literal(router.z_loss_coef)),
+        ]
     for token in ("eos", "pad"):  # once DecoderLM takes its generate() defaults as numbers, pass the spec's
         value = getattr(spec.tokens, token)
         if value is not None and f"{token}_token_id" in _decoder_parameters():
@@ -287,8 +319,12 @@ def _context(spec: Spec) -> dict[str, Any]:
         "config": py_block(spec.model_dump(exclude_none=True), prefix="CONFIG = ", expand=True),
         "n_layers": n_layers,
         "block_kind": block.kind,
+        "attention_class": attention_class,
         "attention_args": attention_args,
         "mlp_args": mlp_args,
+        "moe_choice": moe_choice,
+        "moe_layers": _ranges(moe_layers),
+        "moe_call": _moe_call(spec) if moe_layers else None,
         "block_class": block_class,
         "block_args": block_args,
         "model_args": model_args,
@@ -296,6 +332,101 @@ def _context(spec: Spec) -> dict[str, Any]:
         "model_tail": tail,
         "rotary": _rotary(spec) if isinstance(position, RopeSpec) else None,
     }
+
+
+def _mlp_args(spec: Spec, d_ff: int, bias: bool) -> list[tuple[str, str]]:
+    activation = spec.mlp.activation
+    return [
+        ("d_model", py_literal(spec.d_model)),
+        ("d_ff", py_literal(d_ff)),
+        ("activation", _activation(GATED_ACTIVATIONS.get(activation, activation))),
+        ("gated", py_literal(activation in GATED_ACTIVATIONS)),
+        ("bias", py_literal(bias)),
+    ]
+
+
+def _latent_attention_args(spec: Spec) -> list[tuple[str, str]]:
+    """`LatentAttention`'s arguments as `archspec.compiler._latent_attention` computes them; the default scale is
+    written as the expression it is (DeepSeek's YaRN correction enters squared), which Python evaluates to the
+    same float."""
+    attn, position = spec.attention, spec.position
+    assert isinstance(attn, LatentAttentionSpec) and isinstance(position, RopeSpec)
+    if attn.scale is not None:
+        scale = py_literal(attn.scale)
+    else:
+        scale = f"{py_literal(attn.nope_dim + attn.rope_dim)}**-0.5"
+        scaling = position.scaling
+        if isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:
+            scale += f" * yarn_mscale({py_literal(scaling.factor)}, {py_literal(scaling.mscale_all_dim)}) ** 2"
+    return [
+        ("d_model", py_literal(spec.d_model)),
+        ("heads", py_literal(attn.heads)),
+        ("q_rank", py_literal(attn.q_rank)),
+        ("kv_rank", py_literal(attn.kv_rank)),
+        ("nope_dim", py_literal(attn.nope_dim)),
+        ("rope_dim", py_literal(attn.rope_dim)),
+        ("v_dim", py_literal(attn.v_dim)),
+        ("bias", py_literal(attn.bias)),
+        ("latent_norm_eps", py_literal(attn.latent_norm_eps)),
+        ("scale", scale),
+        ("rope_interleaved", py_literal(position.pairing == "interleaved")),
+    ]
+
+
+def _moe_call(spec: Spec) -> str:
+    """`MoE(Router(...), Experts(...), ...)` as `archspec.compiler._moe` builds it, laid out as ruff formats it."""
+    moe = spec.moe
+    assert moe is not None and moe.d_ff is not None and moe.shared_d_ff is not None
+    router = moe.router
+    activation = spec.mlp.activation
+    router_args = [
+        ("d_model", py_literal(spec.d_model)),
+        ("experts", py_literal(moe.experts)),
+        ("top_k", py_literal(moe.top_k)),
+        ("scoring", py_literal(router.scoring)),
+        ("renormalize", py_literal(router.renormalize)),
+        ("scale", py_literal(router.scale)),
+        ("groups", py_literal(router.groups)),
+        ("top_groups", py_literal(router.top_groups or router.groups)),
+        ("group_score", py_literal(router.group_score)),
+        ("correction_bias", py_literal(router.correction_bias)),
+    ]
+    expert_args = [
+        ("experts", py_literal(moe.experts)),
+        ("d_model", py_literal(spec.d_model)),
+        ("d_ff", py_literal(moe.d_ff)),
+        ("activation", _activation(GATED_ACTIVATIONS.get(activation, activation))),
+        ("gated", py_literal(activation in GATED_ACTIVATIONS)),
+    ]
+    args: list[tuple[str | None, str]] = [
+        (None, _call("Router", router_args, 2)),
+        (None, _call("Experts", expert_args, 2)),
+    ]
+    if moe.shared_experts:
+        args.append(("shared", _call("MLP", _mlp_args(spec, moe.shared_experts * moe.shared_d_ff, False), 2)))
+    if moe.shared_gate:
+        args.append(("shared_gate", f"nn.Linear({py_literal(spec.d_model)}, 1, bias=False)"))
+    args.append(("jitter", py_literal(router.jitter)))
+    return _call("MoE", args, 1)  # the body of make_moe()
+
+
+def _call(function: str, args: list[tuple[str | None, str]], indent: int) -> str:
+    """`function(` one argument per line with a trailing comma `)`, the closing bracket at `indent` levels."""
+    pad = "    " * indent
+    lines = [f"{function}("]
+    lines += [f"{pad}    {key + '=' if key else ''}{value}," for key, value in args]
+    return "\n".join([*lines, f"{pad})"])
+
+
+def _ranges(layers: list[int]) -> str:
+    """`[0, 1, 2, 5]` -> `"layers 0-2, 5"` (for docstrings)."""
+    parts: list[str] = []
+    for index in layers:
+        if parts and parts[-1].split("-")[-1] == str(index - 1):
+            parts[-1] = f"{parts[-1].split('-')[0]}-{index}"
+        else:
+            parts.append(str(index))
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(parts)
 
 
 def _norm(spec: Spec, dim: int) -> str:
@@ -381,18 +512,43 @@ def _activation(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ header
+def _moe_text(spec: Spec) -> str:
+    moe = spec.moe
+    assert moe is not None
+    router = moe.router
+    text = f"{moe.experts} experts top-{moe.top_k}, d_ff {moe.d_ff}"
+    if moe.shared_experts:
+        text += f", {moe.shared_experts} shared (d_ff {moe.shared_d_ff}" + (", gated)" if moe.shared_gate else ")")
+    text += f", {router.scoring}"
+    if router.groups > 1:
+        text += f", best {router.top_groups} of {router.groups} groups ({router.group_score})"
+    if router.correction_bias:
+        text += ", correction bias"
+    text += ", renormalised" if router.renormalize else ""
+    if router.scale != 1:
+        text += f", scale {router.scale!r}"
+    dense = [index for index in range(spec.n_layers) if not spec.is_moe_layer(index)]
+    if dense:
+        text += f", dense {_ranges(dense)}"
+    return text
+
+
 def _header(spec: Spec) -> str:
     """The spec's row of the architecture table, as markdown. Made only of validated names, kinds and numbers."""
     attn, position, block = spec.attention, spec.position, spec.block
-    kind = "MHA" if spec.kv_heads == attn.heads else "MQA" if spec.kv_heads == 1 else "GQA"
-    attention = f"{kind}, {attn.heads} heads / {spec.kv_heads} kv, head_dim {spec.head_dim}"
-    if attn.window is not None:
-        attention += f", window {attn.window}" + (" (some layers)" if attn.window_layers is not None else "")
-    if attn.qk_norm:
-        attention += ", qk-norm"
-    biased = [name for name in "qkvo" if getattr(attn.bias, name)]
-    if biased:
-        attention += ", bias " + "/".join(biased)
+    if isinstance(attn, LatentAttentionSpec):
+        attention = f"MLA, {attn.heads} heads, q rank {attn.q_rank}, kv rank {attn.kv_rank}"
+        attention += f", qk {attn.nope_dim}+{attn.rope_dim} (rope), v {attn.v_dim}" + (", bias" if attn.bias else "")
+    else:
+        kind = "MHA" if spec.kv_heads == attn.heads else "MQA" if spec.kv_heads == 1 else "GQA"
+        attention = f"{kind}, {attn.heads} heads / {spec.kv_heads} kv, head_dim {spec.head_dim}"
+        if attn.window is not None:
+            attention += f", window {attn.window}" + (" (some layers)" if attn.window_layers is not None else "")
+        if attn.qk_norm:
+            attention += ", qk-norm"
+        biased = [name for name in "qkvo" if getattr(attn.bias, name)]
+        if biased:
+            attention += ", bias " + "/".join(biased)
     if attn.scale is not None:
         attention += f", scale {attn.scale!r}"
     if isinstance(position, RopeSpec):
@@ -417,6 +573,9 @@ def _header(spec: Spec) -> str:
     embeddings = ("tied" if spec.embeddings.tied else "untied") + (", norm" if spec.embeddings.norm else "")
     columns = ["name", "layers", "d_model", "attention", "position", "norm", "block", "mlp", "embeddings"]
     row = [spec.name, str(spec.n_layers), str(spec.d_model), attention, pos, norm, block_text, mlp, embeddings]
+    if spec.moe is not None:
+        columns.append("moe")
+        row.append(_moe_text(spec))
     header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n| " + " | ".join(row) + " |"
     if re.fullmatch(r"[A-Za-z0-9 .,_/|+\-\n()]*", header) is None:  # defence in depth: nothing here can escape
         raise ValueError(f"unexpected characters in the generated header: {header!r}")

@@ -157,22 +157,102 @@ TINY: dict[str, dict[str, Any]] = {
         mlp={"activation": "reglu", "d_ff": 40},
         description='quotes \' " """ and a\nnewline {{ jinja }}',
     ),
+    # Mixtral: softmax top-2, renormalised, every layer MoE.
+    "moe-softmax": tiny(
+        "tiny-moe",
+        moe={"experts": 4, "top_k": 2, "d_ff": 24, "router": {"aux_loss_coef": 0.02, "z_loss_coef": 0.001}},
+        tokens={"eos": 3},
+    ),
+    # Qwen-MoE: top-3 of 6 without renormalisation, a sigmoid-gated shared expert, qk-norm; MoE in layer 1 only.
+    "moe-shared-gate": tiny(
+        "tiny-qwen-moe",
+        d_model=40,
+        attention={"heads": 4, "kv_heads": 2, "head_dim": 16, "qk_norm": True, "bias": {"q": True, "k": True}},
+        moe={
+            "experts": 6,
+            "top_k": 3,
+            "d_ff": 24,
+            "shared_experts": 1,
+            "shared_d_ff": 32,
+            "shared_gate": True,
+            "layers": [1],
+            "router": {"renormalize": False},
+        },
+    ),
+    # DeepSeek-V3: MLA with q compression, YaRN with mscale, sigmoid scores, 2 of 4 groups (top2-sum), correction
+    # bias, routed scale, two shared experts, first layer dense, sequence-level aux loss.
+    "mla-moe-sigmoid-groups": tiny(
+        "tiny-deepseek-v3",
+        attention={"kind": "mla", "heads": 4, "q_rank": 16, "kv_rank": 24, "nope_dim": 16, "rope_dim": 8, "v_dim": 12},
+        position={
+            "kind": "rope",
+            "pairing": "interleaved",
+            "scaling": {"kind": "yarn", "factor": 4, "original_context": 16, "mscale": 0.707, "mscale_all_dim": 0.707},
+        },
+        moe={
+            "experts": 8,
+            "top_k": 3,
+            "d_ff": 24,
+            "shared_experts": 2,
+            "dense_layers": 1,
+            "router": {
+                "scoring": "sigmoid",
+                "correction_bias": True,
+                "groups": 4,
+                "top_groups": 2,
+                "group_score": "top2-sum",
+                "scale": 2.5,
+                "aux_loss": "sequence",
+                "aux_loss_coef": 0.001,
+            },
+        },
+        tokens={"bos": 0, "eos": 1},
+    ),
+    # DeepSeek-V2-Lite: MLA without q compression, softmax top-2 of 4, grouped (max), MoE in layer 0 only.
+    "mla-no-q-rank": tiny(
+        "tiny-deepseek-v2",
+        attention={"kind": "mla", "heads": 4, "kv_rank": 24, "nope_dim": 16, "rope_dim": 8, "v_dim": 16},
+        position={"kind": "rope", "theta": 10000.0, "pairing": "interleaved"},
+        norm={"kind": "rmsnorm", "eps": 1e-6},
+        moe={
+            "experts": 4,
+            "top_k": 2,
+            "d_ff": 24,
+            "shared_experts": 1,
+            "layers": [0],
+            "router": {"renormalize": False, "groups": 2, "top_groups": 1},
+        },
+    ),
 }
-COMPILED = {"mistral", "bloom"}
-"""Cases also run through torch.compile(fullgraph=True, backend="aot_eager") in the subprocess (a few seconds
-each: one RoPE + GQA + sliding-window model and one ALiBi + LayerNorm + tied model cover the emitted code paths;
-the compile-readiness of every family is tested on `archspec.build` models, which run the same code)."""
+COMPILED = {"mistral", "mla-moe-sigmoid-groups"}
+"""Cases also run through torch.compile(fullgraph=True, backend="aot_eager") in the subprocess (several seconds
+each: one RoPE + GQA + sliding-window model, and one MLA + MoE model whose grouped matmul is the file's own custom
+op; the compile-readiness of every family is tested on `archspec.build` models, which run the same code)."""
 
 
 def shrink(data: dict[str, Any]) -> dict[str, Any]:
     """The same architecture at toy size: every kind, flag and ratio kept, every width tiny."""
     data = json.loads(json.dumps(data))
     attn = data["attention"]
-    heads, kv = attn["heads"], attn["kv_heads"]
-    explicit_head_dim = attn["head_dim"] * heads != data["d_model"]
-    attn["heads"], attn["kv_heads"] = (4, 4) if kv == heads else (4, 1) if kv == 1 else (4, 2)
-    attn["head_dim"] = 16
-    data.update(vocab_size=101, d_model=48 if explicit_head_dim else 64, n_layers=2)
+    if attn["kind"] == "mla":
+        attn.update(heads=4, kv_rank=24, nope_dim=16, rope_dim=8, v_dim=12)
+        if "q_rank" in attn:
+            attn["q_rank"] = 16
+        data.update(vocab_size=101, d_model=64, n_layers=2)
+    else:
+        heads, kv = attn["heads"], attn["kv_heads"]
+        explicit_head_dim = attn["head_dim"] * heads != data["d_model"]
+        attn["heads"], attn["kv_heads"] = (4, 4) if kv == heads else (4, 1) if kv == 1 else (4, 2)
+        attn["head_dim"] = 16
+        data.update(vocab_size=101, d_model=48 if explicit_head_dim else 64, n_layers=2)
+    moe = data.get("moe")
+    if moe is not None:  # 8 experts (4 groups of 2 when grouped), top-k at most 3, some dense layer kept dense
+        moe.update(experts=8, top_k=min(moe["top_k"], 3), d_ff=24, shared_d_ff=16)
+        moe["dense_layers"] = min(moe["dense_layers"], 1)
+        if "layers" in moe:
+            moe["layers"] = [layer for layer in moe["layers"] if layer < 2] or [0]
+        if moe["router"]["groups"] > 1:
+            moe["router"].update(groups=4, top_groups=2)
     data["context_length"] = min(data["context_length"], 64)
     data["mlp"]["d_ff"] = 40
     if "window" in attn:
@@ -237,16 +317,19 @@ def run_results(all_cases: dict[str, dict[str, Any]], tmp_path_factory: pytest.T
         with torch.no_grad():
             for parameter in model.parameters():  # no weight may hide behind its default value
                 parameter.add_(torch.randn_like(parameter) * 0.1)
+            for name, buffer in model.named_buffers():  # DeepSeek-V3's selection bias: a learned buffer
+                if name.endswith("correction_bias"):
+                    buffer.add_(torch.randn_like(buffer) * 0.1)
         ids = torch.randint(0, spec.vocab_size, (2, 12))
         prompt = ids[:, :5]
-        options = {"max_new_tokens": 6}
-        if spec.tokens.eos is not None:
-            options.update(eos_token_id=spec.tokens.eos, pad_token_id=spec.tokens.pad)
+        options = {"max_new_tokens": 6}  # eos/pad: both models default to the spec's tokens
+        reference = {"eos_token_id": spec.tokens.eos, "pad_token_id": spec.tokens.pad}
         with torch.no_grad():
             logits = model(ids).logits
         path = directory / f"{module_name(spec.name)}.py"
         path.write_text(emit_source(spec))
-        expected[key] = {"names": list(model.state_dict()), "generate": model.generate(prompt, **options).tolist()}
+        generated = model.generate(prompt, **options, **reference).tolist()
+        expected[key] = {"names": list(model.state_dict()), "generate": generated}
         cases.append(
             {
                 "key": key,
@@ -348,6 +431,59 @@ def test_qk_norm_and_dynamic_code_only_when_used() -> None:
     assert "self.q_norm = RMSNorm" not in _source("mistral")
     assert "dynamic_ntk_theta" in _source("dynamic-ntk")
     assert "dynamic_ntk_theta" not in _source("mistral")
+
+
+def test_moe_and_mla_code_only_when_used() -> None:
+    dense, moe, mla = _source("qwen3"), _source("moe-softmax"), _source("mla-no-q-rank")
+    for absent in ("class MoE", "grouped_linear", "custom_op", "class LatentAttention", "yarn_mscale"):
+        assert absent not in dense
+    assert "class LatentAttention" not in moe and "class LatentAttention" in mla
+    for src in (moe, mla):
+        assert "class MoE" in src and "_router_losses" in src and "register_autograd" in src
+        assert "archspec::" not in src and "torch.ops.archspec" not in src  # the ops live in the file's namespace
+    assert '@torch.library.custom_op("tiny_moe_ops::grouped_linear"' in moe
+    assert "sequence_balancing_loss(" in _source("mla-moe-sigmoid-groups")
+    assert "make_block(moe=index >= 1)" in _source("mla-moe-sigmoid-groups")
+    assert "make_block(moe=index in (0,))" in mla
+
+
+def test_emitted_moe_file_imports_beside_archspec_and_generate_defaults_to_spec_tokens(tmp_path: Path) -> None:
+    """In one process with archspec: the file's custom ops do not replace archspec's, and its generate() stops at
+    the spec's eos and pads with the spec's pad, as archspec's does, without being told."""
+    import importlib.util
+
+    data = {key: value for key, value in TINY["moe-softmax"].items() if key != "tokens"}
+    torch.manual_seed(0)
+    model = archspec.build(spec_from_dict(data)).eval()
+    ids = torch.randint(0, data["vocab_size"], (2, 9), generator=torch.Generator().manual_seed(1))
+    prompt = ids[:, :5]
+    with torch.no_grad():
+        before = model(ids).logits
+    free = model.generate(prompt, max_new_tokens=6)
+    eos = int(free[0, 6])  # row 0's second new token: with it as eos, row 0 finishes early
+    pad = (eos + 1) % data["vocab_size"]
+    expected = model.generate(prompt, max_new_tokens=6, eos_token_id=eos, pad_token_id=pad)
+    assert expected.tolist() != free.tolist()
+
+    spec = spec_from_dict({**data, "tokens": {"eos": eos, "pad": pad}})
+    path = tmp_path / f"{module_name(spec.name)}.py"
+    path.write_text(emit_source(spec))
+    loader = importlib.util.spec_from_file_location(f"emitted_{module_name(spec.name)}", path)
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    emitted = module.Model()
+    emitted.load_state_dict(model.state_dict(), strict=True)
+    emitted.eval()
+    assert emitted.generate(prompt, max_new_tokens=6).tolist() == expected.tolist()
+    rebuilt = archspec.build(spec).eval()
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    assert rebuilt.generate(prompt, max_new_tokens=6).tolist() == expected.tolist()
+
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)  # archspec's own op still runs archspec's code
+        assert torch.equal(emitted(ids).logits, before)
+    assert hasattr(torch.ops.tiny_moe_ops, "grouped_linear") and hasattr(torch.ops.archspec, "grouped_linear")
 
 
 def test_config_literal_gives_the_spec_back() -> None:
