@@ -46,7 +46,7 @@ def load_yaml_tree(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
     if resolved in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, resolved))
         raise SpecError([SpecIssue(("extends",), f"extends cycle: {cycle}", "remove one link", str(path))])
-    if not path.is_file():
+    if not _is_file(path):
         raise SpecError([SpecIssue((), "file not found", "check the path", str(path))])
     data, origins = _parse_file(path)
     parent_ref = data.pop("extends", None)
@@ -57,10 +57,10 @@ def load_yaml_tree(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
         raise SpecError([SpecIssue(("extends",), "must be a relative file path", "", *where)])
     parent_path = path.parent / parent_ref
     chain = (*_chain, resolved)
-    if parent_path.is_file() and parent_path.resolve() in chain:
+    if _is_file(parent_path) and parent_path.resolve() in chain:
         cycle = " -> ".join(str(p) for p in (*chain, parent_path.resolve()))
         raise SpecError([SpecIssue(("extends",), f"extends cycle: {cycle}", "remove one link", *where)])
-    if not parent_path.is_file():
+    if not _is_file(parent_path):
         raise SpecError(
             [SpecIssue(("extends",), f"file not found: {parent_path}", "paths are relative to this file", *where)]
         )
@@ -99,19 +99,84 @@ def validate_spec(data: Any, origins: Origins, default_file: str) -> Spec:
 
 
 # ------------------------------------------------------------------------------------------ internals
+MAX_FLOW_DEPTH = 64
+"""Deepest [ / { nesting accepted; real specs use two or three levels."""
+
+
+def _flow_depth(text: str) -> tuple[int, int]:
+    """The deepest nesting of flow brackets outside quotes, and the line where it is reached (a cheap upper bound)."""
+    depth = deepest = 0
+    line = deepest_line = 1
+    quote = ""
+    for char in text:
+        if char == "\n":
+            line += 1
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_line = depth, line
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest, deepest_line
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        return False
+
+
 def _parse_file(path: Path) -> tuple[dict[str, Any], Origins]:
-    text = path.read_text(encoding="utf-8")
-    loader = yaml.SafeLoader(text)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError([SpecIssue((), f"cannot read the file: {exc.strerror or exc}", "", str(path))]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        raise SpecError([SpecIssue((), message, "save the file as UTF-8", str(path), line)]) from None
+    depth, line = _flow_depth(text)
+    if depth > MAX_FLOW_DEPTH:
+        # PyYAML scans nested [ / { in quadratic time (and composes them recursively): refuse before parsing.
+        raise SpecError(
+            [
+                SpecIssue(
+                    (), f"invalid YAML: brackets nested {depth} deep", "a spec is a few levels deep", str(path), line
+                )
+            ]
+        )
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # control characters such as NUL
+        line = text.count("\n", 0, exc.position) + 1
+        raise SpecError(
+            [SpecIssue((), f"invalid YAML: {exc.reason}", "remove control characters", str(path), line)]
+        ) from None
     try:
         node = loader.get_single_node()
         if node is None:
             raise SpecError([SpecIssue((), "the file is empty", "", str(path), 1)])
         origins: Origins = {}
-        duplicates: list[SpecIssue] = []
-        _record_origins(node, (), str(path), origins, duplicates)
-        if duplicates:
-            raise SpecError(duplicates)
+        problems: list[SpecIssue] = []
+        _record_origins(node, (), str(path), origins, problems, set())
+        if problems:
+            raise SpecError(problems)
         data = loader.construct_document(node)
+    except RecursionError:
+        # PyYAML composes and constructs recursively: thousands of nested brackets exhaust the stack.
+        raise SpecError(
+            [SpecIssue((), "invalid YAML: nested too deeply", "a spec is a few levels deep", str(path))]
+        ) from None
+    except (ValueError, OverflowError) as exc:
+        # Scalars PyYAML cannot convert, e.g. an integer with more digits than Python converts (int_max_str_digits).
+        raise SpecError([SpecIssue((), f"invalid YAML value: {exc}", "", str(path))]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -119,6 +184,8 @@ def _parse_file(path: Path) -> tuple[dict[str, Any], Origins]:
         raise SpecError(
             [SpecIssue((), f"invalid YAML: {message}", "check indentation and quoting", str(path), line)]
         ) from None
+    except yaml.YAMLError as exc:  # unmarked errors, e.g. a ReaderError raised while reading further
+        raise SpecError([SpecIssue((), f"invalid YAML: {exc}", "", str(path))]) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -127,14 +194,32 @@ def _parse_file(path: Path) -> tuple[dict[str, Any], Origins]:
     return data, origins
 
 
-def _record_origins(node: yaml.Node, path: KeyPath, file: str, origins: Origins, duplicates: list[SpecIssue]) -> None:
+def _record_origins(
+    node: yaml.Node, path: KeyPath, file: str, origins: Origins, problems: list[SpecIssue], visited: set[int]
+) -> None:
     origins[path] = (file, node.start_mark.line + 1)
+    if id(node) in visited:
+        # An alias of a node already walked: walking it again would follow every path of an alias bomb
+        # ("billion laughs") or loop forever on a recursive alias (`&a [*a]`). Its first occurrence is recorded.
+        return
+    visited.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(
+                    SpecIssue(
+                        path,
+                        "a key must be a plain word, not a list or mapping",
+                        "",
+                        file,
+                        key_node.start_mark.line + 1,
+                    )
+                )
+                continue
             key = key_node.value
             if key in seen:
-                duplicates.append(
+                problems.append(
                     SpecIssue(
                         (*path, key),
                         "duplicate key",
@@ -145,18 +230,18 @@ def _record_origins(node: yaml.Node, path: KeyPath, file: str, origins: Origins,
                 )
             seen.add(key)
             origins[(*path, key)] = (file, key_node.start_mark.line + 1)
-            _record_origins_children(value_node, (*path, key), file, origins, duplicates)
+            _record_origins_children(value_node, (*path, key), file, origins, problems, visited)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record_origins(item, (*path, index), file, origins, duplicates)
+            _record_origins(item, (*path, index), file, origins, problems, visited)
 
 
 def _record_origins_children(
-    node: yaml.Node, path: KeyPath, file: str, origins: Origins, duplicates: list[SpecIssue]
+    node: yaml.Node, path: KeyPath, file: str, origins: Origins, problems: list[SpecIssue], visited: set[int]
 ) -> None:
     # The key's own line stays the origin of `path`; only its children are recorded from the value node.
     line = origins[path]
-    _record_origins(node, path, file, origins, duplicates)
+    _record_origins(node, path, file, origins, problems, visited)
     origins[path] = line
 
 

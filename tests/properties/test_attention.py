@@ -1,0 +1,113 @@
+"""Grouped-query attention against multi-head attention, with torch.nn.MultiheadAttention as the reference."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from archspec.nn.attention import Attention
+from archspec.nn.masks import additive_mask, causal_mask
+from archspec.nn.positions import alibi_bias, alibi_slopes
+from archspec.nn.rope import RotaryEmbedding, rope_frequencies
+
+from .strategies import randomize_, seeds
+
+TOL = dict(rtol=1e-7, atol=1e-9)  # float64 throughout; RMSNorm (qk_norm) rounds through float32: see test_norms
+
+
+@st.composite
+def gqa_shapes(draw):
+    kv_heads = draw(st.integers(1, 4))
+    group = draw(st.integers(1, 4))
+    head_dim = draw(st.integers(1, 4)) * 2
+    return dict(
+        d_model=draw(st.integers(1, 12)),
+        heads=kv_heads * group,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        bias=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
+        qk_norm_eps=draw(st.one_of(st.none(), st.just(1e-6))),
+        scale=draw(st.one_of(st.none(), st.floats(0.1, 2.0))),
+        rope_interleaved=draw(st.booleans()),
+    )
+
+
+def inputs(d_model: int, batch: int, seq: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, seq, d_model, generator=generator, dtype=torch.float64)
+
+
+def repeat_groups(weight: torch.Tensor, kv_heads: int, group: int) -> torch.Tensor:
+    """[kv_heads * head_dim, ...] -> [kv_heads * group * head_dim, ...]: query head h reads kv head h // group."""
+    per_head = weight.reshape(kv_heads, -1, *weight.shape[1:])
+    return per_head.repeat_interleave(group, dim=0).reshape(-1, *weight.shape[1:])
+
+
+@given(
+    shape=gqa_shapes(),
+    batch=st.integers(1, 2),
+    seq=st.integers(1, 8),
+    mask_kind=st.sampled_from(["causal", "window", "alibi"]),
+    window=st.integers(1, 8),
+    use_rope=st.booleans(),
+    seed=seeds,
+)
+def test_gqa_equals_mha_with_repeated_kv_weights(shape, batch, seq, mask_kind, window, use_rope, seed):
+    """GQA(h, g) == MHA(h) whose K/V projections are each kv group's projection repeated over its query heads.
+
+    g = h is the MHA case (nothing repeated) and g = 1 the MQA case; masks cover SDPA's is_causal fast path, a
+    boolean sliding-window mask and an additive ALiBi mask; RoPE and qk-norm are applied before the grouping.
+    """
+    group = shape["heads"] // shape["kv_heads"]
+    gqa = randomize_(Attention(**shape).double(), seed)
+    mha = Attention(**{**shape, "kv_heads": shape["heads"]}).double()
+    state = dict(gqa.state_dict())
+    for name in ("k.weight", "k.bias", "v.weight", "v.bias"):
+        if name in state:
+            state[name] = repeat_groups(state[name], shape["kv_heads"], group)
+    mha.load_state_dict(state)
+
+    positions = torch.arange(seq)
+    rope = None
+    if use_rope:
+        rotary = RotaryEmbedding(rope_frequencies(shape["head_dim"], 10000.0), interleaved=shape["rope_interleaved"])
+        rope = rotary(positions, seq, torch.float64)
+    mask = None
+    if mask_kind == "window":
+        mask = causal_mask(positions, positions, window)
+    elif mask_kind == "alibi":
+        mask = additive_mask(
+            causal_mask(positions, positions), alibi_bias(alibi_slopes(shape["heads"]), positions), torch.float64
+        )
+    x = inputs(shape["d_model"], batch, seq, seed)
+    torch.testing.assert_close(gqa(x, rope, mask), mha(x, rope, mask), **TOL)
+
+
+@given(
+    heads=st.integers(1, 4),
+    head_dim=st.integers(1, 4),
+    bias=st.lists(st.booleans(), min_size=4, max_size=4),
+    batch=st.integers(1, 2),
+    seq=st.integers(1, 8),
+    seed=seeds,
+)
+def test_mha_equals_torch_multihead_attention(heads, head_dim, bias, batch, seq, seed):
+    """Attention(kv_heads = heads) == torch.nn.MultiheadAttention with the same weights and a causal mask."""
+    d_model = heads * head_dim
+    ours = randomize_(Attention(d_model, heads, heads, head_dim, bias=tuple(bias)).double(), seed)
+    reference = nn.MultiheadAttention(d_model, heads, bias=True, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat((ours.q.weight, ours.k.weight, ours.v.weight)))
+        biases = [
+            p.bias if p.bias is not None else torch.zeros(d_model, dtype=torch.float64)
+            for p in (ours.q, ours.k, ours.v)
+        ]
+        reference.in_proj_bias.copy_(torch.cat(biases))
+        reference.out_proj.weight.copy_(ours.o.weight)
+        reference.out_proj.bias.copy_(ours.o.bias if ours.o.bias is not None else torch.zeros(d_model))
+    x = inputs(d_model, batch, seq, seed)
+    blocked = ~causal_mask(torch.arange(seq), torch.arange(seq))  # True = may NOT attend, torch's convention
+    expected, _ = reference(x, x, x, attn_mask=blocked, need_weights=False)
+    torch.testing.assert_close(ours(x), expected, **TOL)

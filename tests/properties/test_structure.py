@@ -1,0 +1,65 @@
+"""Structure: the YAML round trip is the identity; torch.compile and torch.fx agree with eager."""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.fx
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import archspec
+
+from .strategies import STATIC_SCALINGS, build64, scaled, seeds, spec_dicts, specs, token_ids
+
+
+@given(spec=specs())
+def test_spec_to_yaml_to_spec_is_identity(spec):
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "spec.yaml"
+        path.write_text(text, encoding="utf-8")
+        loaded = archspec.load_spec(path)
+    assert loaded == spec
+    assert loaded.model_dump(mode="json") == spec.model_dump(mode="json")
+
+
+@given(data=spec_dicts())
+def test_validation_is_idempotent(data):
+    """A validated spec is resolved: validating its dump again changes nothing (shorthands, defaults, kv_heads...)."""
+    spec = archspec.spec_from_dict(data)
+    assert archspec.spec_from_dict(spec.model_dump()) == spec
+
+
+@settings(max_examples=scaled(3), deadline=None)
+@given(spec=specs(max_layers=2, min_context=8), seq=st.integers(1, 8), seed=seeds)
+def test_torch_compile_fullgraph_matches_eager(spec, seq, seed):
+    torch._dynamo.reset()
+    model = build64(spec, seed)
+    ids = token_ids(spec.vocab_size, 2, seq, seed)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids).logits, model(ids).logits, rtol=1e-7, atol=1e-9)
+
+
+@settings(max_examples=scaled(10), deadline=None)
+@given(
+    spec=specs(scalings=STATIC_SCALINGS, min_context=12),
+    seqs=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    seed=seeds,
+)
+def test_fx_symbolic_trace_of_no_cache_forward_matches_eager(spec, seqs, seed):
+    """The traced graph is shape-generic: one trace serves every length. (Dynamic NTK RoPE cannot be traced:
+    RotaryEmbedding.forward branches in Python on `seq_len > context_length`, a traced value.)"""
+    model = build64(spec, seed)
+    # every keyword-only argument (cache, labels, prefix masks, embeddings, ...) fixed to None: the plain forward
+    optional = [name for name, p in inspect.signature(model.forward).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    graph = torch.fx.symbolic_trace(model, concrete_args=dict.fromkeys(optional))
+    with torch.no_grad():
+        for seq in seqs:
+            ids = token_ids(spec.vocab_size, 2, seq, seed)
+            torch.testing.assert_close(graph(ids).logits, model(ids).logits, rtol=0, atol=0)
