@@ -413,7 +413,9 @@ class DecoderLM(nn.Module):
         logits = self.lm_head(self.final_norm(x))
         if labels is None:
             return LMOutput(logits=logits)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        # Shift the labels, not the logits (as transformers does): no copy of the [batch, seq, vocab] logits.
+        shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
         return LMOutput(logits=logits, loss=loss)
 
     def _masks(
