@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from archspec.spec.errors import ArchspecError
+from archspec.spec.schema import GATED_ACTIVATIONS
 
 __all__ = ["blocks", "enable_activation_checkpointing", "parallelize", "tp_plan"]
 
@@ -49,37 +50,52 @@ def tp_plan(spec: Any) -> dict[str, Any]:
         # vocabulary rows split; each rank looks up its rows, the partial sums are all-reduced
         "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
     }
-    for prefix in _layer_prefixes(spec):
-        plan[f"{prefix}.attn.q"] = ColwiseParallel()
-        plan[f"{prefix}.attn.k"] = ColwiseParallel()
-        plan[f"{prefix}.attn.v"] = ColwiseParallel()
-        plan[f"{prefix}.attn.o"] = RowwiseParallel()
-        if spec.attention.qk_norm:
-            # per-head norms see [batch, seq, local heads, head_dim]: a DTensor sharded on the head dim, so the
-            # replicated weight's gradient is summed over the ranks' heads (SequenceParallel's mechanics, dim 2)
-            plan[f"{prefix}.attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-            plan[f"{prefix}.attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-        if _gated(spec):
-            plan[f"{prefix}.mlp.gate"] = ColwiseParallel()
-        plan[f"{prefix}.mlp.up"] = ColwiseParallel()
-        plan[f"{prefix}.mlp.down"] = RowwiseParallel()
+    _check_tp_support(spec)
+    for name in ("q", "k", "v"):
+        plan[f"layers.*.attn.{name}"] = ColwiseParallel()
+    if spec.attention.qk_norm:
+        # per-head norms see [batch, seq, local heads, head_dim]: a DTensor sharded on the head dim, so the
+        # replicated weight's gradient is summed over the ranks' heads (SequenceParallel's mechanics, dim 2)
+        plan["layers.*.attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+        plan["layers.*.attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+    plan["layers.*.attn.o"] = RowwiseParallel()
+    gated = spec.mlp.activation in GATED_ACTIVATIONS
+    moe = getattr(spec, "moe", None)
+    for index in range(spec.n_layers) if moe is not None else [None]:
+        layer = "layers.*" if index is None else f"layers.{index}"
+        if index is not None and spec.is_moe_layer(index):
+            # routed experts stay whole on every rank (expert parallelism is another plan); a shared expert is an
+            # ordinary MLP and splits like one
+            if not moe.shared_experts:
+                continue
+            layer += ".mlp.shared"
+        else:
+            layer += ".mlp"
+        if gated:
+            plan[f"{layer}.gate"] = ColwiseParallel()
+        plan[f"{layer}.up"] = ColwiseParallel()
+        plan[f"{layer}.down"] = RowwiseParallel()
     # vocabulary columns split, logits gathered: the loss and generate() see full logits
     plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
     return plan
 
 
-def _layer_prefixes(spec: Any) -> list[str]:
-    return ["layers.*"]
-
-
-def _gated(spec: Any) -> bool:
-    from archspec.spec.schema import GATED_ACTIVATIONS
-
-    return spec.mlp.activation in GATED_ACTIVATIONS
+def _check_tp_support(spec: Any) -> None:
+    if spec.structure == "encoder-decoder" or spec.position.kind == "relative-bias":
+        raise ParallelismError(
+            f"spec '{spec.name}': tensor parallelism does not support structure {spec.structure!r} / position "
+            f"{spec.position.kind!r} yet (its relative-bias table covers all heads); use FSDP (fsdp=True, tp=False)"
+        )
+    if spec.attention.kind == "mla":
+        raise ParallelismError(
+            f"spec '{spec.name}': tensor parallelism does not support attention.kind 'mla' yet (the rope key is "
+            "shared by all heads, so its gradient would need an all-reduce inside the attention); use FSDP"
+        )
 
 
 def check_tp_degree(spec: Any, degree: int) -> None:
     """Raise `ParallelismError` unless the spec's head counts split evenly over `degree` ranks."""
+    _check_tp_support(spec)
     problems = []
     heads, kv_heads = spec.attention.heads, spec.kv_heads
     if heads % degree:
@@ -127,9 +143,15 @@ def parallelize(
         for block in blocks(model):
             block.compile(**options)
     if dp_mesh is not None:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         for block in blocks(model):
+            cross = getattr(block, "cross_attn", None)
+            if cross is not None and hasattr(cross, "project_kv"):
+                # encoder-decoder: the model projects the encoder output to cross-attention K/V outside the block's
+                # forward, so the cross-attention is its own FSDP unit whose project_kv also gathers its weights
+                fully_shard(cross, mesh=dp_mesh)
+                register_fsdp_forward_method(cross, "project_kv")
             fully_shard(block, mesh=dp_mesh)
         fully_shard(model, mesh=dp_mesh)
     return model
