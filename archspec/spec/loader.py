@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,21 @@ Origins = dict[KeyPath, tuple[str, int]]
 
 SHORTHAND_KEYS: tuple[KeyPath, ...] = (("norm",), ("position",), ("block",), ("position", "scaling"))
 """Keys whose value may be a bare `kind` string; expanded before merging so `extends` can override one field."""
+
+
+class SpecYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-5` as the float YAML 1.2 says it is (1.1 wants `1.0e-5`, and would
+    otherwise hand the spec a string)."""
+
+
+SpecYamlLoader.yaml_implicit_resolvers = {
+    key: list(resolvers) for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -153,7 +169,7 @@ def _parse_file(path: Path) -> tuple[dict[str, Any], Origins]:
             ]
         )
     try:
-        loader = yaml.SafeLoader(text)
+        loader = SpecYamlLoader(text)
     except yaml.reader.ReaderError as exc:  # control characters such as NUL
         line = text.count("\n", 0, exc.position) + 1
         raise SpecError(

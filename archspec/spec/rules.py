@@ -62,6 +62,12 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
                 "rotary dims rotate in pairs",
             )
         scaling = position.scaling
+        if getattr(scaling, "kind", None) == "dynamic" and rotary <= 2:
+            problem(
+                "position.scaling",
+                f"dynamic NTK needs more than 2 rotary dims (has {rotary})",
+                "its theta formula has the exponent d / (d - 2)",
+            )
         if isinstance(scaling, Llama3Scaling) and scaling.high_freq_factor <= scaling.low_freq_factor:
             problem(
                 "position.scaling.high_freq_factor",

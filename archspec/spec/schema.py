@@ -31,9 +31,10 @@ def bool_for_all_projections(value: Any) -> Any:
 
 
 class Section(BaseModel):
-    """Base of every spec section: unknown keys are errors, assignments are re-validated."""
+    """Base of every spec section: unknown keys and wrongly typed values are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    # strict: `d_model: true` or `d_model: "8"` are errors, not 1 and 8 (ints still fill float fields).
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------- norms
@@ -166,7 +167,7 @@ RopeScaling = Annotated[LinearScaling | DynamicScaling | Llama3Scaling | YarnSca
 
 class RopeSpec(Section):
     kind: Literal["rope"]
-    theta: float = Field(10000.0, gt=0, description="Base of the rotary frequencies.")
+    theta: float = Field(10000.0, gt=1, description="Base of the rotary frequencies (> 1: frequencies must fall).")
     fraction: float = Field(
         1.0, gt=0, le=1, description="Fraction of each head's dims that rotate (GPT-NeoX 0.25, GLM 0.5)."
     )

@@ -28,8 +28,8 @@ def dense_tiny_specs() -> dict[str, archspec.Spec]:
     signatures: set[str] = set()
     for path in spec_files():
         spec = archspec.load_spec(path)
-        if spec.attention.kind != "mha" or spec.moe is not None or spec.structure != "decoder":
-            continue
+        if spec.attention.kind != "mha" or spec.moe is not None or spec.structure != "decoder" or spec.vision:
+            continue  # MoE/MLA/T5/vision exports are not written yet: see test_unexportable_specs_name_the_field
         tiny = shrink(spec)
         signature = tiny.model_copy(update={"name": "x", "description": ""}).model_dump_json()
         if signature not in signatures:
@@ -79,7 +79,18 @@ def test_transformers_reproduces_an_exported_spec(name, tmp_path):
     assert logit_diff(model, load_transformers(tmp_path), TINY[name].vocab_size) <= TOLERANCE
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+def _one_per_model_type() -> list:
+    """Every config runs; the first of each model type by default, the others under -m slow."""
+    seen: set[str] = set()
+    params = []
+    for name in sorted(CONFIGS):
+        model_type = CONFIGS[name].model_type
+        params.append(name if model_type not in seen else pytest.param(name, marks=pytest.mark.slow))
+        seen.add(model_type)
+    return params
+
+
+@pytest.mark.parametrize("name", _one_per_model_type())
 def test_hf_archspec_hf_round_trip_is_exact(name, tmp_path):
     original = make_reference(CONFIGS[name], tmp_path / "original")
     model = archspec_from(tmp_path / "original")
@@ -138,3 +149,10 @@ def _write_tiny_yaml(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY["gpt2"].model_dump(mode="json"), sort_keys=False))
     return path
+
+
+def test_unexportable_specs_name_the_field():
+    """A spec save_hf cannot write yet fails with an error naming the field that has no counterpart."""
+    llava = shrink(archspec.load_spec(spec_files()[0].parent / "llava-1.5-7b.yaml"))
+    with pytest.raises(ExportError, match="vision.tower"):
+        hf_config(llava)

@@ -80,8 +80,8 @@ def rope_position(draw: st.DrawFn, head_dim: int, scalings: tuple[str, ...] = SC
     }
     if fraction != 1.0 or draw(st.booleans()):
         position["fraction"] = fraction
-    scaling = draw(rope_scaling(scalings))
-    if scaling is not None:
+    scaling = draw(rope_scaling(scalings if rotary > 2 else tuple(k for k in scalings if k != "dynamic")))
+    if scaling is not None:  # dynamic NTK needs more than 2 rotary dims (a spec rule)
         position["scaling"] = scaling
     return position
 

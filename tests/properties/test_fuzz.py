@@ -45,15 +45,9 @@ def test_every_valid_spec_builds_runs_forward_and_backward_with_finite_values(sp
     assert all(p.device.type == "meta" for p in meta.parameters())
 
 
-@pytest.mark.xfail(
-    raises=ZeroDivisionError,
-    strict=False,
-    reason="known bug: dynamic NTK RoPE with 2 rotary dims divides by d - 2 = 0 beyond context_length; the spec "
-    "validates (rules.py should require rotary dims > 2 for dynamic scaling)",
-)
-def test_dynamic_rope_with_two_rotary_dims_beyond_context():
-    """Shrunk by Hypothesis from test_rope: head_dim 4 x fraction 0.5 = 2 rotary dims, dynamic scaling, a sequence
-    one token past context_length. Either validation rejects the spec or the forward pass works."""
+def test_dynamic_rope_with_two_rotary_dims_is_rejected():
+    """Shrunk by Hypothesis from test_rope: head_dim 4 x fraction 0.5 = 2 rotary dims with dynamic scaling divided by
+    d - 2 = 0 one token past context_length. The spec rules now reject it, at the key to change."""
     data = {
         "name": "dyn2",
         "vocab_size": 2,
@@ -64,11 +58,9 @@ def test_dynamic_rope_with_two_rotary_dims_beyond_context():
         "position": {"kind": "rope", "fraction": 0.5, "scaling": {"kind": "dynamic", "factor": 1.0}},
         "mlp": {"activation": "relu", "d_ff": 1},
     }
-    try:
-        spec = archspec.spec_from_dict(data)
-    except archspec.SpecError:
-        return
-    assert torch.isfinite(archspec.build(spec)(torch.zeros(1, 2, dtype=torch.long)).logits).all()
+    with pytest.raises(archspec.SpecError) as error:
+        archspec.spec_from_dict(data)
+    assert [issue.key_path for issue in error.value.issues] == ["position.scaling"]
 
 
 # ------------------------------------------------------------------------------------- broken spec files
