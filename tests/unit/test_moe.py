@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 import archspec
 from archspec.nn.activations import ACTIVATIONS
 from archspec.nn.mlp import MLP
-from archspec.nn.moe import MoE, Experts, Router, grouped_linear, load_balancing_loss, router_z_loss, sequence_balancing_loss
+from archspec.nn.moe import (
+    Experts,
+    MoE,
+    Router,
+    grouped_linear,
+    load_balancing_loss,
+    router_z_loss,
+    sequence_balancing_loss,
+)
 
 
 def _router(**options) -> Router:
