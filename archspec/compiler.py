@@ -90,13 +90,13 @@ def _decoder(spec: Spec) -> DecoderLM:
     position = spec.position
     model_class, vision = (VisionLanguageLM, _vision(spec)) if spec.vision is not None else (DecoderLM, {})
     return model_class(
-        embed=nn.Embedding(spec.vocab_size, spec.d_model),
+        embed=_embedding(spec.vocab_size, spec.d_model),
         layers=[_block(spec, index) for index in range(spec.n_layers)],
         final_norm=nn.Identity() if spec.block.kind in ("post-norm", "deepnorm") else _norm(spec, spec.d_model),
         lm_head=nn.Linear(spec.d_model, spec.vocab_size, bias=False),
         windows=[spec.window_for_layer(index) for index in range(spec.n_layers)],
         context_length=spec.context_length,
-        pos_embed=nn.Embedding(spec.context_length, spec.d_model) if isinstance(position, LearnedPositionSpec) else None,
+        pos_embed=_embedding(spec.context_length, spec.d_model) if isinstance(position, LearnedPositionSpec) else None,
         embed_norm=_norm(spec, spec.d_model) if spec.embeddings.norm else None,
         rotary=_rotary(spec) if isinstance(position, RopeSpec) else None,
         alibi_slopes=alibi_slopes(spec.attention.heads) if isinstance(position, AlibiSpec) else None,
@@ -108,6 +108,12 @@ def _decoder(spec: Spec) -> DecoderLM:
         block_positions=isinstance(position, RopeSpec) and position.block_positions,
         **vision,
     )
+
+
+def _embedding(rows: int, dim: int) -> nn.Embedding:
+    """An embedding without nn.Embedding's own normal_ init: `init_weights` initialises it anyway, and on the meta
+    device that init would import torch._dynamo (seconds of `archspec build` for nothing)."""
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
 
 
 def _router_loss_options(spec: Spec) -> dict[str, Any]:
@@ -285,7 +291,7 @@ def _encoder_decoder(spec: Spec) -> EncoderDecoderLM:
         for _ in range(spec.n_decoder_layers)
     ]
     return EncoderDecoderLM(
-        embed=nn.Embedding(spec.vocab_size, spec.d_model),
+        embed=_embedding(spec.vocab_size, spec.d_model),
         encoder=Stack(encoder_layers, bias(bidirectional=True), norm()),
         decoder=Stack(decoder_layers, bias(bidirectional=False), norm()),
         lm_head=nn.Linear(spec.d_model, spec.vocab_size, bias=False),
