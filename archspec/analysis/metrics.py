@@ -260,7 +260,7 @@ ANALYSED_FIELDS = frozenset(
 
 def check_supported(spec: Spec) -> None:
     """Raise AnalysisError for specs whose figures these formulas would get wrong."""
-    if spec.structure not in ("decoder", "encoder-decoder"):
+    if spec.structure not in ("decoder", "encoder-decoder", "glm"):  # glm: a decoder (causal-count FLOPs)
         raise AnalysisError(f"{spec.name}: analysis of structure {spec.structure!r} is not implemented yet")
     if spec.attention.kind not in ("mha", "mla"):
         raise AnalysisError(f"{spec.name}: analysis of attention kind {spec.attention.kind!r} is not implemented yet")
@@ -305,7 +305,7 @@ def param_counts(spec: Spec) -> ParamCounts:
         embedding_norm=norm_params(spec, d) if spec.embeddings.norm else 0,
         layers=tuple(layer_params(spec, index) for index in range(spec.n_layers)),
         vision=vision_params(spec),
-        final_norm=0 if spec.block.kind == "post-norm" else norm_params(spec, d),
+        final_norm=0 if spec.block.kind in ("post-norm", "deepnorm") else norm_params(spec, d),
     )
 
 

@@ -74,7 +74,8 @@ def tiny_spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
             st.sampled_from([f for f in (1.0, 0.5, 0.25) if int(head_dim * f) % 2 == 0 and int(head_dim * f) > 0])
         )
         position["pairing"] = draw(st.sampled_from(["half", "interleaved"]))
-        position["scaling"] = draw(st.sampled_from(SCALINGS))
+        rotary = int(head_dim * position["fraction"])  # dynamic NTK needs more than 2 rotary dims (a spec rule)
+        position["scaling"] = draw(st.sampled_from([x for x in SCALINGS if rotary > 2 or not x or x["kind"] != "dynamic"]))
     block: dict[str, Any] = {"kind": draw(st.sampled_from(BLOCK_KINDS))}
     if block["kind"] == "parallel":
         block["parallel_norms"] = draw(st.sampled_from([1, 2]))

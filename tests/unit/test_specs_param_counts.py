@@ -207,6 +207,56 @@ def deepseek_moe_16b_by_hand() -> int:
     return 2 * vocab * d + layers * (attention + norms) + dense_mlp + (layers - 1) * moe_mlp + d
 
 
+def t5_small() -> transformers.PretrainedConfig:  # google-t5/t5-small
+    return transformers.T5Config(
+        vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8,
+        relative_attention_num_buckets=32, feed_forward_proj="relu", layer_norm_epsilon=1e-6,
+    )  # fmt: skip
+
+
+def t5_base() -> transformers.PretrainedConfig:  # google-t5/t5-base
+    return transformers.T5Config(
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_decoder_layers=12, num_heads=12,
+        relative_attention_num_buckets=32, feed_forward_proj="relu", layer_norm_epsilon=1e-6,
+    )  # fmt: skip
+
+
+def t5_v1_1_base() -> transformers.PretrainedConfig:  # google/t5-v1_1-base
+    return transformers.T5Config(
+        vocab_size=32128, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12,
+        relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def flan_t5_xl() -> transformers.PretrainedConfig:  # google/flan-t5-xl
+    return transformers.T5Config(
+        vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_decoder_layers=24, num_heads=32,
+        relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", layer_norm_epsilon=1e-6,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def glm_by_hand(vocab: int, d: int, layers: int, d_ff: int, gated: bool) -> int:
+    """A GLM / ChatGLM-6B / GLM-130B stack, term by term: word embedding (tied output layer); per layer a fused
+    query_key_value [3d, d] + bias, dense [d, d] + bias, dense_h_to_4h [(2 if GeGLU else 1) d_ff, d] + bias,
+    dense_4h_to_h [d, d_ff] + bias, two LayerNorms (weight + bias); a final LayerNorm."""
+    attention = 3 * d * d + 3 * d + d * d + d
+    up = (2 if gated else 1) * d_ff
+    mlp = up * d + up + d_ff * d + d
+    return vocab * d + layers * (attention + mlp + 2 * 2 * d) + 2 * d
+
+
+def chatglm_6b_by_hand() -> int:
+    """THUDM/chatglm-6b (no transformers class): hidden 4096, 28 layers, inner 16384 GELU MLP, vocab 130528."""
+    return glm_by_hand(vocab=130528, d=4096, layers=28, d_ff=16384, gated=False)
+
+
+def glm_130b_by_hand() -> int:
+    """GLM-130B (Zeng et al. 2022): hidden 12288, 70 layers, GeGLU of 32768, vocab 150528."""
+    return glm_by_hand(vocab=150528, d=12288, layers=70, d_ff=32768, gated=True)
+
+
 def llava_1_5_7b() -> transformers.PretrainedConfig:  # llava-hf/llava-1.5-7b-hf
     vision = transformers.CLIPVisionConfig(
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336,
@@ -232,8 +282,12 @@ def vlm_pooled_example_by_hand() -> int:
     return 2 * vocab * d + layers * block + d + projector
 
 
-BY_HAND: dict[str, Callable[[], int]] = {"deepseek-moe-16b.yaml": deepseek_moe_16b_by_hand,
-                                   "vlm-pooled-example.yaml": vlm_pooled_example_by_hand}
+BY_HAND: dict[str, Callable[[], int]] = {
+    "deepseek-moe-16b.yaml": deepseek_moe_16b_by_hand,
+    "vlm-pooled-example.yaml": vlm_pooled_example_by_hand,
+    "chatglm-6b.yaml": chatglm_6b_by_hand,
+    "glm-130b.yaml": glm_130b_by_hand,
+}
 
 
 REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
@@ -259,6 +313,10 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "deepseek-v2-lite.yaml": deepseek_v2_lite,
     "deepseek-v3.yaml": deepseek_v3,
     "llava-1.5-7b.yaml": llava_1_5_7b,
+    "t5-small.yaml": t5_small,
+    "t5-base.yaml": t5_base,
+    "t5-v1_1-base.yaml": t5_v1_1_base,
+    "flan-t5-xl.yaml": flan_t5_xl,
 }
 
 
@@ -277,6 +335,13 @@ def head_is_tied(model: nn.Module) -> bool:
 
 def reference_model(config: transformers.PretrainedConfig) -> nn.Module:
     with torch.device("meta"):
+        if isinstance(config, transformers.T5Config):
+            model = transformers.T5ForConditionalGeneration(config)
+            if not config.scale_decoder_outputs:
+                # transformers 5.x ties lm_head to `shared` for every T5 built from a config; a v1.1 checkpoint
+                # (tie_word_embeddings=False, hence no output scaling) loads with its own lm_head.
+                model.lm_head.weight = nn.Parameter(torch.empty_like(model.lm_head.weight))
+            return model
         if isinstance(config, transformers.LlavaConfig):  # an image-text-to-text model, not AutoModelForCausalLM
             return transformers.LlavaForConditionalGeneration(config)
         return transformers.AutoModelForCausalLM.from_config(config)
@@ -318,3 +383,9 @@ def test_parameter_count_equals_the_count_by_hand(filename: str) -> None:
 
 def test_deepseek_moe_16b_is_the_published_size() -> None:
     assert round(deepseek_moe_16b_by_hand() / 1e9, 1) == 16.4
+
+
+def test_glm_sizes_are_the_published_ones() -> None:
+    """ChatGLM-6B's README says 6.2B parameters; GLM-130B's paper says 130B (two significant figures)."""
+    assert round(chatglm_6b_by_hand() / 1e9, 1) == 6.2
+    assert round(glm_130b_by_hand() / 1e10) * 10 == 130
