@@ -270,6 +270,16 @@ def hf_config(spec: Spec, model_type: str | None = None) -> dict[str, Any]:
         raise ExportError(
             f"model_type {model_type!r} cannot be exported; exportable: {', '.join(EXPORTABLE_MODEL_TYPES)}"
         )
+    for field, value in (
+        ("structure", spec.structure if spec.structure != "decoder" else None),
+        ("attention.kind", spec.attention.kind if spec.attention.kind != "mha" else None),
+        ("moe", "a mixture of experts" if spec.moe is not None else None),
+    ):
+        if value is not None:
+            raise ExportError(
+                f"spec '{spec.name}': {field} = {value!r} has no counterpart in the model types save_hf writes "
+                f"({', '.join(EXPORTABLE_MODEL_TYPES)}); encoder-decoder, MLA and MoE export are not written yet"
+            )
     misses: list[tuple[int, str, list[str]]] = []
     for candidate in candidates:
         try:
@@ -278,7 +288,7 @@ def hf_config(spec: Spec, model_type: str | None = None) -> dict[str, Any]:
         except _NoCounterpart as miss:  # ranked after families that got as far as the round trip
             misses.append((100, candidate, [miss.field]))
             continue
-        except (UnsupportedConfigError, ArchspecError) as exc:
+        except (UnsupportedConfigError, ArchspecError, AttributeError, TypeError, ValueError) as exc:
             misses.append((1000, candidate, [str(exc)]))
             continue
         differences = _differences(spec, back)

@@ -156,3 +156,15 @@ def test_unexportable_specs_name_the_field():
     llava = shrink(archspec.load_spec(spec_files()[0].parent / "llava-1.5-7b.yaml"))
     with pytest.raises(ExportError, match="vision.tower"):
         hf_config(llava)
+
+
+@pytest.mark.parametrize(
+    ("spec_file", "field"),
+    [("mixtral-8x7b", "moe"), ("deepseek-v3", "attention.kind = 'mla'"), ("t5-base", "structure = 'encoder-decoder'")],
+)
+def test_families_not_exported_yet_name_the_section(spec_file, field):
+    path = spec_files()[0].parent / f"{spec_file}.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path.name} is not in specs/")
+    with pytest.raises(ExportError, match=f"{field}.*has no counterpart"):
+        hf_config(shrink(archspec.load_spec(path)))
