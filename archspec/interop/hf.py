@@ -655,7 +655,10 @@ def archspec_sources(model_type: str, spec: Spec, archspec_keys: list[str]) -> d
 
 
 class CheckpointReader:
-    """Tensors of a checkpoint directory: model.safetensors, or shards listed in model.safetensors.index.json."""
+    """Tensors of a checkpoint directory: model.safetensors, or shards listed in model.safetensors.index.json.
+
+    Shapes come from the safetensors headers, so a checkpoint is checked against a model before any data is read.
+    """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -672,22 +675,60 @@ class CheckpointReader:
                 self.files = {name: single for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         else:
             raise WeightLoadError(f"{self.directory}: no model.safetensors or model.safetensors.index.json")
-        self._cache: dict[str, torch.Tensor] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
 
     def names(self) -> set[str]:
         return set(self.files)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        if not self._shapes:
+            for file in sorted(set(self.files.values())):
+                with safe_open(str(file), "pt") as handle:
+                    for key in handle.keys():  # noqa: SIM118
+                        self._shapes[key] = tuple(handle.get_slice(key).get_shape())
+        return self._shapes[name]
+
     def get(self, name: str) -> torch.Tensor:
-        if name not in self._cache:
-            with safe_open(str(self.files[name]), "pt") as handle:
-                self._cache[name] = handle.get_tensor(name)
-        return self._cache[name]
+        with safe_open(str(self.files[name]), "pt") as handle:
+            return handle.get_tensor(name)
+
+
+@dataclass
+class _Planned:
+    """One archspec tensor's checkpoint source, resolved to checkpoint names."""
+
+    key: str
+    source: Source
+    names: list[str]
+
+    def shape(self, reader: CheckpointReader) -> tuple[int, ...]:
+        """The shape this source yields, computed on the meta device from the header shapes alone."""
+        shapes = [reader.shape(name) for name in self.names]
+        if self.source.stack:
+            tensor = torch.empty((len(shapes), *shapes[0]), device="meta")
+        else:
+            tensor = torch.empty(shapes[0], device="meta")
+        return tuple(self._transform(tensor).shape)
+
+    def load(self, read: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        if self.source.stack:
+            return self._transform(torch.stack([read(name) for name in self.names]))
+        return self._transform(read(self.names[0]))
+
+    def _transform(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.source.split is not None:
+            tensor = self.source.split(tensor)
+        return tensor.t() if self.source.transpose else tensor
 
 
 def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | None = None) -> nn.Module:
-    """Load a Hugging Face checkpoint into a model built by `archspec.build`. Strict: every model tensor must be
-    found with the right shape and every checkpoint tensor used, else `WeightLoadError` names them all and the
-    model is left untouched. Works on a meta-device model too (tensors are then assigned, not copied).
+    """Load a Hugging Face checkpoint into a model built by `archspec.build`.
+
+    Strict: every model tensor must be found with the right shape and every checkpoint tensor used, else
+    `WeightLoadError` names them all. Shapes are checked from the safetensors headers *before* anything is read or
+    written, so a checkpoint that does not fit leaves the model untouched. Data is then streamed shard by shard
+    (peak memory: the model plus about one shard), with a progress bar for multi-shard checkpoints. Works on a
+    meta-device model too (tensors are then assigned, not copied).
     """
     spec: Spec | None = getattr(model, "spec", None)
     if spec is None:
@@ -703,7 +744,7 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
     sources = archspec_sources(model_type, spec, wanted)  # type: ignore[arg-type]
     available = reader.names()
 
-    tensors: dict[str, torch.Tensor] = {}
+    plan: list[_Planned] = []
     used: set[str] = set()
     missing, mismatched = [], []
     for key in wanted:
@@ -712,21 +753,13 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
         if source is None or found is None:
             missing.append(f"{key} (from {source.name if source else '?'})")
             continue
-        source, hf_names = found
-        hf_name = hf_names[0]
-        used.update(hf_names)
-        if source.stack:
-            tensor = torch.stack([reader.get(name) for name in hf_names])
-        else:
-            tensor = reader.get(hf_name)
-        if source.split is not None:
-            tensor = source.split(tensor)
-        if source.transpose:
-            tensor = tensor.t()
-        if tensor.shape != expected[key].shape:
-            mismatched.append(f"{key}: checkpoint {hf_name} gives {tuple(tensor.shape)}, model has {tuple(expected[key].shape)}")
+        planned = _Planned(key, *found)
+        used.update(planned.names)
+        shape = planned.shape(reader)
+        if shape != tuple(expected[key].shape):
+            mismatched.append(f"{key}: checkpoint {planned.names[0]} gives {shape}, model has {tuple(expected[key].shape)}")
             continue
-        tensors[key] = tensor.to(expected[key].dtype).contiguous()
+        plan.append(planned)
     if tied:
         head = _resolve(names.top["lm_head"] + ".weight", available, names.aliases)
         if head is not None:
@@ -746,14 +779,55 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
         raise WeightLoadError(f"{directory}: checkpoint does not fit the spec '{spec.name}': " + " | ".join(problems))
 
     on_meta = any(t.is_meta for t in expected.values())
-    model.load_state_dict(tensors, strict=not tied, assign=on_meta)
+    _stream(model, plan, reader, expected, assign=on_meta)
     if on_meta:
         from archspec.compiler import materialize_buffers
 
-        materialize_buffers(model, device=next(iter(tensors.values())).device)
+        materialize_buffers(model, device="cpu")
     if tied:
         model.lm_head.weight = model.embed.weight  # type: ignore[union-attr]
     return model
+
+
+def _stream(
+    model: nn.Module, plan: list[_Planned], reader: CheckpointReader, expected: dict[str, torch.Tensor], assign: bool
+) -> None:
+    """Copy (or assign) every planned tensor, one checkpoint file at a time; only that file's tensors are held."""
+    from rich.progress import Progress
+
+    by_file = sorted(plan, key=lambda p: str(reader.files[p.names[0]]))
+    files = sorted({str(reader.files[p.names[0]]) for p in plan})
+    held: dict[str, torch.Tensor] = {}
+    current = None
+    with Progress(transient=True, disable=len(files) < 2) as progress:
+        task = progress.add_task(f"loading {len(files)} shards", total=len(by_file))
+        for planned in by_file:
+            file = str(reader.files[planned.names[0]])
+            if file != current:
+                held.clear()  # a fused tensor is reused by q, k and v: keep only the current file's
+                current = file
+
+            def read(name: str) -> torch.Tensor:
+                if name not in held:
+                    held[name] = reader.get(name)
+                return held[name]
+
+            target = expected[planned.key]
+            _put(model, planned.key, planned.load(read).to(target.dtype).contiguous(), assign)
+            progress.advance(task)
+
+
+def _put(model: nn.Module, key: str, tensor: torch.Tensor, assign: bool) -> None:
+    module_name, _, attr = key.rpartition(".")
+    module = model.get_submodule(module_name)
+    old = getattr(module, attr)
+    if not assign:
+        with torch.no_grad():
+            old.copy_(tensor)
+    elif isinstance(old, nn.Parameter):
+        setattr(module, attr, nn.Parameter(tensor, requires_grad=old.requires_grad))
+    else:
+        module._buffers[attr] = tensor
 
 
 def _find(source: Source | None, available: set[str], aliases: dict[str, str]) -> tuple[Source, list[str]] | None:
