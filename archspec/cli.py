@@ -301,6 +301,23 @@ def import_hf(
     out.print(f"wrote {output}", markup=False)
 
 
+# -------------------------------------------------------------------------------------------- export-hf
+@app.command("export-hf")
+@user_errors
+def export_hf(
+    source: Path = typer.Argument(
+        ..., metavar="SPEC|DIR", help="A spec file, or a training run directory (spec.yaml + checkpoints)."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", metavar="OUT_DIR", help="Where to write the HF model."),
+) -> None:
+    """Write config.json + model.safetensors that transformers' from_pretrained loads (sharded when large)."""
+    from archspec.interop.hf_export import export_hf as export
+
+    if not source.exists():
+        fail(f"error: {source}: no such file or directory")
+    out.print(f"wrote {export(source, output)}", markup=False)
+
+
 def spec_to_yaml(spec: Spec) -> str:
     """A spec as YAML that `load_spec` reads back to an equal `Spec`.
 

@@ -435,14 +435,18 @@ def export_hf(
     from archspec.compiler import build
     from archspec.spec.loader import load_spec
 
+    def checked_build(spec: Spec) -> nn.Module:
+        hf_config(spec, model_type)  # refuse before allocating: a spec without counterpart may be 671B parameters
+        return build(spec)
+
     if isinstance(spec_or_dir, Spec):
-        return save_hf(build(spec_or_dir), out, model_type=model_type, **options)
+        return save_hf(checked_build(spec_or_dir), out, model_type=model_type, **options)
     path = Path(spec_or_dir)
     if not path.is_dir():
-        return save_hf(build(load_spec(path)), out, model_type=model_type, **options)
+        return save_hf(checked_build(load_spec(path)), out, model_type=model_type, **options)
     if not (path / "spec.yaml").is_file():
         raise ExportError(f"{path}: no spec.yaml here (expected a directory written by examples/train.py)")
-    model = build(load_spec(path / "spec.yaml"))
+    model = checked_build(load_spec(path / "spec.yaml"))
     steps = sorted((p for p in path.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[-1]))
     if steps:
         import torch.distributed.checkpoint as dcp
