@@ -300,6 +300,8 @@ def _encoder_decoder(spec: Spec) -> EncoderDecoderLM:
         decoder_start=spec.tokens.decoder_start,
         head_scale=spec.d_model**-0.5 if spec.embeddings.scale_head else None,
         tied=spec.embeddings.tied,
+        eos_token_id=spec.tokens.eos,
+        pad_token_id=spec.tokens.pad,
     )
 
 

@@ -5,8 +5,8 @@
 | bloom-176b | 70 | 14336 | MHA, 112 heads / 112 kv, head_dim 128, bias q/k/v/o | alibi | layernorm, eps 1e-05 | pre-norm | gelu-tanh, d_ff 57344, bias | tied, norm |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Bloom176b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Bloom176b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Bloom176b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("bloom_176b.pt"))

@@ -5,8 +5,8 @@
 | bloom-560m | 24 | 1024 | MHA, 16 heads / 16 kv, head_dim 64, bias q/k/v/o | alibi | layernorm, eps 1e-05 | pre-norm | gelu-tanh, d_ff 4096, bias | tied, norm |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Bloom560m` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Bloom560m` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Bloom560m()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("bloom_560m.pt"))

@@ -5,8 +5,8 @@
 | falcon-7b | 32 | 4544 | MQA, 71 heads / 1 kv, head_dim 64 | rope, theta 10000.0 | layernorm, eps 1e-05 | parallel, 1 norm | gelu, d_ff 18176 | tied |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Falcon7b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Falcon7b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Falcon7b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("falcon_7b.pt"))

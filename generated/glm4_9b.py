@@ -5,8 +5,8 @@
 | glm4-9b | 40 | 4096 | GQA, 32 heads / 2 kv, head_dim 128, bias q/k/v | rope, theta 10000.0, 64 of 128 dims, interleaved | rmsnorm, eps 1e-05 | sandwich | swiglu, d_ff 13696 | untied |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Glm4_9b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Glm4_9b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Glm4_9b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("glm4_9b.pt"))

@@ -5,8 +5,8 @@
 | gpt2 | 12 | 768 | MHA, 12 heads / 12 kv, head_dim 64, bias q/k/v/o | learned | layernorm, eps 1e-05 | pre-norm | gelu-tanh, d_ff 3072, bias | tied |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Gpt2` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Gpt2` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Gpt2()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("gpt2.pt"))

@@ -5,8 +5,8 @@
 | gpt-neox-20b | 44 | 6144 | MHA, 64 heads / 64 kv, head_dim 96, bias q/k/v/o | rope, theta 10000.0, 24 of 96 dims | layernorm, eps 1e-05 | parallel, 2 norms | gelu-tanh, d_ff 24576, bias | untied |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `GptNeox20b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `GptNeox20b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = GptNeox20b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("gpt_neox_20b.pt"))

@@ -5,8 +5,8 @@
 | llama3-8b | 32 | 4096 | GQA, 32 heads / 8 kv, head_dim 128 | rope, theta 500000.0 | rmsnorm, eps 1e-05 | pre-norm | swiglu, d_ff 14336 | untied |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Llama3_8b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Llama3_8b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Llama3_8b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("llama3_8b.pt"))

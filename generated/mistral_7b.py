@@ -5,8 +5,8 @@
 | mistral-7b | 32 | 4096 | GQA, 32 heads / 8 kv, head_dim 128, window 4096 | rope, theta 10000.0 | rmsnorm, eps 1e-05 | pre-norm | swiglu, d_ff 14336 | untied |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Mistral7b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Mistral7b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Mistral7b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("mistral_7b.pt"))

@@ -5,8 +5,8 @@
 | mixtral-8x22b | 56 | 6144 | GQA, 48 heads / 8 kv, head_dim 128 | rope, theta 1000000.0 | rmsnorm, eps 1e-05 | pre-norm | swiglu, d_ff 16384 | untied | 8 experts top-2, d_ff 16384, softmax, renormalised |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Mixtral8x22b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Mixtral8x22b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Mixtral8x22b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("mixtral_8x22b.pt"))
@@ -449,9 +449,7 @@ def _(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Ten
 
 
 @torch.library.custom_op("mixtral_8x22b_ops::grouped_linear_weight_grad", mutates_args=())
-def grouped_linear_weight_grad(
-    grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, experts: int
-) -> torch.Tensor:
+def grouped_linear_weight_grad(grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, experts: int) -> torch.Tensor:
     """d(loss)/d(weight[e]) = grad[block e].T @ x[block e]."""
     out = grad.new_zeros(experts, grad.shape[1], x.shape[1])
     start = 0
@@ -535,9 +533,7 @@ class Router(nn.Module):
 class Experts(nn.Module):
     """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate, up, down."""
 
-    def __init__(
-        self, experts: int, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool
-    ) -> None:
+    def __init__(self, experts: int, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool) -> None:
         super().__init__()
         self.activation = activation
         self.gate = nn.Parameter(torch.empty(experts, d_ff, d_model)) if gated else None
@@ -561,14 +557,7 @@ class MoE(nn.Module):
     model when it computes the training loss).
     """
 
-    def __init__(
-        self,
-        router: Router,
-        experts: Experts,
-        shared: nn.Module | None = None,
-        shared_gate: nn.Linear | None = None,
-        jitter: float = 0.0,
-    ) -> None:
+    def __init__(self, router: Router, experts: Experts, shared: nn.Module | None = None, shared_gate: nn.Linear | None = None, jitter: float = 0.0) -> None:
         super().__init__()
         self.router, self.experts = router, experts
         self.shared, self.shared_gate = shared, shared_gate
@@ -586,9 +575,7 @@ class MoE(nn.Module):
         top_k = selected.shape[1]
         flat = selected.flatten()
         order = flat.argsort(stable=True)
-        counts = torch.zeros(self.router.experts, dtype=torch.long, device=x.device).scatter_add_(
-            0, flat, torch.ones_like(flat)
-        )
+        counts = torch.zeros(self.router.experts, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
         token_of_row = order // top_k
         rows = self.experts(x[token_of_row], counts.cumsum(0))
         rows = rows * weights.flatten()[order, None].to(rows.dtype)
@@ -613,9 +600,7 @@ def load_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor]
     return experts * (fraction * probs.mean(dim=0)).sum()
 
 
-def sequence_balancing_loss(
-    logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int, batch: int, scoring: str
-) -> torch.Tensor:
+def sequence_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int, batch: int, scoring: str) -> torch.Tensor:
     """DeepSeek-V3's complementary sequence-wise balance loss, averaged over layers and sequences:
     sum_e f_e * P_e with f_e = E / (k T) * #selections of e in the sequence and P_e = mean_t of the normalised scores.
     """

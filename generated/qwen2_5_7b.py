@@ -5,8 +5,8 @@
 | qwen2.5-7b | 28 | 3584 | GQA, 28 heads / 4 kv, head_dim 128, bias q/k/v | rope, theta 1000000.0 | rmsnorm, eps 1e-06 | pre-norm | swiglu, d_ff 18944 | untied |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Qwen2_5_7b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Qwen2_5_7b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Qwen2_5_7b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("qwen2_5_7b.pt"))

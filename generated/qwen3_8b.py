@@ -5,8 +5,8 @@
 | qwen3-8b | 36 | 4096 | GQA, 32 heads / 8 kv, head_dim 128, qk-norm | rope, theta 1000000.0 | rmsnorm, eps 1e-06 | pre-norm | swiglu, d_ff 12288 | untied |
 
 Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
-this spec uses); `make_block` and `Qwen3_8b` wire them as `archspec.build(spec)` does, so state-dict names
-and numerics are the same as the archspec model's:
+this spec uses); the glue at the end wires them into `Qwen3_8b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
 
     model = Qwen3_8b()  # random weights; then load a state dict saved from archspec.build(spec):
     model.load_state_dict(torch.load("qwen3_8b.pt"))

@@ -36,8 +36,10 @@ from archspec.spec.schema import (
     LinearScaling,
     Llama3Scaling,
     NoPositionSpec,
+    RelativeBiasSpec,
     RopeSpec,
     Spec,
+    ViTSpec,
     YarnScaling,
 )
 
@@ -85,7 +87,17 @@ def class_name(name: str) -> str:
 @cache
 def _file_names() -> frozenset[str]:
     lib = library()
-    return frozenset(lib.definitions) | frozenset(lib.imports) | {"CONFIG", "Model", "make_block", "make_moe"}
+    return (
+        frozenset(lib.definitions)
+        | frozenset(lib.imports)
+        | {"CONFIG", "Model", "make_block", "make_moe"}
+        | {
+            "make_encoder_block",
+            "make_decoder_block",
+            "make_vision_block",
+            "make_vision_tower",
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------- the file
@@ -95,9 +107,9 @@ def emit_source(spec: Spec) -> str:
     reason = unsupported(spec)
     if reason is not None:
         raise NotImplementedError(f"emit_source cannot emit {spec.name!r} yet: {reason}")
-    context = _context(spec)
+    context = _encoder_decoder_context(spec) if spec.structure == "encoder-decoder" else _context(spec)
     environment = _environment()
-    glue = environment.get_template("glue.py.j2").render(context)
+    glue = environment.get_template(context["glue_template"]).render(context)
     selection = select(glue, _features(spec), op_namespace=op_namespace(spec.name))
     leftover = [source for _, source in selection.sources if rename_ops(source, "x") != source]
     if leftover:  # every custom op must have moved to the file's namespace (see components.rename_ops)
@@ -141,39 +153,67 @@ def op_namespace(name: str) -> str:
 
 
 def unsupported(spec: Spec) -> str | None:
-    """Why the emitter cannot write this spec's model yet (None when it can): the glue covers decoders (dense,
-    MoE, MLA)."""
+    """Why the emitter cannot write this spec's model (None when it can). The glue covers every structure the
+    compiler builds: decoders (dense, MoE, MLA, every block kind, vision), GLM prefix LMs and T5 encoder-decoders.
+
+    What is refused is what `archspec.compiler` would not build as the spec says: an encoder-decoder spec with
+    options that only its decoder-only wiring reads (the compiler's T5 stacks have dense MLPs, MHA/GQA attention
+    and no embedding norm), so an emitted file could only copy the compiler in dropping them.
+    """
     position = spec.position
+    encoder_decoder = spec.structure == "encoder-decoder"
     checks = [
-        (spec.structure != "decoder", f"structure {spec.structure!r}"),
+        (spec.structure not in ("decoder", "encoder-decoder", "glm"), f"structure {spec.structure!r}"),
         (spec.attention.kind not in ("mha", "mla"), f"attention kind {spec.attention.kind!r}"),
         (spec.attention.kind == "mla" and not isinstance(position, RopeSpec), "mla without rope"),
-        (getattr(spec, "n_decoder_layers", None) is not None, "n_decoder_layers"),
-        (not isinstance(position, RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec), "position kind"),
-        (isinstance(position, RopeSpec) and getattr(position, "block_positions", False), "rope block_positions"),
-        (spec.block.kind not in ("pre-norm", "post-norm", "parallel", "sandwich"), f"block kind {spec.block.kind!r}"),
+        (encoder_decoder and spec.attention.kind != "mha", "encoder-decoder with mla attention (T5 stacks are MHA)"),
+        (encoder_decoder and spec.moe is not None, "encoder-decoder with moe (archspec builds dense T5 MLPs)"),
+        (encoder_decoder and spec.embeddings.norm, "encoder-decoder with embeddings.norm (T5 has none)"),
+        (encoder_decoder and spec.vision is not None, "encoder-decoder with vision"),
+        (encoder_decoder and not isinstance(position, RelativeBiasSpec), "encoder-decoder without relative-bias"),
+        (not encoder_decoder and spec.n_decoder_layers is not None, "n_decoder_layers outside encoder-decoder"),
+        (not encoder_decoder and isinstance(position, RelativeBiasSpec), "relative-bias outside encoder-decoder"),
+        (
+            not isinstance(position, RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec | RelativeBiasSpec),
+            f"position kind {position.kind!r}",
+        ),
+        (
+            isinstance(position, RopeSpec) and position.block_positions and spec.structure != "glm",
+            "rope block_positions outside structure glm",
+        ),
+        (spec.block.kind not in BLOCK_KINDS, f"block kind {spec.block.kind!r}"),
     ]
     failed = next((reason for failed, reason in checks if failed), None)
     return failed or _unhandled_field(spec)
 
 
+BLOCK_KINDS = ("pre-norm", "post-norm", "parallel", "sandwich", "deepnorm")
+
+
 HANDLED: dict[str, set[str] | None] = {
-    "": {"name", "description", "structure", "vocab_size", "d_model", "n_layers", "context_length"}
-    | {"attention", "position", "norm", "block", "mlp", "embeddings", "tokens", "moe"},
+    "": {"name", "description", "structure", "vocab_size", "d_model", "n_layers", "n_decoder_layers"}
+    | {"context_length", "attention", "position", "norm", "block", "mlp", "embeddings", "tokens", "moe", "vision"},
     "attention": {"kind", "heads", "kv_heads", "head_dim", "bias", "qk_norm", "window", "window_layers", "scale"}
     | {"q_rank", "kv_rank", "nope_dim", "rope_dim", "v_dim", "latent_norm_eps"},  # mla
-    "position": {"kind", "theta", "fraction", "pairing", "scaling"},
+    "position": {"kind", "theta", "fraction", "pairing", "scaling", "block_positions"}  # rope
+    | {"buckets", "max_distance"},  # relative-bias
     "position.scaling": None,  # every field of the four scaling kinds is passed to the frequency functions
     "attention.bias": None,
     "norm": {"kind", "eps", "bias"},
-    "block": {"kind", "parallel_norms", "residual_from_norm"},
+    "block": {"kind", "parallel_norms", "residual_from_norm", "alpha", "beta"},  # beta: init only, in CONFIG
     "mlp": {"activation", "d_ff", "bias"},
-    "embeddings": {"tied", "norm"},
+    "embeddings": {"tied", "norm", "scale_head"},
     "moe": {"experts", "top_k", "d_ff", "shared_experts", "shared_d_ff", "shared_gate", "dense_layers", "layers"}
     | {"router"},
     "moe.router": {"scoring", "renormalize", "scale", "groups", "top_groups", "group_score", "correction_bias"}
     | {"jitter", "aux_loss", "aux_loss_coef", "z_loss_coef"},
-    "tokens": None,  # token ids change no weights or logits (eos/pad only set generate()'s defaults)
+    "tokens": None,  # token ids change no weights or logits (eos/pad set generate()'s defaults, decoder_start T5's)
+    "vision": {"tower", "feature_layer", "feature_select", "projector", "pooling", "image_token", "tokens_per_image"},
+    "vision.tower": {"kind", "image_size", "patch_size", "channels", "width", "depth", "heads", "d_ff", "activation"}
+    | {"norm_eps", "bias", "patch_bias", "class_token", "pre_norm", "post_norm"}  # vit
+    | {"patches"},  # external
+    "vision.projector": {"kind", "depth", "activation", "bias"},
+    "vision.pooling": {"kind", "tokens"},
 }
 """Fields the glue reads, per section. Any other field (added to the schema later) must keep its default, or
 `unsupported` names it: a new option can never be silently dropped from an emitted file."""
@@ -221,6 +261,12 @@ def _features(spec: Spec) -> frozenset[str]:
         features.add("qk_norm")
     if getattr(spec, "moe", None) is not None:
         features.add("moe")
+    if spec.structure == "glm":
+        features.add("prefix_lm")
+        if isinstance(position, RopeSpec) and position.block_positions:
+            features.add("block_positions")
+    if spec.vision is not None:
+        features.add("vision")
     return frozenset(features)
 
 
@@ -230,22 +276,10 @@ def _context(spec: Spec) -> dict[str, Any]:
     attn, position, block = spec.attention, spec.position, spec.block
     d, n_layers = spec.d_model, spec.n_layers
     norm = _norm(spec, d)
-    interleaved = isinstance(position, RopeSpec) and position.pairing == "interleaved"
-
     if isinstance(attn, LatentAttentionSpec):
         attention_class, attention_args = "LatentAttention", _latent_attention_args(spec)
     else:
-        attention_class = "Attention"
-        attention_args = [
-            ("d_model", py_literal(d)),
-            ("heads", py_literal(attn.heads)),
-            ("kv_heads", py_literal(spec.kv_heads)),
-            ("head_dim", py_literal(spec.head_dim)),
-            ("bias", py_literal((attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o))),
-            ("qk_norm_eps", py_literal(spec.norm.eps if attn.qk_norm else None)),
-            ("scale", py_literal(attn.scale)),
-            ("rope_interleaved", py_literal(interleaved)),
-        ]
+        attention_class, attention_args = "Attention", _attention_args(spec)
     mlp_args = _mlp_args(spec, spec.mlp.d_ff, spec.mlp.bias)
     moe_layers = [index for index in range(n_layers) if spec.is_moe_layer(index)]
     if not moe_layers:
@@ -268,6 +302,12 @@ def _context(spec: Spec) -> dict[str, Any]:
             block_args += [("attn_out_norm", norm), ("mlp_out_norm", norm)]
         if block.residual_from_norm:
             block_args.append(("residual_from_norm", "True"))
+    elif block.kind == "deepnorm":
+        alpha = block.alpha or 1.0  # as archspec.compiler: the spec resolves a missing alpha to (2N)^(1/4)
+        block_class, block_args = (
+            "DeepNormBlock",
+            [("attn_norm", norm), ("mlp_norm", norm), ("alpha", py_literal(alpha))],
+        )
     else:
         raise NotImplementedError(f"emitting block kind {block.kind!r} is not supported yet")
 
@@ -279,7 +319,7 @@ def _context(spec: Spec) -> dict[str, Any]:
     model_args = [
         ("embed", f"nn.Embedding({py_literal(spec.vocab_size)}, {py_literal(d)})"),
         ("layers", f"[{make_layer} range({py_literal(n_layers)})]"),
-        ("final_norm", "nn.Identity()" if block.kind == "post-norm" else norm),
+        ("final_norm", "nn.Identity()" if block.kind in ("post-norm", "deepnorm") else norm),
         ("lm_head", f"nn.Linear({py_literal(d)}, {py_literal(spec.vocab_size)}, bias=False)"),
     ]
     tail = [
@@ -305,18 +345,23 @@ def _context(spec: Spec) -> dict[str, Any]:
             ("aux_loss_coef", py_literal(router.aux_loss_coef)),
             ("z_loss_coef", py_literal(router.z_loss_coef)),
         ]
-    for token in ("eos", "pad"):  # once DecoderLM takes its generate() defaults as numbers, pass the spec's
-        value = getattr(spec.tokens, token)
-        if value is not None and f"{token}_token_id" in _decoder_parameters():
-            tail.append((f"{token}_token_id", py_literal(value)))
+    tail += _token_args(spec)
+    if spec.structure == "glm":  # the prompt (part A) is bidirectional; 2-D positions when the spec has them
+        tail.append(("prefix_lm", "True"))
+        if isinstance(position, RopeSpec) and position.block_positions:
+            tail.append(("block_positions", "True"))
+    vision = _vision(spec) if spec.vision is not None else None
+    if vision is not None:
+        tail += vision["model_args"]
     if not isinstance(position, RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec):
         raise NotImplementedError(f"emitting position kind {position.kind!r} is not supported yet")
 
     return {
-        "name": spec.name,
-        "class_name": class_name(spec.name),
-        "header": _header(spec),
-        "config": py_block(spec.model_dump(exclude_none=True), prefix="CONFIG = ", expand=True),
+        **_common_context(spec),
+        "glue_template": "glue.py.j2",
+        "deepnorm_beta": py_literal(block.beta) if block.kind == "deepnorm" else None,
+        "base_class": "VisionLanguageLM" if vision is not None else "DecoderLM",
+        "vision": vision,
         "n_layers": n_layers,
         "block_kind": block.kind,
         "attention_class": attention_class,
@@ -332,6 +377,193 @@ def _context(spec: Spec) -> dict[str, Any]:
         "model_tail": tail,
         "rotary": _rotary(spec) if isinstance(position, RopeSpec) else None,
     }
+
+
+def _common_context(spec: Spec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "class_name": class_name(spec.name),
+        "header": _header(spec),
+        "config": py_block(spec.model_dump(exclude_none=True), prefix="CONFIG = ", expand=True),
+        "usage": _usage(spec),
+    }
+
+
+def _token_args(spec: Spec) -> list[tuple[str, str]]:
+    """generate()'s eos/pad defaults: the spec's tokens, as archspec.compiler passes them."""
+    args = []
+    for token in ("eos", "pad"):
+        value = getattr(spec.tokens, token)
+        if value is not None:
+            args.append((f"{token}_token_id", py_literal(value)))
+    return args
+
+
+def _usage(spec: Spec) -> list[str]:
+    """The lines of the file docstring's example that call the model (after it is built and loaded)."""
+    if spec.structure == "encoder-decoder":
+        return [
+            "logits = model(input_ids, decoder_input_ids=decoder_input_ids).logits",
+            "tokens = model.generate(input_ids, max_new_tokens=20)  # decoder tokens, the start token first",
+        ]
+    if spec.vision is not None:
+        vision = spec.vision
+        images = "pixel_values=pixel_values" if isinstance(vision.tower, ViTSpec) else "image_features=features"
+        return [
+            f"# input_ids hold {vision.tokens_per_image} placeholder tokens (id {vision.image_token}) per image",
+            f"logits = model(input_ids, {images}).logits",
+            f"tokens = model.generate(input_ids, max_new_tokens=20, {images})",
+        ]
+    if spec.structure == "glm":
+        return [
+            "logits = model(input_ids, prefix_lengths=prefix_lengths).logits  # part A: bidirectional",
+            "tokens = model.generate(input_ids, max_new_tokens=20)  # the prompt is part A",
+        ]
+    return ["logits = model(input_ids).logits", "tokens = model.generate(input_ids, max_new_tokens=20)"]
+
+
+def _attention_args(spec: Spec) -> list[tuple[str, str]]:
+    """`Attention`'s arguments as `archspec.compiler._attention` passes them."""
+    attn, position = spec.attention, spec.position
+    assert not isinstance(attn, LatentAttentionSpec)
+    interleaved = isinstance(position, RopeSpec) and position.pairing == "interleaved"
+    return [
+        ("d_model", py_literal(spec.d_model)),
+        ("heads", py_literal(attn.heads)),
+        ("kv_heads", py_literal(spec.kv_heads)),
+        ("head_dim", py_literal(spec.head_dim)),
+        ("bias", py_literal((attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o))),
+        ("qk_norm_eps", py_literal(spec.norm.eps if attn.qk_norm else None)),
+        ("scale", py_literal(attn.scale)),
+        ("rope_interleaved", py_literal(interleaved)),
+    ]
+
+
+# ---------------------------------------------------------------------------------- encoder-decoder
+def _encoder_decoder_context(spec: Spec) -> dict[str, Any]:
+    """The T5 glue's inputs, as `archspec.compiler._encoder_decoder` wires the model."""
+    attn, position = spec.attention, spec.position
+    assert isinstance(position, RelativeBiasSpec) and not isinstance(attn, LatentAttentionSpec)
+    assert spec.n_decoder_layers is not None and spec.tokens.decoder_start is not None
+    d, norm = spec.d_model, _norm(spec, spec.d_model)
+    cross_args = [
+        ("d_model", py_literal(d)),
+        ("heads", py_literal(attn.heads)),
+        ("kv_heads", py_literal(spec.kv_heads)),
+        ("head_dim", py_literal(spec.head_dim)),
+        ("bias", py_literal((attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o))),
+        ("scale", py_literal(attn.scale)),
+    ]
+
+    def stack(layers: str, count: int, bidirectional: bool) -> str:
+        bias_args = [
+            ("heads", py_literal(attn.heads)),
+            ("buckets", py_literal(position.buckets)),
+            ("max_distance", py_literal(position.max_distance)),
+            ("bidirectional", py_literal(bidirectional)),
+        ]
+        args: list[tuple[str | None, str]] = [
+            ("layers", f"[{layers}() for _ in range({py_literal(count)})]"),
+            ("position_bias", _call("RelativePositionBias", bias_args, 4)),
+            ("final_norm", norm),
+        ]
+        return _call("Stack", args, 3)
+
+    model_args = [
+        ("embed", f"nn.Embedding({py_literal(spec.vocab_size)}, {py_literal(d)})"),
+        ("encoder", stack("make_encoder_block", spec.n_layers, bidirectional=True)),
+        ("decoder", stack("make_decoder_block", spec.n_decoder_layers, bidirectional=False)),
+        ("lm_head", f"nn.Linear({py_literal(d)}, {py_literal(spec.vocab_size)}, bias=False)"),
+        ("kv_heads", py_literal(spec.kv_heads)),
+        ("head_dim", py_literal(spec.head_dim)),
+        ("decoder_start", py_literal(spec.tokens.decoder_start)),
+    ]
+    if spec.embeddings.scale_head:  # T5 v1.0: the decoder output times d_model^-0.5 before the tied head
+        model_args.append(("head_scale", f"{py_literal(d)}**-0.5"))
+    if spec.embeddings.tied:
+        model_args.append(("tied", "True"))
+    model_args += _token_args(spec)
+    return {
+        **_common_context(spec),
+        "glue_template": "encoder_decoder.py.j2",
+        "n_layers": spec.n_layers,
+        "n_decoder_layers": spec.n_decoder_layers,
+        "attention_args": _attention_args(spec),
+        "cross_args": cross_args,
+        "mlp_args": _mlp_args(spec, spec.mlp.d_ff, spec.mlp.bias),
+        "norm": norm,
+        "model_args": model_args,
+    }
+
+
+# ------------------------------------------------------------------------------------------- vision
+def _vision(spec: Spec) -> dict[str, Any]:
+    """The vision glue's inputs, as `archspec.compiler._vision` and `_vision_tower` wire them."""
+    vision = spec.vision
+    assert vision is not None and vision.projector.depth is not None
+    tower = vision.tower
+    context: dict[str, Any] = {"tower": None, "external": not isinstance(tower, ViTSpec)}
+    if isinstance(tower, ViTSpec):
+        width, grid, hidden_states = tower.width, tower.image_size // tower.patch_size, tower.depth + 1
+        norm = f"nn.LayerNorm({py_literal(width)}, eps={py_literal(tower.norm_eps)})"
+        embed_args = [
+            ("channels", py_literal(tower.channels)),
+            ("width", py_literal(width)),
+            ("patch_size", py_literal(tower.patch_size)),
+            ("grid", py_literal(grid)),
+            ("class_token", py_literal(tower.class_token)),
+            ("bias", py_literal(tower.patch_bias)),
+        ]
+        tower_args: list[tuple[str | None, str]] = [
+            ("embed", _call("PatchEmbedding", embed_args, 2)),
+            ("layers", f"[make_vision_block() for _ in range({py_literal(tower.depth)})]"),
+            ("pre_norm", norm if tower.pre_norm else "None"),
+            ("post_norm", norm if tower.post_norm else "None"),
+            ("feature_layers", py_literal([layer % hidden_states for layer in vision.feature_layers])),
+            ("drop_class_token", py_literal(tower.class_token and vision.feature_select == "patches")),
+        ]
+        context["tower"] = {
+            "depth": tower.depth,
+            "width": width,
+            "attention_args": [
+                ("d_model", py_literal(width)),
+                ("heads", py_literal(tower.heads)),
+                ("kv_heads", py_literal(tower.heads)),
+                ("head_dim", py_literal(width // tower.heads)),
+                ("bias", py_literal((tower.bias,) * 4)),
+            ],
+            "mlp_args": [
+                ("d_model", py_literal(width)),
+                ("d_ff", py_literal(tower.d_ff)),
+                ("activation", _vision_activation(tower.activation)),
+                ("gated", "False"),
+                ("bias", py_literal(tower.bias)),
+            ],
+            "norm": norm,
+            "tower_call": _call("VisionTower", tower_args, 1),
+        }
+    width = tower.width * (len(vision.feature_layers) if isinstance(tower, ViTSpec) else 1)
+    projector = vision.projector
+    projector_args: list[tuple[str | None, str]] = [
+        ("in_dim", py_literal(width)),
+        ("out_dim", py_literal(spec.d_model)),
+        ("depth", py_literal(projector.depth)),
+        ("activation", _vision_activation(projector.activation)),
+        ("bias", py_literal(projector.bias)),
+    ]
+    pooling = "None"
+    if vision.pooling is not None:
+        grid, side = round(vision.feature_tokens**0.5), round(vision.pooling.tokens**0.5)
+        pooling = f"PatchPool(grid={py_literal(grid)}, side={py_literal(side)})"
+    context["model_args"] = [
+        ("vision_tower", "make_vision_tower()" if isinstance(tower, ViTSpec) else "None"),
+        ("projector", _call("Projector", projector_args, 3)),
+        ("pooling", pooling),
+        ("image_token", py_literal(vision.image_token)),
+        ("tokens_per_image", py_literal(vision.tokens_per_image)),
+        ("feature_shape", py_literal((vision.feature_tokens, width))),
+    ]
+    return context
 
 
 def _mlp_args(spec: Spec, d_ff: int, bias: bool) -> list[tuple[str, str]]:
@@ -439,6 +671,9 @@ def _rotary(spec: Spec) -> dict[str, Any]:
     position = spec.position
     assert isinstance(position, RopeSpec)
     scaling = position.scaling
+    if position.block_positions:  # GLM 2-D: two RoPEs of half the width (no scaling, checked by the rules)
+        args = [("rotary_dim", py_literal(spec.rotary_dim // 2)), ("theta", py_literal(position.theta))]
+        return {"block": True, "function": "rope_frequencies", "args": args, "factor_args": None}
     args = [("rotary_dim", py_literal(spec.rotary_dim)), ("theta", py_literal(position.theta))]
     factor_args = None
     if isinstance(scaling, LinearScaling):
@@ -473,6 +708,7 @@ def _rotary(spec: Spec) -> dict[str, Any]:
         raise NotImplementedError(f"emitting rope scaling {scaling.kind!r} is not supported yet")
     dynamic = (position.theta, scaling.factor, spec.context_length) if isinstance(scaling, DynamicScaling) else None
     return {
+        "block": False,
         "function": function,
         "args": args,
         "factor_args": factor_args,
@@ -489,14 +725,20 @@ def _decoder_parameters() -> frozenset[str]:
 
 
 @cache
-def _activation_sources() -> dict[str, str]:
-    """Source of each entry of `archspec.nn.activations.ACTIVATIONS` (`"gelu-tanh"` -> `partial(F.gelu, ...)`)."""
-    definition = library().definitions["ACTIVATIONS"]
+def _activation_sources(table: str = "ACTIVATIONS") -> dict[str, str]:
+    """Source of each entry of a dict of activations in `archspec.nn` (`"gelu-tanh"` -> `partial(F.gelu, ...)`).
+
+    An unpacked table (`{**ACTIVATIONS, "quick-gelu": quick_gelu}`) contributes its own entries."""
+    definition = library().definitions[table]
     text = "\n".join(definition.lines)
     (node,) = ast.parse(text).body
-    assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+    assert isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Dict)
     sources = {}
     for key, value in zip(node.value.keys, node.value.values, strict=True):
+        if key is None:  # **OTHER
+            assert isinstance(value, ast.Name)
+            sources.update(_activation_sources(value.id))
+            continue
         assert isinstance(key, ast.Constant) and isinstance(key.value, str)
         segment = ast.get_source_segment(text, value)
         assert segment is not None
@@ -509,6 +751,13 @@ def _activation(name: str) -> str:
         return _activation_sources()[name]
     except KeyError:
         raise NotImplementedError(f"activation {name!r} is not in archspec.nn.activations.ACTIVATIONS") from None
+
+
+def _vision_activation(name: str) -> str:
+    try:
+        return _activation_sources("VISION_ACTIVATIONS")[name]
+    except KeyError:
+        raise NotImplementedError(f"activation {name!r} is not in archspec.nn.vision.VISION_ACTIVATIONS") from None
 
 
 # ------------------------------------------------------------------------------------------ header
@@ -531,6 +780,25 @@ def _moe_text(spec: Spec) -> str:
     if dense:
         text += f", dense {_ranges(dense)}"
     return text
+
+
+def _vision_text(spec: Spec) -> str:
+    vision = spec.vision
+    assert vision is not None
+    tower = vision.tower
+    if isinstance(tower, ViTSpec):
+        text = f"vit {tower.image_size}px / {tower.patch_size}, width {tower.width}, {tower.depth} blocks, "
+        text += f"{tower.heads} heads, {tower.activation}, layer " + "/".join(map(str, vision.feature_layers))
+        text += f", {vision.feature_select}"
+    else:
+        text = f"external ({tower.patches} x {tower.width})"
+    projector = vision.projector
+    text += f", {projector.kind} projector" + (
+        f" ({projector.depth}, {projector.activation})" if projector.depth != 1 else ""
+    )
+    if vision.pooling is not None:
+        text += f", pooled to {vision.pooling.tokens}"
+    return text + f", {vision.tokens_per_image} tokens per image (id {vision.image_token})"
 
 
 def _header(spec: Spec) -> str:
@@ -559,6 +827,10 @@ def _header(spec: Spec) -> str:
             pos += ", interleaved"
         if position.scaling is not None:
             pos += f", {position.scaling.kind} x{position.scaling.factor!r}"
+        if position.block_positions:
+            pos += ", 2-D (position, block position)"
+    elif isinstance(position, RelativeBiasSpec):
+        pos = f"relative-bias, {position.buckets} buckets, max distance {position.max_distance}"
     else:
         pos = position.kind
     norm = f"{spec.norm.kind}, eps {spec.norm.eps!r}"
@@ -569,13 +841,26 @@ def _header(spec: Spec) -> str:
         block_text += f", {block.parallel_norms} norm" + ("s" if block.parallel_norms == 2 else "")
     if block.residual_from_norm:
         block_text += ", residual from norm"
+    if block.kind == "deepnorm":
+        block_text += f", alpha {block.alpha!r}"
     mlp = f"{spec.mlp.activation}, d_ff {spec.mlp.d_ff}" + (", bias" if spec.mlp.bias else "")
     embeddings = ("tied" if spec.embeddings.tied else "untied") + (", norm" if spec.embeddings.norm else "")
+    if spec.embeddings.scale_head:
+        embeddings += ", head input scaled by 1/sqrt(d_model)"
+    layers = str(spec.n_layers)
+    if spec.n_decoder_layers is not None:
+        layers = f"{spec.n_layers} encoder + {spec.n_decoder_layers} decoder"
     columns = ["name", "layers", "d_model", "attention", "position", "norm", "block", "mlp", "embeddings"]
-    row = [spec.name, str(spec.n_layers), str(spec.d_model), attention, pos, norm, block_text, mlp, embeddings]
+    row = [spec.name, layers, str(spec.d_model), attention, pos, norm, block_text, mlp, embeddings]
+    if spec.structure != "decoder":
+        columns.insert(1, "structure")
+        row.insert(1, "glm (prefix LM)" if spec.structure == "glm" else spec.structure)
     if spec.moe is not None:
         columns.append("moe")
         row.append(_moe_text(spec))
+    if spec.vision is not None:
+        columns.append("vision")
+        row.append(_vision_text(spec))
     header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n| " + " | ".join(row) + " |"
     if re.fullmatch(r"[A-Za-z0-9 .,_/|+\-\n()]*", header) is None:  # defence in depth: nothing here can escape
         raise ValueError(f"unexpected characters in the generated header: {header!r}")

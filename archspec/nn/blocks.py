@@ -113,7 +113,9 @@ class DeepNormBlock(nn.Module):
     With alpha = 1 this is the post-norm block.
     """
 
-    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module, alpha: float) -> None:
+    def __init__(
+        self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module, alpha: float
+    ) -> None:
         super().__init__()
         self.attn, self.attn_norm = attn, attn_norm
         self.mlp, self.mlp_norm = mlp, mlp_norm

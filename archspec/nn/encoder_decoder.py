@@ -122,6 +122,7 @@ class EncoderDecoderLM(nn.Module):
     decoder input defaults to the labels shifted right behind the decoder start token, and the loss is returned.
 
     `head_scale` multiplies the decoder output before the head (T5 v1.0: d_model^-0.5 with the tied head).
+    `eos_token_id` / `pad_token_id` are generate()'s defaults (`archspec.build` passes the spec's `tokens`).
     """
 
     def __init__(
@@ -136,6 +137,8 @@ class EncoderDecoderLM(nn.Module):
         decoder_start: int,
         head_scale: float | None = None,
         tied: bool = False,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
     ) -> None:
         super().__init__()
         self.embed = embed
@@ -147,6 +150,7 @@ class EncoderDecoderLM(nn.Module):
         self.kv_heads, self.head_dim = kv_heads, head_dim
         self.decoder_start = decoder_start
         self.head_scale = head_scale
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
 
     def forward(
         self,
@@ -251,10 +255,8 @@ class EncoderDecoderLM(nn.Module):
         """
         from archspec.nn.generate import generate
 
-        tokens = getattr(getattr(self, "spec", None), "tokens", None)
-        if tokens is not None:
-            options.setdefault("eos_token_id", tokens.eos)
-            options.setdefault("pad_token_id", tokens.pad)
+        options.setdefault("eos_token_id", self.eos_token_id)
+        options.setdefault("pad_token_id", self.pad_token_id)
         encoder_output = self.encode(input_ids, attention_mask)
         if decoder_input_ids is None:
             decoder_input_ids = torch.full_like(input_ids[:, :1], self.decoder_start)

@@ -41,6 +41,8 @@ class BlockRotaryEmbedding(nn.Module):
     def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [2, batch, seq] (position ids, block position ids); returns cos, sin [batch, seq, r]."""
         del seq_len  # no dynamic scaling
-        freqs = torch.cat((positions[0][..., None].float() * self.inv_freq, positions[1][..., None].float() * self.inv_freq), -1)
+        freqs = torch.cat(
+            (positions[0][..., None].float() * self.inv_freq, positions[1][..., None].float() * self.inv_freq), -1
+        )
         angles = torch.cat((freqs, freqs), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -141,7 +141,9 @@ def splice_image_tokens(
     return torch.where(is_image[..., None], flat[index], embeds)
 
 
-def placeholder_mismatch(input_ids: torch.Tensor, image_token_id: int, images: int, tokens_per_image: int) -> str | None:
+def placeholder_mismatch(
+    input_ids: torch.Tensor, image_token_id: int, images: int, tokens_per_image: int
+) -> str | None:
     """Why input_ids cannot take `images` images (None when they can): each image fills tokens_per_image
     placeholders, so the placeholder count must be images * tokens_per_image. Syncs with the device."""
     found = int((input_ids == image_token_id).sum())

@@ -105,10 +105,8 @@ class VisionLanguageLM(DecoderLM):
             return super().generate(input_ids, max_new_tokens, **options)
         from archspec.nn.generate import generate
 
-        tokens = getattr(getattr(self, "spec", None), "tokens", None)
-        if tokens is not None:
-            options.setdefault("eos_token_id", tokens.eos)
-            options.setdefault("pad_token_id", tokens.pad)
+        options.setdefault("eos_token_id", self.eos_token_id)
+        options.setdefault("pad_token_id", self.pad_token_id)
         step = _WithImages(self, self.image_tokens(pixel_values, image_features))
         return generate(step, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
 

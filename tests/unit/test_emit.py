@@ -1,6 +1,8 @@
 """emit_source: the stand-alone file of a spec equals `archspec.build(spec)` (state-dict names, logits, generate),
 runs where archspec is not importable, compiles with fullgraph, is deterministic, safe and ruff-clean; generated/
-is current for every spec in specs/.
+is current for every spec in specs/. Every structure: decoders (dense, MoE, MLA, every block kind), GLM prefix LMs
+(with prefix_lengths), T5 encoder-decoders (with decoder_input_ids) and vision-language models (with pixel_values
+or image_features); tiny variants below plus every spec in specs/ shrunk by tests/tiny.py.
 
 The files are run in ONE fresh `python -I` subprocess (archspec blocked) that checks every tiny spec, to keep the
 suite fast; per-spec results come back as JSON and each spec is its own test case.
@@ -20,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from tiny import shrink
 
 import archspec
 from archspec.emit import (
@@ -223,50 +226,139 @@ TINY: dict[str, dict[str, Any]] = {
             "router": {"renormalize": False, "groups": 2, "top_groups": 1},
         },
     ),
+    # T5 v1.0: ReLU, unscaled attention, tied head scaled by d_model^-0.5; 8 buckets up to distance 6, so the
+    # test sequences reach the logarithmic buckets and the last one; more decoder than encoder layers.
+    "t5-v1.0": tiny(
+        "tiny-t5",
+        structure="encoder-decoder",
+        n_decoder_layers=3,
+        attention={"heads": 6, "head_dim": 8, "bias": False, "scale": 1.0},
+        position={"kind": "relative-bias", "buckets": 8, "max_distance": 6},
+        norm={"kind": "rmsnorm", "eps": 1e-6},
+        mlp={"activation": "relu", "d_ff": 40},
+        embeddings={"tied": True, "scale_head": True},
+        tokens={"eos": 1, "pad": 0, "decoder_start": 0},
+    ),
+    # T5 v1.1: gated GELU, untied unscaled head; GQA and biases (not T5's, but the wiring must pass them on).
+    "t5-v1.1": tiny(
+        "tiny-t5-v1.1",
+        structure="encoder-decoder",
+        attention={"heads": 6, "kv_heads": 2, "bias": {"q": True, "o": True}, "qk_norm": True},
+        position={"kind": "relative-bias", "buckets": 16, "max_distance": 32},
+        mlp={"activation": "geglu-tanh", "d_ff": 40},
+        tokens={"decoder_start": 3},
+    ),
+    # ChatGLM-6B: prefix LM, 2-D RoPE, embedding norm + DeepNorm blocks with an explicit alpha, biases, tied.
+    "glm-2d": tiny(
+        "tiny-chatglm",
+        structure="glm",
+        attention={"heads": 6, "bias": True},
+        position={"kind": "rope", "block_positions": True},
+        norm=LAYERNORM,
+        block={"kind": "deepnorm", "alpha": 2.0, "beta": 0.5},
+        mlp={"activation": "gelu-tanh", "d_ff": 64, "bias": True},
+        embeddings={"tied": True, "norm": True},
+        tokens={"eos": 4, "pad": 3},
+    ),
+    # GLM-130B: prefix LM with plain RoPE (no block positions), DeepNorm's default alpha, GeGLU, GQA window.
+    "glm-1d": tiny(
+        "tiny-glm-130b",
+        structure="glm",
+        attention={"heads": 6, "kv_heads": 2, "window": 6},
+        position={"kind": "rope", "pairing": "interleaved", "fraction": 0.5},
+        norm=LAYERNORM,
+        block="deepnorm",
+        mlp={"activation": "geglu-tanh", "d_ff": 40},
+    ),
+    # DeepNorm in a plain decoder with ALiBi and an MoE layer.
+    "deepnorm-alibi-moe": tiny(
+        "tiny-deepnorm",
+        attention={"heads": 6, "kv_heads": 6},
+        position="alibi",
+        block={"kind": "deepnorm", "alpha": 1.7},
+        moe={"experts": 4, "top_k": 2, "d_ff": 24, "layers": [1]},
+    ),
+    # LLaVA-like with every tower option away from CLIP's: two feature layers (the embeddings and the last block)
+    # concatenated, class token kept, no pre/post norm, patch bias, 1 channel, linear projector, gelu-tanh.
+    "vlm-vit-options": tiny(
+        "tiny-vlm-vit",
+        vision={
+            "tower": {
+                "kind": "vit",
+                "image_size": 16,
+                "patch_size": 4,
+                "channels": 1,
+                "width": 24,
+                "depth": 2,
+                "heads": 3,
+                "d_ff": 32,
+                "activation": "gelu-tanh",
+                "norm_eps": 1e-6,
+                "bias": False,
+                "patch_bias": True,
+                "pre_norm": False,
+                "post_norm": False,
+            },
+            "feature_layer": [0, -1],
+            "feature_select": "all",
+            "projector": "linear",
+            "image_token": 66,
+        },
+        tokens={"eos": 2},
+    ),
+    # CLIP-like tower read at block 1 of 2, quick-gelu, MLP projector of depth 3 with relu, pooled 16 -> 4.
+    "vlm-vit-pooled": tiny(
+        "tiny-vlm-pooled",
+        vision={
+            "tower": {
+                "kind": "vit",
+                "image_size": 16,
+                "patch_size": 4,
+                "width": 32,
+                "depth": 2,
+                "heads": 4,
+                "d_ff": 48,
+            },
+            "feature_layer": 1,
+            "projector": {"kind": "mlp", "depth": 3, "activation": "relu", "bias": False},
+            "pooling": {"tokens": 4},
+            "image_token": 0,
+        },
+    ),
+    # An external tower: features come in; MLA + MoE text model.
+    "vlm-external-mla": tiny(
+        "tiny-vlm-external",
+        attention={"kind": "mla", "heads": 4, "kv_rank": 24, "nope_dim": 16, "rope_dim": 8, "v_dim": 16},
+        moe={"experts": 4, "top_k": 2, "d_ff": 24},
+        vision={"tower": {"kind": "external", "width": 20, "patches": 9}, "image_token": 65},
+    ),
 }
-COMPILED = {"mistral", "mla-moe-sigmoid-groups"}
-"""Cases also run through torch.compile(fullgraph=True, backend="aot_eager") in the subprocess (several seconds
-each: one RoPE + GQA + sliding-window model, and one MLA + MoE model whose grouped matmul is the file's own custom
-op; the compile-readiness of every family is tested on `archspec.build` models, which run the same code)."""
-
-
-def shrink(data: dict[str, Any]) -> dict[str, Any]:
-    """The same architecture at toy size: every kind, flag and ratio kept, every width tiny."""
-    data = json.loads(json.dumps(data))
-    attn = data["attention"]
-    if attn["kind"] == "mla":
-        attn.update(heads=4, kv_rank=24, nope_dim=16, rope_dim=8, v_dim=12)
-        if "q_rank" in attn:
-            attn["q_rank"] = 16
-        data.update(vocab_size=101, d_model=64, n_layers=2)
-    else:
-        heads, kv = attn["heads"], attn["kv_heads"]
-        explicit_head_dim = attn["head_dim"] * heads != data["d_model"]
-        attn["heads"], attn["kv_heads"] = (4, 4) if kv == heads else (4, 1) if kv == 1 else (4, 2)
-        attn["head_dim"] = 16
-        data.update(vocab_size=101, d_model=48 if explicit_head_dim else 64, n_layers=2)
-    moe = data.get("moe")
-    if moe is not None:  # 8 experts (4 groups of 2 when grouped), top-k at most 3, some dense layer kept dense
-        moe.update(experts=8, top_k=min(moe["top_k"], 3), d_ff=24, shared_d_ff=16)
-        moe["dense_layers"] = min(moe["dense_layers"], 1)
-        if "layers" in moe:
-            moe["layers"] = [layer for layer in moe["layers"] if layer < 2] or [0]
-        if moe["router"]["groups"] > 1:
-            moe["router"].update(groups=4, top_groups=2)
-    data["context_length"] = min(data["context_length"], 64)
-    data["mlp"]["d_ff"] = 40
-    if "window" in attn:
-        attn["window"] = 5
-        if "window_layers" in attn:
-            attn["window_layers"] = [layer for layer in attn["window_layers"] if layer < 2] or [0]
-    data.pop("tokens", None)
-    return data
+COMPILED = {"mistral": 0, "mla-moe-sigmoid-groups": 0, "t5-v1.1": 0, "glm-2d": 1, "vlm-vit-pooled": 1}
+"""Cases also run through torch.compile(fullgraph=True, backend="aot_eager") in the subprocess, with the forward
+call of the given index (see `_inputs`): a RoPE + GQA + sliding-window model, an MLA + MoE model whose grouped
+matmul is the file's own custom op, T5 (relative bias, cross-attention), GLM with prefix_lengths (prefix mask, 2-D
+RoPE), and a VLM with pixel_values (tower, projector, pooling, splice). A few seconds each; the compile-readiness of
+every family is also tested on `archspec.build` models, which run the same code."""
 
 
 def real_specs() -> dict[str, dict[str, Any]]:
-    """Every spec in specs/ that the emitter supports, shrunk."""
+    """Every spec in specs/ that the emitter supports, shrunk by tests/tiny.py (the shared test fixture)."""
     specs = {f"specs/{path.stem}": archspec.load_spec(path) for path in SPECS}
-    return {key: shrink(spec.model_dump(exclude_none=True)) for key, spec in specs.items() if unsupported(spec) is None}
+    return {key: shrink(spec).model_dump(exclude_none=True) for key, spec in specs.items() if unsupported(spec) is None}
+
+
+def distinct(cases: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The cases with one of each architecture, and for each case the key of the case that stands for it
+    (llama3-8b and llama3-70b shrink to the same model: it is checked once)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    first: dict[str, str] = {}
+    alias = {}
+    for key, data in cases.items():
+        signature = json.dumps({**data, "name": "", "description": ""}, sort_keys=True)
+        alias[key] = first.setdefault(signature, key)
+        if alias[key] == key:
+            chosen[key] = data
+    return chosen, alias
 
 
 RUNNER = r"""
@@ -275,6 +367,7 @@ sys.modules["archspec"] = None  # `import archspec` now fails: the files must st
 sys.path[:] = [p for p in sys.path if "editable" not in p and not p.startswith(sys.argv[3])]
 import torch
 
+torch.set_num_threads(1)  # tiny models (see the one_thread fixture)
 results = {}
 for case in torch.load(sys.argv[1], weights_only=False):
     result = results.setdefault(case["key"], {})
@@ -287,17 +380,30 @@ for case in torch.load(sys.argv[1], weights_only=False):
         model.load_state_dict(case["state"], strict=True)
         model.eval()
         result["names"] = list(model.state_dict())
-        with torch.no_grad():
-            result["logits"] = (model(case["ids"]).logits - case["logits"]).abs().max().item()
+        with torch.no_grad():  # every forward call of the case (plain, with prefix_lengths, with images, ...)
+            result["logits"] = max(
+                (model(case["ids"], **kwargs).logits - logits).abs().max().item() for kwargs, logits in case["calls"]
+            )
         result["generate"] = model.generate(case["prompt"], **case["options"]).tolist()
-        if case["compile"]:
+        if case["compile"] is not None:
             compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+            kwargs, logits = case["calls"][case["compile"]]
             with torch.no_grad():
-                result["compiled"] = (compiled(case["ids"]).logits - case["logits"]).abs().max().item()
+                result["compiled"] = (compiled(case["ids"], **kwargs).logits - logits).abs().max().item()
     except Exception as error:  # reported per case by the parent
         result["error"] = f"{type(error).__name__}: {error}"
 json.dump(results, open(sys.argv[2], "w"))
 """
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """The models here are tiny: one intra-op thread runs them as fast as several, and several threads spinning on
+    a shared machine cost many times the CPU time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -305,12 +411,48 @@ def all_cases() -> dict[str, dict[str, Any]]:
     return {**TINY, **real_specs()}
 
 
+def _inputs(spec: archspec.Spec, generator: torch.Generator) -> dict[str, Any]:
+    """A case's inputs: ids [2, 12] (plus the placeholders of one image per row for vision specs), and the forward
+    calls to compare: plain, and per structure the arguments that change its path through the model."""
+    vision = spec.vision
+    low = 1 if vision is not None and vision.image_token == 0 else 0
+    high = spec.vocab_size - 1 if vision is not None and vision.image_token == spec.vocab_size - 1 else spec.vocab_size
+    ids = torch.randint(low, high, (2, 12), generator=generator)
+    if vision is not None:
+        ids[ids == vision.image_token] = low  # the placeholder token appears only where the images go
+    prompt_length = 5
+    calls: list[dict[str, Any]] = [{}]
+    options: dict[str, Any] = {"max_new_tokens": 6}  # eos/pad: both models default to the spec's tokens
+    if spec.structure == "encoder-decoder":
+        decoder_ids = torch.randint(0, spec.vocab_size, (2, 7), generator=generator)
+        calls = [{"decoder_input_ids": decoder_ids}, {"decoder_input_ids": decoder_ids[:, :1]}]
+    if spec.structure == "glm":
+        calls.append({"prefix_lengths": torch.tensor([4, 9])})
+    if vision is not None:
+        tokens = vision.tokens_per_image
+        assert tokens is not None
+        placeholders = torch.full((2, tokens), vision.image_token)
+        ids = torch.cat((ids[:, :2], placeholders, ids[:, 2:]), dim=1)
+        prompt_length = 2 + tokens + 3
+        if vision.tower.kind == "vit":
+            tower = vision.tower
+            images = {
+                "pixel_values": torch.randn(2, tower.channels, tower.image_size, tower.image_size, generator=generator)
+            }
+        else:
+            images = {"image_features": torch.randn(2, vision.tower.patches, vision.tower.width, generator=generator)}
+        calls.append(images)
+        options.update(images)
+    return {"ids": ids, "calls": calls, "prompt": ids[:, :prompt_length], "options": options}
+
+
 @pytest.fixture(scope="module")
 def run_results(all_cases: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Emit every case, save the archspec model's weights and outputs, check them all in one isolated subprocess."""
     directory = tmp_path_factory.mktemp("emitted")
+    chosen, alias = distinct(all_cases)
     cases, expected = [], {}
-    for key, data in all_cases.items():
+    for key, data in chosen.items():
         spec = spec_from_dict(data)
         torch.manual_seed(0)
         model = archspec.build(spec).eval()
@@ -320,15 +462,13 @@ def run_results(all_cases: dict[str, dict[str, Any]], tmp_path_factory: pytest.T
             for name, buffer in model.named_buffers():  # DeepSeek-V3's selection bias: a learned buffer
                 if name.endswith("correction_bias"):
                     buffer.add_(torch.randn_like(buffer) * 0.1)
-        ids = torch.randint(0, spec.vocab_size, (2, 12))
-        prompt = ids[:, :5]
-        options = {"max_new_tokens": 6}  # eos/pad: both models default to the spec's tokens
+        inputs = _inputs(spec, torch.Generator().manual_seed(len(cases)))
         reference = {"eos_token_id": spec.tokens.eos, "pad_token_id": spec.tokens.pad}
         with torch.no_grad():
-            logits = model(ids).logits
+            calls = [(kwargs, model(inputs["ids"], **kwargs).logits) for kwargs in inputs["calls"]]
         path = directory / f"{module_name(spec.name)}.py"
         path.write_text(emit_source(spec))
-        generated = model.generate(prompt, **options, **reference).tolist()
+        generated = model.generate(inputs["prompt"], **inputs["options"], **reference).tolist()
         expected[key] = {"names": list(model.state_dict()), "generate": generated}
         cases.append(
             {
@@ -337,11 +477,11 @@ def run_results(all_cases: dict[str, dict[str, Any]], tmp_path_factory: pytest.T
                 "path": str(path),
                 "class": class_name(spec.name),
                 "state": model.state_dict(),
-                "ids": ids,
-                "logits": logits,
-                "prompt": prompt,
-                "options": options,
-                "compile": key in COMPILED,
+                "ids": inputs["ids"],
+                "calls": calls,
+                "prompt": inputs["prompt"],
+                "options": inputs["options"],
+                "compile": COMPILED.get(key),
             }
         )
     data_file, out_file, runner = directory / "cases.pt", directory / "results.json", directory / "runner.py"
@@ -355,7 +495,12 @@ def run_results(all_cases: dict[str, dict[str, Any]], tmp_path_factory: pytest.T
         cwd=directory,
     )
     assert process.returncode == 0, process.stderr[-4000:]
-    return {"results": json.loads(out_file.read_text()), "expected": expected, "directory": directory}
+    results = json.loads(out_file.read_text())
+    return {
+        "results": {key: results[alias[key]] for key in alias if alias[key] in results},
+        "expected": {key: expected[alias[key]] for key in alias if alias[key] in expected},
+        "directory": directory,
+    }
 
 
 CASE_KEYS = list(TINY) + [f"specs/{path.stem}" for path in SPECS]
@@ -445,6 +590,44 @@ def test_moe_and_mla_code_only_when_used() -> None:
     assert "sequence_balancing_loss(" in _source("mla-moe-sigmoid-groups")
     assert "make_block(moe=index >= 1)" in _source("mla-moe-sigmoid-groups")
     assert "make_block(moe=index in (0,))" in mla
+
+
+def test_structure_code_only_when_used() -> None:
+    """T5 files carry no RoPE or decoder-only model; GLM code (prefix masks, 2-D positions) and vision code appear
+    only in the files that use them."""
+    llama, t5, glm_2d, glm_1d = _source("llama3"), _source("t5-v1.0"), _source("glm-2d"), _source("glm-1d")
+    vit, external = _source("vlm-vit-pooled"), _source("vlm-external-mla")
+    for absent in ("prefix_mask", "glm_positions", "BlockRotaryEmbedding", "inputs_embeds", "VisionTower", "DeepNorm"):
+        assert absent not in llama
+    for absent in ("apply_rotary", "class DecoderLM", "prefix_mask", "VisionTower", "grouped_linear"):
+        assert absent not in t5
+    for present in ("class EncoderDecoderLM", "class RelativePositionBias", "class CrossAttention"):
+        assert present in t5
+    assert "head_scale=48**-0.5" in t5 and "head_scale" not in _source("t5-v1.1").split("class TinyT5V1_1")[1]
+    for present in ("def prefix_mask", "def glm_positions", "class BlockRotaryEmbedding", "class DeepNormBlock"):
+        assert present in glm_2d
+    assert "prefix_lm=True" in glm_2d and "block_positions=True" in glm_2d and "alpha=2.0" in glm_2d
+    assert "def prefix_mask" in glm_1d and "glm_positions" not in glm_1d and "BlockRotaryEmbedding" not in glm_1d
+    assert "alpha=(2 * 2) ** 0.25" not in glm_1d and f"alpha={(2 * 2) ** 0.25!r}" in glm_1d  # the spec's resolved value
+    for src in (vit, external):
+        assert "class VisionLanguageLM" in src and "inputs_embeds" in src and "def splice_image_tokens" in src
+    assert "class VisionTower" in vit and "def quick_gelu" in vit and "PatchPool(grid=4, side=2)" in vit
+    assert "class VisionTower" not in external and "vision_tower=None" in external and "pooling=None" in external
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"moe": {"experts": 4, "top_k": 2}}, "encoder-decoder with moe"),
+        ({"embeddings": {"norm": True}}, "encoder-decoder with embeddings.norm"),
+    ],
+)
+def test_encoder_decoder_options_the_compiler_ignores_are_refused(changes: dict[str, Any], reason: str) -> None:
+    """archspec.compiler's T5 wiring reads neither option: an emitted file would drop them silently as it does."""
+    spec = spec_from_dict({**TINY["t5-v1.0"], **changes})
+    assert reason in (unsupported(spec) or "")
+    with pytest.raises(NotImplementedError, match=reason):
+        emit_source(spec)
 
 
 def test_emitted_moe_file_imports_beside_archspec_and_generate_defaults_to_spec_tokens(tmp_path: Path) -> None:

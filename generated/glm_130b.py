@@ -1,0 +1,638 @@
+"""glm-130b: a stand-alone PyTorch model emitted by archspec from its spec. Generated: do not edit by hand.
+
+| name | structure | layers | d_model | attention | position | norm | block | mlp | embeddings |
+|---|---|---|---|---|---|---|---|---|---|
+| glm-130b | glm (prefix LM) | 70 | 12288 | MHA, 96 heads / 96 kv, head_dim 128, bias q/k/v/o | rope, theta 10000.0 | layernorm, eps 1e-05 | deepnorm, alpha 11.832159566199232 | geglu-tanh, d_ff 32768, bias | tied, norm |
+
+Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
+this spec uses); the glue at the end wires them into `Glm130b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
+
+    model = Glm130b()  # random weights; then load a state dict saved from archspec.build(spec):
+    model.load_state_dict(torch.load("glm_130b.pt"))
+    logits = model(input_ids, prefix_lengths=prefix_lengths).logits  # part A: bidirectional
+    tokens = model.generate(input_ids, max_new_tokens=20)  # the prompt is part A
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG = {
+    "name": "glm-130b",
+    "description": "GLM-130B (GLM prefix LM, DeepNorm alpha = sqrt(2N), GeGLU, RoPE); numbers from the GLM-130B paper.",
+    "structure": "glm",
+    "vocab_size": 150528,
+    "d_model": 12288,
+    "n_layers": 70,
+    "context_length": 2048,
+    "attention": {
+        "kind": "mha",
+        "heads": 96,
+        "kv_heads": 96,
+        "head_dim": 128,
+        "bias": {"q": True, "k": True, "v": True, "o": True},
+        "qk_norm": False,
+    },
+    "position": {"kind": "rope", "theta": 10000.0, "fraction": 1.0, "pairing": "half", "block_positions": False},
+    "norm": {"kind": "layernorm", "eps": 1e-05, "bias": True},
+    "block": {
+        "kind": "deepnorm",
+        "parallel_norms": 1,
+        "residual_from_norm": False,
+        "alpha": 11.832159566199232,
+        "beta": 0.08451542547285165,
+    },
+    "mlp": {"activation": "geglu-tanh", "d_ff": 32768, "bias": True},
+    "embeddings": {"tied": True, "norm": True, "scale_head": False},
+    "tokens": {},
+}
+"""The resolved spec this file was emitted from (`archspec.spec_from_dict(CONFIG)` gives the spec back)."""
+
+
+# ----------------------------------------------------------------------------------- copied from archspec/nn/cache.py
+class LayerKVCache:
+    """Keys and values of one attention layer: [batch, kv_heads, max_len, head_dim] each."""
+
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        value_dim: int | None = None,
+    ) -> None:
+        self.keys = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros(batch, kv_heads, max_len, value_dim or head_dim, dtype=dtype, device=device)
+
+    def update(
+        self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys/values at `positions` ([seq]) and return the whole cache."""
+        self.keys.index_copy_(2, positions, keys)
+        self.values.index_copy_(2, positions, values)
+        return self.keys, self.values
+
+
+class KVCache:
+    """The caches of every layer plus how many positions have been written."""
+
+    def __init__(self, layers: list[LayerKVCache]) -> None:
+        self.layers = layers
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].keys.shape[2]
+
+
+# ------------------------------------------------------------------------------------ copied from archspec/nn/rope.py
+def rope_frequencies(rotary_dim: int, theta: float) -> torch.Tensor:
+    """inv_freq[k] = theta^(-2k / rotary_dim), k = 0 .. rotary_dim/2 - 1."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float32) / rotary_dim
+    return 1.0 / (theta**exponents)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the given positions, already laid out for the pairing (half or interleaved).
+
+    `dynamic_ntk = (theta, factor, context_length)` recomputes the frequencies when the sequence grows past the
+    context length (dynamic NTK scaling); otherwise the frequencies are a fixed buffer.
+    """
+
+    def __init__(
+        self,
+        inv_freq: torch.Tensor,
+        attention_factor: float = 1.0,
+        interleaved: bool = False,
+        dynamic_ntk: tuple[float, float, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
+        self.rotary_dim = 2 * inv_freq.shape[0]
+        self.attention_factor = attention_factor
+        self.interleaved = interleaved
+        self.dynamic_ntk = dynamic_ntk
+
+    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [..., S] integer positions; seq_len: the largest position + 1 (for dynamic NTK)."""
+        inv_freq = self.inv_freq
+        freqs = positions[..., None].float() * inv_freq
+        if self.interleaved:
+            angles = freqs.repeat_interleave(2, dim=-1)
+        else:
+            angles = torch.cat((freqs, freqs), dim=-1)
+        cos = angles.cos() * self.attention_factor
+        sin = angles.sin() * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of x ([batch, heads, seq, head_dim]); cos/sin: [(batch,) seq, r]."""
+    rotary_dim = cos.shape[-1]
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    if interleaved:
+        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        half = rotary_dim // 2
+        rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+
+
+# ------------------------------------------------------------------------------- copied from archspec/nn/attention.py
+class Attention(nn.Module):
+    """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
+
+    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
+    boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        bias: tuple[bool, bool, bool, bool] = (False, False, False, False),
+        qk_norm_eps: float | None = None,
+        scale: float | None = None,
+        rope_interleaved: bool = False,
+    ) -> None:
+        super().__init__()
+        q_bias, k_bias, v_bias, o_bias = bias
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.rope_interleaved = rope_interleaved
+        self.q = nn.Linear(d_model, heads * head_dim, bias=q_bias)
+        self.k = nn.Linear(d_model, kv_heads * head_dim, bias=k_bias)
+        self.v = nn.Linear(d_model, kv_heads * head_dim, bias=v_bias)
+        self.o = nn.Linear(heads * head_dim, d_model, bias=o_bias)
+        self.q_norm: nn.Module | None = None
+        self.k_norm: nn.Module | None = None
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerKVCache:
+        """An empty static cache for this layer's keys and values."""
+        return LayerKVCache(batch, self.kv_heads, max_len, self.head_dim, dtype, device)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        cache: LayerKVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        # -1, not self.heads: under tensor parallelism each rank holds only its share of the heads.
+        q = self.q(x).view(batch, seq, -1, self.head_dim)
+        k = self.k(x).view(batch, seq, -1, self.head_dim)
+        v = self.v(x).view(batch, seq, -1, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q = apply_rotary(q, cos, sin, self.rope_interleaved)
+            k = apply_rotary(k, cos, sin, self.rope_interleaved)
+        if cache is not None and positions is not None:
+            k, v = cache.update(positions, k, v)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=self.scale,
+            enable_gqa=self.kv_heads != self.heads,
+        )
+        return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+# ---------------------------------------------------------------------------------- copied from archspec/nn/blocks.py
+Rope = tuple[torch.Tensor, torch.Tensor] | None
+
+
+class DeepNormBlock(nn.Module):
+    """DeepNorm (Wang et al. 2022, "DeepNet: Scaling Transformers to 1,000 Layers", https://arxiv.org/abs/2203.00555):
+    post-norm with the residual up-weighted by a constant alpha,
+
+    ```
+    x = n1(alpha * x + attn(x))
+    x = n2(alpha * x + mlp(x))
+    ```
+    For a decoder-only stack of N layers the paper sets alpha = (2N)^(1/4) and initialises the value, output and
+    MLP projections with Xavier-normal gain beta = (8N)^(-1/4) (query and key keep gain 1): the update of each
+    sublayer is then bounded independently of depth. GLM-130B uses alpha = (2N)^(1/2), beta = (2N)^(-1/2).
+    With alpha = 1 this is the post-norm block.
+    """
+
+    def __init__(
+        self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module, alpha: float
+    ) -> None:
+        super().__init__()
+        self.attn, self.attn_norm = attn, attn_norm
+        self.mlp, self.mlp_norm = mlp, mlp_norm
+        self.alpha = alpha
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None,
+        cache: LayerKVCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        x = self.attn_norm(self.alpha * x + self.attn(x, rope, mask, cache, positions))
+        return self.mlp_norm(self.alpha * x + self.mlp(x))
+
+
+# -------------------------------------------------------------------------------- copied from archspec/nn/generate.py
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 20,
+    *,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    model_kwargs: dict[str, object] | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]) and return [batch, seq + n].
+
+    Rows that produced `eos_token_id` are padded with `pad_token_id` (or eos) afterwards, and decoding stops
+    early once every row has finished, as `transformers`' generate does. `use_cache=False` recomputes the whole
+    sequence at each step (the reference the cache is tested against). `model_kwargs` go to every forward call
+    (GLM's `prefix_lengths`). `compile=True` runs the decode steps through one `torch.compile`d step
+    (CUDA graphs on GPU) that takes the position as a tensor, with a static cache kept on the model for reuse.
+    """
+    model_kwargs = model_kwargs or {}
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    batch, seq = input_ids.shape
+    total = seq + max_new_tokens
+    context_length = getattr(model, "context_length", None)
+    if context_length is not None and getattr(model, "pos_embed", None) is not None and total > context_length:
+        raise ValueError(f"prompt + max_new_tokens = {total} exceeds the learned position table ({context_length})")
+    stop = torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device
+    )
+    pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if len(stop) else 0)
+    step_fn = _compiled_step(model, input_ids.device) if compile and use_cache else None
+    if step_fn is not None:
+        cache = _reusable_cache(model, batch, total)
+    else:
+        cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
+    tokens = input_ids
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    logits = model(input_ids, cache=cache, **model_kwargs).logits[:, -1]
+    for step in range(max_new_tokens):
+        next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
+        if len(stop):
+            next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)
+            finished = finished | torch.isin(next_token, stop)
+        tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+        if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
+            break
+        step_input = next_token[:, None] if cache is not None else tokens
+        if step_fn is not None and cache is not None:
+            positions = torch.full((1,), cache.length, dtype=torch.long, device=input_ids.device)
+            logits = step_fn(model, step_input, cache, positions, model_kwargs)
+            cache.length += 1
+        else:
+            logits = model(step_input, cache=cache, **model_kwargs).logits[:, -1]
+    return tokens
+
+
+def _decode_step(
+    model: torch.nn.Module,
+    token: torch.Tensor,
+    cache: KVCache,
+    positions: torch.Tensor,
+    model_kwargs: dict[str, object],
+) -> torch.Tensor:
+    return model(token, cache=cache, positions=positions, **model_kwargs).logits[:, -1]
+
+
+_COMPILED_STEPS: dict[str, object] = {}
+
+
+def _compiled_step(model: torch.nn.Module, device: torch.device):  # noqa: ANN202
+    """The compiled decode step (one per compile mode), or None for models whose forward needs the sequence
+    length as a number (dynamic NTK RoPE) and so cannot take positions as a tensor."""
+    rotary = getattr(model, "rotary", None)
+    if getattr(rotary, "dynamic_ntk", None) is not None or not hasattr(model, "new_cache"):
+        return None
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED_STEPS[mode]
+
+
+def _reusable_cache(model: torch.nn.Module, batch: int, total: int) -> KVCache:
+    """A static cache for compiled decoding, kept on the model and reused by calls of the same shape.
+
+    Its tensors get fixed addresses (what CUDA graphs replay against), so reuse avoids a recompile per call.
+    Stale slots need no clearing: slot t is written at position t before any query can attend to it.
+    """
+    caches: dict[tuple[int, int], KVCache] = model.__dict__.setdefault("_decode_caches", {})
+    cache = caches.get((batch, total))
+    if cache is None:
+        cache = model.new_cache(batch, total)  # type: ignore[operator]
+        for layer in cache.layers:
+            for tensor in vars(layer).values():
+                if isinstance(tensor, torch.Tensor):
+                    torch._dynamo.mark_static_address(tensor)
+        caches[(batch, total)] = cache
+    cache.length = 0
+    return cache
+
+
+def _pick(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------- copied from archspec/nn/masks.py
+def causal_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """[queries, keys] mask: key j is visible to query i iff j <= i, and i - j < window when a window is set.
+
+    A window of w lets a query see itself and the w - 1 keys before it (Mistral's convention).
+    """
+    distance = query_positions[:, None] - key_positions[None, :]
+    allowed = distance >= 0
+    if window is not None:
+        allowed = allowed & (distance < window)
+    return allowed
+
+
+def prefix_mask(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, prefix_lengths: torch.Tensor, window: int | None = None
+) -> torch.Tensor:
+    """[batch, 1, queries, keys] mask of a prefix LM (GLM): key j is visible to query i iff j <= i or j < prefix.
+
+    The first `prefix_lengths[b]` tokens of row b (part A) see each other in both directions; later tokens (part B)
+    see part A and the part-B tokens up to themselves. Prefix length 0 is the causal mask.
+    """
+    in_prefix = key_positions[None, :] < prefix_lengths[:, None]
+    return (causal_mask(query_positions, key_positions, window)[None] | in_prefix[:, None, :])[:, None]
+
+
+# ---------------------------------------------------------------------------------- copied from archspec/nn/models.py
+@dataclass
+class LMOutput:
+    """What a forward pass returns: logits [batch, seq, vocab], and the loss when labels were given.
+
+    For MoE models the router losses are reported separately and added to `loss` with their coefficients.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+
+
+class DecoderLM(nn.Module):
+    """A causal decoder LM. Receives its parts ready-made; `windows[i]` is layer i's sliding window or None.
+
+    Positions are `cache.length + arange(seq)` for every row. Masks are built once per forward, one per distinct
+    window, and shared by the layers; without a cache, window or ALiBi none is built and SDPA's causal fast path
+    runs.
+    """
+
+    def __init__(
+        self,
+        embed: nn.Embedding,
+        layers: list[nn.Module],
+        final_norm: nn.Module,
+        lm_head: nn.Linear,
+        *,
+        windows: list[int | None],
+        context_length: int,
+        pos_embed: nn.Embedding | None = None,
+        embed_norm: nn.Module | None = None,
+        rotary: nn.Module | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+        tied: bool = False,
+        aux_loss: str = "token",
+        aux_loss_coef: float = 0.0,
+        z_loss_coef: float = 0.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        prefix_lm: bool = False,
+        block_positions: bool = False,
+    ) -> None:
+        super().__init__()
+        self.prefix_lm, self.block_positions = prefix_lm, block_positions
+        self.embed = embed
+        self.pos_embed = pos_embed
+        self.embed_norm = embed_norm or nn.Identity()
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
+        self.lm_head = lm_head
+        if tied:
+            self.lm_head.weight = self.embed.weight
+        self.rotary = rotary
+        if alibi_slopes is not None:
+            self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
+        else:
+            self.alibi_slopes = None
+        self.windows = windows
+        self.context_length = context_length
+        self.aux_loss, self.aux_loss_coef, self.z_loss_coef = aux_loss, aux_loss_coef, z_loss_coef
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> LMOutput:
+        """`prefix_lengths` ([batch]; GLM): the first prefix_lengths[b] tokens of row b attend to each other in both
+        directions (part A), the rest causally (part B). None or 0 is the causal decoder."""
+        batch, seq = input_ids.shape
+        # Explicit `positions` ([seq], a tensor) replace cache.length + arange(seq), and the caller advances
+        # cache.length: a compiled decode step (generate(compile=True)) then serves every position with one graph.
+        explicit = positions is not None
+        past = cache.length if cache is not None and not explicit else 0
+        if positions is None:
+            positions = torch.arange(past, past + seq, device=input_ids.device)
+        x = self.embed(input_ids)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        x = self.embed_norm(x)
+        rope_positions = positions
+        rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
+        masks = self._masks(positions, cache, x.dtype, prefix_lengths)
+        for index, layer in enumerate(self.layers):
+            layer_cache = cache.layers[index] if cache is not None else None
+            x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
+        if cache is not None and not explicit:
+            cache.length = past + seq
+        logits = self.lm_head(self.final_norm(x))
+        if labels is None:
+            return LMOutput(logits=logits)
+        # Shift the labels, not the logits (as transformers does): no copy of the [batch, seq, vocab] logits.
+        shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
+        return LMOutput(logits=logits, loss=loss)
+
+    def _masks(
+        self,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        dtype: torch.dtype,
+        prefix_lengths: torch.Tensor | None = None,
+    ) -> dict[int | None, torch.Tensor | None]:
+        distinct = set(self.windows)
+        if cache is None and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
+            return {None: None}
+        key_positions = torch.arange(
+            cache.max_len if cache is not None else positions.shape[0], device=positions.device
+        )
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for window in distinct:
+            mask = causal_mask(positions, key_positions, window)
+            if prefix_lengths is not None:
+                mask = prefix_mask(positions, key_positions, prefix_lengths, window)
+            masks[window] = mask
+        return masks
+
+    def new_cache(
+        self, batch: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> KVCache:
+        """An empty static cache for `batch` sequences of up to `max_len` positions."""
+        reference = self.embed.weight
+        dtype, device = dtype or reference.dtype, device or reference.device
+        return KVCache([layer.attn.new_cache(batch, max_len, dtype, device) for layer in self.layers])
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
+        """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
+
+        `eos_token_id` / `pad_token_id` default to the model's own (`archspec.build` passes the spec's `tokens`).
+        """
+        options.setdefault("eos_token_id", self.eos_token_id)
+        options.setdefault("pad_token_id", self.pad_token_id)
+        if self.prefix_lm and "model_kwargs" not in options:
+            # GLM: the prompt is part A (bidirectional); generated tokens are part B.
+            prompt = torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
+            options["model_kwargs"] = {"prefix_lengths": prompt}
+        return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- copied from archspec/nn/mlp.py
+class MLP(nn.Module):
+    """down(act(up x)), or gated: down(act(gate x) * up x) (SwiGLU, GeGLU, ReGLU)."""
+
+    def __init__(
+        self, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool, bias: bool
+    ) -> None:
+        super().__init__()
+        self.activation = activation
+        self.gate = nn.Linear(d_model, d_ff, bias=bias) if gated else None
+        self.up = nn.Linear(d_model, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            return self.down(self.activation(self.up(x)))
+        return self.down(self.activation(self.gate(x)) * self.up(x))
+
+
+# -------------------------------------------------------------------------------------- glue written by archspec.emit
+def make_block() -> nn.Module:
+    """One deepnorm block; the model stacks 70 of them.
+
+    DeepNet initialises the value, output and MLP weights Xavier-normal with gain beta = 0.08451542547285165
+    (CONFIG["block"]["beta"]): archspec.build's initialisation for training from scratch. This file, like every
+    emitted file, keeps PyTorch's default initialisation and expects trained weights."""
+    attn = Attention(
+        d_model=12288,
+        heads=96,
+        kv_heads=96,
+        head_dim=128,
+        bias=(True, True, True, True),
+        qk_norm_eps=None,
+        scale=None,
+        rope_interleaved=False,
+    )
+    mlp = MLP(
+        d_model=12288,
+        d_ff=32768,
+        activation=partial(F.gelu, approximate="tanh"),
+        gated=True,
+        bias=True,
+    )
+    return DeepNormBlock(
+        attn,
+        mlp,
+        attn_norm=nn.LayerNorm(12288, eps=1e-05, bias=True),
+        mlp_norm=nn.LayerNorm(12288, eps=1e-05, bias=True),
+        alpha=11.832159566199232,
+    )
+
+
+class Glm130b(DecoderLM):
+    """The glm-130b model; `Glm130b()` builds it with random weights."""
+
+    def __init__(self) -> None:
+        with torch.device("cpu"):  # frequencies are exact float32 numbers, computed on the CPU then moved
+            inv_freq = rope_frequencies(
+                rotary_dim=128,
+                theta=10000.0,
+            )
+        rotary = RotaryEmbedding(
+            inv_freq.to(torch.get_default_device()),
+            attention_factor=1.0,
+            interleaved=False,
+            dynamic_ntk=None,
+        )
+        super().__init__(
+            embed=nn.Embedding(150528, 12288),
+            layers=[make_block() for _ in range(70)],
+            final_norm=nn.Identity(),
+            lm_head=nn.Linear(12288, 150528, bias=False),
+            windows=[None] * 70,
+            context_length=2048,
+            embed_norm=nn.LayerNorm(12288, eps=1e-05, bias=True),
+            rotary=rotary,
+            tied=True,
+            prefix_lm=True,
+        )
+
+
+Model = Glm130b
+"""This file's model under a fixed name."""

@@ -1,0 +1,968 @@
+"""llava-1.5-7b: a stand-alone PyTorch model emitted by archspec from its spec. Generated: do not edit by hand.
+
+| name | layers | d_model | attention | position | norm | block | mlp | embeddings | vision |
+|---|---|---|---|---|---|---|---|---|---|
+| llava-1.5-7b | 32 | 4096 | MHA, 32 heads / 32 kv, head_dim 128 | rope, theta 10000.0 | rmsnorm, eps 1e-05 | pre-norm | swiglu, d_ff 11008 | untied | vit 336px / 14, width 1024, 24 blocks, 16 heads, quick-gelu, layer -2, patches, mlp projector (2, gelu), 576 tokens per image (id 32000) |
+
+Imports only torch and the standard library. The components below are copied from `archspec.nn` (only those
+this spec uses); the glue at the end wires them into `Llava1_5_7b` as `archspec.build(spec)` does, so
+state-dict names and numerics are the same as the archspec model's:
+
+    model = Llava1_5_7b()  # random weights; then load a state dict saved from archspec.build(spec):
+    model.load_state_dict(torch.load("llava_1_5_7b.pt"))
+    # input_ids hold 576 placeholder tokens (id 32000) per image
+    logits = model(input_ids, pixel_values=pixel_values).logits
+    tokens = model.generate(input_ids, max_new_tokens=20, pixel_values=pixel_values)
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG = {
+    "name": "llava-1.5-7b",
+    "description": "LLaVA-1.5 7B; numbers from config.json of llava-hf/llava-1.5-7b-hf (Vicuna-7B v1.5 + CLIP ViT-L/14-336).",
+    "structure": "decoder",
+    "vocab_size": 32064,
+    "d_model": 4096,
+    "n_layers": 32,
+    "context_length": 4096,
+    "attention": {
+        "kind": "mha",
+        "heads": 32,
+        "kv_heads": 32,
+        "head_dim": 128,
+        "bias": {"q": False, "k": False, "v": False, "o": False},
+        "qk_norm": False,
+    },
+    "position": {"kind": "rope", "theta": 10000.0, "fraction": 1.0, "pairing": "half", "block_positions": False},
+    "norm": {"kind": "rmsnorm", "eps": 1e-05, "bias": False},
+    "block": {"kind": "pre-norm", "parallel_norms": 1, "residual_from_norm": False},
+    "mlp": {"activation": "swiglu", "d_ff": 11008, "bias": False},
+    "vision": {
+        "tower": {
+            "kind": "vit",
+            "image_size": 336,
+            "patch_size": 14,
+            "channels": 3,
+            "width": 1024,
+            "depth": 24,
+            "heads": 16,
+            "d_ff": 4096,
+            "activation": "quick-gelu",
+            "norm_eps": 1e-05,
+            "bias": True,
+            "patch_bias": False,
+            "class_token": True,
+            "pre_norm": True,
+            "post_norm": True,
+        },
+        "feature_layer": -2,
+        "feature_select": "patches",
+        "projector": {"kind": "mlp", "depth": 2, "activation": "gelu", "bias": True},
+        "image_token": 32000,
+        "tokens_per_image": 576,
+    },
+    "embeddings": {"tied": False, "norm": False, "scale_head": False},
+    "tokens": {"bos": 1, "eos": 2, "pad": 32001},
+}
+"""The resolved spec this file was emitted from (`archspec.spec_from_dict(CONFIG)` gives the spec back)."""
+
+
+# ----------------------------------------------------------------------------- copied from archspec/nn/activations.py
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(1.702 x): the sigmoid approximation of GELU that CLIP's towers were trained with."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+# ----------------------------------------------------------------------------------- copied from archspec/nn/cache.py
+class LayerKVCache:
+    """Keys and values of one attention layer: [batch, kv_heads, max_len, head_dim] each."""
+
+    def __init__(
+        self,
+        batch: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        value_dim: int | None = None,
+    ) -> None:
+        self.keys = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros(batch, kv_heads, max_len, value_dim or head_dim, dtype=dtype, device=device)
+
+    def update(
+        self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys/values at `positions` ([seq]) and return the whole cache."""
+        self.keys.index_copy_(2, positions, keys)
+        self.values.index_copy_(2, positions, values)
+        return self.keys, self.values
+
+
+class KVCache:
+    """The caches of every layer plus how many positions have been written."""
+
+    def __init__(self, layers: list[LayerKVCache]) -> None:
+        self.layers = layers
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].keys.shape[2]
+
+
+# ----------------------------------------------------------------------------------- copied from archspec/nn/norms.py
+class RMSNorm(nn.Module):
+    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 and cast back *before* the weight multiply.
+
+    That cast order is LLaMA's and T5's (and what their half-precision checkpoints were trained with), which is
+    why this is not `torch.nn.RMSNorm`. Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------ copied from archspec/nn/rope.py
+def rope_frequencies(rotary_dim: int, theta: float) -> torch.Tensor:
+    """inv_freq[k] = theta^(-2k / rotary_dim), k = 0 .. rotary_dim/2 - 1."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float32) / rotary_dim
+    return 1.0 / (theta**exponents)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for the given positions, already laid out for the pairing (half or interleaved).
+
+    `dynamic_ntk = (theta, factor, context_length)` recomputes the frequencies when the sequence grows past the
+    context length (dynamic NTK scaling); otherwise the frequencies are a fixed buffer.
+    """
+
+    def __init__(
+        self,
+        inv_freq: torch.Tensor,
+        attention_factor: float = 1.0,
+        interleaved: bool = False,
+        dynamic_ntk: tuple[float, float, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
+        self.rotary_dim = 2 * inv_freq.shape[0]
+        self.attention_factor = attention_factor
+        self.interleaved = interleaved
+        self.dynamic_ntk = dynamic_ntk
+
+    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [..., S] integer positions; seq_len: the largest position + 1 (for dynamic NTK)."""
+        inv_freq = self.inv_freq
+        freqs = positions[..., None].float() * inv_freq
+        if self.interleaved:
+            angles = freqs.repeat_interleave(2, dim=-1)
+        else:
+            angles = torch.cat((freqs, freqs), dim=-1)
+        cos = angles.cos() * self.attention_factor
+        sin = angles.sin() * self.attention_factor
+        return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of x ([batch, heads, seq, head_dim]); cos/sin: [(batch,) seq, r]."""
+    rotary_dim = cos.shape[-1]
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
+    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    if interleaved:
+        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        half = rotary_dim // 2
+        rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+
+
+# ------------------------------------------------------------------------------- copied from archspec/nn/attention.py
+class Attention(nn.Module):
+    """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
+
+    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
+    boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        bias: tuple[bool, bool, bool, bool] = (False, False, False, False),
+        qk_norm_eps: float | None = None,
+        scale: float | None = None,
+        rope_interleaved: bool = False,
+    ) -> None:
+        super().__init__()
+        q_bias, k_bias, v_bias, o_bias = bias
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.rope_interleaved = rope_interleaved
+        self.q = nn.Linear(d_model, heads * head_dim, bias=q_bias)
+        self.k = nn.Linear(d_model, kv_heads * head_dim, bias=k_bias)
+        self.v = nn.Linear(d_model, kv_heads * head_dim, bias=v_bias)
+        self.o = nn.Linear(heads * head_dim, d_model, bias=o_bias)
+        self.q_norm: nn.Module | None = None
+        self.k_norm: nn.Module | None = None
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerKVCache:
+        """An empty static cache for this layer's keys and values."""
+        return LayerKVCache(batch, self.kv_heads, max_len, self.head_dim, dtype, device)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        cache: LayerKVCache | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        # -1, not self.heads: under tensor parallelism each rank holds only its share of the heads.
+        q = self.q(x).view(batch, seq, -1, self.head_dim)
+        k = self.k(x).view(batch, seq, -1, self.head_dim)
+        v = self.v(x).view(batch, seq, -1, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q = apply_rotary(q, cos, sin, self.rope_interleaved)
+            k = apply_rotary(k, cos, sin, self.rope_interleaved)
+        if cache is not None and positions is not None:
+            k, v = cache.update(positions, k, v)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=self.scale,
+            enable_gqa=self.kv_heads != self.heads,
+        )
+        return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+# ---------------------------------------------------------------------------------- copied from archspec/nn/blocks.py
+Rope = tuple[torch.Tensor, torch.Tensor] | None
+
+
+class PreNormBlock(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x)); `residual_from_norm` adds to the normed input instead (BLOOM)."""
+
+    def __init__(
+        self,
+        attn: Attention,
+        mlp: nn.Module,
+        attn_norm: nn.Module,
+        mlp_norm: nn.Module,
+        attn_out_norm: nn.Module | None = None,
+        mlp_out_norm: nn.Module | None = None,
+        residual_from_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.attn_norm, self.attn = attn_norm, attn
+        self.attn_out_norm = attn_out_norm or nn.Identity()
+        self.mlp_norm, self.mlp = mlp_norm, mlp
+        self.mlp_out_norm = mlp_out_norm or nn.Identity()
+        self.residual_from_norm = residual_from_norm
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: Rope,
+        mask: torch.Tensor | None,
+        cache: LayerKVCache | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        h = self.attn_norm(x)
+        x = (h if self.residual_from_norm else x) + self.attn_out_norm(self.attn(h, rope, mask, cache, positions))
+        h = self.mlp_norm(x)
+        return (h if self.residual_from_norm else x) + self.mlp_out_norm(self.mlp(h))
+
+
+# -------------------------------------------------------------------------------- copied from archspec/nn/generate.py
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int = 20,
+    *,
+    eos_token_id: int | list[int] | None = None,
+    pad_token_id: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    model_kwargs: dict[str, object] | None = None,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]) and return [batch, seq + n].
+
+    Rows that produced `eos_token_id` are padded with `pad_token_id` (or eos) afterwards, and decoding stops
+    early once every row has finished, as `transformers`' generate does. `use_cache=False` recomputes the whole
+    sequence at each step (the reference the cache is tested against). `model_kwargs` go to every forward call
+    (GLM's `prefix_lengths`). `compile=True` runs the decode steps through one `torch.compile`d step
+    (CUDA graphs on GPU) that takes the position as a tensor, with a static cache kept on the model for reuse.
+    """
+    model_kwargs = model_kwargs or {}
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    batch, seq = input_ids.shape
+    total = seq + max_new_tokens
+    context_length = getattr(model, "context_length", None)
+    if context_length is not None and getattr(model, "pos_embed", None) is not None and total > context_length:
+        raise ValueError(f"prompt + max_new_tokens = {total} exceeds the learned position table ({context_length})")
+    stop = torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device
+    )
+    pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if len(stop) else 0)
+    step_fn = _compiled_step(model, input_ids.device) if compile and use_cache else None
+    if step_fn is not None:
+        cache = _reusable_cache(model, batch, total)
+    else:
+        cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
+    tokens = input_ids
+    finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    logits = model(input_ids, cache=cache, **model_kwargs).logits[:, -1]
+    for step in range(max_new_tokens):
+        next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
+        if len(stop):
+            next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)
+            finished = finished | torch.isin(next_token, stop)
+        tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+        if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
+            break
+        step_input = next_token[:, None] if cache is not None else tokens
+        if step_fn is not None and cache is not None:
+            positions = torch.full((1,), cache.length, dtype=torch.long, device=input_ids.device)
+            logits = step_fn(model, step_input, cache, positions, model_kwargs)
+            cache.length += 1
+        else:
+            logits = model(step_input, cache=cache, **model_kwargs).logits[:, -1]
+    return tokens
+
+
+def _decode_step(
+    model: torch.nn.Module,
+    token: torch.Tensor,
+    cache: KVCache,
+    positions: torch.Tensor,
+    model_kwargs: dict[str, object],
+) -> torch.Tensor:
+    return model(token, cache=cache, positions=positions, **model_kwargs).logits[:, -1]
+
+
+_COMPILED_STEPS: dict[str, object] = {}
+
+
+def _compiled_step(model: torch.nn.Module, device: torch.device):  # noqa: ANN202
+    """The compiled decode step (one per compile mode), or None for models whose forward needs the sequence
+    length as a number (dynamic NTK RoPE) and so cannot take positions as a tensor."""
+    rotary = getattr(model, "rotary", None)
+    if getattr(rotary, "dynamic_ntk", None) is not None or not hasattr(model, "new_cache"):
+        return None
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    if mode not in _COMPILED_STEPS:
+        _COMPILED_STEPS[mode] = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _COMPILED_STEPS[mode]
+
+
+def _reusable_cache(model: torch.nn.Module, batch: int, total: int) -> KVCache:
+    """A static cache for compiled decoding, kept on the model and reused by calls of the same shape.
+
+    Its tensors get fixed addresses (what CUDA graphs replay against), so reuse avoids a recompile per call.
+    Stale slots need no clearing: slot t is written at position t before any query can attend to it.
+    """
+    caches: dict[tuple[int, int], KVCache] = model.__dict__.setdefault("_decode_caches", {})
+    cache = caches.get((batch, total))
+    if cache is None:
+        cache = model.new_cache(batch, total)  # type: ignore[operator]
+        for layer in cache.layers:
+            for tensor in vars(layer).values():
+                if isinstance(tensor, torch.Tensor):
+                    torch._dynamo.mark_static_address(tensor)
+        caches[(batch, total)] = cache
+    cache.length = 0
+    return cache
+
+
+def _pick(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------- copied from archspec/nn/masks.py
+def causal_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """[queries, keys] mask: key j is visible to query i iff j <= i, and i - j < window when a window is set.
+
+    A window of w lets a query see itself and the w - 1 keys before it (Mistral's convention).
+    """
+    distance = query_positions[:, None] - key_positions[None, :]
+    allowed = distance >= 0
+    if window is not None:
+        allowed = allowed & (distance < window)
+    return allowed
+
+
+# ---------------------------------------------------------------------------------- copied from archspec/nn/models.py
+@dataclass
+class LMOutput:
+    """What a forward pass returns: logits [batch, seq, vocab], and the loss when labels were given.
+
+    For MoE models the router losses are reported separately and added to `loss` with their coefficients.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+
+
+class DecoderLM(nn.Module):
+    """A causal decoder LM. Receives its parts ready-made; `windows[i]` is layer i's sliding window or None.
+
+    Positions are `cache.length + arange(seq)` for every row. Masks are built once per forward, one per distinct
+    window, and shared by the layers; without a cache, window or ALiBi none is built and SDPA's causal fast path
+    runs.
+    """
+
+    def __init__(
+        self,
+        embed: nn.Embedding,
+        layers: list[nn.Module],
+        final_norm: nn.Module,
+        lm_head: nn.Linear,
+        *,
+        windows: list[int | None],
+        context_length: int,
+        pos_embed: nn.Embedding | None = None,
+        embed_norm: nn.Module | None = None,
+        rotary: nn.Module | None = None,
+        alibi_slopes: torch.Tensor | None = None,
+        tied: bool = False,
+        aux_loss: str = "token",
+        aux_loss_coef: float = 0.0,
+        z_loss_coef: float = 0.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        prefix_lm: bool = False,
+        block_positions: bool = False,
+    ) -> None:
+        super().__init__()
+        self.prefix_lm, self.block_positions = prefix_lm, block_positions
+        self.embed = embed
+        self.pos_embed = pos_embed
+        self.embed_norm = embed_norm or nn.Identity()
+        self.layers = nn.ModuleList(layers)
+        self.final_norm = final_norm
+        self.lm_head = lm_head
+        if tied:
+            self.lm_head.weight = self.embed.weight
+        self.rotary = rotary
+        if alibi_slopes is not None:
+            self.register_buffer("alibi_slopes", alibi_slopes, persistent=False)
+        else:
+            self.alibi_slopes = None
+        self.windows = windows
+        self.context_length = context_length
+        self.aux_loss, self.aux_loss_coef, self.z_loss_coef = aux_loss, aux_loss_coef, z_loss_coef
+        self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
+        prefix_lengths: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> LMOutput:
+        """`prefix_lengths` ([batch]; GLM): the first prefix_lengths[b] tokens of row b attend to each other in both
+        directions (part A), the rest causally (part B). None or 0 is the causal decoder."""
+        batch, seq = input_ids.shape
+        # Explicit `positions` ([seq], a tensor) replace cache.length + arange(seq), and the caller advances
+        # cache.length: a compiled decode step (generate(compile=True)) then serves every position with one graph.
+        explicit = positions is not None
+        past = cache.length if cache is not None and not explicit else 0
+        if positions is None:
+            positions = torch.arange(past, past + seq, device=input_ids.device)
+        x = self.embed(input_ids)
+        if inputs_embeds is not None:
+            x = inputs_embeds
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        x = self.embed_norm(x)
+        rope_positions = positions
+        rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
+        masks = self._masks(positions, cache, x.dtype, prefix_lengths)
+        for index, layer in enumerate(self.layers):
+            layer_cache = cache.layers[index] if cache is not None else None
+            x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
+        if cache is not None and not explicit:
+            cache.length = past + seq
+        logits = self.lm_head(self.final_norm(x))
+        if labels is None:
+            return LMOutput(logits=logits)
+        # Shift the labels, not the logits (as transformers does): no copy of the [batch, seq, vocab] logits.
+        shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
+        return LMOutput(logits=logits, loss=loss)
+
+    def _masks(
+        self,
+        positions: torch.Tensor,
+        cache: KVCache | None,
+        dtype: torch.dtype,
+        prefix_lengths: torch.Tensor | None = None,
+    ) -> dict[int | None, torch.Tensor | None]:
+        distinct = set(self.windows)
+        if cache is None and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
+            return {None: None}
+        key_positions = torch.arange(
+            cache.max_len if cache is not None else positions.shape[0], device=positions.device
+        )
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for window in distinct:
+            mask = causal_mask(positions, key_positions, window)
+            masks[window] = mask
+        return masks
+
+    def new_cache(
+        self, batch: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> KVCache:
+        """An empty static cache for `batch` sequences of up to `max_len` positions."""
+        reference = self.embed.weight
+        dtype, device = dtype or reference.dtype, device or reference.device
+        return KVCache([layer.attn.new_cache(batch, max_len, dtype, device) for layer in self.layers])
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
+        """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
+
+        `eos_token_id` / `pad_token_id` default to the model's own (`archspec.build` passes the spec's `tokens`).
+        """
+        options.setdefault("eos_token_id", self.eos_token_id)
+        options.setdefault("pad_token_id", self.pad_token_id)
+        return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- copied from archspec/nn/mlp.py
+class MLP(nn.Module):
+    """down(act(up x)), or gated: down(act(gate x) * up x) (SwiGLU, GeGLU, ReGLU)."""
+
+    def __init__(
+        self, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool, bias: bool
+    ) -> None:
+        super().__init__()
+        self.activation = activation
+        self.gate = nn.Linear(d_model, d_ff, bias=bias) if gated else None
+        self.up = nn.Linear(d_model, d_ff, bias=bias)
+        self.down = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            return self.down(self.activation(self.up(x)))
+        return self.down(self.activation(self.gate(x)) * self.up(x))
+
+
+# ---------------------------------------------------------------------------------- copied from archspec/nn/vision.py
+class PatchEmbedding(nn.Module):
+    """Non-overlapping patch_size x patch_size patches, each mapped linearly to `width` (a strided convolution),
+    an optional learned class token in front, plus learned absolute position embeddings.
+
+    Patches are numbered in reading order (row by row), so token 1 + r * grid + c is patch (r, c).
+    """
+
+    def __init__(self, channels: int, width: int, patch_size: int, grid: int, class_token: bool, bias: bool) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size, bias=bias)
+        self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5) if class_token else None
+        self.positions = nn.Embedding(grid * grid + int(class_token), width)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.proj(pixel_values.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
+        if self.class_embedding is not None:
+            x = torch.cat((self.class_embedding.expand(x.shape[0], 1, -1), x), dim=1)
+        return x + self.positions.weight
+
+
+class VisionTower(nn.Module):
+    """pixel_values [images, C, H, W] -> the features a VLM reads: [images, tokens, width * len(feature_layers)].
+
+    `feature_layers` index the hidden states: 0 is the (pre-normed) embeddings, k the output of block k. Only the
+    blocks up to the deepest one read are run. `drop_class_token` keeps the patch tokens only. `post_norm` is CLIP's
+    post_layernorm, kept so its checkpoints load: it normalises the pooled class token (`pooled`), not the features.
+    Blocks attend bidirectionally: they get an all-true mask, never the causal fast path.
+    """
+
+    def __init__(
+        self,
+        embed: PatchEmbedding,
+        layers: list[nn.Module],
+        pre_norm: nn.Module | None,
+        post_norm: nn.Module | None,
+        *,
+        feature_layers: list[int],
+        drop_class_token: bool,
+    ) -> None:
+        super().__init__()
+        self.embed = embed
+        self.pre_norm = pre_norm or nn.Identity()
+        self.layers = nn.ModuleList(layers)
+        self.post_norm = post_norm or nn.Identity()
+        self.feature_layers = feature_layers
+        self.drop_class_token = drop_class_token
+
+    def hidden_states(self, pixel_values: torch.Tensor, up_to: int) -> list[torch.Tensor]:
+        """The embeddings and the outputs of blocks 1..up_to."""
+        x = self.pre_norm(self.embed(pixel_values))
+        everything = torch.ones(1, 1, dtype=torch.bool, device=x.device)  # bidirectional attention
+        states = [x]
+        for layer in self.layers[:up_to]:
+            x = layer(x, None, everything, None, None)
+            states.append(x)
+        return states
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        states = self.hidden_states(pixel_values, max(self.feature_layers))
+        features = torch.cat([states[index] for index in self.feature_layers], dim=-1)
+        return features[:, 1:] if self.drop_class_token else features
+
+    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP's pooled output: the class token after the last block, post-normed ([images, width])."""
+        return self.post_norm(self.hidden_states(pixel_values, len(self.layers))[-1][:, 0])
+
+
+class Projector(nn.Module):
+    """layers[0](x), then activation and the next layer for each further layer: LLaVA-1.5's two-layer GELU MLP
+    (depth 2) or a single linear map (depth 1), from the tower's width to the LM's."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int, depth: int, activation: Callable[[torch.Tensor], torch.Tensor], bias: bool
+    ) -> None:
+        super().__init__()
+        self.activation = activation
+        dims = [in_dim] + [out_dim] * depth
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(dims[:-1], dims[1:], strict=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers[0](x)
+        for layer in self.layers[1:]:
+            x = layer(self.activation(x))
+        return x
+
+
+class PatchPool(nn.Module):
+    """[images, grid^2, d] -> [images, side^2, d]: the reading-order grid of each image averaged over
+    (grid / side)^2 windows, e.g. 24 x 24 = 576 tokens -> 12 x 12 = 144 with 2 x 2 windows."""
+
+    def __init__(self, grid: int, side: int) -> None:
+        super().__init__()
+        self.grid, self.window = grid, grid // side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images, _, dim = x.shape
+        x = x.view(images, self.grid, self.grid, dim).permute(0, 3, 1, 2)
+        x = F.avg_pool2d(x, kernel_size=self.window, stride=self.window)
+        return x.flatten(2).transpose(1, 2)
+
+
+def splice_image_tokens(
+    embeds: torch.Tensor, input_ids: torch.Tensor, image_tokens: torch.Tensor, image_token_id: int
+) -> torch.Tensor:
+    """embeds [batch, seq, d] with its placeholder positions (input_ids == image_token_id), taken in reading order
+    (row by row, left to right), replaced by the rows of image_tokens [images, tokens, d] in order.
+
+    Static shapes and no host sync: the k-th placeholder gathers image token k (a cumulative count), so it traces
+    and compiles. The caller checks that the counts agree (`placeholder_mismatch`).
+    """
+    flat = image_tokens.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+    if flat.shape[0] == 0:  # no images (a static shape: no graph break)
+        return embeds
+    is_image = input_ids == image_token_id
+    index = (is_image.flatten().cumsum(0) - 1).clamp(min=0).view_as(input_ids)
+    return torch.where(is_image[..., None], flat[index], embeds)
+
+
+def placeholder_mismatch(
+    input_ids: torch.Tensor, image_token_id: int, images: int, tokens_per_image: int
+) -> str | None:
+    """Why input_ids cannot take `images` images (None when they can): each image fills tokens_per_image
+    placeholders, so the placeholder count must be images * tokens_per_image. Syncs with the device."""
+    found = int((input_ids == image_token_id).sum())
+    if found == images * tokens_per_image:
+        return None
+    return (
+        f"input_ids hold {found} image placeholder tokens (id {image_token_id}), but {images} image(s) x "
+        f"{tokens_per_image} tokens per image need {images * tokens_per_image}: put one run of {tokens_per_image} "
+        "placeholders in the text for each image given"
+    )
+
+
+# ------------------------------------------------------------------------------------- copied from archspec/nn/vlm.py
+class VisionLanguageLM(DecoderLM):
+    """A `DecoderLM` (same text parts, names and cache) plus a vision tower, a projector and optional pooling.
+
+    `model(input_ids, pixel_values=...)` runs the tower; `model(input_ids, image_features=...)` starts from tower
+    features [images, patches, width] (external towers). Either way the projected (and pooled) image tokens replace
+    the embeddings at the placeholder positions, image after image in reading order of the batch. Without images
+    the call is the text model's, unchanged. `vision_tower` is None for an external tower: set it to any module or
+    callable mapping pixel_values to features to use `pixel_values=` with one.
+    """
+
+    def __init__(
+        self,
+        *args: object,
+        vision_tower: nn.Module | None,
+        projector: Projector,
+        pooling: PatchPool | None,
+        image_token: int,
+        tokens_per_image: int,
+        feature_shape: tuple[int, int],
+        **kwargs: object,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.vision_tower = vision_tower
+        self.projector = projector
+        self.pooling = pooling
+        self.image_token, self.tokens_per_image = image_token, tokens_per_image
+        self.feature_shape = feature_shape  # (tokens, width) of the features one image gives the projector
+
+    def image_tokens(
+        self, pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[images, tokens_per_image, d_model]: tower (unless features are given) -> projector -> pooling."""
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("pass exactly one of pixel_values and image_features")
+        if image_features is None:
+            if self.vision_tower is None:
+                raise ValueError(
+                    "this spec's vision tower is external: pass image_features=[images, patches, width], "
+                    "or set model.vision_tower to a module returning them"
+                )
+            image_features = self.vision_tower(pixel_values)
+        if tuple(image_features.shape[1:]) != self.feature_shape:
+            raise ValueError(
+                f"image features have shape {tuple(image_features.shape)}; the spec expects "
+                f"[images, {self.feature_shape[0]}, {self.feature_shape[1]}]"
+            )
+        tokens = self.projector(image_features)
+        return self.pooling(tokens) if self.pooling is not None else tokens
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
+        **text_options: object,
+    ) -> LMOutput:
+        """`text_options` go to `DecoderLM.forward` as they are."""
+        if pixel_values is None and image_features is None:
+            return super().forward(input_ids, cache=cache, labels=labels, **text_options)  # type: ignore[arg-type]
+        image_tokens = self.image_tokens(pixel_values, image_features)
+        return self.forward_with_image_tokens(input_ids, image_tokens, cache, labels, **text_options)
+
+    def forward_with_image_tokens(
+        self,
+        input_ids: torch.Tensor,
+        image_tokens: torch.Tensor,
+        cache: KVCache | None = None,
+        labels: torch.Tensor | None = None,
+        **text_options: object,
+    ) -> LMOutput:
+        """The forward pass with image tokens already computed ([images, tokens_per_image, d_model])."""
+        if not torch.compiler.is_compiling():  # the count check syncs with the device; a compiled graph skips it
+            problem = placeholder_mismatch(input_ids, self.image_token, image_tokens.shape[0], self.tokens_per_image)
+            if problem is not None:
+                raise ValueError(problem)
+        embeds = splice_image_tokens(self.embed(input_ids), input_ids, image_tokens, self.image_token)
+        return super().forward(input_ids, cache=cache, labels=labels, inputs_embeds=embeds, **text_options)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def generate(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 20,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        **options: object,
+    ) -> torch.Tensor:
+        """`DecoderLM.generate` with images: their tokens are computed once, spliced into the prompt's forward pass,
+        and from then on the KV cache holds them (without a cache every step splices them again)."""
+        if pixel_values is None and image_features is None:
+            return super().generate(input_ids, max_new_tokens, **options)
+        options.setdefault("eos_token_id", self.eos_token_id)
+        options.setdefault("pad_token_id", self.pad_token_id)
+        step = _WithImages(self, self.image_tokens(pixel_values, image_features))
+        return generate(step, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
+
+
+class _WithImages:
+    """What `generate` calls: the prompt's pass (empty or no cache) gets the image tokens, decode steps do not."""
+
+    def __init__(self, model: VisionLanguageLM, image_tokens: torch.Tensor) -> None:
+        self.model, self.image_tokens = model, image_tokens
+        self.context_length, self.pos_embed = model.context_length, model.pos_embed
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return self.model.new_cache(batch, max_len)
+
+    def __call__(self, input_ids: torch.Tensor, cache: KVCache | None = None, **options: object) -> LMOutput:
+        if cache is None or cache.length == 0:
+            return self.model.forward_with_image_tokens(input_ids, self.image_tokens, cache, **options)
+        return self.model(input_ids, cache=cache, **options)
+
+
+# -------------------------------------------------------------------------------------- glue written by archspec.emit
+def make_block() -> nn.Module:
+    """One pre-norm block; the model stacks 32 of them."""
+    attn = Attention(
+        d_model=4096,
+        heads=32,
+        kv_heads=32,
+        head_dim=128,
+        bias=(False, False, False, False),
+        qk_norm_eps=None,
+        scale=None,
+        rope_interleaved=False,
+    )
+    mlp = MLP(
+        d_model=4096,
+        d_ff=11008,
+        activation=F.silu,
+        gated=True,
+        bias=False,
+    )
+    return PreNormBlock(
+        attn,
+        mlp,
+        attn_norm=RMSNorm(4096, 1e-05),
+        mlp_norm=RMSNorm(4096, 1e-05),
+    )
+
+
+def make_vision_block() -> nn.Module:
+    """One block of the vision tower (pre-norm, bidirectional attention, plain MLP); the tower stacks
+    24 of them."""
+    attn = Attention(
+        d_model=1024,
+        heads=16,
+        kv_heads=16,
+        head_dim=64,
+        bias=(True, True, True, True),
+    )
+    mlp = MLP(
+        d_model=1024,
+        d_ff=4096,
+        activation=quick_gelu,
+        gated=False,
+        bias=True,
+    )
+    return PreNormBlock(
+        attn,
+        mlp,
+        attn_norm=nn.LayerNorm(1024, eps=1e-05),
+        mlp_norm=nn.LayerNorm(1024, eps=1e-05),
+    )
+
+
+def make_vision_tower() -> VisionTower:
+    """The image encoder: pixel_values [images, channels, height, width] -> features [images, tokens, width]."""
+    return VisionTower(
+        embed=PatchEmbedding(
+            channels=3,
+            width=1024,
+            patch_size=14,
+            grid=24,
+            class_token=True,
+            bias=False,
+        ),
+        layers=[make_vision_block() for _ in range(24)],
+        pre_norm=nn.LayerNorm(1024, eps=1e-05),
+        post_norm=nn.LayerNorm(1024, eps=1e-05),
+        feature_layers=[23],
+        drop_class_token=True,
+    )
+
+
+class Llava1_5_7b(VisionLanguageLM):
+    """The llava-1.5-7b model; `Llava1_5_7b()` builds it with random weights."""
+
+    def __init__(self) -> None:
+        with torch.device("cpu"):  # frequencies are exact float32 numbers, computed on the CPU then moved
+            inv_freq = rope_frequencies(
+                rotary_dim=128,
+                theta=10000.0,
+            )
+        rotary = RotaryEmbedding(
+            inv_freq.to(torch.get_default_device()),
+            attention_factor=1.0,
+            interleaved=False,
+            dynamic_ntk=None,
+        )
+        super().__init__(
+            embed=nn.Embedding(32064, 4096),
+            layers=[make_block() for _ in range(32)],
+            final_norm=RMSNorm(4096, 1e-05),
+            lm_head=nn.Linear(4096, 32064, bias=False),
+            windows=[None] * 32,
+            context_length=4096,
+            rotary=rotary,
+            eos_token_id=2,
+            pad_token_id=32001,
+            vision_tower=make_vision_tower(),
+            projector=Projector(
+                in_dim=1024,
+                out_dim=4096,
+                depth=2,
+                activation=F.gelu,
+                bias=True,
+            ),
+            pooling=None,
+            image_token=32000,
+            tokens_per_image=576,
+            feature_shape=(576, 1024),
+        )
+
+
+Model = Llava1_5_7b
+"""This file's model under a fixed name."""
