@@ -113,40 +113,49 @@ def check(
 @app.command()
 @user_errors
 def build(
-    spec_path: Path = typer.Argument(..., metavar="SPEC", help="The spec file to compile."),
+    spec_paths: list[Path] = typer.Argument(..., metavar="SPEC...", help="The spec files to compile."),
     output: Path = typer.Option(
         Path("generated"), "--output", "-o", metavar="DIR", help="Where the emitted source is written."
     ),
     check_only: bool = typer.Option(
-        False, "--check", help="Write nothing; exit 1 if the emitted source on disk is missing or stale."
+        False, "--check", help="Write nothing; exit 1 if an emitted source on disk is missing or stale."
     ),
 ) -> None:
-    """Validate SPEC, compile it on the meta device, print a summary, and write DIR/<name>.py."""
+    """Validate each SPEC, compile it on the meta device, print a summary, and write DIR/<name>.py.
+
+    `archspec build --check specs/*.yaml` checks every file and exits 1 if any is stale (what CI runs).
+    """
     import archspec
 
-    spec = load_spec(spec_path)
-    model = archspec.build(spec, device="meta")
-    out.print(summary_table(spec, model))
-
     emit = _emitter()
-    if emit is None:
-        err.print("note: source emission (archspec.emit) is not available yet; nothing written")
-        return
-    try:
-        _write_or_check(emit, spec, spec_path, output, check_only)
-    except NotImplementedError as exc:  # a kind the emitter does not cover yet: the model itself is fine
-        err.print(f"note: {exc}; nothing written", markup=False)
+    stale = []
+    for spec_path in spec_paths:
+        spec = load_spec(spec_path)
+        model = archspec.build(spec, device="meta")
+        if not check_only:
+            out.print(summary_table(spec, model))
+        if emit is None:
+            err.print("note: source emission (archspec.emit) is not available yet; nothing written")
+            continue
+        try:
+            stale += _write_or_check(emit, spec, spec_path, output, check_only)
+        except NotImplementedError as exc:  # a kind the emitter does not cover yet: the model itself is fine
+            err.print(f"note: {exc}; nothing written", markup=False)
+    if stale:
+        fail("\n".join(stale))
 
 
-def _write_or_check(emit: ModuleType, spec: Spec, spec_path: Path, output: Path, check_only: bool) -> None:
+def _write_or_check(emit: ModuleType, spec: Spec, spec_path: Path, output: Path, check_only: bool) -> list[str]:
+    """Write the emitted source, or check it; returns the error line of a stale or missing file."""
     target = emit.generated_path(spec, output)
     if not check_only:
         out.print(f"wrote {emit.write_generated(spec, output)}", markup=False)
     elif emit.is_stale(spec, output):  # emits first, so a spec it cannot emit yet is a note, not "missing"
         problem = "is stale" if target.is_file() else "does not exist"
-        fail(f"error: {target} {problem}; run `archspec build {spec_path} -o {output}` to write it")
+        return [f"error: {target} {problem}; run `archspec build {spec_path} -o {output}` to write it"]
     else:
         out.print(f"up to date: {target}", markup=False)
+    return []
 
 
 def _emitter() -> ModuleType | None:
