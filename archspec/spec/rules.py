@@ -140,8 +140,14 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
             problem("position.kind", f"encoder-decoder supports position kind relative-bias, not {position.kind}")
         if block.kind != "pre-norm" or block.residual_from_norm:
             problem("block", "encoder-decoder blocks are pre-norm (T5's layout)", "use block: pre-norm")
-        if spec.attention.window is not None:
+        if getattr(spec.attention, "window", None) is not None:
             problem("attention.window", "sliding windows are not supported in encoder-decoder models")
+        if spec.attention.kind != "mha":
+            problem("attention.kind", f"encoder-decoder attention is mha, not {spec.attention.kind}")
+        if spec.moe is not None:
+            problem("moe", "mixture of experts is not implemented for encoder-decoder models")
+        if spec.embeddings.norm:
+            problem("embeddings.norm", "T5 has no embedding norm; encoder-decoder models do not build one")
         if spec.tokens.decoder_start is None:
             problem("tokens.decoder_start", "encoder-decoder needs a decoder start token", "T5 uses 0 (the pad id)")
     else:
@@ -156,7 +162,7 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
             problem("position.block_positions", "2-D positions rotate whole heads in half pairing", "fraction: 1, pairing: half")
         if position.scaling is not None:
             problem("position.scaling", "2-D positions take no frequency scaling")
-        if spec.attention.head_dim is not None and spec.attention.head_dim % 4:
+        if getattr(spec.attention, "head_dim", None) is not None and spec.attention.head_dim % 4:
             problem("position.block_positions", f"head_dim {spec.attention.head_dim} must be divisible by 4", "two rotary halves of even width")
     if block.kind != "deepnorm":
         for name in ("alpha", "beta"):
