@@ -85,14 +85,17 @@ class LayerKVCache:
     ) -> None:
         self.keys = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros(batch, kv_heads, max_len, value_dim or head_dim, dtype=dtype, device=device)
+        self.visible: int | None = None  # set by the model per call: slots `update` returns (None: all)
 
     def update(
         self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new keys/values at `positions` ([seq]) and return the whole cache."""
+        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all)."""
         self.keys.index_copy_(2, positions, keys)
         self.values.index_copy_(2, positions, values)
-        return self.keys, self.values
+        if self.visible is None:
+            return self.keys, self.values
+        return self.keys[:, :, : self.visible], self.values[:, :, : self.visible]
 
 
 class KVCache:
@@ -184,7 +187,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
 
-    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
+    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path) or for one
+    query attending to every key (a decode step over the written part of the cache), else a
     boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
     """
 
@@ -240,7 +244,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=mask is None and seq > 1,  # one query with no mask: the last position, sees every key
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )
@@ -709,7 +713,14 @@ class DecoderLM(nn.Module):
         x = self.embed_norm(x)
         rope_positions = positions
         rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
-        masks = self._masks(positions, cache, x.dtype, prefix_lengths)
+        # Eager calls know the cache length as a number: attention then reads only the written slots, and a
+        # plain causal model needs no mask for a first chunk or a single-token step. Compiled steps (explicit
+        # positions) read the whole static cache under a mask, so that their shapes never change.
+        keys = seq if cache is None else (cache.max_len if explicit else past + seq)
+        if cache is not None:
+            for layer_cache in cache.layers:
+                layer_cache.visible = None if explicit else keys
+        masks = self._masks(positions, keys, x.dtype, prefix_lengths, unmasked=not explicit and (past == 0 or seq == 1))
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
             x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
@@ -741,20 +752,21 @@ class DecoderLM(nn.Module):
     def _masks(
         self,
         positions: torch.Tensor,
-        cache: KVCache | None,
+        keys: int,
         dtype: torch.dtype,
         prefix_lengths: torch.Tensor | None = None,
+        unmasked: bool = True,
     ) -> dict[int | None, torch.Tensor | None]:
+        """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or {None: None} when plain causal
+        attention needs none (`unmasked`: the queries are the first `keys` positions, or a single last one)."""
         distinct = set(self.windows)
-        if cache is None and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
+        if unmasked and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
             return {None: None}
-        key_positions = torch.arange(
-            cache.max_len if cache is not None else positions.shape[0], device=positions.device
-        )
+        key_positions = torch.arange(keys, device=positions.device)
         masks: dict[int | None, torch.Tensor | None] = {}
         for window in distinct:
             mask = causal_mask(positions, key_positions, window)
-            masks[window] = mask
+            masks[window] = mask[(None,) * (4 - mask.dim())]  # 4-D: CPU SDPA is far slower with 2-D masks
         return masks
 
     def new_cache(

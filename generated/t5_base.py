@@ -66,14 +66,17 @@ class LayerKVCache:
     ) -> None:
         self.keys = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros(batch, kv_heads, max_len, value_dim or head_dim, dtype=dtype, device=device)
+        self.visible: int | None = None  # set by the model per call: slots `update` returns (None: all)
 
     def update(
         self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new keys/values at `positions` ([seq]) and return the whole cache."""
+        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all)."""
         self.keys.index_copy_(2, positions, keys)
         self.values.index_copy_(2, positions, values)
-        return self.keys, self.values
+        if self.visible is None:
+            return self.keys, self.values
+        return self.keys[:, :, : self.visible], self.values[:, :, : self.visible]
 
 
 class KVCache:
@@ -111,7 +114,8 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
 
-    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
+    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path) or for one
+    query attending to every key (a decode step over the written part of the cache), else a
     boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
     """
 
@@ -163,7 +167,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=mask is None and seq > 1,  # one query with no mask: the last position, sees every key
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )

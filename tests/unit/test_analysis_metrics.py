@@ -354,3 +354,40 @@ def test_llama3_405b_is_analysed_in_well_under_a_second() -> None:
     assert elapsed < 0.1, elapsed
     assert figures.params.total == 405_853_388_800
     assert figures.kv.bytes_per_token == 2 * 126 * 8 * 128 * 2
+
+
+# ------------------------------------------------------------------------------- MoE, MLA and T5 figures
+def _grouped_linear_flops(x_shape: Any, weight_shape: Any, offsets_shape: Any, *args: Any, **kwargs: Any) -> int:
+    """archspec's expert matmul: each of the rows (token, slot) times one [out, in] expert matrix."""
+    return 2 * x_shape[0] * weight_shape[1] * weight_shape[2]
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "deepseek-v2-lite", "mixtral-8x7b", "qwen1.5-moe-a2.7b"])
+def test_moe_and_mla_flops_match_flop_counter(name: str) -> None:
+    """Routed experts counted top_k per token (the active parameters), MLA with its kv up-projection per token."""
+    from tiny import shrink
+
+    spec = shrink(archspec.load_spec(SPECS[0].parent / f"{name}.yaml"))
+    model = archspec.build(spec).eval()
+    ids = torch.randint(0, spec.vocab_size, (2, 9))
+    mapping = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_sdpa,
+        torch.ops.archspec.grouped_linear: _grouped_linear_flops,
+    }
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(ids)
+    assert counter.get_total_flops() == flop_counts(spec, 9, count="full").forward_per_sequence * 2
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "t5-base"])
+def test_mla_and_encoder_decoder_kv_bytes_match_the_cache(name: str) -> None:
+    from tiny import shrink
+
+    spec = shrink(archspec.load_spec(SPECS[0].parent / f"{name}.yaml"))
+    model = archspec.build(spec)
+    cache = model.new_cache(1, 16)
+    layers = [layer for layer in cache.layers if layer.keys.shape[2] == 16]
+    stored = sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values))
+    if spec.structure == "encoder-decoder":  # the cross-attention K/V of 16 source tokens as well
+        stored *= 2
+    assert kv_cache(spec, 16, 1, "float32").bytes_per_token * 16 == stored
