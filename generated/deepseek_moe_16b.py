@@ -187,8 +187,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
 
-    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path) or for one
-    query attending to every key (a decode step over the written part of the cache), else a
+    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
     boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
     """
 
@@ -244,7 +243,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and seq > 1,  # one query with no mask: the last position, sees every key
+            is_causal=mask is None,
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )
@@ -453,7 +452,9 @@ def _(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Ten
 
 
 @torch.library.custom_op("deepseek_moe_16b_ops::grouped_linear_weight_grad", mutates_args=())
-def grouped_linear_weight_grad(grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, experts: int) -> torch.Tensor:
+def grouped_linear_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, experts: int
+) -> torch.Tensor:
     """d(loss)/d(weight[e]) = grad[block e].T @ x[block e]."""
     out = grad.new_zeros(experts, grad.shape[1], x.shape[1])
     start = 0
@@ -537,7 +538,9 @@ class Router(nn.Module):
 class Experts(nn.Module):
     """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate, up, down."""
 
-    def __init__(self, experts: int, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool) -> None:
+    def __init__(
+        self, experts: int, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool
+    ) -> None:
         super().__init__()
         self.activation = activation
         self.gate = nn.Parameter(torch.empty(experts, d_ff, d_model)) if gated else None
@@ -561,7 +564,14 @@ class MoE(nn.Module):
     model when it computes the training loss).
     """
 
-    def __init__(self, router: Router, experts: Experts, shared: nn.Module | None = None, shared_gate: nn.Linear | None = None, jitter: float = 0.0) -> None:
+    def __init__(
+        self,
+        router: Router,
+        experts: Experts,
+        shared: nn.Module | None = None,
+        shared_gate: nn.Linear | None = None,
+        jitter: float = 0.0,
+    ) -> None:
         super().__init__()
         self.router, self.experts = router, experts
         self.shared, self.shared_gate = shared, shared_gate
@@ -579,7 +589,9 @@ class MoE(nn.Module):
         top_k = selected.shape[1]
         flat = selected.flatten()
         order = flat.argsort(stable=True)
-        counts = torch.zeros(self.router.experts, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+        counts = torch.zeros(self.router.experts, dtype=torch.long, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat)
+        )
         token_of_row = order // top_k
         rows = self.experts(x[token_of_row], counts.cumsum(0))
         rows = rows * weights.flatten()[order, None].to(rows.dtype)
@@ -604,7 +616,9 @@ def load_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor]
     return experts * (fraction * probs.mean(dim=0)).sum()
 
 
-def sequence_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int, batch: int, scoring: str) -> torch.Tensor:
+def sequence_balancing_loss(
+    logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int, batch: int, scoring: str
+) -> torch.Tensor:
     """DeepSeek-V3's complementary sequence-wise balance loss, averaged over layers and sequences:
     sum_e f_e * P_e with f_e = E / (k T) * #selections of e in the sequence and P_e = mean_t of the normalised scores.
     """
@@ -714,13 +728,13 @@ class DecoderLM(nn.Module):
         rope_positions = positions
         rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
         # Eager calls know the cache length as a number: attention then reads only the written slots, and a
-        # plain causal model needs no mask for a first chunk or a single-token step. Compiled steps (explicit
+        # plain causal model needs no mask for the first chunk (SDPA's is_causal). Compiled steps (explicit
         # positions) read the whole static cache under a mask, so that their shapes never change.
         keys = seq if cache is None else (cache.max_len if explicit else past + seq)
         if cache is not None:
             for layer_cache in cache.layers:
                 layer_cache.visible = None if explicit else keys
-        masks = self._masks(positions, keys, x.dtype, prefix_lengths, unmasked=not explicit and (past == 0 or seq == 1))
+        masks = self._masks(positions, keys, x.dtype, prefix_lengths, unmasked=not explicit and past == 0)
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
             x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
@@ -758,7 +772,7 @@ class DecoderLM(nn.Module):
         unmasked: bool = True,
     ) -> dict[int | None, torch.Tensor | None]:
         """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or {None: None} when plain causal
-        attention needs none (`unmasked`: the queries are the first `keys` positions, or a single last one)."""
+        attention needs none (`unmasked`: the queries are the first `keys` positions)."""
         distinct = set(self.windows)
         if unmasked and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
             return {None: None}

@@ -146,8 +146,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
 
-    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path) or for one
-    query attending to every key (a decode step over the written part of the cache), else a
+    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
     boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
     """
 
@@ -203,7 +202,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and seq > 1,  # one query with no mask: the last position, sees every key
+            is_causal=mask is None,
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )
@@ -473,13 +472,13 @@ class DecoderLM(nn.Module):
         rope_positions = positions
         rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
         # Eager calls know the cache length as a number: attention then reads only the written slots, and a
-        # plain causal model needs no mask for a first chunk or a single-token step. Compiled steps (explicit
+        # plain causal model needs no mask for the first chunk (SDPA's is_causal). Compiled steps (explicit
         # positions) read the whole static cache under a mask, so that their shapes never change.
         keys = seq if cache is None else (cache.max_len if explicit else past + seq)
         if cache is not None:
             for layer_cache in cache.layers:
                 layer_cache.visible = None if explicit else keys
-        masks = self._masks(positions, keys, x.dtype, prefix_lengths, unmasked=not explicit and (past == 0 or seq == 1))
+        masks = self._masks(positions, keys, x.dtype, prefix_lengths, unmasked=not explicit and past == 0)
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
             x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
@@ -502,7 +501,7 @@ class DecoderLM(nn.Module):
         unmasked: bool = True,
     ) -> dict[int | None, torch.Tensor | None]:
         """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or {None: None} when plain causal
-        attention needs none (`unmasked`: the queries are the first `keys` positions, or a single last one)."""
+        attention needs none (`unmasked`: the queries are the first `keys` positions)."""
         distinct = set(self.windows)
         if unmasked and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
             return {None: None}

@@ -115,8 +115,7 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
 
-    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path) or for one
-    query attending to every key (a decode step over the written part of the cache), else a
+    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
     boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
     """
 
@@ -168,7 +167,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and seq > 1,  # one query with no mask: the last position, sees every key
+            is_causal=mask is None,
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )

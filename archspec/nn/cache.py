@@ -22,14 +22,17 @@ class LayerKVCache:
     ) -> None:
         self.keys = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros(batch, kv_heads, max_len, value_dim or head_dim, dtype=dtype, device=device)
+        self.visible: int | None = None  # set by the model per call: slots `update` returns (None: all)
 
     def update(
         self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new keys/values at `positions` ([seq]) and return the whole cache."""
+        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all)."""
         self.keys.index_copy_(2, positions, keys)
         self.values.index_copy_(2, positions, values)
-        return self.keys, self.values
+        if self.visible is None:
+            return self.keys, self.values
+        return self.keys[:, :, : self.visible], self.values[:, :, : self.visible]
 
 
 class KVCache:

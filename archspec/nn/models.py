@@ -105,7 +105,14 @@ class DecoderLM(nn.Module):
         if self.block_positions:  # emit-if: block_positions
             rope_positions = glm_positions(positions, prefix_lengths, batch)
         rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
-        masks = self._masks(positions, cache, x.dtype, prefix_lengths)
+        # Eager calls know the cache length as a number: attention then reads only the written slots, and a
+        # plain causal model needs no mask for the first chunk (SDPA's is_causal). Compiled steps (explicit
+        # positions) read the whole static cache under a mask, so that their shapes never change.
+        keys = seq if cache is None else (cache.max_len if explicit else past + seq)
+        if cache is not None:
+            for layer_cache in cache.layers:
+                layer_cache.visible = None if explicit else keys
+        masks = self._masks(positions, keys, x.dtype, prefix_lengths, unmasked=not explicit and past == 0)
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
             x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
@@ -137,16 +144,17 @@ class DecoderLM(nn.Module):
     def _masks(
         self,
         positions: torch.Tensor,
-        cache: KVCache | None,
+        keys: int,
         dtype: torch.dtype,
         prefix_lengths: torch.Tensor | None = None,
+        unmasked: bool = True,
     ) -> dict[int | None, torch.Tensor | None]:
+        """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or {None: None} when plain causal
+        attention needs none (`unmasked`: the queries are the first `keys` positions)."""
         distinct = set(self.windows)
-        if cache is None and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
+        if unmasked and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
             return {None: None}
-        key_positions = torch.arange(
-            cache.max_len if cache is not None else positions.shape[0], device=positions.device
-        )
+        key_positions = torch.arange(keys, device=positions.device)
         masks: dict[int | None, torch.Tensor | None] = {}
         for window in distinct:
             mask = causal_mask(positions, key_positions, window)
@@ -154,7 +162,7 @@ class DecoderLM(nn.Module):
                 mask = prefix_mask(positions, key_positions, prefix_lengths, window)
             if self.alibi_slopes is not None:  # emit-if: alibi
                 mask = additive_mask(mask, alibi_bias(self.alibi_slopes, key_positions), dtype)
-            masks[window] = mask
+            masks[window] = mask[(None,) * (4 - mask.dim())]  # 4-D: CPU SDPA is far slower with 2-D masks
         return masks
 
     def new_cache(

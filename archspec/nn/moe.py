@@ -36,7 +36,9 @@ def _(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Ten
 
 
 @torch.library.custom_op("archspec::grouped_linear_weight_grad", mutates_args=())
-def grouped_linear_weight_grad(grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, experts: int) -> torch.Tensor:
+def grouped_linear_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, offsets: torch.Tensor, experts: int
+) -> torch.Tensor:
     """d(loss)/d(weight[e]) = grad[block e].T @ x[block e]."""
     out = grad.new_zeros(experts, grad.shape[1], x.shape[1])
     start = 0
@@ -120,7 +122,9 @@ class Router(nn.Module):
 class Experts(nn.Module):
     """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate, up, down."""
 
-    def __init__(self, experts: int, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool) -> None:
+    def __init__(
+        self, experts: int, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool
+    ) -> None:
         super().__init__()
         self.activation = activation
         self.gate = nn.Parameter(torch.empty(experts, d_ff, d_model)) if gated else None
@@ -144,7 +148,14 @@ class MoE(nn.Module):
     model when it computes the training loss).
     """
 
-    def __init__(self, router: Router, experts: Experts, shared: nn.Module | None = None, shared_gate: nn.Linear | None = None, jitter: float = 0.0) -> None:
+    def __init__(
+        self,
+        router: Router,
+        experts: Experts,
+        shared: nn.Module | None = None,
+        shared_gate: nn.Linear | None = None,
+        jitter: float = 0.0,
+    ) -> None:
         super().__init__()
         self.router, self.experts = router, experts
         self.shared, self.shared_gate = shared, shared_gate
@@ -162,7 +173,9 @@ class MoE(nn.Module):
         top_k = selected.shape[1]
         flat = selected.flatten()
         order = flat.argsort(stable=True)
-        counts = torch.zeros(self.router.experts, dtype=torch.long, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+        counts = torch.zeros(self.router.experts, dtype=torch.long, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat)
+        )
         token_of_row = order // top_k
         rows = self.experts(x[token_of_row], counts.cumsum(0))
         rows = rows * weights.flatten()[order, None].to(rows.dtype)
@@ -187,7 +200,9 @@ def load_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor]
     return experts * (fraction * probs.mean(dim=0)).sum()
 
 
-def sequence_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int, batch: int, scoring: str) -> torch.Tensor:
+def sequence_balancing_loss(
+    logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int, batch: int, scoring: str
+) -> torch.Tensor:
     """DeepSeek-V3's complementary sequence-wise balance loss, averaged over layers and sequences:
     sum_e f_e * P_e with f_e = E / (k T) * #selections of e in the sequence and P_e = mean_t of the normalised scores.
     """

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# CPU benchmark suite (float32, small sizes). Usage: bash benchmarks/run_cpu.sh [part...]; parts: decode train prefill moe.
+# Results are appended to benchmarks/results/*.json; then `python benchmarks/summarize.py` rewrites RESULTS.md.
+set -u
+cd "$(dirname "$0")"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$(cd .. && pwd):${PYTHONPATH:-}"
+for part in "${@:-decode train prefill moe}"; do
+  case $part in
+    decode)  python decode.py --device cpu --repeats 7 ;;
+    train)   python train_step.py --device cpu --repeats 7 ;;
+    prefill) python prefill.py --device cpu --repeats 7 ;;
+    moe)     python moe_dispatch.py --device cpu --repeats 7 ;;
+  esac
+done
+python summarize.py

@@ -1,0 +1,145 @@
+"""Write benchmarks/RESULTS.md from benchmarks/results/*.json (the latest record of each configuration).
+
+    python benchmarks/summarize.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+
+
+def _latest(records: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in records:
+        latest[tuple(record.get(k) for k in keys)] = record
+    return list(latest.values())
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _where(record: dict[str, Any]) -> str:
+    device = record.get("gpu") or f"CPU ({record.get('cpu_count')} cores)"
+    return f"{device}, torch {record['torch']}, transformers {record['transformers']}, {record['date'][:10]}"
+
+
+def _speed(record: dict[str, Any], name: str, per_call: float) -> str:
+    result = record["results"].get(name, {})
+    if "median_s" not in result:
+        return "error" if "error" in result else "–"
+    return f"{per_call / result['median_s']:,.0f}"
+
+
+def train_table(records: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| model | dtype | batch × seq | archspec eager | archspec compile | hf sdpa | hf sdpa compile | eager / hf sdpa (min) | compile / hf compile (min) | where |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in _latest(records, ("family", "size", "dtype", "batch", "seq", "device", "gpu")):
+        tokens = r["batch"] * r["seq"]
+        q = r["ratios"]
+        lines.append(
+            f"| {r['family']}-{r['size']} | {r['dtype']} | {r['batch']} × {r['seq']} | "
+            + " | ".join(_speed(r, n, tokens) for n in ("archspec-eager", "archspec-compile", "hf-sdpa", "hf-sdpa-compile"))
+            + f" | {_fmt(q.get('archspec-eager / hf-sdpa'))} ({_fmt(q.get('archspec-eager / hf-sdpa (min)'))})"
+            + f" | {_fmt(q.get('archspec-compile / hf-sdpa-compile'))} ({_fmt(q.get('archspec-compile / hf-sdpa-compile (min)'))})"
+            + f" | {_where(r)} |"
+        )
+    return lines
+
+
+def decode_table(records: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| model | dtype | batch | archspec eager | archspec compile | hf default | hf static | eager / hf default (min) | best archspec / best hf | where |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in _latest(records, ("size", "dtype", "batch", "device", "gpu")):
+        tokens = r["batch"] * r["new_tokens"]
+        q = r["ratios"]
+        times = {n: v["median_s"] for n, v in r["results"].items() if "median_s" in v}
+        ours = [t for n, t in times.items() if n.startswith("archspec")]
+        theirs = [t for n, t in times.items() if n.startswith("hf")]
+        best = min(theirs) / min(ours) if ours and theirs else None
+        lines.append(
+            f"| llama3-{r['size']} | {r['dtype']} | {r['batch']} | "
+            + " | ".join(_speed(r, n, tokens) for n in ("archspec-eager", "archspec-compile", "hf-default", "hf-static"))
+            + f" | {_fmt(q.get('archspec-eager / hf-default'))} ({_fmt(q.get('archspec-eager / hf-default (min)'))})"
+            + f" | {_fmt(best)} | {_where(r)} |"
+        )
+    return lines
+
+
+def prefill_table(records: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| model | dtype | batch × seq | archspec eager ms | archspec compile ms | hf sdpa ms | hf sdpa compile ms | eager / hf sdpa (min) | compile / hf compile (min) | where |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in _latest(records, ("size", "dtype", "batch", "seq", "device", "gpu")):
+        q = r["ratios"]
+
+        def ms(name: str, r: dict[str, Any] = r) -> str:
+            result = r["results"].get(name, {})
+            return f"{result['median_s'] * 1e3:.1f}" if "median_s" in result else "–"
+
+        lines.append(
+            f"| llama3-{r['size']} | {r['dtype']} | {r['batch']} × {r['seq']} | "
+            + " | ".join(ms(n) for n in ("archspec-eager", "archspec-compile", "hf-sdpa", "hf-sdpa-compile"))
+            + f" | {_fmt(q.get('archspec-eager / hf-sdpa'))} ({_fmt(q.get('archspec-eager / hf-sdpa (min)'))})"
+            + f" | {_fmt(q.get('archspec-compile / hf-sdpa-compile'))} ({_fmt(q.get('archspec-compile / hf-sdpa-compile (min)'))})"
+            + f" | {_where(r)} |"
+        )
+    return lines
+
+
+def moe_table(records: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| experts | top-k | tokens × d_model, d_ff | dtype | grouped ms | loop ms | grouped / loop (min) | where |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in _latest(records, ("experts", "top_k", "d_model", "d_ff", "tokens", "dtype", "device", "gpu")):
+        q = r["ratios"]
+        g, loop = r["results"].get("grouped", {}), r["results"].get("loop", {})
+        lines.append(
+            f"| {r['experts']} | {r['top_k']} | {r['tokens']} × {r['d_model']}, {r['d_ff']} | {r['dtype']} | "
+            f"{_fmt(g.get('median_s', 0) * 1e3, 1)} | {_fmt(loop.get('median_s', 0) * 1e3, 1)} | "
+            f"{_fmt(q.get('grouped / loop'))} ({_fmt(q.get('grouped / loop (min)'))}) | {_where(r)} |"
+        )
+    return lines
+
+
+TABLES = {
+    "train_step": ("Training step (forward + backward), tokens/s", train_table),
+    "decode": ("Greedy decode, prompt 128 + 128 new tokens, tokens/s (whole `generate` call)", decode_table),
+    "prefill": ("Prefill (forward, no grad) latency", prefill_table),
+    "moe_dispatch": ("MoE dispatch, forward + backward", moe_table),
+}
+
+
+def main() -> None:
+    intro = (HERE / "RESULTS.intro.md").read_text() if (HERE / "RESULTS.intro.md").exists() else ""
+    out = ["# Benchmark results", "", "Generated by `python benchmarks/summarize.py` from `benchmarks/results/*.json`; "
+           "ratios are archspec's speed over the reference's, measured in the same process with the variants "
+           "interleaved (medians; the ratio of minima, the least-disturbed runs, in parentheses).", ""]
+    if intro:
+        out += [intro.rstrip(), ""]
+    for name, (title, table) in TABLES.items():
+        path = RESULTS / f"{name}.json"
+        if not path.exists():
+            continue
+        out += [f"## {title}", "", *table(json.loads(path.read_text())), ""]
+    (HERE / "RESULTS.md").write_text("\n".join(out))
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
