@@ -279,8 +279,12 @@ def _issues_from_error(error: dict[str, Any], data: dict[str, Any]) -> list[Spec
     hint = ""
     if error["type"] == "extra_forbidden":
         message = "unknown key"
-        close = difflib.get_close_matches(str(path[-1]), _all_field_names(), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "see `archspec schema` for the allowed keys"
+        key = str(path[-1])
+        close = difflib.get_close_matches(key, [name for name in _all_field_names() if name != key], n=1)
+        if key in _all_field_names():
+            hint = f"'{key}' belongs to another section; see `archspec schema` for the keys allowed here"
+        else:
+            hint = f"did you mean '{close[0]}'?" if close else "see `archspec schema` for the allowed keys"
     elif error["type"] == "missing":
         message = "required key is missing"
     elif error["type"] in ("union_tag_invalid", "literal_error"):
@@ -322,9 +326,12 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> KeyPath:
 
 
 def _locate(path: KeyPath, origins: Origins, default_file: str) -> tuple[str, int | None]:
+    # Origins hold YAML's key text ("1") where the validated data may hold the key as an int (1): compare as text.
+    by_text = {tuple(map(str, key_path)): where for key_path, where in origins.items()}
     for end in range(len(path), -1, -1):
-        if path[:end] in origins:
-            return origins[path[:end]]
+        where = by_text.get(tuple(map(str, path[:end])))
+        if where is not None:
+            return where
     return default_file, None
 
 

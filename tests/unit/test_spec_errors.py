@@ -58,6 +58,9 @@ CASES = {
     "wrong type nested": Case(
         {"spec.yaml": with_lines({7: "  heads: [4]"})}, "spec.yaml", 7, "attention.heads", "integer"
     ),
+    "integer key": Case(
+        {"spec.yaml": BASE.replace("  kv_heads: 2", "  kv_heads: 2\n  1: 5")}, "spec.yaml", 9, "attention.1", "string"
+    ),
     "negative number": Case(
         {"spec.yaml": with_lines({4: "n_layers: -1"})}, "spec.yaml", 4, "n_layers", "greater than 0"
     ),
@@ -202,6 +205,15 @@ def test_unknown_key_suggests_the_closest_name(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as caught:
         load_spec(entry)
     assert "kv_heads" in caught.value.issues[0].hint
+
+
+def test_a_key_of_another_section_is_not_suggested_as_itself(tmp_path: Path) -> None:
+    entry = write(tmp_path, {"spec.yaml": BASE + "kind: rope\n"})  # `kind` exists, but only inside sections
+    with pytest.raises(SpecError) as caught:
+        load_spec(entry)
+    (issue,) = caught.value.issues
+    assert (issue.key_path, issue.line) == ("kind", 12)
+    assert "did you mean 'kind'" not in issue.hint and "another section" in issue.hint
 
 
 def test_str_of_an_issue_is_file_line_key_message_hint(tmp_path: Path) -> None:
