@@ -272,7 +272,8 @@ def check_supported(spec: Spec) -> None:
 def vision_params(spec: Spec) -> int:
     """The vision section's parameters: a ViT tower (patch embedding, class token, position table, blocks of
     attention + MLP + two LayerNorms, pre/post norms) and the projector. External towers and pooling own none.
-    The figures per token below are the text model's: image tokens also cost the tower once per image."""
+    The figures per token below are the text model's: image tokens also cost the tower once per image
+    (`vision_flops_per_image`)."""
     vision = spec.vision
     if vision is None:
         return 0
@@ -379,6 +380,7 @@ class FlopCounts:
     count: AttentionCount
     matmul_per_token: int
     attention_per_sequence: int
+    vision_per_image: int = 0  # tower + projector for one image (not in the per-token figures)
 
     @property
     def forward_per_sequence(self) -> int:
@@ -407,7 +409,31 @@ def flop_counts(spec: Spec, context: int | None = None, count: AttentionCount = 
         attention_matmul_weights(spec, i) + mlp_matmul_weights(spec, i) for i in range(spec.n_layers)
     )
     attention = sum(attention_score_value_flops(spec, i, context, count) for i in range(spec.n_layers))
-    return FlopCounts(context, count, 2 * matmul_weights, attention)
+    return FlopCounts(context, count, 2 * matmul_weights, attention, vision_flops_per_image(spec))
+
+
+def vision_flops_per_image(spec: Spec) -> int:
+    """Forward FLOPs of one image: patch embedding, the tower blocks up to the deepest feature layer read
+    (bidirectional attention over all patch tokens and the class token), and the projector over the features it
+    reads. External towers count the projector only; pooling (an average) and norms are not matmuls."""
+    vision = spec.vision
+    if vision is None:
+        return 0
+    from archspec.spec.schema import ViTSpec
+
+    tower, flops = vision.tower, 0
+    if isinstance(tower, ViTSpec):
+        w, patches = tower.width, (tower.image_size // tower.patch_size) ** 2
+        tokens = patches + tower.class_token
+        blocks_run = max(layer % (tower.depth + 1) for layer in vision.feature_layers)
+        flops += 2 * patches * tower.channels * tower.patch_size**2 * w
+        per_block = 2 * tokens * (4 * w * w + 2 * w * tower.d_ff) + 2 * 2 * w * tokens * tokens
+        flops += blocks_run * per_block
+        width = w * len(vision.feature_layers)
+    else:
+        width = tower.width
+    dims = [width] + [spec.d_model] * (vision.projector.depth or 1)
+    return flops + 2 * vision.feature_tokens * sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
 
 
 def _encoder_decoder_flops(spec: Spec, context: int, count: AttentionCount) -> FlopCounts:

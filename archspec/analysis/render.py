@@ -224,6 +224,8 @@ def info_tables(analysis: Analysis) -> list[Table]:
     add(["  matmul (2 x weights, incl. head)", human_flops(f.matmul_per_token), exact(f.matmul_per_token)])
     add([f"  attention scores + values ({f.count})", human_flops(f.attention_per_token), exact(f.attention_per_token)])
     add(["training FLOPs / token (3 x forward)", human_flops(f.train_per_token), exact(f.train_per_token)])
+    if f.vision_per_image:
+        add(["vision tower + projector / image", human_flops(f.vision_per_image), exact(f.vision_per_image)])
     add([f"KV cache / token ({kv.dtype})", human_bytes(kv.bytes_per_token), exact(kv.bytes_per_token)])
     add([f"KV cache @ {kv.context} x batch {kv.batch}", human_bytes(kv.bytes_total), exact(kv.bytes_total)])
 
@@ -278,6 +280,7 @@ def info_json(analysis: Analysis) -> dict[str, Any]:
             "attention_per_token": f.attention_per_token,
             "forward_per_sequence": f.forward_per_sequence,
             "train_per_token": f.train_per_token,
+            "vision_per_image": f.vision_per_image,
         },
         "kv_cache": {
             "dtype": kv.dtype,

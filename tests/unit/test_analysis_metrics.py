@@ -391,3 +391,30 @@ def test_mla_and_encoder_decoder_kv_bytes_match_the_cache(name: str) -> None:
     if spec.structure == "encoder-decoder":  # the cross-attention K/V of 16 source tokens as well
         stored *= 2
     assert kv_cache(spec, 16, 1, "float32").bytes_per_token * 16 == stored
+
+
+@pytest.mark.parametrize(
+    "vision",
+    [
+        {"feature_layer": -1, "projector": "mlp"},
+        {"feature_layer": [1, -2], "feature_select": "all", "projector": "linear"},
+        {"feature_layer": 0, "projector": {"kind": "mlp", "depth": 3}, "pooling": {"tokens": 4}},
+    ],
+    ids=["last-layer", "two-layers-with-class-token", "embeddings-pooled"],
+)
+def test_vision_flops_per_image_match_flop_counter(vision: dict[str, Any]) -> None:
+    """Tower (only the blocks up to the deepest layer read) + projector, against FlopCounterMode over
+    `image_tokens` for three images; the class token and feature_select change the counts on both sides."""
+    text = dict(
+        name="tiny-vlm", vocab_size=64, d_model=32, n_layers=1, context_length=64,
+        attention={"heads": 4, "kv_heads": 2}, position="rope", norm="rmsnorm", mlp={"activation": "swiglu", "d_ff": 48},
+    )  # fmt: skip
+    tower = dict(kind="vit", image_size=28, patch_size=7, width=16, depth=3, heads=2, d_ff=24)
+    spec = archspec.spec_from_dict({**text, "vision": {"tower": tower, "image_token": 63, **vision}})
+    model = archspec.build(spec).eval()
+    pixels = torch.randn(3, 3, 28, 28)
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_sdpa}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model.image_tokens(pixel_values=pixels)
+    expected = flop_counts(spec).vision_per_image
+    assert expected > 0 and counter.get_total_flops() == 3 * expected
