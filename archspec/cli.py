@@ -319,12 +319,21 @@ def export_hf(
     ),
     output: Path = typer.Option(..., "--output", "-o", metavar="OUT_DIR", help="Where to write the HF model."),
 ) -> None:
-    """Write config.json + model.safetensors that transformers' from_pretrained loads (sharded when large)."""
+    """Write config.json + model.safetensors that transformers' from_pretrained loads (sharded when large).
+
+    Decoder LMs (dense, MoE, MLA) load with AutoModelForCausalLM, T5 with AutoModelForSeq2SeqLM, LLaVA with
+    AutoModelForImageTextToText; a spec without an exact transformers counterpart fails, naming the field.
+    """
+    import json
+
+    from archspec.interop.hf_export import auto_class
     from archspec.interop.hf_export import export_hf as export
 
     if not source.exists():
         fail(f"error: {source}: no such file or directory")
-    out.print(f"wrote {export(source, output)}", markup=False)
+    written = export(source, output)
+    model_type = json.loads((written / "config.json").read_text(encoding="utf-8"))["model_type"]
+    out.print(f"wrote {written} ({model_type}; load it with transformers.{auto_class(model_type)})", markup=False)
 
 
 def spec_to_yaml(spec: Spec) -> str:

@@ -406,6 +406,9 @@ def _from_deepseek(get: _Getter, version: int) -> dict[str, Any]:
         router = {"scoring": "sigmoid", "renormalize": bool(get("norm_topk_prob")), "groups": groups,
                   "top_groups": get("topk_group") or groups, "group_score": "top2-sum", "correction_bias": True}
     router["scale"] = float(get("routed_scaling_factor"))
+    # DeepSeek's own balance-loss keys (transformers keeps them in the config but computes no aux loss)
+    router["aux_loss_coef"] = float(get.config.get("aux_loss_alpha") or 0.0)
+    router["aux_loss"] = "sequence" if get.config.get("seq_aux") else "token"
     return {
         "vocab_size": get.require("vocab_size"),
         "d_model": get.require("hidden_size"),

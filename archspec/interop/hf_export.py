@@ -1,6 +1,9 @@
 """archspec -> Hugging Face: a `config.json` and safetensors in `transformers`' names, the inverse of `hf.py`.
 
-`save_hf(model, out_dir)` writes what `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads.
+`save_hf(model, out_dir)` writes what `transformers` loads with no missing or unexpected keys:
+`AutoModelForCausalLM.from_pretrained(out_dir)` for decoder LMs (dense: llama, mistral, qwen2, qwen3, glm, glm4,
+gpt2, bloom, falcon, gpt_neox; MoE: mixtral, qwen2_moe, qwen3_moe; MLA: deepseek_v2, deepseek_v3),
+`AutoModelForSeq2SeqLM` for T5 and `AutoModelForImageTextToText` for LLaVA (`auto_class` says which).
 
 Choosing the model type. A spec does not say which `transformers` family it came from, and nothing is guessed
 from its name: each family's config is written from the spec and read back with `spec_from_hf`; the first family
@@ -9,7 +12,9 @@ family reproduces the spec, the error names the fields that the closest family h
 
 Tensor names and fused layouts are not tabulated twice: `hf.archspec_sources` (what loading uses) says where each
 archspec tensor comes from, and fused tensors (QKV, GLM's gate_up) are assembled by running its split functions
-on a tensor of element indices, which gives every part's position in the fused tensor exactly.
+on a tensor of element indices, which gives every part's position in the fused tensor exactly. Routed experts are
+written per expert (`experts.{e}.gate_proj.weight`, Mixtral's `block_sparse_moe.experts.{e}.w1.weight`), the hub
+layout that `save_pretrained` writes and `from_pretrained` fuses into 5.x's 3-D `gate_up_proj` / `down_proj`.
 """
 
 from __future__ import annotations
@@ -28,14 +33,18 @@ from archspec.spec.errors import ArchspecError
 from archspec.spec.schema import (
     GATED_ACTIVATIONS,
     DynamicScaling,
+    LatentAttentionSpec,
     LinearScaling,
     Llama3Scaling,
+    MoESpec,
+    RelativeBiasSpec,
     RopeSpec,
     Spec,
+    ViTSpec,
     YarnScaling,
 )
 
-__all__ = ["ExportError", "export_hf", "hf_config", "hf_state_dict", "save_hf"]
+__all__ = ["EXPORTABLE_MODEL_TYPES", "ExportError", "auto_class", "export_hf", "hf_config", "hf_state_dict", "save_hf"]
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
@@ -104,6 +113,7 @@ def _tokens(spec: Spec) -> dict[str, Any]:
 
 
 def _llama(spec: Spec, model_type: str) -> dict[str, Any]:
+    _needs(spec.attention.kind == "mha", "attention.kind")
     _needs(isinstance(spec.position, RopeSpec), "position.kind")
     _needs(spec.mlp.activation in GATED_ACTIVATIONS, "mlp.activation")
     attn = spec.attention
@@ -150,6 +160,9 @@ def _gpt2(spec: Spec, model_type: str) -> dict[str, Any]:
         "layer_norm_epsilon": spec.norm.eps,
         "tie_word_embeddings": spec.embeddings.tied,
         "scale_attn_weights": attn.scale is None,
+        "resid_pdrop": 0.0,  # archspec has no dropout
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
     }
     return config
 
@@ -211,6 +224,204 @@ def _gpt_neox(spec: Spec, model_type: str) -> dict[str, Any]:
     }
 
 
+def _moe_common(spec: Spec) -> MoESpec:
+    _needs(spec.attention.kind == "mha", "attention.kind")
+    moe = spec.moe
+    _needs(moe is not None, "moe")
+    assert moe is not None
+    return moe
+
+
+def _mixtral(spec: Spec, model_type: str) -> dict[str, Any]:
+    """Mistral's attention, every layer a softmax top-k MoE renormalised, experts as wide as intermediate_size."""
+    moe = _moe_common(spec)
+    _needs(not moe.shared_experts, "moe.shared_experts")
+    config = _llama(spec, "mistral")
+    config |= {
+        "intermediate_size": moe.d_ff,
+        "num_local_experts": moe.experts,
+        "num_experts_per_tok": moe.top_k,
+        "router_aux_loss_coef": moe.router.aux_loss_coef,
+        "router_jitter_noise": moe.router.jitter,
+    }
+    return config
+
+
+def _qwen_moe(spec: Spec, model_type: str) -> dict[str, Any]:
+    """Qwen2-MoE (gated shared expert, q/k/v bias) and Qwen3-MoE (qk-norm, no shared expert). A layer is sparse
+    iff it is not in mlp_only_layers (decoder_sparse_step 1 keeps that the only rule)."""
+    moe = _moe_common(spec)
+    shared = model_type == "qwen2_moe"
+    if shared:
+        _needs(moe.shared_experts == 1 and moe.shared_gate, "moe.shared_experts")
+    else:
+        _needs(not moe.shared_experts, "moe.shared_experts")
+    _needs(spec.attention.window is None, "attention.window")  # type: ignore[union-attr]
+    config = _llama(spec, "qwen2" if shared else "qwen3")
+    for key in ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types"):
+        config.pop(key, None)
+    if shared:
+        config.pop("attention_bias", None)
+        config["qkv_bias"] = spec.attention.bias.q  # type: ignore[union-attr]
+        config["shared_expert_intermediate_size"] = moe.shared_d_ff
+    config |= {
+        "num_experts": moe.experts,
+        "num_experts_per_tok": moe.top_k,
+        "moe_intermediate_size": moe.d_ff,
+        "norm_topk_prob": moe.router.renormalize,
+        "router_aux_loss_coef": moe.router.aux_loss_coef,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [layer for layer in range(spec.n_layers) if not spec.is_moe_layer(layer)],
+    }
+    return config
+
+
+def _deepseek(spec: Spec, model_type: str) -> dict[str, Any]:
+    """DeepSeek-V2 (softmax router, greedy or group-limited) and V3 (sigmoid router with a correction bias).
+
+    RoPE: archspec rotates the rope dims as stored, in the spec's pairing, which is what transformers does for V2
+    (complex pairs) and V3 (rope_interleave: interleaved pairs, else halves); no permutation either way.
+    """
+    attn = spec.attention
+    _needs(isinstance(attn, LatentAttentionSpec), "attention.kind")
+    _needs(isinstance(spec.position, RopeSpec), "position.kind")
+    _needs(spec.mlp.activation in GATED_ACTIVATIONS, "mlp.activation")
+    moe = spec.moe
+    _needs(moe is not None, "moe")
+    assert isinstance(attn, LatentAttentionSpec) and moe is not None and isinstance(spec.position, RopeSpec)
+    _needs(moe.layers is None, "moe.layers")
+    router = moe.router
+    config: dict[str, Any] = {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": attn.heads,
+        "num_key_value_heads": attn.heads,
+        "q_lora_rank": attn.q_rank,
+        "kv_lora_rank": attn.kv_rank,
+        "qk_nope_head_dim": attn.nope_dim,
+        "qk_rope_head_dim": attn.rope_dim,
+        "v_head_dim": attn.v_dim,
+        "attention_bias": attn.bias,
+        "intermediate_size": spec.mlp.d_ff,
+        "hidden_act": _GATED_HF[spec.mlp.activation],
+        "max_position_embeddings": spec.context_length,
+        "rms_norm_eps": spec.norm.eps,
+        "tie_word_embeddings": spec.embeddings.tied,
+        "rope_parameters": _rope_parameters(spec),
+        "n_routed_experts": moe.experts,
+        "num_experts_per_tok": moe.top_k,
+        "moe_intermediate_size": moe.d_ff,
+        "n_shared_experts": moe.shared_experts,
+        "first_k_dense_replace": moe.dense_layers,
+        "routed_scaling_factor": router.scale,
+        # DeepSeek's own config.json keys for the balance loss (transformers keeps them but computes no aux loss)
+        "aux_loss_alpha": router.aux_loss_coef,
+        "seq_aux": router.aux_loss == "sequence",
+    }
+    grouped = router.groups > 1
+    if model_type == "deepseek_v2":
+        config |= {
+            "topk_method": "group_limited_greedy" if grouped else "greedy",
+            "n_group": router.groups if grouped else None,
+            "topk_group": router.top_groups if grouped else None,
+        }
+    else:
+        config |= {
+            "n_group": router.groups,
+            "topk_group": router.top_groups,
+            "norm_topk_prob": router.renormalize,
+            "rope_interleave": spec.position.pairing == "interleaved",
+        }
+    return config
+
+
+def _t5(spec: Spec, model_type: str) -> dict[str, Any]:
+    """T5 v1.0 (tied head scaled by d_model^-0.5) and v1.1 (untied, unscaled). transformers 5.x reads a
+    `tie_word_embeddings: false` config as v1.1's unscaled head and keeps a separate lm_head when its values differ
+    from `shared` (hf.py's `_from_t5` reads the same key back)."""
+    _needs(spec.structure == "encoder-decoder", "structure")
+    _needs(isinstance(spec.position, RelativeBiasSpec), "position.kind")
+    assert isinstance(spec.position, RelativeBiasSpec)
+    activation = spec.mlp.activation
+    if activation in GATED_ACTIVATIONS:
+        proj = "gated-" + _hf_name(_T5_GATED_HF, activation, "mlp.activation")
+    else:
+        proj = _hf_name(_PLAIN_HF, activation, "mlp.activation")
+    return {
+        "vocab_size": spec.vocab_size,
+        "d_model": spec.d_model,
+        "d_kv": spec.head_dim,
+        "d_ff": spec.mlp.d_ff,
+        "num_layers": spec.n_layers,
+        "num_decoder_layers": spec.n_decoder_layers,
+        "num_heads": spec.attention.heads,
+        "relative_attention_num_buckets": spec.position.buckets,
+        "relative_attention_max_distance": spec.position.max_distance,
+        "layer_norm_epsilon": spec.norm.eps,
+        "feed_forward_proj": proj,
+        "n_positions": spec.context_length,
+        "tie_word_embeddings": spec.embeddings.scale_head,
+        "is_encoder_decoder": True,
+        "dropout_rate": 0.0,  # archspec has no dropout
+        "decoder_start_token_id": spec.tokens.decoder_start,
+    }
+
+
+_T5_GATED_HF = {"geglu-tanh": "gelu", "swiglu": "silu", "reglu": "relu"}  # T5's "gated-gelu" is gelu_new
+_VISION_HF = {**_PLAIN_HF, "quick-gelu": "quick_gelu"}
+
+
+def _llava(spec: Spec, model_type: str) -> dict[str, Any]:
+    """LLaVA: a llama / mistral / qwen2 text config (the first that reads back as the text part), a CLIP vision
+    config and the projector / splice keys."""
+    from archspec.interop.hf_llava import TEXT_MODEL_TYPES
+
+    vision = spec.vision
+    _needs(vision is not None, "vision")
+    assert vision is not None
+    _needs(isinstance(vision.tower, ViTSpec), "vision.tower.kind")
+    _needs(vision.pooling is None, "vision.pooling")
+    _needs(vision.projector.kind == "mlp" and vision.projector.depth == 2, "vision.projector")
+    tower = vision.tower
+    assert isinstance(tower, ViTSpec)
+    text_spec = spec.model_copy(update={"vision": None})
+    text_config = None
+    for text_type in TEXT_MODEL_TYPES:
+        try:
+            candidate = _candidate_config(text_spec, text_type)
+            if not _differences(text_spec, spec_from_hf(candidate, name=spec.name)):
+                text_config = candidate
+                break
+        except (_NoCounterpart, ArchspecError):
+            continue
+    if text_config is None:  # the read-back of the whole config names what the text model lacks
+        text_config = _candidate_config(text_spec, TEXT_MODEL_TYPES[0])
+    text_config.pop("architectures", None)
+    return {
+        "text_config": text_config,
+        "vision_config": {
+            "model_type": "clip_vision_model",
+            "hidden_size": tower.width,
+            "intermediate_size": tower.d_ff,
+            "num_hidden_layers": tower.depth,
+            "num_attention_heads": tower.heads,
+            "num_channels": tower.channels,
+            "image_size": tower.image_size,
+            "patch_size": tower.patch_size,
+            "hidden_act": _hf_name(_VISION_HF, tower.activation, "vision.tower.activation"),
+            "layer_norm_eps": tower.norm_eps,
+        },
+        "image_token_index": vision.image_token,
+        "image_seq_length": vision.tokens_per_image,
+        "projector_hidden_act": _hf_name(_VISION_HF, vision.projector.activation, "vision.projector.activation"),
+        "multimodal_projector_bias": vision.projector.bias,
+        "vision_feature_layer": vision.feature_layer,
+        "vision_feature_select_strategy": "default" if vision.feature_select == "patches" else "full",
+        "tie_word_embeddings": spec.embeddings.tied,
+    }
+
+
 _ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
@@ -222,6 +433,13 @@ _ARCHITECTURES = {
     "bloom": "BloomForCausalLM",
     "falcon": "FalconForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "deepseek_v2": "DeepseekV2ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "t5": "T5ForConditionalGeneration",
+    "llava": "LlavaForConditionalGeneration",
 }
 _WRITERS = {
     "llama": _llama,
@@ -234,8 +452,38 @@ _WRITERS = {
     "bloom": _bloom,
     "falcon": _falcon,
     "gpt_neox": _gpt_neox,
+    "mixtral": _mixtral,
+    "qwen2_moe": _qwen_moe,
+    "qwen3_moe": _qwen_moe,
+    "deepseek_v2": _deepseek,
+    "deepseek_v3": _deepseek,
+    "t5": _t5,
+    "llava": _llava,
 }
 EXPORTABLE_MODEL_TYPES = tuple(t for t in _WRITERS if t in SUPPORTED_MODEL_TYPES)
+DENSE_MODEL_TYPES = EXPORTABLE_MODEL_TYPES[:10]
+MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
+MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+
+
+def auto_class(model_type: str) -> str:
+    """The `transformers` auto class whose `from_pretrained` loads an exported `model_type` directory."""
+    return {"t5": "AutoModelForSeq2SeqLM", "llava": "AutoModelForImageTextToText"}.get(
+        model_type, "AutoModelForCausalLM"
+    )
+
+
+def _families(spec: Spec) -> tuple[str, ...]:
+    """The model types that could express the spec's kind of model (each is then checked by reading it back)."""
+    if spec.structure == "encoder-decoder":
+        return ("t5",)
+    if spec.vision is not None:
+        return ("llava",)
+    if spec.attention.kind == "mla":
+        return MLA_MODEL_TYPES
+    if spec.moe is not None:
+        return MOE_MODEL_TYPES
+    return DENSE_MODEL_TYPES
 
 
 def _candidate_config(spec: Spec, model_type: str) -> dict[str, Any]:
@@ -265,21 +513,16 @@ def hf_config(spec: Spec, model_type: str | None = None) -> dict[str, Any]:
 
     Raises `ExportError` naming the spec fields that have no counterpart when none does.
     """
-    candidates = (model_type,) if model_type else EXPORTABLE_MODEL_TYPES
     if model_type is not None and model_type not in _WRITERS:
         raise ExportError(
             f"model_type {model_type!r} cannot be exported; exportable: {', '.join(EXPORTABLE_MODEL_TYPES)}"
         )
-    for field, value in (
-        ("structure", spec.structure if spec.structure != "decoder" else None),
-        ("attention.kind", spec.attention.kind if spec.attention.kind != "mha" else None),
-        ("moe", "a mixture of experts" if spec.moe is not None else None),
-    ):
-        if value is not None:
-            raise ExportError(
-                f"spec '{spec.name}': {field} = {value!r} has no counterpart in the model types save_hf writes "
-                f"({', '.join(EXPORTABLE_MODEL_TYPES)}); encoder-decoder, MLA and MoE export are not written yet"
-            )
+    if spec.structure == "glm":
+        raise ExportError(
+            f"spec '{spec.name}': structure = 'glm' (a prefix-bidirectional LM) has no counterpart in the model "
+            f"types save_hf writes ({', '.join(EXPORTABLE_MODEL_TYPES)}): transformers' glm/glm4 are causal"
+        )
+    candidates = (model_type,) if model_type else _families(spec)
     misses: list[tuple[int, str, list[str]]] = []
     for candidate in candidates:
         try:

@@ -1,9 +1,10 @@
 """save_hf is the inverse of the import: transformers loads what archspec writes, with no missing or unexpected
-keys, and reproduces archspec's logits (1e-5, float32, eager attention).
+keys, and reproduces archspec's logits (1e-5, float32, eager attention, eager experts).
 
 Two directions: tiny versions of every spec in specs/ that has a transformers counterpart (random archspec
-weights, every tensor perturbed), and every tiny transformers config of the parity suite round-tripped
-HF -> archspec -> HF (the written tensors equal the original checkpoint's).
+weights, every tensor and DeepSeek-V3's correction bias perturbed), and every tiny transformers config of the
+parity suites (dense, MoE/MLA, T5, LLaVA) round-tripped HF -> archspec -> HF (the written tensors equal the
+original checkpoint's). Specs without a counterpart fail with an error naming the field.
 """
 
 from __future__ import annotations
@@ -16,21 +17,23 @@ import transformers as T
 from hf_reference import archspec_from, make_reference
 from safetensors.torch import load_file
 from test_hf_parity import CONFIGS
+from test_llava_parity import CONFIGS as LLAVA_CONFIGS
+from test_llava_parity import perturb as perturb_llava
+from test_moe_parity import CONFIGS as MOE_CONFIGS
+from test_t5_parity import CONFIGS as T5_CONFIGS
+from test_t5_parity import make_t5_reference
 from tiny import shrink, spec_files
 
 import archspec
-from archspec.interop.hf_export import ExportError, export_hf, hf_config
+from archspec.interop.hf_export import ExportError, auto_class, export_hf, hf_config
 
 
-def dense_tiny_specs() -> dict[str, archspec.Spec]:
-    """One tiny spec per distinct dense decoder architecture in specs/ (MHA/GQA/MQA attention, no MoE)."""
+def tiny_specs() -> dict[str, archspec.Spec]:
+    """One tiny spec per distinct architecture in specs/."""
     specs: dict[str, archspec.Spec] = {}
     signatures: set[str] = set()
     for path in spec_files():
-        spec = archspec.load_spec(path)
-        if spec.attention.kind != "mha" or spec.moe is not None or spec.structure != "decoder" or spec.vision:
-            continue  # MoE/MLA/T5/vision exports are not written yet: see test_unexportable_specs_name_the_field
-        tiny = shrink(spec)
+        tiny = shrink(archspec.load_spec(path))
         signature = tiny.model_copy(update={"name": "x", "description": ""}).model_dump_json()
         if signature not in signatures:
             signatures.add(signature)
@@ -38,13 +41,25 @@ def dense_tiny_specs() -> dict[str, archspec.Spec]:
     return specs
 
 
+def _with_mlp_width(spec: archspec.Spec, d_ff: int) -> archspec.Spec:
+    return spec.model_copy(update={"mlp": spec.mlp.model_copy(update={"d_ff": d_ff})})
+
+
 TOLERANCE = 1e-5
-TINY = dense_tiny_specs()
-# BLOOM's MLP width is always 4 d_model in transformers: its tiny spec must say so to have a counterpart
-TINY["bloom-176b"] = TINY["bloom-176b"].model_copy(
-    update={"mlp": TINY["bloom-176b"].mlp.model_copy(update={"d_ff": 256})}
-)
-NO_COUNTERPART = {"gpt": "block.kind"}  # post-norm GPT-1 has no transformers causal-LM class with these names
+TINY = tiny_specs()
+# BLOOM's MLP width is always 4 d_model in transformers, and Mixtral's experts are intermediate_size wide: their tiny
+# specs must say so to have a counterpart (shrink gives every MLP 96 and every expert 24)
+TINY["bloom-176b"] = _with_mlp_width(TINY["bloom-176b"], 256)
+for _name in ("mixtral-8x7b", "mixtral-8x22b"):
+    if _name in TINY:
+        TINY[_name] = _with_mlp_width(TINY[_name], TINY[_name].moe.d_ff)
+NO_COUNTERPART = {
+    "gpt": "block.kind = 'post-norm'",  # post-norm GPT-1 has no transformers causal-LM class with these names
+    "chatglm-6b": "structure = 'glm'",  # prefix-bidirectional attention: transformers' glm/glm4 are causal
+    "glm-130b": "structure = 'glm'",  # the same, with DeepNorm blocks
+    "deepseek-moe-16b": "moe.shared_experts",  # ungated shared experts with MHA (remote code only)
+    "vlm-pooled-example": "vision.tower.kind = 'external'",
+}
 EXPORTABLE = sorted(set(TINY) - set(NO_COUNTERPART))
 
 
@@ -55,36 +70,79 @@ def perturbed(spec: archspec.Spec, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
+        for name, buffer in model.named_buffers():
+            if name.endswith("correction_bias"):  # DeepSeek-V3's selection bias: zero at init
+                buffer.copy_(0.5 * torch.randn_like(buffer))
     return model.eval()
 
 
 def load_transformers(directory) -> T.PreTrainedModel:
-    model, info = T.AutoModelForCausalLM.from_pretrained(
-        directory, attn_implementation="eager", output_loading_info=True
+    """The exported directory through the auto class of its model type, with nothing missing or unexpected."""
+    model_type = json.loads((directory / "config.json").read_text())["model_type"]
+    loader = getattr(T, auto_class(model_type))
+    model, info = loader.from_pretrained(
+        directory, attn_implementation="eager", experts_implementation="eager", output_loading_info=True
     )
     assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")), info
     return model.eval()
 
 
-def logit_diff(model: torch.nn.Module, hf_model: T.PreTrainedModel, vocab: int) -> float:
-    ids = torch.randint(0, vocab, (2, 11), generator=torch.Generator().manual_seed(3))
+def logit_diff(model: torch.nn.Module, hf_model: T.PreTrainedModel, spec: archspec.Spec) -> float:
+    """Max |logit difference| on random ids: with decoder inputs for T5, with two images for LLaVA."""
+    generator = torch.Generator().manual_seed(3)
+    vocab = spec.vocab_size
+    ids = torch.randint(0, vocab, (2, 11), generator=generator)
     with torch.no_grad():
-        return (model(ids).logits - hf_model(ids).logits).abs().max().item()
+        if spec.structure == "encoder-decoder":
+            target = torch.randint(0, vocab, (2, 9), generator=generator)
+            ours, theirs = model(ids, decoder_input_ids=target), hf_model(input_ids=ids, decoder_input_ids=target)
+        elif spec.vision is not None:
+            n, tower = spec.vision.tokens_per_image, spec.vision.tower
+            ids = torch.randint(0, min(vocab, spec.vision.image_token), (2, n + 7), generator=generator)
+            ids[:, 2 : 2 + n] = spec.vision.image_token
+            pixels = torch.randn(2, tower.channels, tower.image_size, tower.image_size, generator=generator)
+            ours, theirs = model(ids, pixel_values=pixels), hf_model(input_ids=ids, pixel_values=pixels)
+        else:
+            ours, theirs = model(ids), hf_model(ids)
+    return (ours.logits - theirs.logits).abs().max().item()
 
 
 @pytest.mark.parametrize("name", EXPORTABLE)
 def test_transformers_reproduces_an_exported_spec(name, tmp_path):
-    model = perturbed(TINY[name])
+    spec = TINY[name]
+    model = perturbed(spec)
     archspec.save_hf(model, tmp_path)
-    assert logit_diff(model, load_transformers(tmp_path), TINY[name].vocab_size) <= TOLERANCE
+    assert logit_diff(model, load_transformers(tmp_path), spec) <= TOLERANCE
+
+
+def _reference(name: str, directory) -> T.PreTrainedModel:
+    """A saved tiny transformers model of one of the parity suites' configs, every weight perturbed."""
+    suite, key = name.split(":", 1)
+    if suite == "t5":
+        config, untie = T5_CONFIGS[key]
+        return make_t5_reference(config, directory, untie)
+    if suite == "llava":
+        torch.manual_seed(0)
+        model = T.LlavaForConditionalGeneration._from_config(LLAVA_CONFIGS[key], attn_implementation="eager").eval()
+        perturb_llava(model, seed=0)
+        model.save_pretrained(directory)
+        return model
+    return make_reference((MOE_CONFIGS if suite == "moe" else CONFIGS)[key], directory)
+
+
+def _model_type(name: str) -> str:
+    suite, key = name.split(":", 1)
+    return suite if suite in ("t5", "llava") else (MOE_CONFIGS if suite == "moe" else CONFIGS)[key].model_type
 
 
 def _one_per_model_type() -> list:
-    """Every config runs; the first of each model type by default, the others under -m slow."""
+    """Every config of the parity suites runs; the first of each model type by default, the others under -m slow."""
+    names = [f"dense:{k}" for k in CONFIGS] + [f"moe:{k}" for k in MOE_CONFIGS]
+    names += [f"t5:{k}" for k in T5_CONFIGS] + [f"llava:{k}" for k in LLAVA_CONFIGS]
     seen: set[str] = set()
     params = []
-    for name in sorted(CONFIGS):
-        model_type = CONFIGS[name].model_type
+    for name in sorted(names, key=lambda n: n.split(":", 1)[1]):
+        model_type = _model_type(name)
         params.append(name if model_type not in seen else pytest.param(name, marks=pytest.mark.slow))
         seen.add(model_type)
     return params
@@ -92,16 +150,30 @@ def _one_per_model_type() -> list:
 
 @pytest.mark.parametrize("name", _one_per_model_type())
 def test_hf_archspec_hf_round_trip_is_exact(name, tmp_path):
-    original = make_reference(CONFIGS[name], tmp_path / "original")
+    original = _reference(name, tmp_path / "original")
     model = archspec_from(tmp_path / "original")
     archspec.save_hf(model, tmp_path / "exported")
     exported = load_transformers(tmp_path / "exported")
     assert exported.config.model_type == original.config.model_type
     assert archspec.spec_from_hf(tmp_path / "exported", name=model.spec.name) == model.spec
-    assert logit_diff(model, exported, model.spec.vocab_size) <= TOLERANCE
+    assert logit_diff(model, exported, model.spec) <= TOLERANCE
     theirs, ours = original.state_dict(), exported.state_dict()
     assert theirs.keys() == ours.keys()
     assert all(torch.equal(theirs[k], ours[k]) for k in theirs)
+
+
+def test_moe_experts_are_written_per_expert_as_the_hub_does(tmp_path):
+    """save_pretrained's layout (per-expert tensors; Mixtral's block_sparse_moe.experts.{e}.w1/w2/w3), which
+    from_pretrained fuses into transformers 5.x's 3-D gate_up_proj / down_proj."""
+    for name, expert in (
+        ("mixtral-8x7b", "block_sparse_moe.experts.7.w3.weight"),
+        ("qwen3-30b-a3b", "mlp.experts.7.up_proj.weight"),
+    ):
+        archspec.save_hf(perturbed(TINY[name]), tmp_path / name)
+        tensors = load_file(tmp_path / name / "model.safetensors")
+        spec = TINY[name]
+        assert tensors[f"model.layers.1.{expert}"].shape == (spec.moe.d_ff, spec.d_model)
+        assert not any("gate_up_proj" in key for key in tensors)
 
 
 def test_large_models_are_sharded_with_an_index(tmp_path):
@@ -112,10 +184,10 @@ def test_large_models_are_sharded_with_an_index(tmp_path):
     files = sorted(set(index["weight_map"].values()))
     assert len(files) > 1 and not (tmp_path / "model.safetensors").exists()
     assert sum(len(load_file(tmp_path / f)) for f in files) == len(index["weight_map"])
-    assert logit_diff(model, load_transformers(tmp_path), spec.vocab_size) <= TOLERANCE
+    assert logit_diff(model, load_transformers(tmp_path), spec) <= TOLERANCE
     reloaded = archspec.build(spec)
     archspec.load_hf_weights(reloaded, tmp_path)
-    assert logit_diff(model, load_transformers(tmp_path), spec.vocab_size) <= TOLERANCE
+    assert logit_diff(model, load_transformers(tmp_path), spec) <= TOLERANCE
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), reloaded.state_dict().values(), strict=True)
     )
@@ -123,12 +195,88 @@ def test_large_models_are_sharded_with_an_index(tmp_path):
 
 @pytest.mark.parametrize(("name", "field"), sorted(NO_COUNTERPART.items()))
 def test_spec_without_counterpart_names_the_field(name, field):
-    with pytest.raises(ExportError, match=field.replace(".", r"\.")):
-        hf_config(TINY[name])
+    spec = TINY.get(name) or shrink(archspec.load_spec(spec_files()[0].parent / f"{name}.yaml"))
+    with pytest.raises(ExportError, match=_escaped(field)):
+        hf_config(spec)
+
+
+def _escaped(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def _changed(name: str, **updates: dict) -> archspec.Spec:
+    """TINY[name] with some sections updated (e.g. block={"kind": "deepnorm"})."""
+    data = TINY[name].model_dump(mode="json")
+    for section, values in updates.items():
+        if isinstance(data.get(section), dict):
+            data[section].update(values)
+        else:
+            data[section] = values
+    return archspec.spec_from_dict(data)
+
+
+def _router(name: str, **values) -> dict:
+    moe = TINY[name].model_dump(mode="json")["moe"]
+    moe["router"].update(values)
+    return moe
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        pytest.param(
+            lambda: _changed("llama3-70b", block={"kind": "deepnorm"}), "block.kind = 'deepnorm'", id="deepnorm"
+        ),
+        pytest.param(
+            lambda: _changed("llama3-70b", block={"kind": "sandwich"}),
+            "block.kind = 'sandwich'",
+            id="sandwich-half-rope",
+        ),
+        pytest.param(
+            lambda: _changed("t5-base", attention={"scale": None}), "attention.scale", id="t5-scaled-attention"
+        ),
+        pytest.param(
+            lambda: _changed("t5-base", embeddings={"scale_head": False}), "embeddings.", id="t5-tied-unscaled"
+        ),
+        pytest.param(lambda: _changed("t5-base", mlp={"activation": "geglu"}), "mlp.activation", id="t5-exact-geglu"),
+        pytest.param(
+            lambda: _changed("mixtral-8x7b", moe=_router("mixtral-8x7b", z_loss_coef=0.01)),
+            "moe.router.z_loss_coef",
+            id="z-loss",
+        ),
+        pytest.param(
+            lambda: _changed("qwen3-30b-a3b", moe=_router("qwen3-30b-a3b", jitter=0.1)),
+            "moe.router.jitter",
+            id="qwen-jitter",
+        ),
+        pytest.param(
+            lambda: _changed("deepseek-v2-lite", position={"pairing": "half"}),
+            "position.pairing = 'half'",
+            id="v2-half-rope",
+        ),
+        pytest.param(
+            lambda: _changed("deepseek-v3", attention={"latent_norm_eps": 1e-5}),
+            "attention.latent_norm_eps",
+            id="mla-latent-eps",
+        ),
+        pytest.param(
+            lambda: _changed(
+                "llava-1.5-7b", vision={"pooling": {"kind": "average", "tokens": 4}, "tokens_per_image": 4}
+            ),
+            "vision.pooling",
+            id="llava-pooling",
+        ),
+    ],
+)
+def test_options_without_counterpart_name_the_field(spec, field):
+    with pytest.raises(ExportError, match=_escaped(field)):
+        hf_config(spec())
 
 
 def test_bloom_needs_its_fixed_mlp_width():
-    spec = TINY["bloom-176b"].model_copy(update={"mlp": TINY["bloom-176b"].mlp.model_copy(update={"d_ff": 96})})
+    spec = _with_mlp_width(TINY["bloom-176b"], 96)
     with pytest.raises(ExportError, match=r"'bloom', has none for mlp\.d_ff = 96"):
         hf_config(spec)
 
@@ -136,35 +284,33 @@ def test_bloom_needs_its_fixed_mlp_width():
 def test_forcing_a_model_type_that_cannot_express_the_spec_names_the_fields():
     with pytest.raises(ExportError, match=r"model_type 'llama' has none for .*attention\.bias\.o"):
         hf_config(TINY["qwen2.5-7b"], model_type="llama")
+    with pytest.raises(ExportError, match=r"model_type 'qwen2_moe' has none for .*moe\.shared_experts"):
+        hf_config(TINY["qwen3-30b-a3b"], model_type="qwen2_moe")
+
+
+def test_deepseek_balance_loss_travels_in_deepseeks_own_keys():
+    """transformers computes no DeepSeek aux loss; the coefficient and kind are kept as aux_loss_alpha / seq_aux
+    (the keys of DeepSeek's config.json), so the spec reads back exactly."""
+    spec = TINY["deepseek-v3"]
+    config = hf_config(spec)
+    assert (config["aux_loss_alpha"], config["seq_aux"]) == (spec.moe.router.aux_loss_coef, True)
+    back = archspec.spec_from_hf(config, name=spec.name)
+    assert back == spec.model_copy(update={"description": back.description})
 
 
 def test_export_hf_from_a_spec_file(tmp_path):
-    out = export_hf(_write_tiny_yaml(tmp_path), tmp_path / "out")
+    out = export_hf(_write_tiny_yaml(tmp_path, "gpt2"), tmp_path / "out")
     assert load_transformers(out).config.model_type == "gpt2"
 
 
-def _write_tiny_yaml(tmp_path):
+def test_export_hf_of_an_encoder_decoder_spec_file(tmp_path):
+    out = export_hf(_write_tiny_yaml(tmp_path, "flan-t5-xl"), tmp_path / "out")
+    assert isinstance(load_transformers(out), T.T5ForConditionalGeneration)
+
+
+def _write_tiny_yaml(tmp_path, name: str):
     import yaml
 
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY["gpt2"].model_dump(mode="json"), sort_keys=False))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(TINY[name].model_dump(mode="json"), sort_keys=False))
     return path
-
-
-def test_unexportable_specs_name_the_field():
-    """A spec save_hf cannot write yet fails with an error naming the field that has no counterpart."""
-    llava = shrink(archspec.load_spec(spec_files()[0].parent / "llava-1.5-7b.yaml"))
-    with pytest.raises(ExportError, match="vision.tower"):
-        hf_config(llava)
-
-
-@pytest.mark.parametrize(
-    ("spec_file", "field"),
-    [("mixtral-8x7b", "moe"), ("deepseek-v3", "attention.kind = 'mla'"), ("t5-base", "structure = 'encoder-decoder'")],
-)
-def test_families_not_exported_yet_name_the_section(spec_file, field):
-    path = spec_files()[0].parent / f"{spec_file}.yaml"
-    if not path.is_file():
-        pytest.skip(f"{path.name} is not in specs/")
-    with pytest.raises(ExportError, match=f"{field}.*has no counterpart"):
-        hf_config(shrink(archspec.load_spec(path)))
