@@ -13,6 +13,15 @@ The tensor-parallel plan is Megatron's (Shoeybi et al. 2019, https://arxiv.org/a
 gate/up are split by output features (each rank owns whole heads / a slice of the hidden MLP width), o and down by
 input features, so each block costs one all-reduce for attention and one for the MLP. The token embedding is split
 by vocabulary rows and the head by vocabulary columns; the logits are gathered, so the loss is computed as usual.
+
+Two layouts need more than that, and both stay exact:
+
+- T5 (encoder-decoder): every stack's relative-bias table `[buckets, heads]` is split by heads (columns), so each
+  rank's bias covers exactly its heads; cross-attention splits like self-attention.
+- MLA (DeepSeek): the up-projections `q` / `q_up` and `kv_up` are split by heads; the down-projections and latent
+  norms stay replicated (their input gradients are summed where `q_up` / `kv_up` begin). The rope key that
+  `kv_down` produces is shared by all heads but read by each rank's heads only, so its gradient is summed over the
+  ranks (`SharedRopeKey`: identity forward, all-reduce backward, Megatron's "f").
 """
 
 from __future__ import annotations
@@ -40,8 +49,8 @@ def tp_plan(spec: Any) -> dict[str, Any]:
 
     Patterns use archspec's uniform names (`*` matches a layer index). Only modules the spec has are listed, so
     the plan applies without warnings. Users with their own training loop can pass it to
-    `torch.distributed.tensor.parallel.parallelize_module` directly; `parallelize` also checks the head counts
-    and keeps tied embeddings tied.
+    `torch.distributed.tensor.parallel.parallelize_module` directly; `parallelize` also checks the head counts,
+    keeps tied embeddings tied and sets the local head counts the KV cache needs.
     """
     from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
@@ -50,52 +59,91 @@ def tp_plan(spec: Any) -> dict[str, Any]:
         # vocabulary rows split; each rank looks up its rows, the partial sums are all-reduced
         "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
     }
-    _check_tp_support(spec)
-    for name in ("q", "k", "v"):
-        plan[f"layers.*.attn.{name}"] = ColwiseParallel()
-    if spec.attention.qk_norm:
-        # per-head norms see [batch, seq, local heads, head_dim]: a DTensor sharded on the head dim, so the
-        # replicated weight's gradient is summed over the ranks' heads (SequenceParallel's mechanics, dim 2)
-        plan["layers.*.attn.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-        plan["layers.*.attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-    plan["layers.*.attn.o"] = RowwiseParallel()
+    encoder_decoder = spec.structure == "encoder-decoder"
+    if encoder_decoder:
+        attentions = ["encoder.layers.*.attn", "decoder.layers.*.attn", "decoder.layers.*.cross_attn"]
+        for side in ("encoder", "decoder"):  # [buckets, heads] split by heads: each rank's bias is its heads'
+            plan[f"{side}.position_bias.table"] = ColwiseParallel()
+    else:
+        attentions = ["layers.*.attn"]
+    for attn in attentions:
+        if spec.attention.kind == "mla":
+            plan.update(_mla_plan(spec, attn))
+            continue
+        for name in ("q", "k", "v"):
+            plan[f"{attn}.{name}"] = ColwiseParallel()
+        if spec.attention.qk_norm:
+            # per-head norms see [batch, seq, local heads, head_dim]: a DTensor sharded on the head dim, so the
+            # replicated weight's gradient is summed over the ranks' heads (SequenceParallel's mechanics, dim 2)
+            plan[f"{attn}.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+            plan[f"{attn}.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+        plan[f"{attn}.o"] = RowwiseParallel()
     gated = spec.mlp.activation in GATED_ACTIVATIONS
     moe = getattr(spec, "moe", None)
-    for index in range(spec.n_layers) if moe is not None else [None]:
-        layer = "layers.*" if index is None else f"layers.{index}"
-        if index is not None and spec.is_moe_layer(index):
-            # routed experts stay whole on every rank (expert parallelism is another plan); a shared expert is an
-            # ordinary MLP and splits like one
-            if not moe.shared_experts:
-                continue
-            layer += ".mlp.shared"
-        else:
-            layer += ".mlp"
+    mlps: list[str] = []
+    if encoder_decoder:
+        mlps = ["encoder.layers.*.mlp", "decoder.layers.*.mlp"]
+    elif moe is None:
+        mlps = ["layers.*.mlp"]
+    else:
+        for index in range(spec.n_layers):
+            if not spec.is_moe_layer(index):
+                mlps.append(f"layers.{index}.mlp")
+            elif moe.shared_experts:
+                # routed experts stay whole on every rank (expert parallelism is another plan); a shared expert
+                # is an ordinary MLP and splits like one
+                mlps.append(f"layers.{index}.mlp.shared")
+    for mlp in mlps:
         if gated:
-            plan[f"{layer}.gate"] = ColwiseParallel()
-        plan[f"{layer}.up"] = ColwiseParallel()
-        plan[f"{layer}.down"] = RowwiseParallel()
+            plan[f"{mlp}.gate"] = ColwiseParallel()
+        plan[f"{mlp}.up"] = ColwiseParallel()
+        plan[f"{mlp}.down"] = RowwiseParallel()
     # vocabulary columns split, logits gathered: the loss and generate() see full logits
     plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
     return plan
 
 
-def _check_tp_support(spec: Any) -> None:
-    if spec.structure == "encoder-decoder" or spec.position.kind == "relative-bias":
-        raise ParallelismError(
-            f"spec '{spec.name}': tensor parallelism does not support structure {spec.structure!r} / position "
-            f"{spec.position.kind!r} yet (its relative-bias table covers all heads); use FSDP (fsdp=True, tp=False)"
-        )
-    if spec.attention.kind == "mla":
-        raise ParallelismError(
-            f"spec '{spec.name}': tensor parallelism does not support attention.kind 'mla' yet (the rope key is "
-            "shared by all heads, so its gradient would need an all-reduce inside the attention); use FSDP"
-        )
+def _mla_plan(spec: Any, attn: str) -> dict[str, Any]:
+    """MLA: heads split in the up-projections and the output; the latents (and their norms) replicated."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    return {
+        f"{attn}.q" if spec.attention.q_rank is None else f"{attn}.q_up": ColwiseParallel(),
+        f"{attn}.kv_up": ColwiseParallel(),
+        f"{attn}.kv_down": SharedRopeKey(spec.attention.rope_dim),
+        f"{attn}.o": RowwiseParallel(),
+    }
+
+
+def SharedRopeKey(rope_dim: int) -> Any:  # noqa: N802 (a ParallelStyle factory, named like one)
+    """The ParallelStyle of MLA's replicated `kv_down`, whose output is `[latent | rope key]`.
+
+    The rope key is shared by all heads, and each rank's heads contribute only part of its gradient. Forward: the
+    identity. Backward: the rope key's gradient is all-reduced over the TP ranks (the latent's already is, where
+    `kv_up` begins). Built on first use so that importing this module does not import torch.distributed.tensor.
+    """
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+    from torch.distributed.tensor.parallel.style import ParallelStyle
+
+    class _SharedRopeKey(ParallelStyle):
+        def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+            def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+                latent, rope = output.split([output.shape[-1] - rope_dim, rope_dim], dim=-1)
+                # to_local(grad_placements=Partial), then from_local(Replicate)'s backward: a sum over the ranks
+                shared = DTensor.from_local(rope, device_mesh, [Replicate()], run_check=False)
+                return torch.cat((latent, shared.to_local(grad_placements=[Partial()])), dim=-1)
+
+            module.register_forward_hook(hook)
+            return module
+
+        def __repr__(self) -> str:
+            return f"SharedRopeKey(rope_dim={rope_dim})"
+
+    return _SharedRopeKey()
 
 
 def check_tp_degree(spec: Any, degree: int) -> None:
     """Raise `ParallelismError` unless the spec's head counts split evenly over `degree` ranks."""
-    _check_tp_support(spec)
     problems = []
     heads, kv_heads = spec.attention.heads, spec.kv_heads
     if heads % degree:
@@ -126,8 +174,10 @@ def parallelize(
     `("dp", "tp")` (or taken in that order). `compile` may be a dict of `torch.compile` options
     (e.g. `{"backend": "aot_eager"}`); blocks are compiled one by one.
 
-    Under TP each rank holds `heads / tp` query and `kv_heads / tp` key/value heads; ALiBi slopes are sliced to
-    the rank's heads and `model.kv_heads` is set to the local count, so the KV cache of `generate` fits too.
+    Under TP each rank holds `heads / tp` query and `kv_heads / tp` key/value heads (T5: and those heads' columns
+    of the relative-bias tables; MLA: the whole latent, replicated); ALiBi slopes are sliced to the rank's heads and
+    the attentions' `heads` / `kv_heads` (and `model.kv_heads`) are set to the local counts, so the KV cache of
+    `generate` fits too.
     """
     spec = getattr(model, "spec", None)
     if spec is None:
@@ -193,6 +243,11 @@ def _apply_tp(model: nn.Module, spec: Any, tp_mesh: Any) -> None:
         model.alibi_slopes = slopes.chunk(degree)[rank].clone()
     if hasattr(model, "kv_heads"):
         model.kv_heads = spec.kv_heads // degree
+    for name, module in model.named_modules():  # the split attentions' own counts size their KV caches
+        if name.rpartition(".")[2] in ("attn", "cross_attn") and not name.startswith("vision_tower"):
+            for attr in ("heads", "kv_heads"):
+                if isinstance(getattr(module, attr, None), int):
+                    setattr(module, attr, getattr(module, attr) // degree)
 
 
 # ------------------------------------------------------------------------------ activation checkpointing

@@ -32,22 +32,25 @@ TOLERANCE = 1e-5
 WORLD = 2
 SPECS = tiny_specs()
 ALL = sorted(SPECS)
-NO_TP = {
+TP_SPLITTABLE = [name for name in ALL if SPECS[name]["attention"].get("kv_heads", 2) % WORLD == 0]
+MQA = [name for name in ALL if SPECS[name]["attention"].get("kv_heads", 2) % WORLD]
+# T5's relative-bias tables are split by heads; MLA's rope key gradient is summed over the ranks
+SPLIT_BIAS_OR_SHARED_KEY = [
     name for name in ALL if SPECS[name]["structure"] == "encoder-decoder" or SPECS[name]["attention"]["kind"] == "mla"
-}
-TP_SPLITTABLE = [name for name in ALL if name not in NO_TP and SPECS[name]["attention"].get("kv_heads", 2) % WORLD == 0]
-MQA = [name for name in ALL if name not in NO_TP and SPECS[name]["attention"].get("kv_heads", 2) % WORLD]
+]
 
 CASES = (
     [(name, "fsdp") for name in ALL]
     + [(name, "tp") for name in TP_SPLITTABLE]
     + [(name, "fsdp+ac") for name in ("llama3-70b", "gpt2", "bloom-176b")]
-    + [(name, "tp+ac") for name in ("llama3-70b",)]
+    + [(name, "tp+ac") for name in ("llama3-70b", "deepseek-v3")]
     + [(name, "2d-1x2") for name in ("llama3-70b", "gpt2")]
     + [(name, "2d-2x1") for name in ("llama3-70b",)]
     + [(name, "2d-1x2") for name in ("mixtral-8x7b", "qwen1.5-moe-a2.7b")]
-    + [(name, "tp") for name in MQA + sorted(NO_TP)]
+    + [(name, "2d-1x2") for name in ("t5-base", "deepseek-v2-lite")]
+    + [(name, "tp") for name in MQA]
 )
+GENERATE = [(name, "tp-generate") for name in ("llama3-70b", "t5-base", "deepseek-v3", "deepseek-v2-lite")]
 RESUME = [("llama3-70b", "fsdp"), ("llama3-70b", "tp")]
 
 
@@ -55,11 +58,11 @@ RESUME = [("llama3-70b", "fsdp"), ("llama3-70b", "tp")]
 def results(tmp_path_factory):
     """One launch for every case: spawning processes costs seconds, the tiny models milliseconds."""
     out = tmp_path_factory.mktemp("parity") / "results.pt"
-    launch(suite_worker, WORLD, CASES, SPECS, RESUME, str(out))
+    launch(suite_worker, WORLD, CASES + GENERATE, SPECS, RESUME, str(out))
     return torch.load(out)
 
 
-PARITY = [case for case in CASES if case[0] not in MQA + sorted(NO_TP) or case[1] != "tp"]
+PARITY = [case for case in CASES if case[0] not in MQA or case[1] != "tp"]
 
 
 @pytest.mark.parametrize(("name", "mode"), PARITY, ids=[f"{name}-{mode}" for name, mode in PARITY])
@@ -70,17 +73,24 @@ def test_parallel_matches_single_process(results, name, mode):
     assert result["grad"] <= TOLERANCE
 
 
+def test_t5_and_mla_are_tensor_parallel():
+    """The cases above include TP (and 2-D) runs of T5 (relative-bias tables split by heads) and MLA (shared rope
+    key's gradient all-reduced): nothing is refused any more."""
+    assert SPLIT_BIAS_OR_SHARED_KEY and set(SPLIT_BIAS_OR_SHARED_KEY) <= set(TP_SPLITTABLE)
+
+
 @pytest.mark.parametrize("name", MQA)
 def test_tp_refuses_heads_that_do_not_split(results, name):
     error = results[(name, "tp")].get("error", "")
     assert "kv_heads = 1 is not divisible by 2" in error
 
 
-@pytest.mark.parametrize("name", sorted(NO_TP))
-def test_tp_refuses_what_it_cannot_split_exactly(results, name):
-    """T5's relative-bias table and MLA's shared rope key: clear errors instead of silently wrong gradients."""
-    field = "attention.kind 'mla'" if SPECS[name]["attention"]["kind"] == "mla" else "structure 'encoder-decoder'"
-    assert f"tensor parallelism does not support {field}" in results[(name, "tp")].get("error", "")
+@pytest.mark.parametrize(("name", "mode"), GENERATE, ids=[name for name, _ in GENERATE])
+def test_tp_generate_matches_single_process(results, name, mode):
+    """Each rank's KV cache holds its own heads (MLA: the replicated latent); greedy tokens are unchanged."""
+    result = results[(name, mode)]
+    assert "error" not in result, result.get("error")
+    assert result["equal"]
 
 
 @pytest.mark.parametrize(("name", "mode"), RESUME, ids=[f"{name}-{mode}" for name, mode in RESUME])

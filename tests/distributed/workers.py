@@ -56,6 +56,7 @@ def options_for(mode: str) -> dict[str, Any]:
         "fsdp+ac": dict(fsdp=True, activation_checkpointing=True),
         "fsdp+compile": dict(fsdp=True, compile={"backend": "aot_eager"}),
         "tp": dict(fsdp=False, tp=True),
+        "tp-generate": dict(fsdp=False, tp=True),
         "tp+ac": dict(fsdp=False, tp=True, activation_checkpointing=True),
         "2d-1x2": dict(fsdp=True, tp=True),
         "2d-2x1": dict(fsdp=True, tp=True),
@@ -86,6 +87,15 @@ def parity_results(rank: int, world: int, cases: list[tuple[str, str]], specs: d
             archspec.parallelize(model, mesh_for(mode, world), **options_for(mode))
         except ArchspecError as exc:
             results[(name, mode)] = {"error": str(exc)}
+            continue
+        if mode == "tp-generate":  # greedy decoding with the KV cache: the same tokens as the single process
+            prompt = batch(spec)[:2, :5]
+            with torch.no_grad():
+                results[(name, mode)] = {
+                    "equal": torch.equal(
+                        model.generate(prompt, max_new_tokens=4), base.generate(prompt, max_new_tokens=4)
+                    )
+                }
             continue
         shards, index = data_shards(mode, world, rank)
         ids = batch(spec).chunk(shards)[index]
