@@ -290,6 +290,9 @@ def _deepseek(spec: Spec, model_type: str) -> dict[str, Any]:
     _needs(moe is not None, "moe")
     assert isinstance(attn, LatentAttentionSpec) and moe is not None and isinstance(spec.position, RopeSpec)
     _needs(moe.layers is None, "moe.layers")
+    # transformers always builds the shared-expert MLP (n_shared_experts x moe_intermediate_size wide): with none,
+    # its zero-width weights would be missing from the checkpoint
+    _needs(moe.shared_experts > 0, "moe.shared_experts")
     router = moe.router
     config: dict[str, Any] = {
         "vocab_size": spec.vocab_size,
@@ -393,7 +396,7 @@ def _llava(spec: Spec, model_type: str) -> dict[str, Any]:
             if not _differences(text_spec, spec_from_hf(candidate, name=spec.name)):
                 text_config = candidate
                 break
-        except (_NoCounterpart, ArchspecError):
+        except (_NoCounterpart, ArchspecError, AttributeError, KeyError, TypeError, ValueError):
             continue
     if text_config is None:  # the read-back of the whole config names what the text model lacks
         text_config = _candidate_config(text_spec, TEXT_MODEL_TYPES[0])
@@ -531,7 +534,7 @@ def hf_config(spec: Spec, model_type: str | None = None) -> dict[str, Any]:
         except _NoCounterpart as miss:  # ranked after families that got as far as the round trip
             misses.append((100, candidate, [miss.field]))
             continue
-        except (UnsupportedConfigError, ArchspecError, AttributeError, TypeError, ValueError) as exc:
+        except (UnsupportedConfigError, ArchspecError, AttributeError, KeyError, TypeError, ValueError) as exc:
             misses.append((1000, candidate, [str(exc)]))
             continue
         differences = _differences(spec, back)

@@ -257,6 +257,13 @@ def _router(name: str, **values) -> dict:
             id="v2-half-rope",
         ),
         pytest.param(
+            lambda: _changed(
+                "deepseek-v2-lite", moe={**TINY["deepseek-v2-lite"].moe.model_dump(), "shared_experts": 0}
+            ),
+            "moe.shared_experts = 0",
+            id="mla-without-shared-expert",
+        ),
+        pytest.param(
             lambda: _changed("deepseek-v3", attention={"latent_norm_eps": 1e-5}),
             "attention.latent_norm_eps",
             id="mla-latent-eps",
