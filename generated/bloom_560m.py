@@ -70,11 +70,17 @@ class LayerKVCache:
     def update(
         self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all)."""
+        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all).
+
+        When the new keys are all that is visible (a prompt's first chunk), they are returned as they are: the
+        same numbers as the slots just written, without attention reading them back through a strided view.
+        """
         self.keys.index_copy_(2, positions, keys)
         self.values.index_copy_(2, positions, values)
         if self.visible is None:
             return self.keys, self.values
+        if self.visible == keys.shape[2]:
+            return keys, values
         return self.keys[:, :, : self.visible], self.values[:, :, : self.visible]
 
 
@@ -94,7 +100,8 @@ class KVCache:
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
 
-    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
+    `mask` is None for plain causal attention with the queries at the end of the keys: SDPA's is_causal fast path
+    for a sequence attending to itself, and no mask at all for one query (a decoding step sees every key). Else a
     boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
     """
 
@@ -146,7 +153,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=(mask is None) if seq > 1 else False,  # an `if`: seq is a SymInt when compiled dynamic
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )
@@ -236,7 +243,8 @@ def generate(
         cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    logits = model(input_ids, cache=cache, **model_kwargs).logits[:, -1]
+    # Only the last position's logits are needed (`logits_to_keep=1`): the head is not run over the whole prompt.
+    logits = model(input_ids, cache=cache, logits_to_keep=1, **model_kwargs).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         if len(stop):
@@ -251,7 +259,7 @@ def generate(
             logits = step_fn(model, step_input, cache, positions, model_kwargs)
             cache.length += 1
         else:
-            logits = model(step_input, cache=cache, **model_kwargs).logits[:, -1]
+            logits = model(step_input, cache=cache, logits_to_keep=1, **model_kwargs).logits[:, -1]
     return tokens
 
 
@@ -262,7 +270,7 @@ def _decode_step(
     positions: torch.Tensor,
     model_kwargs: dict[str, object],
 ) -> torch.Tensor:
-    return model(token, cache=cache, positions=positions, **model_kwargs).logits[:, -1]
+    return model(token, cache=cache, positions=positions, logits_to_keep=1, **model_kwargs).logits[:, -1]
 
 
 _COMPILED_STEPS: dict[str, object] = {}
@@ -438,9 +446,14 @@ class DecoderLM(nn.Module):
         labels: torch.Tensor | None = None,
         prefix_lengths: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> LMOutput:
         """`prefix_lengths` ([batch]; GLM): the first prefix_lengths[b] tokens of row b attend to each other in both
-        directions (part A), the rest causally (part B). None or 0 is the causal decoder."""
+        directions (part A), the rest causally (part B). None or 0 is the causal decoder.
+
+        `logits_to_keep` > 0 computes the logits of the last that many positions only (what decoding needs: the
+        head over a whole prompt is a [seq, d_model] x [d_model, vocab] matmul thrown away); 0 keeps every position.
+        The loss needs every position, so with `labels` it is ignored."""
         batch, seq = input_ids.shape
         # Explicit `positions` ([seq], a tensor) replace cache.length + arange(seq), and the caller advances
         # cache.length: a compiled decode step (generate(compile=True)) then serves every position with one graph.
@@ -455,21 +468,24 @@ class DecoderLM(nn.Module):
         rope_positions = positions
         rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
         # Eager calls know the cache length as a number: attention then reads only the written slots, and a
-        # plain causal model needs no mask for the first chunk (SDPA's is_causal). Compiled steps (explicit
-        # positions) read the whole static cache under a mask, so that their shapes never change.
+        # plain causal model needs no mask for the first chunk (SDPA's is_causal) nor for a one-token decoding
+        # step. Compiled steps (explicit positions) read the whole static cache under a mask, so that their
+        # shapes never change.
         keys = seq if cache is None else (cache.max_len if explicit else past + seq)
         if cache is not None:
             for layer_cache in cache.layers:
                 layer_cache.visible = None if explicit else keys
-        masks = self._masks(positions, keys, x.dtype, prefix_lengths, unmasked=not explicit and past == 0)
+        masks = self._masks(positions, keys, x.dtype, prefix_lengths, at_end=not explicit)
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
             x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
         if cache is not None and not explicit:
             cache.length = past + seq
-        logits = self.lm_head(self.final_norm(x))
         if labels is None:
-            return LMOutput(logits=logits)
+            if logits_to_keep > 0:
+                x = x[:, -logits_to_keep:]
+            return LMOutput(logits=self.lm_head(self.final_norm(x)))
+        logits = self.lm_head(self.final_norm(x))
         # Shift the labels, not the logits (as transformers does): no copy of the [batch, seq, vocab] logits.
         shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
@@ -481,16 +497,21 @@ class DecoderLM(nn.Module):
         keys: int,
         dtype: torch.dtype,
         prefix_lengths: torch.Tensor | None = None,
-        unmasked: bool = True,
+        at_end: bool = True,
     ) -> dict[int | None, torch.Tensor | None]:
-        """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or {None: None} when plain causal
-        attention needs none (`unmasked`: the queries are the first `keys` positions)."""
-        distinct = set(self.windows)
-        if unmasked and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
-            return {None: None}
+        """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or None for a window where plain
+        causal attention is exact (`Attention`: SDPA's is_causal, or no mask for one query). `at_end`: the queries
+        are the last positions of the `keys` (eager calls), so that such a shortcut can apply: the first chunk of
+        a causal model, or one decoding step, which sees every key (a prefix changes nothing there), as long as no
+        ALiBi bias applies and no window is shorter than the keys."""
+        seq = positions.shape[0]
+        shortcut = at_end and self.alibi_slopes is None and (seq == 1 or (seq == keys and prefix_lengths is None))
         key_positions = torch.arange(keys, device=positions.device)
         masks: dict[int | None, torch.Tensor | None] = {}
-        for window in distinct:
+        for window in set(self.windows):
+            if shortcut and (window is None or window >= keys):
+                masks[window] = None
+                continue
             mask = causal_mask(positions, key_positions, window)
             if self.alibi_slopes is not None:
                 mask = additive_mask(mask, alibi_bias(self.alibi_slopes, key_positions), dtype)

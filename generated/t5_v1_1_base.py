@@ -72,11 +72,17 @@ class LayerKVCache:
     def update(
         self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all)."""
+        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all).
+
+        When the new keys are all that is visible (a prompt's first chunk), they are returned as they are: the
+        same numbers as the slots just written, without attention reading them back through a strided view.
+        """
         self.keys.index_copy_(2, positions, keys)
         self.values.index_copy_(2, positions, values)
         if self.visible is None:
             return self.keys, self.values
+        if self.visible == keys.shape[2]:
+            return keys, values
         return self.keys[:, :, : self.visible], self.values[:, :, : self.visible]
 
 
@@ -115,7 +121,8 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
 
-    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
+    `mask` is None for plain causal attention with the queries at the end of the keys: SDPA's is_causal fast path
+    for a sequence attending to itself, and no mask at all for one query (a decoding step sees every key). Else a
     boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
     """
 
@@ -167,7 +174,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=(mask is None) if seq > 1 else False,  # an `if`: seq is a SymInt when compiled dynamic
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )
@@ -257,7 +264,8 @@ def generate(
         cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    logits = model(input_ids, cache=cache, **model_kwargs).logits[:, -1]
+    # Only the last position's logits are needed (`logits_to_keep=1`): the head is not run over the whole prompt.
+    logits = model(input_ids, cache=cache, logits_to_keep=1, **model_kwargs).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         if len(stop):
@@ -272,7 +280,7 @@ def generate(
             logits = step_fn(model, step_input, cache, positions, model_kwargs)
             cache.length += 1
         else:
-            logits = model(step_input, cache=cache, **model_kwargs).logits[:, -1]
+            logits = model(step_input, cache=cache, logits_to_keep=1, **model_kwargs).logits[:, -1]
     return tokens
 
 
@@ -283,7 +291,7 @@ def _decode_step(
     positions: torch.Tensor,
     model_kwargs: dict[str, object],
 ) -> torch.Tensor:
-    return model(token, cache=cache, positions=positions, **model_kwargs).logits[:, -1]
+    return model(token, cache=cache, positions=positions, logits_to_keep=1, **model_kwargs).logits[:, -1]
 
 
 _COMPILED_STEPS: dict[str, object] = {}
@@ -591,9 +599,11 @@ class EncoderDecoderLM(nn.Module):
         *,
         attention_mask: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Decoder logits. With a cache, positions continue from `cache.length` and the cross-attention
-        keys/values are projected on the first call and reused afterwards."""
+        keys/values are projected on the first call and reused afterwards. `logits_to_keep` > 0: the logits of
+        the last that many positions only (0: every position)."""
         seq = decoder_input_ids.shape[1]
         past = cache.length if cache is not None else 0
         device = decoder_input_ids.device
@@ -614,6 +624,8 @@ class EncoderDecoderLM(nn.Module):
             x = layer(x, mask, layer_cache, positions, cross_kv[index], cross_mask)
         if cache is not None:
             cache.length = past + seq
+        if logits_to_keep > 0:
+            x = x[:, -logits_to_keep:]
         x = self.decoder.final_norm(x)
         if self.head_scale is not None:
             x = x * self.head_scale
@@ -665,9 +677,15 @@ class _DecoderStep:
     def new_cache(self, batch: int, max_len: int) -> EncoderDecoderCache:
         return self.model.new_cache(batch, max_len)
 
-    def __call__(self, decoder_input_ids: torch.Tensor, cache: EncoderDecoderCache | None = None) -> LMOutput:
+    def __call__(
+        self, decoder_input_ids: torch.Tensor, cache: EncoderDecoderCache | None = None, logits_to_keep: int = 0
+    ) -> LMOutput:
         logits = self.model.decode(
-            decoder_input_ids, self.encoder_output, attention_mask=self.attention_mask, cache=cache
+            decoder_input_ids,
+            self.encoder_output,
+            attention_mask=self.attention_mask,
+            cache=cache,
+            logits_to_keep=logits_to_keep,
         )
         return LMOutput(logits=logits)
 

@@ -16,7 +16,8 @@ from archspec.nn.rope import apply_rotary
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
 
-    `mask` is None for plain causal attention over the sequence itself (SDPA's is_causal fast path), else a
+    `mask` is None for plain causal attention with the queries at the end of the keys: SDPA's is_causal fast path
+    for a sequence attending to itself, and no mask at all for one query (a decoding step sees every key). Else a
     boolean or additive mask broadcastable to [batch, heads, queries, keys] (sliding windows, ALiBi, caches).
     """
 
@@ -77,7 +78,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None,
+            is_causal=(mask is None) if seq > 1 else False,  # an `if`: seq is a SymInt when compiled dynamic
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )

@@ -27,11 +27,17 @@ class LayerKVCache:
     def update(
         self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all)."""
+        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all).
+
+        When the new keys are all that is visible (a prompt's first chunk), they are returned as they are: the
+        same numbers as the slots just written, without attention reading them back through a strided view.
+        """
         self.keys.index_copy_(2, positions, keys)
         self.values.index_copy_(2, positions, values)
         if self.visible is None:
             return self.keys, self.values
+        if self.visible == keys.shape[2]:
+            return keys, values
         return self.keys[:, :, : self.visible], self.values[:, :, : self.visible]
 
 

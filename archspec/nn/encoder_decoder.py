@@ -197,9 +197,11 @@ class EncoderDecoderLM(nn.Module):
         *,
         attention_mask: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Decoder logits. With a cache, positions continue from `cache.length` and the cross-attention
-        keys/values are projected on the first call and reused afterwards."""
+        keys/values are projected on the first call and reused afterwards. `logits_to_keep` > 0: the logits of
+        the last that many positions only (0: every position)."""
         seq = decoder_input_ids.shape[1]
         past = cache.length if cache is not None else 0
         device = decoder_input_ids.device
@@ -220,6 +222,8 @@ class EncoderDecoderLM(nn.Module):
             x = layer(x, mask, layer_cache, positions, cross_kv[index], cross_mask)
         if cache is not None:
             cache.length = past + seq
+        if logits_to_keep > 0:
+            x = x[:, -logits_to_keep:]
         x = self.decoder.final_norm(x)
         if self.head_scale is not None:
             x = x * self.head_scale
@@ -273,8 +277,14 @@ class _DecoderStep:
     def new_cache(self, batch: int, max_len: int) -> EncoderDecoderCache:
         return self.model.new_cache(batch, max_len)
 
-    def __call__(self, decoder_input_ids: torch.Tensor, cache: EncoderDecoderCache | None = None) -> LMOutput:
+    def __call__(
+        self, decoder_input_ids: torch.Tensor, cache: EncoderDecoderCache | None = None, logits_to_keep: int = 0
+    ) -> LMOutput:
         logits = self.model.decode(
-            decoder_input_ids, self.encoder_output, attention_mask=self.attention_mask, cache=cache
+            decoder_input_ids,
+            self.encoder_output,
+            attention_mask=self.attention_mask,
+            cache=cache,
+            logits_to_keep=logits_to_keep,
         )
         return LMOutput(logits=logits)

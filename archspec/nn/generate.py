@@ -49,7 +49,8 @@ def generate(
         cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
-    logits = model(input_ids, cache=cache, **model_kwargs).logits[:, -1]
+    # Only the last position's logits are needed (`logits_to_keep=1`): the head is not run over the whole prompt.
+    logits = model(input_ids, cache=cache, logits_to_keep=1, **model_kwargs).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
         if len(stop):
@@ -64,7 +65,7 @@ def generate(
             logits = step_fn(model, step_input, cache, positions, model_kwargs)
             cache.length += 1
         else:
-            logits = model(step_input, cache=cache, **model_kwargs).logits[:, -1]
+            logits = model(step_input, cache=cache, logits_to_keep=1, **model_kwargs).logits[:, -1]
     return tokens
 
 
@@ -75,7 +76,7 @@ def _decode_step(
     positions: torch.Tensor,
     model_kwargs: dict[str, object],
 ) -> torch.Tensor:
-    return model(token, cache=cache, positions=positions, **model_kwargs).logits[:, -1]
+    return model(token, cache=cache, positions=positions, logits_to_keep=1, **model_kwargs).logits[:, -1]
 
 
 _COMPILED_STEPS: dict[str, object] = {}

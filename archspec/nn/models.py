@@ -85,9 +85,14 @@ class DecoderLM(nn.Module):
         prefix_lengths: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,  # emit-if: vision
         positions: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> LMOutput:
         """`prefix_lengths` ([batch]; GLM): the first prefix_lengths[b] tokens of row b attend to each other in both
-        directions (part A), the rest causally (part B). None or 0 is the causal decoder."""
+        directions (part A), the rest causally (part B). None or 0 is the causal decoder.
+
+        `logits_to_keep` > 0 computes the logits of the last that many positions only (what decoding needs: the
+        head over a whole prompt is a [seq, d_model] x [d_model, vocab] matmul thrown away); 0 keeps every position.
+        The loss needs every position, so with `labels` it is ignored."""
         batch, seq = input_ids.shape
         # Explicit `positions` ([seq], a tensor) replace cache.length + arange(seq), and the caller advances
         # cache.length: a compiled decode step (generate(compile=True)) then serves every position with one graph.
@@ -106,21 +111,24 @@ class DecoderLM(nn.Module):
             rope_positions = glm_positions(positions, prefix_lengths, batch)
         rope = self.rotary(rope_positions, past + seq, x.dtype) if self.rotary is not None else None
         # Eager calls know the cache length as a number: attention then reads only the written slots, and a
-        # plain causal model needs no mask for the first chunk (SDPA's is_causal). Compiled steps (explicit
-        # positions) read the whole static cache under a mask, so that their shapes never change.
+        # plain causal model needs no mask for the first chunk (SDPA's is_causal) nor for a one-token decoding
+        # step. Compiled steps (explicit positions) read the whole static cache under a mask, so that their
+        # shapes never change.
         keys = seq if cache is None else (cache.max_len if explicit else past + seq)
         if cache is not None:
             for layer_cache in cache.layers:
                 layer_cache.visible = None if explicit else keys
-        masks = self._masks(positions, keys, x.dtype, prefix_lengths, unmasked=not explicit and past == 0)
+        masks = self._masks(positions, keys, x.dtype, prefix_lengths, at_end=not explicit)
         for index, layer in enumerate(self.layers):
             layer_cache = cache.layers[index] if cache is not None else None
             x = layer(x, rope, masks[self.windows[index]], layer_cache, positions)
         if cache is not None and not explicit:
             cache.length = past + seq
-        logits = self.lm_head(self.final_norm(x))
         if labels is None:
-            return LMOutput(logits=logits)
+            if logits_to_keep > 0:
+                x = x[:, -logits_to_keep:]
+            return LMOutput(logits=self.lm_head(self.final_norm(x)))
+        logits = self.lm_head(self.final_norm(x))
         # Shift the labels, not the logits (as transformers does): no copy of the [batch, seq, vocab] logits.
         shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
@@ -147,16 +155,21 @@ class DecoderLM(nn.Module):
         keys: int,
         dtype: torch.dtype,
         prefix_lengths: torch.Tensor | None = None,
-        unmasked: bool = True,
+        at_end: bool = True,
     ) -> dict[int | None, torch.Tensor | None]:
-        """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or {None: None} when plain causal
-        attention needs none (`unmasked`: the queries are the first `keys` positions)."""
-        distinct = set(self.windows)
-        if unmasked and self.alibi_slopes is None and distinct == {None} and prefix_lengths is None:
-            return {None: None}
+        """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or None for a window where plain
+        causal attention is exact (`Attention`: SDPA's is_causal, or no mask for one query). `at_end`: the queries
+        are the last positions of the `keys` (eager calls), so that such a shortcut can apply: the first chunk of
+        a causal model, or one decoding step, which sees every key (a prefix changes nothing there), as long as no
+        ALiBi bias applies and no window is shorter than the keys."""
+        seq = positions.shape[0]
+        shortcut = at_end and self.alibi_slopes is None and (seq == 1 or (seq == keys and prefix_lengths is None))
         key_positions = torch.arange(keys, device=positions.device)
         masks: dict[int | None, torch.Tensor | None] = {}
-        for window in distinct:
+        for window in set(self.windows):
+            if shortcut and (window is None or window >= keys):
+                masks[window] = None
+                continue
             mask = causal_mask(positions, key_positions, window)
             if prefix_lengths is not None:  # emit-if: prefix_lm
                 mask = prefix_mask(positions, key_positions, prefix_lengths, window)

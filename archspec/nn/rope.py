@@ -127,8 +127,9 @@ class RotaryEmbedding(nn.Module):
             angles = freqs.repeat_interleave(2, dim=-1)
         else:
             angles = torch.cat((freqs, freqs), dim=-1)
-        cos = angles.cos() * self.attention_factor
-        sin = angles.sin() * self.attention_factor
+        cos, sin = angles.cos(), angles.sin()
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
         return cos.to(dtype), sin.to(dtype)
 
 
@@ -136,10 +137,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     """Rotate the first cos.shape[-1] dims of x ([batch, heads, seq, head_dim]); cos/sin: [(batch,) seq, r]."""
     rotary_dim = cos.shape[-1]
     cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
-    x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+    partial = rotary_dim < x.shape[-1]  # a rotary fraction: the other dims pass through (no slices otherwise)
+    x_rot = x[..., :rotary_dim] if partial else x
     if interleaved:
         rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
     else:
         half = rotary_dim // 2
         rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    return torch.cat((x_rot * cos + rotated * sin, x_pass), dim=-1)
+    out = x_rot * cos + rotated * sin
+    return torch.cat((out, x[..., rotary_dim:]), dim=-1) if partial else out
