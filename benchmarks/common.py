@@ -122,6 +122,10 @@ def interleaved(
 
     Returns per case: median seconds, all samples, and the spread (max / min). A case that raises during warm-up
     is reported with its error and left out of the rounds.
+
+    On CPU with one torch thread, the CPU time of the calling thread (`time.thread_time`) is recorded as well
+    (`cpu_median_s`, `cpu_min_s`): every op then runs on this thread, and its CPU time leaves out the time the
+    scheduler gave to other processes, which on a shared machine is most of the wall-clock noise.
     """
     errors: dict[str, str] = {}
     for name, fn in cases.items():
@@ -132,13 +136,16 @@ def interleaved(
         except Exception as error:  # noqa: BLE001 (reported, not hidden)
             errors[name] = f"{type(error).__name__}: {error}"[:400]
     samples: dict[str, list[float]] = {name: [] for name in cases if name not in errors}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in samples}
+    thread_cpu = device == "cpu" and torch.get_num_threads() == 1
     for _ in range(repeats):
         for name in samples:
             synchronize(device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             cases[name]()
             synchronize(device)
             samples[name].append(time.perf_counter() - start)
+            cpu_samples[name].append(time.thread_time() - start_cpu)
     out: dict[str, dict[str, Any]] = {}
     for name in cases:
         if name in errors:
@@ -151,6 +158,9 @@ def interleaved(
                 "samples_s": times,
                 "spread": max(times) / min(times),
             }
+            if thread_cpu:
+                cpu = cpu_samples[name]
+                out[name].update(cpu_median_s=statistics.median(cpu), cpu_min_s=min(cpu), cpu_samples_s=cpu)
     return out
 
 
@@ -222,11 +232,15 @@ def ratio(results: dict[str, dict[str, Any]], numerator: str, denominator: str, 
 
 
 def ratios(results: dict[str, dict[str, Any]], pairs: list[tuple[str, str]]) -> dict[str, float | None]:
-    """'a / b' (ratio of medians) and 'a / b (min)' (ratio of minima) for each pair."""
+    """'a / b' (ratio of medians) and 'a / b (min)' (ratio of minima) for each pair, and on one-thread CPU runs
+    'a / b (cpu)', the ratio of median thread CPU times (see `interleaved`)."""
     out: dict[str, float | None] = {}
     for a, b in pairs:
         out[f"{a} / {b}"] = ratio(results, a, b)
         out[f"{a} / {b} (min)"] = ratio(results, a, b, "min_s")
+        cpu = ratio(results, a, b, "cpu_median_s")
+        if cpu is not None:
+            out[f"{a} / {b} (cpu)"] = cpu
     return out
 
 
@@ -238,4 +252,5 @@ def print_table(title: str, results: dict[str, dict[str, Any]], per_call: float,
             print(f"  {name:<34} ERROR {result['error'][:160]}")
         else:
             median = result["median_s"]
-            print(f"  {name:<34} {median * 1e3:10.2f} ms  {per_call / median:12.1f} {unit}  spread {result['spread']:.2f}")
+            cpu = f"  cpu {result['cpu_median_s'] * 1e3:10.2f} ms" if "cpu_median_s" in result else ""
+            print(f"  {name:<34} {median * 1e3:10.2f} ms  {per_call / median:12.1f} {unit}  spread {result['spread']:.2f}{cpu}")
