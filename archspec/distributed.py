@@ -190,6 +190,8 @@ def parallelize(
         enable_activation_checkpointing(model)
     if compile:
         options = compile if isinstance(compile, dict) else {}
+        if tp_mesh is not None:
+            _detach_embedding_view(model)
         for block in blocks(model):
             block.compile(**options)
     if dp_mesh is not None:
@@ -205,6 +207,16 @@ def parallelize(
             fully_shard(block, mesh=dp_mesh)
         fully_shard(model, mesh=dp_mesh)
     return model
+
+
+def _detach_embedding_view(model: nn.Module) -> None:
+    """Under TP the embedding's output is `to_local()` of a DTensor, a view whose base is that DTensor. A compiled
+    first block (AOTAutograd) hands the gradient of such a view input back through its base as a plain tensor, and
+    DTensor's redistribute backward then fails (torch 2.13: "'Tensor' object has no attribute '_local_tensor'").
+    A copy of the output breaks the view relation; it costs one [batch, seq, d_model] copy per step."""
+    embed = getattr(model, "embed", None)
+    if embed is not None:
+        embed.register_forward_hook(lambda module, args, output: output.clone())
 
 
 def _split_mesh(mesh: Any, fsdp: bool, tp: bool) -> tuple[Any, Any]:

@@ -44,6 +44,8 @@ CASES = (
     + [(name, "tp") for name in TP_SPLITTABLE]
     + [(name, "fsdp+ac") for name in ("llama3-70b", "gpt2", "bloom-176b")]
     + [(name, "tp+ac") for name in ("llama3-70b", "deepseek-v3")]
+    + [(name, "fsdp+compile") for name in ("llama3-70b",)]
+    + [(name, "tp+compile") for name in ("llama3-70b", "t5-base", "deepseek-v3")]
     + [(name, "2d-1x2") for name in ("llama3-70b", "gpt2")]
     + [(name, "2d-2x1") for name in ("llama3-70b",)]
     + [(name, "2d-1x2") for name in ("mixtral-8x7b", "qwen1.5-moe-a2.7b")]

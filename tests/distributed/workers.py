@@ -58,6 +58,7 @@ def options_for(mode: str) -> dict[str, Any]:
         "tp": dict(fsdp=False, tp=True),
         "tp-generate": dict(fsdp=False, tp=True),
         "tp+ac": dict(fsdp=False, tp=True, activation_checkpointing=True),
+        "tp+compile": dict(fsdp=False, tp=True, compile={"backend": "aot_eager"}),
         "2d-1x2": dict(fsdp=True, tp=True),
         "2d-2x1": dict(fsdp=True, tp=True),
     }[mode]
