@@ -135,6 +135,17 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
     encoder_decoder = spec.structure == "encoder-decoder"
     if isinstance(position, RelativeBiasSpec) and not encoder_decoder:
         problem("position.kind", "relative-bias is implemented for structure: encoder-decoder only")
+    if isinstance(position, RelativeBiasSpec):
+        # T5's bucketing: the encoder splits the buckets by direction, then each half into exact and logarithmic
+        # buckets; the logarithmic part divides by ln(max_distance / (buckets // 2)) in the decoder
+        if position.buckets < 4:
+            problem("position.buckets", f"{position.buckets} buckets leave the encoder no exact bucket", "use at least 4")
+        elif position.max_distance <= position.buckets // 2:
+            problem(
+                "position.max_distance",
+                f"must exceed buckets // 2 ({position.buckets // 2}), where the logarithmic buckets start",
+                "T5 uses buckets: 32, max_distance: 128",
+            )
     if encoder_decoder:
         if not isinstance(position, RelativeBiasSpec):
             problem("position.kind", f"encoder-decoder supports position kind relative-bias, not {position.kind}")
