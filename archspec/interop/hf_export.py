@@ -117,6 +117,8 @@ def _llama(spec: Spec, model_type: str) -> dict[str, Any]:
     _needs(isinstance(spec.position, RopeSpec), "position.kind")
     _needs(spec.mlp.activation in GATED_ACTIVATIONS, "mlp.activation")
     attn = spec.attention
+    # LlamaConfig refuses hidden_size % num_attention_heads != 0 even with an explicit head_dim
+    _needs(model_type != "llama" or spec.d_model % attn.heads == 0, "d_model")
     config: dict[str, Any] = {
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.d_model,
@@ -286,6 +288,8 @@ def _deepseek(spec: Spec, model_type: str) -> dict[str, Any]:
     _needs(isinstance(attn, LatentAttentionSpec), "attention.kind")
     _needs(isinstance(spec.position, RopeSpec), "position.kind")
     _needs(spec.mlp.activation in GATED_ACTIVATIONS, "mlp.activation")
+    # DeepseekV2Config refuses hidden_size % num_attention_heads != 0 (V3's does not check it)
+    _needs(model_type != "deepseek_v2" or spec.d_model % attn.heads == 0, "d_model")
     moe = spec.moe
     _needs(moe is not None, "moe")
     assert isinstance(attn, LatentAttentionSpec) and moe is not None and isinstance(spec.position, RopeSpec)
