@@ -213,10 +213,12 @@ def block_norms(spec: Spec) -> int:
 
 
 def decoder_layer_params(spec: Spec) -> LayerParams:
-    """A decoder block of an encoder-decoder: self-attention, cross-attention, MLP and three norms."""
+    """A decoder block of an encoder-decoder: self-attention, cross-attention, MLP and three norms. qk_norm
+    applies to self-attention only: the compiler's cross-attention has no q/k norms."""
     mlp_total, mlp_active = mlp_params(spec, 0)
+    qk_norm = 2 * spec.head_dim if getattr(spec.attention, "qk_norm", False) else 0
     return LayerParams(
-        attention=2 * attention_params(spec, 0),
+        attention=2 * attention_params(spec, 0) - qk_norm,
         mlp=mlp_total,
         norms=3 * norm_params(spec, spec.d_model),
         mlp_active=mlp_active,
