@@ -1,4 +1,9 @@
-"""Structure: the YAML round trip is the identity; torch.compile and torch.fx agree with eager."""
+"""Structure: the YAML round trip is the identity; validation is idempotent; the analytic parameter counts of
+`archspec info` equal the built model's; torch.compile and torch.fx agree with eager.
+
+The spec-level properties draw from every family (dense, MoE, MLA, GLM, T5, vision); the compile and trace
+properties from the dense decoders (one compile takes seconds). spec -> HF config -> spec is in test_hf_config.py.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import archspec
+from archspec.analysis import param_counts
+from archspec.nn.moe import MoE
 
-from .strategies import STATIC_SCALINGS, build64, scaled, seeds, spec_dicts, specs, token_ids
+from .strategies import FAMILIES, STATIC_SCALINGS, build64, scaled, seeds, spec_dicts, specs, token_ids
 
 
-@given(spec=specs())
+@given(spec=specs(families=FAMILIES))
 def test_spec_to_yaml_to_spec_is_identity(spec):
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     with tempfile.TemporaryDirectory() as folder:
@@ -28,11 +35,36 @@ def test_spec_to_yaml_to_spec_is_identity(spec):
     assert loaded.model_dump(mode="json") == spec.model_dump(mode="json")
 
 
-@given(data=spec_dicts())
+@given(data=spec_dicts(families=FAMILIES))
 def test_validation_is_idempotent(data):
     """A validated spec is resolved: validating its dump again changes nothing (shorthands, defaults, kv_heads...)."""
     spec = archspec.spec_from_dict(data)
     assert archspec.spec_from_dict(spec.model_dump()) == spec
+
+
+def numel(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())  # a tied weight counts once
+
+
+@given(spec=specs(families=FAMILIES))
+def test_analytic_parameter_counts_equal_the_built_model(spec):
+    """`archspec info`'s formulas against the modules the compiler builds, in total and per block; the active count
+    leaves out exactly the experts a token does not use: (experts - top_k) experts' weights per MoE layer."""
+    counts = param_counts(spec)
+    model = archspec.build(spec, device="meta")
+    assert counts.total == numel(model)
+    if spec.structure == "encoder-decoder":
+        blocks = [*model.encoder.layers, *model.decoder.layers]
+    else:
+        blocks = list(model.layers)
+        assert counts.vision == numel(getattr(model, "vision_tower", None)) + numel(getattr(model, "projector", None))
+    assert [layer.total for layer in counts.layers] == [numel(block) for block in blocks]
+    unused = 0
+    for block in blocks:
+        if isinstance(getattr(block, "mlp", None), MoE):
+            experts = block.mlp.experts
+            unused += numel(experts) // spec.moe.experts * (spec.moe.experts - spec.moe.top_k)
+    assert counts.active == counts.total - unused
 
 
 @settings(max_examples=scaled(3), deadline=None)
