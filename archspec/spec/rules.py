@@ -95,6 +95,9 @@ def _latent_attention_issues(spec: Spec) -> list[SpecIssue]:
         issues.append(SpecIssue(("position", "fraction"), "mla rotates exactly attention.rope_dim dims", "drop fraction"))
     if spec.attention.rope_dim % 2:  # type: ignore[union-attr]
         issues.append(SpecIssue(("attention", "rope_dim"), "must be even", "rotary dims rotate in pairs"))
+    elif isinstance(position, RopeSpec) and getattr(position.scaling, "kind", None) == "dynamic" and spec.attention.rope_dim <= 2:  # type: ignore[union-attr]
+        issues.append(SpecIssue(("position", "scaling"), "dynamic NTK needs more than 2 rotary dims (rope_dim is 2)",
+                                "its theta formula has the exponent d / (d - 2)"))
     return issues
 
 

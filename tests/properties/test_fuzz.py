@@ -55,19 +55,27 @@ def test_every_valid_spec_builds_runs_forward_and_backward_with_finite_values(sp
     assert all(p.device.type == "meta" for p in meta.parameters())
 
 
-def test_dynamic_rope_with_two_rotary_dims_is_rejected():
+@pytest.mark.parametrize(
+    "attention",
+    [{"heads": 2}, {"kind": "mla", "heads": 2, "kv_rank": 4, "nope_dim": 2, "rope_dim": 2, "v_dim": 2}],
+    ids=["mha", "mla"],
+)
+def test_dynamic_rope_with_two_rotary_dims_is_rejected(attention):
     """Shrunk by Hypothesis from test_rope: head_dim 4 x fraction 0.5 = 2 rotary dims with dynamic scaling divided by
-    d - 2 = 0 one token past context_length. The spec rules now reject it, at the key to change."""
+    d - 2 = 0 one token past context_length. MLA with rope_dim 2 did the same (found by the MLA strategy). The spec
+    rules now reject both, at the key to change."""
     data = {
         "name": "dyn2",
         "vocab_size": 2,
         "d_model": 8,
         "n_layers": 1,
         "context_length": 1,
-        "attention": {"heads": 2},
-        "position": {"kind": "rope", "fraction": 0.5, "scaling": {"kind": "dynamic", "factor": 1.0}},
+        "attention": attention,
+        "position": {"kind": "rope", "scaling": {"kind": "dynamic", "factor": 1.0}},
         "mlp": {"activation": "relu", "d_ff": 1},
     }
+    if attention.get("kind") != "mla":
+        data["position"]["fraction"] = 0.5
     with pytest.raises(archspec.SpecError) as error:
         archspec.spec_from_dict(data)
     assert [issue.key_path for issue in error.value.issues] == ["position.scaling"]
