@@ -1,10 +1,15 @@
-"""Tiny versions of real specs: the same architecture (layout, position kind, norms, GQA ratio kind) at toy sizes."""
+"""Shared test helpers. Tiny versions of real specs: the same architecture (layout, position kind, norms, GQA ratio
+kind) at toy sizes; and `import_emitted`, which loads a spec's emitted source as a module in this process."""
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
 from pathlib import Path
+from types import ModuleType
 
 import archspec
+from archspec.emit import emit_source, module_name
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 
@@ -18,9 +23,13 @@ def shrink(spec: archspec.Spec, *, layers: int = 2) -> archspec.Spec:
     data = spec.model_dump(mode="json")
     attention = data["attention"]
     if attention.get("kind") == "mla":
-        attention.update(heads=4, q_rank=24 if attention["q_rank"] else None, kv_rank=32, nope_dim=16, rope_dim=8, v_dim=12)
+        attention.update(
+            heads=4, q_rank=24 if attention["q_rank"] else None, kv_rank=32, nope_dim=16, rope_dim=8, v_dim=12
+        )
     else:
-        kind = "mha" if attention["kv_heads"] == attention["heads"] else ("mqa" if attention["kv_heads"] == 1 else "gqa")
+        kind = (
+            "mha" if attention["kv_heads"] == attention["heads"] else ("mqa" if attention["kv_heads"] == 1 else "gqa")
+        )
         attention.update(heads=4, kv_heads={"mha": 4, "mqa": 1, "gqa": 2}[kind], head_dim=16)
     moe = data.get("moe")
     if moe:
@@ -74,3 +83,19 @@ def distinct_tiny_specs() -> dict[str, archspec.Spec]:
             signatures.add(signature)
             seen[path.stem] = tiny
     return seen
+
+
+_imports = itertools.count()
+
+
+def import_emitted(spec: archspec.Spec, directory: Path) -> ModuleType:
+    """Write `emit_source(spec)` to `directory/<module_name>.py` and import it in this process (beside archspec, under
+    a fresh module name each call, not registered in sys.modules). Its entry points: `Model()` (the spec's model
+    class, default dtype and device), `CONFIG` (the spec as a literal)."""
+    path = Path(directory) / f"{module_name(spec.name)}.py"
+    path.write_text(emit_source(spec))
+    loader = importlib.util.spec_from_file_location(f"emitted_{module_name(spec.name)}_{next(_imports)}", path)
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from tiny import shrink
+from tiny import import_emitted, shrink
 
 import archspec
 from archspec.emit import (
@@ -629,8 +629,6 @@ def test_encoder_decoder_options_the_compiler_ignores_are_invalid_specs(changes:
 def test_emitted_moe_file_imports_beside_archspec_and_generate_defaults_to_spec_tokens(tmp_path: Path) -> None:
     """In one process with archspec: the file's custom ops do not replace archspec's, and its generate() stops at
     the spec's eos and pads with the spec's pad, as archspec's does, without being told."""
-    import importlib.util
-
     data = {key: value for key, value in TINY["moe-softmax"].items() if key != "tokens"}
     torch.manual_seed(0)
     model = archspec.build(spec_from_dict(data)).eval()
@@ -645,13 +643,7 @@ def test_emitted_moe_file_imports_beside_archspec_and_generate_defaults_to_spec_
     assert expected.tolist() != free.tolist()
 
     spec = spec_from_dict({**data, "tokens": {"eos": eos, "pad": pad}})
-    path = tmp_path / f"{module_name(spec.name)}.py"
-    path.write_text(emit_source(spec))
-    loader = importlib.util.spec_from_file_location(f"emitted_{module_name(spec.name)}", path)
-    assert loader is not None and loader.loader is not None
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    emitted = module.Model()
+    emitted = import_emitted(spec, tmp_path).Model()
     emitted.load_state_dict(model.state_dict(), strict=True)
     emitted.eval()
     assert emitted.generate(prompt, max_new_tokens=6).tolist() == expected.tolist()
