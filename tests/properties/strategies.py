@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import torch
-from hypothesis import assume
+from hypothesis import assume, event
 from hypothesis import strategies as st
 
 import archspec
@@ -479,9 +479,28 @@ def image_tokens(vision: dict[str, Any]) -> int:
     return (tower["image_size"] // tower["patch_size"]) ** 2 + class_token
 
 
+def family(spec: archspec.Spec) -> str:
+    """The family a spec belongs to (see FAMILIES)."""
+    if spec.structure == "encoder-decoder":
+        return "t5"
+    if spec.structure == "glm":
+        return "glm"
+    if spec.vision is not None:
+        return "vision"
+    if spec.attention.kind == "mla":
+        return "mla"
+    return "moe" if spec.moe is not None else "dense"
+
+
+def _validated(data: dict[str, Any]) -> archspec.Spec:
+    spec = archspec.spec_from_dict(data)
+    event(f"family: {family(spec)}")  # --hypothesis-show-statistics counts the examples of each family
+    return spec
+
+
 def specs(**options: Any) -> st.SearchStrategy[archspec.Spec]:
     """Validated specs; see `spec_dicts` for the options."""
-    return spec_dicts(**options).map(archspec.spec_from_dict)
+    return spec_dicts(**options).map(_validated)
 
 
 # ---------------------------------------------------------------------------------------- model inputs
@@ -552,6 +571,16 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 def build64(spec: archspec.Spec, seed: int) -> torch.nn.Module:
     """The spec's model in float64 with random O(1) weights, in eval mode."""
     return randomize_(archspec.build(spec, dtype=torch.float64), seed).eval()
+
+
+def lm_logits(
+    model: torch.nn.Module, ids: torch.Tensor, source: torch.Tensor | None = None, **options: Any
+) -> torch.Tensor:
+    """Logits over `ids` of a causal LM: a decoder-only model's, or an encoder-decoder's decoder reading the encoding
+    of `source`. `options` (cache, prefix_lengths) go to the forward call."""
+    if source is not None:
+        return model(source, decoder_input_ids=ids, **options).logits
+    return model(ids, **options).logits
 
 
 def token_ids(vocab_size: int, batch: int, seq: int, seed: int) -> torch.Tensor:
