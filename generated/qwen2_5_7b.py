@@ -14,12 +14,14 @@ state-dict names and numerics are the same as the archspec model's:
     tokens = model.generate(input_ids, max_new_tokens=20)
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 CONFIG = {
     "name": "qwen2.5-7b",
@@ -226,6 +228,8 @@ class Attention(nn.Module):
             k = apply_rotary(k, cos, sin, self.rope_interleaved)
         if cache is not None and positions is not None:
             k, v = cache.update(positions, k, v)
+        if callable(mask):  # a pattern that computes attention itself (ChunkedWindow, FlexPattern)
+            return self.o(mask(q, k, v, self.scale).transpose(1, 2).reshape(batch, seq, -1))
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -236,6 +240,128 @@ class Attention(nn.Module):
             enable_gqa=self.kv_heads != self.heads,
         )
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class ChunkedWindow:
+    """Causal sliding-window attention of a whole sequence (queries = keys = positions 0 .. seq-1) without a mask.
+
+    The first `window` queries see every earlier key: one causal SDPA call. Later queries go in chunks of `chunk`;
+    query j of the chunk starting at s sees keys s + j - window + 1 .. s + j, which split into three blocks that
+    each need no mask: the oldest `chunk` keys (key m visible iff m >= j: causal once both are reversed), the
+    keys every query of the chunk sees, and the chunk's own keys (causal). The partial softmaxes are merged with
+    their log-sum-exps, which SDPA's CPU flash kernel returns. Same result as the masked softmax up to float
+    rounding; forward only (the log-sum-exp output has no gradient), for CPU.
+    """
+
+    def __init__(self, window: int, chunk: int = 256) -> None:
+        if window < 2:
+            raise ValueError(f"ChunkedWindow needs a window of at least 2 keys, got {window}")
+        self.window, self.chunk = window, min(chunk, window - 1)  # a chunk's keys split in three only if < window
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if k.shape[1] != q.shape[1]:  # GQA: the kernel with log-sum-exp has no enable_gqa
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        seq, window = q.shape[2], self.window
+        head = min(window, seq)
+        parts = [
+            F.scaled_dot_product_attention(q[:, :, :head], k[:, :, :head], v[:, :, :head], is_causal=True, scale=scale)
+        ]
+        start = head
+        full = (seq - start) // self.chunk
+        if full:
+            parts.append(self._chunks(q, k, v, scale, start, self.chunk, full))
+            start += full * self.chunk
+        if start < seq:
+            parts.append(self._chunks(q, k, v, scale, start, seq - start, 1))
+        return torch.cat(parts, dim=2)
+
+    def _chunks(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: int, chunk: int, count: int
+    ) -> torch.Tensor:
+        """Queries start .. start + count * chunk (start >= window), `count` chunks at once as extra heads."""
+        batch, heads, _, dim = q.shape
+        window = self.window
+
+        def chunks(x: torch.Tensor, first: int) -> torch.Tensor:  # [b, h, count * chunk, d] -> [b, h * count, chunk, d]
+            return x[:, :, first : first + count * chunk].reshape(batch, heads * count, chunk, x.shape[-1])
+
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        queries = chunks(q, start)
+        own = flash(queries, chunks(k, start), chunks(v, start), 0.0, True, scale=scale)
+        oldest = start - window + 1  # the chunk's oldest keys, reversed together with the queries
+        tail = flash(queries.flip(2), chunks(k, oldest).flip(2), chunks(v, oldest).flip(2), 0.0, True, scale=scale)
+        results = [(own[0], own[1]), (tail[0].flip(2), tail[1].flip(2))]
+        middle = window - 1 - chunk  # keys oldest + chunk .. s - 1: visible to every query of the chunk
+        if middle > 0:
+
+            def spans(x: torch.Tensor) -> torch.Tensor:  # chunk i's middle keys as [b, h * count, middle, d]
+                first = oldest + chunk
+                x = x[:, :, first : first + (count - 1) * chunk + middle].unfold(2, middle, chunk)
+                return x.transpose(-1, -2).reshape(batch, heads * count, middle, x.shape[-2])
+
+            shared = flash(queries, spans(k), spans(v), 0.0, False, scale=scale)
+            results.append((shared[0], shared[1]))
+        lse = torch.stack([r[1] for r in results])  # [parts, b, h * count, chunk], float32
+        weights = torch.exp(lse - torch.logsumexp(lse, dim=0))
+        out = sum(r[0] * w[..., None].to(r[0].dtype) for r, w in zip(results, weights, strict=True))
+        return out.reshape(batch, heads, count * chunk, dim)
+
+
+class FlexPattern:
+    """Attention through FlexAttention: `block_mask` (None: every key) and an optional `score_mod`."""
+
+    def __init__(self, block_mask: BlockMask | None, score_mod: Callable[..., torch.Tensor] | None = None) -> None:
+        self.block_mask, self.score_mod = block_mask, score_mod
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        # contiguous: inductor's CPU flex template reads the sizes of the buffer under a view (torch 2.13), and
+        # q/k/v are views of the [batch * seq, heads * dim] projections.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out = flex_attention(
+            q,
+            k,
+            v,
+            score_mod=self.score_mod,
+            block_mask=self.block_mask,
+            scale=scale,
+            enable_gqa=k.shape[1] != q.shape[1],
+        )
+        return out  # type: ignore[return-value]
+
+
+def causal_block_mask(queries: int, keys: int, window: int | None, device: torch.device, block: int = 128) -> BlockMask:
+    """FlexAttention block mask of causal attention (within `window` when set), queries and keys from position 0.
+
+    Built from the block grid directly: a block is skipped when no (query, key) pair in it is visible, taken
+    without evaluating the mask when every pair is, and masked element-wise otherwise.
+    """
+
+    def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        allowed = q >= kv
+        return allowed & (q - kv < window) if window is not None else allowed
+
+    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
+    q_first = torch.arange(q_blocks, device=device)[:, None] * block
+    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
+    q_last, kv_last = (q_first + block).clamp(max=queries) - 1, (kv_first + block).clamp(max=keys) - 1
+    some = q_last >= kv_first
+    every = q_first >= kv_last
+    if window is not None:
+        some = some & (q_first - kv_last < window)
+        every = every & (q_last - kv_first < window)
+    partial = some & ~every
+
+    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = blocks.sum(-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return count[None, None], indices[None, None]
+
+    count, indices = ordered(partial)
+    full_count, full_indices = ordered(every)
+    return BlockMask.from_kv_blocks(
+        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=visible, seq_lengths=(queries, keys)
+    )
 
 
 # ---------------------------------------------------------------------------------- copied from archspec/nn/blocks.py
@@ -441,6 +567,12 @@ class DecoderLM(nn.Module):
     Positions are `cache.length + arange(seq)` for every row. Masks are built once per forward, one per distinct
     window, and shared by the layers; without a cache, window or ALiBi none is built and SDPA's causal fast path
     runs.
+
+    When a whole sequence is attended from position 0 (training, a prompt), no [seq, seq] tensor is built for
+    ALiBi (a `ToeplitzBias` view of a bias by distance) nor, in CPU inference, for sliding windows (mask-free
+    chunks, `ChunkedWindow`). `attn_backend` (an attribute; set it on a built model) = "flex" runs sliding windows
+    and ALiBi through FlexAttention instead (`FlexPattern`: block-sparse, for GPUs); it is fused only under
+    `torch.compile` and has no backward on CPU, where training keeps the default ("sdpa") paths.
     """
 
     def __init__(
@@ -464,9 +596,11 @@ class DecoderLM(nn.Module):
         pad_token_id: int | None = None,
         prefix_lm: bool = False,
         block_positions: bool = False,
+        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         self.prefix_lm, self.block_positions = prefix_lm, block_positions
+        self.attn_backend = attn_backend
         self.embed = embed
         self.pos_embed = pos_embed
         self.embed_norm = embed_norm or nn.Identity()
@@ -545,19 +679,34 @@ class DecoderLM(nn.Module):
         dtype: torch.dtype,
         prefix_lengths: torch.Tensor | None = None,
         at_end: bool = True,
-    ) -> dict[int | None, torch.Tensor | None]:
-        """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or None for a window where plain
-        causal attention is exact (`Attention`: SDPA's is_causal, or no mask for one query). `at_end`: the queries
-        are the last positions of the `keys` (eager calls), so that such a shortcut can apply: the first chunk of
-        a causal model, or one decoding step, which sees every key (a prefix changes nothing there), as long as no
-        ALiBi bias applies and no window is shorter than the keys."""
-        seq = positions.shape[0]
-        shortcut = at_end and self.alibi_slopes is None and (seq == 1 or (seq == keys and prefix_lengths is None))
-        key_positions = torch.arange(keys, device=positions.device)
-        masks: dict[int | None, torch.Tensor | None] = {}
+    ) -> dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None]:
+        """Per distinct window: None where plain causal attention is exact (`Attention`: SDPA's is_causal, or no
+        mask for one query), a pattern that computes attention itself (see `attn_backend`), or a
+        [1 or batch, 1 or heads, queries, keys] mask. `at_end`: the queries are the last positions of the `keys`
+        (eager calls), so that a shortcut can apply: the first chunk of a causal model, or one decoding step,
+        which sees every key (a prefix changes nothing there), as long as no ALiBi bias applies and no window is
+        shorter than the keys."""
+        seq, device = positions.shape[0], positions.device
+        whole = at_end and seq == keys and prefix_lengths is None  # queries = keys = positions 0 .. seq - 1
+        shortcut = at_end and self.alibi_slopes is None and (seq == 1 or whole)
+        cpu_inference = device.type == "cpu" and not torch.is_grad_enabled()
+        flex = whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
+        chunked = whole and self.alibi_slopes is None and cpu_inference and not torch.compiler.is_compiling()
+        key_positions = torch.arange(keys, device=device)
+        masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
-            if shortcut and (window is None or window >= keys):
+            binding = window is not None and window < keys
+            if shortcut and not binding:
                 masks[window] = None
+                continue
+            if flex:
+                score_mod = None
+                masks[window] = FlexPattern(
+                    causal_block_mask(seq, keys, window if binding else None, device), score_mod
+                )
+                continue
+            if chunked and binding and window >= 16:  # type: ignore[operator]
+                masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
                 continue
             mask = causal_mask(positions, key_positions, window)
             masks[window] = mask[(None,) * (4 - mask.dim())]  # 4-D: CPU SDPA is far slower with 2-D masks

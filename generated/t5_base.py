@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 CONFIG = {
     "name": "t5-base",
@@ -116,6 +117,54 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
+# ------------------------------------------------------------------------------- copied from archspec/nn/positions.py
+def relative_position_buckets(
+    relative: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int
+) -> torch.Tensor:
+    """T5's bucket of each relative distance `relative = key - query` (Raffel et al. 2020, section 2.1).
+
+    Bidirectional (encoder): half the buckets are for keys after the query. Causal (decoder): only
+    n = max(query - key, 0) counts (later keys fall in bucket 0 and are masked anyway). Distances below
+    me = buckets / 2 get a bucket each; larger ones share logarithmically wider buckets up to `max_distance`:
+    me + trunc(ln(n / me) / ln(max_distance / me) * (buckets - me)), capped at buckets - 1.
+    """
+    offset = torch.zeros_like(relative)
+    if bidirectional:
+        buckets //= 2
+        offset = (relative > 0).to(torch.long) * buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)
+    max_exact = buckets // 2
+    scaled = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (buckets - max_exact)
+    large = (max_exact + scaled.to(torch.long)).clamp(max=buckets - 1)
+    return offset + torch.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(torch.nn.Module):
+    """T5's learned bias per head and distance bucket, added to the attention scores: [heads, queries, keys].
+
+    One table per stack; the bias it gives is computed once per forward and shared by every layer of the stack.
+    """
+
+    def __init__(self, heads: int, buckets: int, max_distance: int, bidirectional: bool) -> None:
+        super().__init__()
+        self.buckets, self.max_distance, self.bidirectional = buckets, max_distance, bidirectional
+        self.table = torch.nn.Embedding(buckets, heads)
+
+    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+        relative = key_positions[None, :] - query_positions[:, None]
+        bucket = relative_position_buckets(relative, self.bidirectional, self.buckets, self.max_distance)
+        return self.table(bucket).permute(2, 0, 1)
+
+    def by_distance(self, queries: int, keys: int) -> torch.Tensor:
+        """The same bias indexed by distance, [heads, queries + keys - 1]: entry key - query + queries - 1 holds the
+        bias of queries at 0 .. queries-1 and keys at 0 .. keys-1. O(heads x seq) instead of [heads, q, k]."""
+        relative = torch.arange(1 - queries, keys, device=self.table.weight.device)
+        bucket = relative_position_buckets(relative, self.bidirectional, self.buckets, self.max_distance)
+        return self.table(bucket).T
+
+
 # ------------------------------------------------------------------------------- copied from archspec/nn/attention.py
 class Attention(nn.Module):
     """q/k/v projections -> optional per-head qk RMSNorm -> RoPE -> SDPA -> output projection.
@@ -168,6 +217,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None and positions is not None:
             k, v = cache.update(positions, k, v)
+        if callable(mask):  # a pattern that computes attention itself (ChunkedWindow, FlexPattern)
+            return self.o(mask(q, k, v, self.scale).transpose(1, 2).reshape(batch, seq, -1))
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -178,6 +229,110 @@ class Attention(nn.Module):
             enable_gqa=self.kv_heads != self.heads,
         )
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class ToeplitzBias:
+    """Attention of a whole sequence with an additive bias that depends on key - query only.
+
+    `table` [heads, 2 seq - 1] holds the bias of distance key - query at index key - query + seq - 1 (-inf where
+    masked). With the queries in reverse order, q' = seq - 1 - q, the bias of (q', k) is table[q' + k]: a Hankel
+    pattern, which a view with strides (1, 1) over the table expresses without copying. SDPA's CPU kernel reads
+    the mask through its strides, so the [heads, seq, seq] bias is never built; each query row is computed as
+    with the materialised bias (the keys keep their order), and the rows are put back in order.
+    """
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table.contiguous()
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        heads, width = self.table.shape
+        seq = q.shape[2]
+        bias = self.table.as_strided((1, heads, seq, seq), (heads * width, width, 1, 1))
+        out = F.scaled_dot_product_attention(
+            q.flip(2), k, v, attn_mask=bias, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+        )
+        return out.flip(2)
+
+
+def distance_table(bias: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:
+    """A [heads, 2 seq - 1] bias by distance (index key - query + seq - 1) with -inf where causal attention
+    (within `window` when set) hides the key."""
+    seq = (bias.shape[-1] + 1) // 2
+    distance = torch.arange(1 - seq, seq, device=bias.device)
+    hidden = distance > 0 if causal else torch.zeros_like(distance, dtype=torch.bool)
+    if window is not None:
+        hidden = hidden | (distance <= -window)
+    return bias.masked_fill(hidden, float("-inf"))
+
+
+class FlexPattern:
+    """Attention through FlexAttention: `block_mask` (None: every key) and an optional `score_mod`."""
+
+    def __init__(self, block_mask: BlockMask | None, score_mod: Callable[..., torch.Tensor] | None = None) -> None:
+        self.block_mask, self.score_mod = block_mask, score_mod
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        # contiguous: inductor's CPU flex template reads the sizes of the buffer under a view (torch 2.13), and
+        # q/k/v are views of the [batch * seq, heads * dim] projections.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out = flex_attention(
+            q,
+            k,
+            v,
+            score_mod=self.score_mod,
+            block_mask=self.block_mask,
+            scale=scale,
+            enable_gqa=k.shape[1] != q.shape[1],
+        )
+        return out  # type: ignore[return-value]
+
+
+def causal_block_mask(queries: int, keys: int, window: int | None, device: torch.device, block: int = 128) -> BlockMask:
+    """FlexAttention block mask of causal attention (within `window` when set), queries and keys from position 0.
+
+    Built from the block grid directly: a block is skipped when no (query, key) pair in it is visible, taken
+    without evaluating the mask when every pair is, and masked element-wise otherwise.
+    """
+
+    def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        allowed = q >= kv
+        return allowed & (q - kv < window) if window is not None else allowed
+
+    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
+    q_first = torch.arange(q_blocks, device=device)[:, None] * block
+    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
+    q_last, kv_last = (q_first + block).clamp(max=queries) - 1, (kv_first + block).clamp(max=keys) - 1
+    some = q_last >= kv_first
+    every = q_first >= kv_last
+    if window is not None:
+        some = some & (q_first - kv_last < window)
+        every = every & (q_last - kv_first < window)
+    partial = some & ~every
+
+    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = blocks.sum(-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return count[None, None], indices[None, None]
+
+    count, indices = ordered(partial)
+    full_count, full_indices = ordered(every)
+    return BlockMask.from_kv_blocks(
+        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=visible, seq_lengths=(queries, keys)
+    )
+
+
+def relative_bias_score_mod(
+    weight: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int
+) -> Callable[..., torch.Tensor]:
+    """score + weight[bucket(key - query), h]: T5's relative bias computed per score from the [buckets, heads]
+    table itself (inductor's CPU flex kernel only reads buffers that are inputs of the graph)."""
+
+    def score_mod(
+        score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor
+    ) -> torch.Tensor:
+        return score + weight[relative_position_buckets(kv - q, bidirectional, buckets, max_distance), h]
+
+    return score_mod
 
 
 # ---------------------------------------------------------------------------------- copied from archspec/nn/blocks.py
@@ -369,47 +524,6 @@ def additive_mask(allowed: torch.Tensor, bias: torch.Tensor | None, dtype: torch
     return masked if bias is None else bias.to(dtype) + masked
 
 
-# ------------------------------------------------------------------------------- copied from archspec/nn/positions.py
-def relative_position_buckets(
-    relative: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int
-) -> torch.Tensor:
-    """T5's bucket of each relative distance `relative = key - query` (Raffel et al. 2020, section 2.1).
-
-    Bidirectional (encoder): half the buckets are for keys after the query. Causal (decoder): only
-    n = max(query - key, 0) counts (later keys fall in bucket 0 and are masked anyway). Distances below
-    me = buckets / 2 get a bucket each; larger ones share logarithmically wider buckets up to `max_distance`:
-    me + trunc(ln(n / me) / ln(max_distance / me) * (buckets - me)), capped at buckets - 1.
-    """
-    offset = torch.zeros_like(relative)
-    if bidirectional:
-        buckets //= 2
-        offset = (relative > 0).to(torch.long) * buckets
-        distance = relative.abs()
-    else:
-        distance = (-relative).clamp(min=0)
-    max_exact = buckets // 2
-    scaled = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact) * (buckets - max_exact)
-    large = (max_exact + scaled.to(torch.long)).clamp(max=buckets - 1)
-    return offset + torch.where(distance < max_exact, distance, large)
-
-
-class RelativePositionBias(torch.nn.Module):
-    """T5's learned bias per head and distance bucket, added to the attention scores: [heads, queries, keys].
-
-    One table per stack; the bias it gives is computed once per forward and shared by every layer of the stack.
-    """
-
-    def __init__(self, heads: int, buckets: int, max_distance: int, bidirectional: bool) -> None:
-        super().__init__()
-        self.buckets, self.max_distance, self.bidirectional = buckets, max_distance, bidirectional
-        self.table = torch.nn.Embedding(buckets, heads)
-
-    def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-        relative = key_positions[None, :] - query_positions[:, None]
-        bucket = relative_position_buckets(relative, self.bidirectional, self.buckets, self.max_distance)
-        return self.table(bucket).permute(2, 0, 1)
-
-
 # ---------------------------------------------------------------------------------- copied from archspec/nn/models.py
 @dataclass
 class LMOutput:
@@ -524,6 +638,12 @@ class EncoderDecoderLM(nn.Module):
 
     `head_scale` multiplies the decoder output before the head (T5 v1.0: d_model^-0.5 with the tied head).
     `eos_token_id` / `pad_token_id` are generate()'s defaults (`archspec.build` passes the spec's `tokens`).
+
+    Each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance (`ToeplitzBias`;
+    no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without cache, and as a
+    tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention (`FlexPattern`) in
+    those cases instead; flex is fused only under `torch.compile` and has no backward on CPU, where training keeps
+    the default ("sdpa") path.
     """
 
     def __init__(
@@ -540,6 +660,7 @@ class EncoderDecoderLM(nn.Module):
         tied: bool = False,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         self.embed = embed
@@ -552,6 +673,15 @@ class EncoderDecoderLM(nn.Module):
         self.decoder_start = decoder_start
         self.head_scale = head_scale
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
+        self.attn_backend = attn_backend
+
+    def _flex(self, device: torch.device) -> bool:
+        """Whether relative biases go through FlexAttention (see the class docstring)."""
+        return self.attn_backend == "flex" and (device.type != "cpu" or not torch.is_grad_enabled())
+
+    @staticmethod
+    def _score_mod(bias: RelativePositionBias) -> Callable[..., torch.Tensor]:
+        return relative_bias_score_mod(bias.table.weight, bias.bidirectional, bias.buckets, bias.max_distance)
 
     def forward(
         self,
@@ -583,10 +713,17 @@ class EncoderDecoderLM(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output [batch, source, d_model]; `attention_mask` (1 = token, 0 = padding) hides padded keys."""
         x = self.embed(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        mask = self.encoder.position_bias(positions, positions).to(x.dtype)
-        if attention_mask is not None:
-            mask = mask + padding_bias(attention_mask, x.dtype)
+        seq = input_ids.shape[1]
+        positions = torch.arange(seq, device=input_ids.device)
+        mask: torch.Tensor | FlexPattern | ToeplitzBias
+        if attention_mask is None and self._flex(x.device):
+            mask = FlexPattern(None, self._score_mod(self.encoder.position_bias))
+        elif attention_mask is None:
+            mask = ToeplitzBias(self.encoder.position_bias.by_distance(seq, seq).to(x.dtype))
+        else:
+            mask = self.encoder.position_bias(positions, positions).to(x.dtype)
+            if attention_mask is not None:
+                mask = mask + padding_bias(attention_mask, x.dtype)
         for layer in self.encoder.layers:
             x = layer(x, None, mask, None, positions)
         return self.encoder.final_norm(x)
@@ -609,8 +746,14 @@ class EncoderDecoderLM(nn.Module):
         positions = torch.arange(past, past + seq, device=device)
         key_positions = torch.arange(cache.max_len, device=device) if cache is not None else positions
         x = self.embed(decoder_input_ids)
-        bias = self.decoder.position_bias(positions, key_positions)
-        mask = additive_mask(causal_mask(positions, key_positions), bias, x.dtype)
+        mask: torch.Tensor | FlexPattern | ToeplitzBias
+        if cache is None and self._flex(x.device):
+            mask = FlexPattern(causal_block_mask(seq, seq, None, device), self._score_mod(self.decoder.position_bias))
+        elif cache is None:
+            mask = ToeplitzBias(distance_table(self.decoder.position_bias.by_distance(seq, seq), True).to(x.dtype))
+        else:
+            bias = self.decoder.position_bias(positions, key_positions)
+            mask = additive_mask(causal_mask(positions, key_positions), bias, x.dtype)
         cross_mask = padding_bias(attention_mask, x.dtype) if attention_mask is not None else None
         if cache is not None and cache.cross is not None:
             cross_kv = cache.cross

@@ -2,14 +2,32 @@
 
 GQA (Ainslie et al. 2023, https://arxiv.org/abs/2305.13245): query head h reads key/value head
 h // (heads / kv_heads). SDPA's `enable_gqa` does that without materialising repeated K/V.
+
+Patterns that SDPA can only take as a [queries, keys] tensor have paths without one, chosen by the model for a
+whole sequence (queries = keys = positions 0 .. seq-1) and handed to the layers in the mask's place, as a
+callable `pattern(q, k, v, scale)`:
+
+* `ToeplitzBias`: a bias that depends on key - query only (ALiBi, T5's relative bias, with -inf for causal or
+  window masking) is a [heads, 2 seq - 1] table; SDPA reads it through a zero-copy [heads, seq, seq] view
+  (queries reversed). O(heads x seq) memory, the mask stays in cache: ~2x faster than a materialised bias on CPU at 4096.
+* `ChunkedWindow`: a sliding window as three mask-free SDPA kernels per chunk of queries whose partial softmaxes
+  are merged by their log-sum-exp. Work ~ seq x window instead of seq^2; CPU inference.
+* `FlexPattern`: FlexAttention (`torch.nn.attention.flex_attention`) with a block mask (causal, sliding window:
+  blocks with nothing visible are skipped) and a score_mod (ALiBi, T5's bucketed bias). The model's
+  `attn_backend="flex"`; fused only under `torch.compile`, and forward-only on CPU.
 """
+
+import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from archspec.nn.cache import LayerKVCache
 from archspec.nn.norms import RMSNorm
+from archspec.nn.positions import relative_position_buckets
 from archspec.nn.rope import apply_rotary
 
 
@@ -73,6 +91,8 @@ class Attention(nn.Module):
             k = apply_rotary(k, cos, sin, self.rope_interleaved)
         if cache is not None and positions is not None:
             k, v = cache.update(positions, k, v)
+        if callable(mask):  # a pattern that computes attention itself (ChunkedWindow, FlexPattern)
+            return self.o(mask(q, k, v, self.scale).transpose(1, 2).reshape(batch, seq, -1))
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -83,3 +103,184 @@ class Attention(nn.Module):
             enable_gqa=self.kv_heads != self.heads,
         )
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class ToeplitzBias:
+    """Attention of a whole sequence with an additive bias that depends on key - query only.
+
+    `table` [heads, 2 seq - 1] holds the bias of distance key - query at index key - query + seq - 1 (-inf where
+    masked). With the queries in reverse order, q' = seq - 1 - q, the bias of (q', k) is table[q' + k]: a Hankel
+    pattern, which a view with strides (1, 1) over the table expresses without copying. SDPA's CPU kernel reads
+    the mask through its strides, so the [heads, seq, seq] bias is never built; each query row is computed as
+    with the materialised bias (the keys keep their order), and the rows are put back in order.
+    """
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table.contiguous()
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        heads, width = self.table.shape
+        seq = q.shape[2]
+        bias = self.table.as_strided((1, heads, seq, seq), (heads * width, width, 1, 1))
+        out = F.scaled_dot_product_attention(
+            q.flip(2), k, v, attn_mask=bias, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+        )
+        return out.flip(2)
+
+
+def distance_table(bias: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:
+    """A [heads, 2 seq - 1] bias by distance (index key - query + seq - 1) with -inf where causal attention
+    (within `window` when set) hides the key."""
+    seq = (bias.shape[-1] + 1) // 2
+    distance = torch.arange(1 - seq, seq, device=bias.device)
+    hidden = distance > 0 if causal else torch.zeros_like(distance, dtype=torch.bool)
+    if window is not None:
+        hidden = hidden | (distance <= -window)
+    return bias.masked_fill(hidden, float("-inf"))
+
+
+class ChunkedWindow:
+    """Causal sliding-window attention of a whole sequence (queries = keys = positions 0 .. seq-1) without a mask.
+
+    The first `window` queries see every earlier key: one causal SDPA call. Later queries go in chunks of `chunk`;
+    query j of the chunk starting at s sees keys s + j - window + 1 .. s + j, which split into three blocks that
+    each need no mask: the oldest `chunk` keys (key m visible iff m >= j: causal once both are reversed), the
+    keys every query of the chunk sees, and the chunk's own keys (causal). The partial softmaxes are merged with
+    their log-sum-exps, which SDPA's CPU flash kernel returns. Same result as the masked softmax up to float
+    rounding; forward only (the log-sum-exp output has no gradient), for CPU.
+    """
+
+    def __init__(self, window: int, chunk: int = 256) -> None:
+        if window < 2:
+            raise ValueError(f"ChunkedWindow needs a window of at least 2 keys, got {window}")
+        self.window, self.chunk = window, min(chunk, window - 1)  # a chunk's keys split in three only if < window
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if k.shape[1] != q.shape[1]:  # GQA: the kernel with log-sum-exp has no enable_gqa
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        seq, window = q.shape[2], self.window
+        head = min(window, seq)
+        parts = [
+            F.scaled_dot_product_attention(q[:, :, :head], k[:, :, :head], v[:, :, :head], is_causal=True, scale=scale)
+        ]
+        start = head
+        full = (seq - start) // self.chunk
+        if full:
+            parts.append(self._chunks(q, k, v, scale, start, self.chunk, full))
+            start += full * self.chunk
+        if start < seq:
+            parts.append(self._chunks(q, k, v, scale, start, seq - start, 1))
+        return torch.cat(parts, dim=2)
+
+    def _chunks(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: int, chunk: int, count: int
+    ) -> torch.Tensor:
+        """Queries start .. start + count * chunk (start >= window), `count` chunks at once as extra heads."""
+        batch, heads, _, dim = q.shape
+        window = self.window
+
+        def chunks(x: torch.Tensor, first: int) -> torch.Tensor:  # [b, h, count * chunk, d] -> [b, h * count, chunk, d]
+            return x[:, :, first : first + count * chunk].reshape(batch, heads * count, chunk, x.shape[-1])
+
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        queries = chunks(q, start)
+        own = flash(queries, chunks(k, start), chunks(v, start), 0.0, True, scale=scale)
+        oldest = start - window + 1  # the chunk's oldest keys, reversed together with the queries
+        tail = flash(queries.flip(2), chunks(k, oldest).flip(2), chunks(v, oldest).flip(2), 0.0, True, scale=scale)
+        results = [(own[0], own[1]), (tail[0].flip(2), tail[1].flip(2))]
+        middle = window - 1 - chunk  # keys oldest + chunk .. s - 1: visible to every query of the chunk
+        if middle > 0:
+
+            def spans(x: torch.Tensor) -> torch.Tensor:  # chunk i's middle keys as [b, h * count, middle, d]
+                first = oldest + chunk
+                x = x[:, :, first : first + (count - 1) * chunk + middle].unfold(2, middle, chunk)
+                return x.transpose(-1, -2).reshape(batch, heads * count, middle, x.shape[-2])
+
+            shared = flash(queries, spans(k), spans(v), 0.0, False, scale=scale)
+            results.append((shared[0], shared[1]))
+        lse = torch.stack([r[1] for r in results])  # [parts, b, h * count, chunk], float32
+        weights = torch.exp(lse - torch.logsumexp(lse, dim=0))
+        out = sum(r[0] * w[..., None].to(r[0].dtype) for r, w in zip(results, weights, strict=True))
+        return out.reshape(batch, heads, count * chunk, dim)
+
+
+class FlexPattern:
+    """Attention through FlexAttention: `block_mask` (None: every key) and an optional `score_mod`."""
+
+    def __init__(self, block_mask: BlockMask | None, score_mod: Callable[..., torch.Tensor] | None = None) -> None:
+        self.block_mask, self.score_mod = block_mask, score_mod
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        # contiguous: inductor's CPU flex template reads the sizes of the buffer under a view (torch 2.13), and
+        # q/k/v are views of the [batch * seq, heads * dim] projections.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out = flex_attention(
+            q,
+            k,
+            v,
+            score_mod=self.score_mod,
+            block_mask=self.block_mask,
+            scale=scale,
+            enable_gqa=k.shape[1] != q.shape[1],
+        )
+        return out  # type: ignore[return-value]
+
+
+def causal_block_mask(queries: int, keys: int, window: int | None, device: torch.device, block: int = 128) -> BlockMask:
+    """FlexAttention block mask of causal attention (within `window` when set), queries and keys from position 0.
+
+    Built from the block grid directly: a block is skipped when no (query, key) pair in it is visible, taken
+    without evaluating the mask when every pair is, and masked element-wise otherwise.
+    """
+
+    def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        allowed = q >= kv
+        return allowed & (q - kv < window) if window is not None else allowed
+
+    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
+    q_first = torch.arange(q_blocks, device=device)[:, None] * block
+    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
+    q_last, kv_last = (q_first + block).clamp(max=queries) - 1, (kv_first + block).clamp(max=keys) - 1
+    some = q_last >= kv_first
+    every = q_first >= kv_last
+    if window is not None:
+        some = some & (q_first - kv_last < window)
+        every = every & (q_last - kv_first < window)
+    partial = some & ~every
+
+    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        count = blocks.sum(-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return count[None, None], indices[None, None]
+
+    count, indices = ordered(partial)
+    full_count, full_indices = ordered(every)
+    return BlockMask.from_kv_blocks(
+        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=visible, seq_lengths=(queries, keys)
+    )
+
+
+def alibi_score_mod(slopes: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """score + slope_h * key position: ALiBi as BLOOM computes it (see `positions.alibi_bias`)."""
+
+    def score_mod(
+        score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor
+    ) -> torch.Tensor:
+        return score + slopes[h] * kv
+
+    return score_mod
+
+
+def relative_bias_score_mod(
+    weight: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int
+) -> Callable[..., torch.Tensor]:
+    """score + weight[bucket(key - query), h]: T5's relative bias computed per score from the [buckets, heads]
+    table itself (inductor's CPU flex kernel only reads buffers that are inputs of the graph)."""
+
+    def score_mod(
+        score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor
+    ) -> torch.Tensor:
+        return score + weight[relative_position_buckets(kv - q, bidirectional, buckets, max_distance), h]
+
+    return score_mod

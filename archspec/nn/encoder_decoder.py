@@ -12,16 +12,25 @@ Each stack owns one relative-bias table; its bias is computed once per forward a
 layers. The embedding is shared by both stacks (and by the head when tied).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archspec.nn.attention import Attention
+from archspec.nn.attention import (
+    Attention,
+    FlexPattern,
+    ToeplitzBias,
+    causal_block_mask,
+    distance_table,
+    relative_bias_score_mod,
+)
 from archspec.nn.cache import KVCache, LayerKVCache
 from archspec.nn.masks import additive_mask, causal_mask
 from archspec.nn.models import LMOutput
+from archspec.nn.positions import RelativePositionBias
 
 
 @dataclass
@@ -123,6 +132,12 @@ class EncoderDecoderLM(nn.Module):
 
     `head_scale` multiplies the decoder output before the head (T5 v1.0: d_model^-0.5 with the tied head).
     `eos_token_id` / `pad_token_id` are generate()'s defaults (`archspec.build` passes the spec's `tokens`).
+
+    Each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance (`ToeplitzBias`;
+    no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without cache, and as a
+    tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention (`FlexPattern`) in
+    those cases instead; flex is fused only under `torch.compile` and has no backward on CPU, where training keeps
+    the default ("sdpa") path.
     """
 
     def __init__(
@@ -139,6 +154,7 @@ class EncoderDecoderLM(nn.Module):
         tied: bool = False,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         self.embed = embed
@@ -151,6 +167,15 @@ class EncoderDecoderLM(nn.Module):
         self.decoder_start = decoder_start
         self.head_scale = head_scale
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
+        self.attn_backend = attn_backend
+
+    def _flex(self, device: torch.device) -> bool:
+        """Whether relative biases go through FlexAttention (see the class docstring)."""
+        return self.attn_backend == "flex" and (device.type != "cpu" or not torch.is_grad_enabled())
+
+    @staticmethod
+    def _score_mod(bias: RelativePositionBias) -> Callable[..., torch.Tensor]:
+        return relative_bias_score_mod(bias.table.weight, bias.bidirectional, bias.buckets, bias.max_distance)
 
     def forward(
         self,
@@ -182,10 +207,17 @@ class EncoderDecoderLM(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output [batch, source, d_model]; `attention_mask` (1 = token, 0 = padding) hides padded keys."""
         x = self.embed(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        mask = self.encoder.position_bias(positions, positions).to(x.dtype)
-        if attention_mask is not None:
-            mask = mask + padding_bias(attention_mask, x.dtype)
+        seq = input_ids.shape[1]
+        positions = torch.arange(seq, device=input_ids.device)
+        mask: torch.Tensor | FlexPattern | ToeplitzBias
+        if attention_mask is None and self._flex(x.device):
+            mask = FlexPattern(None, self._score_mod(self.encoder.position_bias))
+        elif attention_mask is None:
+            mask = ToeplitzBias(self.encoder.position_bias.by_distance(seq, seq).to(x.dtype))
+        else:
+            mask = self.encoder.position_bias(positions, positions).to(x.dtype)
+            if attention_mask is not None:
+                mask = mask + padding_bias(attention_mask, x.dtype)
         for layer in self.encoder.layers:
             x = layer(x, None, mask, None, positions)
         return self.encoder.final_norm(x)
@@ -208,8 +240,14 @@ class EncoderDecoderLM(nn.Module):
         positions = torch.arange(past, past + seq, device=device)
         key_positions = torch.arange(cache.max_len, device=device) if cache is not None else positions
         x = self.embed(decoder_input_ids)
-        bias = self.decoder.position_bias(positions, key_positions)
-        mask = additive_mask(causal_mask(positions, key_positions), bias, x.dtype)
+        mask: torch.Tensor | FlexPattern | ToeplitzBias
+        if cache is None and self._flex(x.device):
+            mask = FlexPattern(causal_block_mask(seq, seq, None, device), self._score_mod(self.decoder.position_bias))
+        elif cache is None:
+            mask = ToeplitzBias(distance_table(self.decoder.position_bias.by_distance(seq, seq), True).to(x.dtype))
+        else:
+            bias = self.decoder.position_bias(positions, key_positions)
+            mask = additive_mask(causal_mask(positions, key_positions), bias, x.dtype)
         cross_mask = padding_bias(attention_mask, x.dtype) if attention_mask is not None else None
         if cache is not None and cache.cross is not None:
             cross_kv = cache.cross

@@ -91,7 +91,10 @@ class LatentAttention(nn.Module):
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         q = torch.cat((q_nope, q_rope), dim=-1)
         k = torch.cat((k_nope, k_rope.expand(-1, k_nope.shape[1], -1, -1)), dim=-1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=(mask is None) if seq > 1 else False, scale=self.scale
-        )
+        if callable(mask):  # a pattern that computes attention itself (see archspec.nn.attention)
+            out = mask(q, k, v, self.scale)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=(mask is None) if seq > 1 else False, scale=self.scale
+            )
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))

@@ -1,16 +1,25 @@
 """The decoder-only language model: embeddings -> blocks -> final norm -> head, plus its KV cache and masks."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archspec.nn.attention import (
+    ChunkedWindow,
+    FlexPattern,
+    ToeplitzBias,
+    alibi_score_mod,
+    causal_block_mask,
+    distance_table,
+)
 from archspec.nn.cache import KVCache
 from archspec.nn.glm import glm_positions
 from archspec.nn.masks import additive_mask, causal_mask, prefix_mask
 from archspec.nn.moe import MoE, load_balancing_loss, router_z_loss, sequence_balancing_loss
-from archspec.nn.positions import alibi_bias
+from archspec.nn.positions import alibi_bias, alibi_by_distance
 
 
 @dataclass
@@ -32,6 +41,12 @@ class DecoderLM(nn.Module):
     Positions are `cache.length + arange(seq)` for every row. Masks are built once per forward, one per distinct
     window, and shared by the layers; without a cache, window or ALiBi none is built and SDPA's causal fast path
     runs.
+
+    When a whole sequence is attended from position 0 (training, a prompt), no [seq, seq] tensor is built for
+    ALiBi (a `ToeplitzBias` view of a bias by distance) nor, in CPU inference, for sliding windows (mask-free
+    chunks, `ChunkedWindow`). `attn_backend` (an attribute; set it on a built model) = "flex" runs sliding windows
+    and ALiBi through FlexAttention instead (`FlexPattern`: block-sparse, for GPUs); it is fused only under
+    `torch.compile` and has no backward on CPU, where training keeps the default ("sdpa") paths.
     """
 
     def __init__(
@@ -55,9 +70,11 @@ class DecoderLM(nn.Module):
         pad_token_id: int | None = None,
         prefix_lm: bool = False,
         block_positions: bool = False,
+        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         self.prefix_lm, self.block_positions = prefix_lm, block_positions
+        self.attn_backend = attn_backend
         self.embed = embed
         self.pos_embed = pos_embed
         self.embed_norm = embed_norm or nn.Identity()
@@ -156,19 +173,40 @@ class DecoderLM(nn.Module):
         dtype: torch.dtype,
         prefix_lengths: torch.Tensor | None = None,
         at_end: bool = True,
-    ) -> dict[int | None, torch.Tensor | None]:
-        """One [1 or batch, 1 or heads, queries, keys] mask per distinct window, or None for a window where plain
-        causal attention is exact (`Attention`: SDPA's is_causal, or no mask for one query). `at_end`: the queries
-        are the last positions of the `keys` (eager calls), so that such a shortcut can apply: the first chunk of
-        a causal model, or one decoding step, which sees every key (a prefix changes nothing there), as long as no
-        ALiBi bias applies and no window is shorter than the keys."""
-        seq = positions.shape[0]
-        shortcut = at_end and self.alibi_slopes is None and (seq == 1 or (seq == keys and prefix_lengths is None))
-        key_positions = torch.arange(keys, device=positions.device)
-        masks: dict[int | None, torch.Tensor | None] = {}
+    ) -> dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None]:
+        """Per distinct window: None where plain causal attention is exact (`Attention`: SDPA's is_causal, or no
+        mask for one query), a pattern that computes attention itself (see `attn_backend`), or a
+        [1 or batch, 1 or heads, queries, keys] mask. `at_end`: the queries are the last positions of the `keys`
+        (eager calls), so that a shortcut can apply: the first chunk of a causal model, or one decoding step,
+        which sees every key (a prefix changes nothing there), as long as no ALiBi bias applies and no window is
+        shorter than the keys."""
+        seq, device = positions.shape[0], positions.device
+        whole = at_end and seq == keys and prefix_lengths is None  # queries = keys = positions 0 .. seq - 1
+        shortcut = at_end and self.alibi_slopes is None and (seq == 1 or whole)
+        cpu_inference = device.type == "cpu" and not torch.is_grad_enabled()
+        flex = whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
+        chunked = whole and self.alibi_slopes is None and cpu_inference and not torch.compiler.is_compiling()
+        key_positions = torch.arange(keys, device=device)
+        masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
-            if shortcut and (window is None or window >= keys):
+            binding = window is not None and window < keys
+            if shortcut and not binding:
                 masks[window] = None
+                continue
+            if flex:
+                score_mod = None
+                if self.alibi_slopes is not None:  # emit-if: alibi
+                    score_mod = alibi_score_mod(self.alibi_slopes)
+                masks[window] = FlexPattern(
+                    causal_block_mask(seq, keys, window if binding else None, device), score_mod
+                )
+                continue
+            if whole and self.alibi_slopes is not None:  # emit-if: alibi
+                table = distance_table(alibi_by_distance(self.alibi_slopes, seq), True, window if binding else None)
+                masks[window] = ToeplitzBias(table.to(dtype))
+                continue
+            if chunked and binding and window >= 16:  # type: ignore[operator]
+                masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
                 continue
             mask = causal_mask(positions, key_positions, window)
             if prefix_lengths is not None:  # emit-if: prefix_lm

@@ -29,6 +29,15 @@ def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor) -> torch.Tenso
     return (slopes[:, None] * key_positions[None, :].float())[:, None, :]
 
 
+def alibi_by_distance(slopes: torch.Tensor, seq: int) -> torch.Tensor:
+    """[heads, 2 seq - 1] ALiBi bias by distance d = key - query (index d + seq - 1): slope_h * d, the paper's form.
+
+    Per query row it differs from `alibi_bias` (slope_h * key) by a constant, which softmax ignores.
+    """
+    distance = torch.arange(1 - seq, seq, device=slopes.device, dtype=torch.float32)
+    return slopes[:, None].float() * distance[None, :]
+
+
 def relative_position_buckets(
     relative: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int
 ) -> torch.Tensor:
@@ -67,3 +76,10 @@ class RelativePositionBias(torch.nn.Module):
         relative = key_positions[None, :] - query_positions[:, None]
         bucket = relative_position_buckets(relative, self.bidirectional, self.buckets, self.max_distance)
         return self.table(bucket).permute(2, 0, 1)
+
+    def by_distance(self, queries: int, keys: int) -> torch.Tensor:
+        """The same bias indexed by distance, [heads, queries + keys - 1]: entry key - query + queries - 1 holds the
+        bias of queries at 0 .. queries-1 and keys at 0 .. keys-1. O(heads x seq) instead of [heads, q, k]."""
+        relative = torch.arange(1 - queries, keys, device=self.table.weight.device)
+        bucket = relative_position_buckets(relative, self.bidirectional, self.buckets, self.max_distance)
+        return self.table(bucket).T

@@ -1,0 +1,71 @@
+"""One compiled graph per shape family: no recompiles across sequence lengths (marked dynamic) nor decode positions.
+
+Each test compiles once, then runs new lengths / positions under torch.compiler.set_stance("fail_on_recompile"),
+which raises instead of compiling again. Backend "eager" (dynamo's graph capture, no code generation) keeps them
+fast; capture and guards, which decide recompiles, are the same for every backend.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import shrink
+
+import archspec
+from archspec.nn import generate as generation
+
+
+def tiny(name: str, **updates: object) -> torch.nn.Module:
+    spec = shrink(archspec.load_spec(f"specs/{name}.yaml"))
+    if updates:
+        data = spec.model_dump(mode="json")
+        for key, value in updates.items():
+            data[key].update(value)  # type: ignore[union-attr]
+        spec = archspec.spec_from_dict(data)
+    torch.manual_seed(0)
+    return archspec.build(spec)
+
+
+@pytest.mark.parametrize(
+    "name, updates",
+    [("llama3.1-8b", {}), ("mixtral-8x7b", {}), ("mistral-7b", {"attention": {"window": 12}})],
+    ids=["llama", "mixtral", "mistral-window"],
+)
+def test_no_recompile_across_sequence_lengths(name: str, updates: dict) -> None:
+    """Forward with the loss (the training forward) and without grad, lengths marked dynamic."""
+    model = tiny(name, **updates)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+
+    def run(length: int, grad: bool) -> None:
+        ids = torch.randint(0, 128, (2, length))
+        torch._dynamo.mark_dynamic(ids, 1)
+        with torch.set_grad_enabled(grad):
+            out = compiled(ids, labels=ids) if grad else compiled(ids)
+            expected = model(ids, labels=ids) if grad else model(ids)
+        torch.testing.assert_close(out.logits, expected.logits, rtol=1e-5, atol=1e-5)
+        if grad:
+            torch.testing.assert_close(out.loss, expected.loss, rtol=1e-5, atol=1e-5)
+            out.loss.backward()
+
+    for grad in (True, False):  # one graph each, for a dynamic length
+        run(17, grad)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for length in (23, 40):
+            run(length, grad=True)
+            run(length, grad=False)
+
+
+def test_compiled_decode_step_serves_every_position(monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate(compile=True): the step graph compiled on the first decoding step serves every later position,
+    and a second call with another prompt length (same total length, so the same static cache) recompiles
+    nothing. Greedy tokens equal eager generate's."""
+    model = tiny("llama3.1-8b").eval()
+    torch._dynamo.reset()
+    step = torch.compile(generation._decode_step, backend="eager", fullgraph=True, dynamic=False)
+    monkeypatch.setitem(generation._COMPILED_STEPS, "default", step)
+    first, second = torch.randint(0, 128, (2, 5)), torch.randint(0, 128, (2, 9))
+    torch.testing.assert_close(model.generate(first, 11, compile=True), model.generate(first, 11))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        compiled = model.generate(second, 7, compile=True)
+    torch.testing.assert_close(compiled, model.generate(second, 7))
