@@ -19,7 +19,9 @@ from torch import nn
 
 def _can_grouped_mm(*tensors: torch.Tensor) -> bool:
     """Whether `torch._grouped_mm` takes these operands: CUDA in bfloat16, or CPU (torch >= 2.9) in float32,
-    bfloat16 or float16, with every non-unit stride a multiple of 16 bytes (the kernel's requirement)."""
+    bfloat16 or float16, each a row- or column-major matrix (stack) whose every stride but the contiguous
+    dimension's is a multiple of 16 bytes (the kernel's requirement). A size-1 dimension does not make its stride
+    exempt: x [tokens, 1] has strides (1, 1), and its row stride of 1 element is not aligned."""
     if not hasattr(torch, "_grouped_mm"):
         return False
     for t in tensors:
@@ -28,7 +30,9 @@ def _can_grouped_mm(*tensors: torch.Tensor) -> bool:
                 return False
         elif t.device.type != "cpu" or t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return False
-        if any(stride != 1 and stride * t.element_size() % 16 for stride in t.stride()):
+        strides = t.stride()
+        inner = t.ndim - 1 if strides[-1] == 1 else t.ndim - 2  # the matrix's contiguous dimension
+        if strides[inner] != 1 or any(s * t.element_size() % 16 for d, s in enumerate(strides) if d != inner):
             return False
     return True
 

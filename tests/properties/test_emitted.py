@@ -12,19 +12,18 @@ from __future__ import annotations
 import tempfile
 
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tiny import import_emitted
 
 import archspec
 from archspec.emit import unsupported
 
-from .strategies import FAMILIES, model_inputs, randomize_, scaled, seeds, specs
+from .strategies import FAMILIES, model_inputs, randomize_, seeds, specs
 
 MAX_SEQ = 6
 
 
-@settings(max_examples=scaled(25), deadline=None)
 @given(spec=specs(families=FAMILIES, min_context=MAX_SEQ + 3), seq=st.integers(1, MAX_SEQ), seed=seeds, data=st.data())
 def test_emitted_source_equals_the_built_model(spec, seq, seed, data):
     assert unsupported(spec) is None
