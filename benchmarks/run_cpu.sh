@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# CPU benchmark suite (float32, small sizes). Usage: bash benchmarks/run_cpu.sh [part...]; parts: decode train prefill moe.
+# CPU benchmark suite (float32, small sizes). Usage: bash benchmarks/run_cpu.sh [part...]; parts: decode train prefill moe
+# attention (default: all of them).
 # Results are appended to benchmarks/results/*.json; then `python benchmarks/summarize.py` rewrites RESULTS.md.
 set -u
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$(cd .. && pwd):${PYTHONPATH:-}"
-for part in "${@:-decode train prefill moe}"; do
+for part in ${@:-decode train prefill moe attention}; do
   case $part in
     decode)  python decode.py --device cpu --repeats 7 ;;
     train)   python train_step.py --device cpu --repeats 7 ;;
     prefill) python prefill.py --device cpu --repeats 7 ;;
     moe)     python moe_dispatch.py --device cpu --repeats 7 ;;
+    attention) python attention.py --device cpu --repeats 5 ;;
+    *)       echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
 python summarize.py

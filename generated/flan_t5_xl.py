@@ -240,19 +240,40 @@ class ToeplitzBias:
     pattern, which a view with strides (1, 1) over the table expresses without copying. SDPA's CPU kernel reads
     the mask through its strides, so the [heads, seq, seq] bias is never built; each query row is computed as
     with the materialised bias (the keys keep their order), and the rows are put back in order.
+
+    `causal` (keys after the query are -inf in the table) with an optional `window`: the queries go in chunks of
+    `chunk`, each over the keys it can see only (from chunk start - window + 1, or 0, to chunk end), so the hidden
+    half of the score matrix is not computed. Each chunk is an ordinary SDPA call: differentiable.
     """
 
-    def __init__(self, table: torch.Tensor) -> None:
+    def __init__(self, table: torch.Tensor, causal: bool = False, window: int | None = None, chunk: int = 512) -> None:
         self.table = table.contiguous()
+        self.causal, self.window, self.chunk = causal, window, chunk
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         heads, width = self.table.shape
         seq = q.shape[2]
-        bias = self.table.as_strided((1, heads, seq, seq), (heads * width, width, 1, 1))
-        out = F.scaled_dot_product_attention(
-            q.flip(2), k, v, attn_mask=bias, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
-        )
-        return out.flip(2)
+        gqa = k.shape[1] != q.shape[1]
+        # One call over every key when compiling (a loop over chunks would make the graph depend on the length).
+        chunked = self.causal and not torch.compiler.is_compiling()
+        outs = []
+        for start in range(0, seq, self.chunk) if chunked else [0]:
+            end = min(start + self.chunk, seq) if chunked else seq
+            first = max(0, start - self.window + 1) if chunked and self.window is not None else 0
+            # bias of reversed query q' (query end - 1 - q') and key first + j: table[seq - end + first + q' + j]
+            bias = self.table.as_strided(
+                (1, heads, end - start, end - first), (heads * width, width, 1, 1), seq - end + first
+            )
+            out = F.scaled_dot_product_attention(
+                q[:, :, start:end].flip(2),
+                k[:, :, first:end],
+                v[:, :, first:end],
+                attn_mask=bias,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+            outs.append(out.flip(2))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def distance_table(bias: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:
@@ -640,9 +661,9 @@ class EncoderDecoderLM(nn.Module):
     `head_scale` multiplies the decoder output before the head (T5 v1.0: d_model^-0.5 with the tied head).
     `eos_token_id` / `pad_token_id` are generate()'s defaults (`archspec.build` passes the spec's `tokens`).
 
-    Each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance (`ToeplitzBias`;
-    no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without cache, and as a
-    tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention (`FlexPattern`) in
+    On CPU each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance
+    (`ToeplitzBias`; no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without
+    cache, and as a tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention (`FlexPattern`) in
     those cases instead; flex is fused only under `torch.compile` and has no backward on CPU, where training keeps
     the default ("sdpa") path.
     """
@@ -719,7 +740,7 @@ class EncoderDecoderLM(nn.Module):
         mask: torch.Tensor | FlexPattern | ToeplitzBias
         if attention_mask is None and self._flex(x.device):
             mask = FlexPattern(None, self._score_mod(self.encoder.position_bias))
-        elif attention_mask is None:
+        elif attention_mask is None and x.device.type == "cpu":
             mask = ToeplitzBias(self.encoder.position_bias.by_distance(seq, seq).to(x.dtype))
         else:
             mask = self.encoder.position_bias(positions, positions).to(x.dtype)
@@ -750,8 +771,9 @@ class EncoderDecoderLM(nn.Module):
         mask: torch.Tensor | FlexPattern | ToeplitzBias
         if cache is None and self._flex(x.device):
             mask = FlexPattern(causal_block_mask(seq, seq, None, device), self._score_mod(self.decoder.position_bias))
-        elif cache is None:
-            mask = ToeplitzBias(distance_table(self.decoder.position_bias.by_distance(seq, seq), True).to(x.dtype))
+        elif cache is None and device.type == "cpu":
+            table = distance_table(self.decoder.position_bias.by_distance(seq, seq), True)
+            mask = ToeplitzBias(table.to(x.dtype), causal=True)
         else:
             bias = self.decoder.position_bias(positions, key_positions)
             mask = additive_mask(causal_mask(positions, key_positions), bias, x.dtype)

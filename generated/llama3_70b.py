@@ -242,6 +242,61 @@ class Attention(nn.Module):
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
+class ToeplitzBias:
+    """Attention of a whole sequence with an additive bias that depends on key - query only.
+
+    `table` [heads, 2 seq - 1] holds the bias of distance key - query at index key - query + seq - 1 (-inf where
+    masked). With the queries in reverse order, q' = seq - 1 - q, the bias of (q', k) is table[q' + k]: a Hankel
+    pattern, which a view with strides (1, 1) over the table expresses without copying. SDPA's CPU kernel reads
+    the mask through its strides, so the [heads, seq, seq] bias is never built; each query row is computed as
+    with the materialised bias (the keys keep their order), and the rows are put back in order.
+
+    `causal` (keys after the query are -inf in the table) with an optional `window`: the queries go in chunks of
+    `chunk`, each over the keys it can see only (from chunk start - window + 1, or 0, to chunk end), so the hidden
+    half of the score matrix is not computed. Each chunk is an ordinary SDPA call: differentiable.
+    """
+
+    def __init__(self, table: torch.Tensor, causal: bool = False, window: int | None = None, chunk: int = 512) -> None:
+        self.table = table.contiguous()
+        self.causal, self.window, self.chunk = causal, window, chunk
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        heads, width = self.table.shape
+        seq = q.shape[2]
+        gqa = k.shape[1] != q.shape[1]
+        # One call over every key when compiling (a loop over chunks would make the graph depend on the length).
+        chunked = self.causal and not torch.compiler.is_compiling()
+        outs = []
+        for start in range(0, seq, self.chunk) if chunked else [0]:
+            end = min(start + self.chunk, seq) if chunked else seq
+            first = max(0, start - self.window + 1) if chunked and self.window is not None else 0
+            # bias of reversed query q' (query end - 1 - q') and key first + j: table[seq - end + first + q' + j]
+            bias = self.table.as_strided(
+                (1, heads, end - start, end - first), (heads * width, width, 1, 1), seq - end + first
+            )
+            out = F.scaled_dot_product_attention(
+                q[:, :, start:end].flip(2),
+                k[:, :, first:end],
+                v[:, :, first:end],
+                attn_mask=bias,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+            outs.append(out.flip(2))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def distance_table(bias: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:
+    """A [heads, 2 seq - 1] bias by distance (index key - query + seq - 1) with -inf where causal attention
+    (within `window` when set) hides the key."""
+    seq = (bias.shape[-1] + 1) // 2
+    distance = torch.arange(1 - seq, seq, device=bias.device)
+    hidden = distance > 0 if causal else torch.zeros_like(distance, dtype=torch.bool)
+    if window is not None:
+        hidden = hidden | (distance <= -window)
+    return bias.masked_fill(hidden, float("-inf"))
+
+
 class ChunkedWindow:
     """Causal sliding-window attention of a whole sequence (queries = keys = positions 0 .. seq-1) without a mask.
 
@@ -568,11 +623,12 @@ class DecoderLM(nn.Module):
     window, and shared by the layers; without a cache, window or ALiBi none is built and SDPA's causal fast path
     runs.
 
-    When a whole sequence is attended from position 0 (training, a prompt), no [seq, seq] tensor is built for
-    ALiBi (a `ToeplitzBias` view of a bias by distance) nor, in CPU inference, for sliding windows (mask-free
-    chunks, `ChunkedWindow`). `attn_backend` (an attribute; set it on a built model) = "flex" runs sliding windows
-    and ALiBi through FlexAttention instead (`FlexPattern`: block-sparse, for GPUs); it is fused only under
-    `torch.compile` and has no backward on CPU, where training keeps the default ("sdpa") paths.
+    On CPU, when a whole sequence is attended from position 0 (training, a prompt), ALiBi and sliding windows get
+    no [seq, seq] tensor: SDPA reads a view of a bias by distance (`ToeplitzBias`, over the visible keys of each
+    query chunk), and windows in inference run as mask-free chunks (`ChunkedWindow`). `attn_backend` (an
+    attribute; set it on a built model) = "flex" runs them through FlexAttention instead (`FlexPattern`:
+    block-sparse, meant for GPUs); it is fused only under `torch.compile` and has no backward on CPU, where
+    training keeps the default ("sdpa") paths.
     """
 
     def __init__(
@@ -691,7 +747,7 @@ class DecoderLM(nn.Module):
         shortcut = at_end and self.alibi_slopes is None and (seq == 1 or whole)
         cpu_inference = device.type == "cpu" and not torch.is_grad_enabled()
         flex = whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
-        chunked = whole and self.alibi_slopes is None and cpu_inference and not torch.compiler.is_compiling()
+        chunked = whole and cpu_inference and not torch.compiler.is_compiling()
         key_positions = torch.arange(keys, device=device)
         masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
@@ -705,8 +761,13 @@ class DecoderLM(nn.Module):
                     causal_block_mask(seq, keys, window if binding else None, device), score_mod
                 )
                 continue
-            if chunked and binding and window >= 16:  # type: ignore[operator]
+            if chunked and binding and self.alibi_slopes is None and window >= 16:  # type: ignore[operator]
                 masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
+                continue
+            if whole and device.type == "cpu" and (binding or self.alibi_slopes is not None):
+                table = torch.zeros(1, 2 * seq - 1, device=device)  # a bias by distance: 0, -inf where hidden
+                reach = window if binding else None
+                masks[window] = ToeplitzBias(distance_table(table, True, reach).to(dtype), causal=True, window=reach)
                 continue
             mask = causal_mask(positions, key_positions, window)
             masks[window] = mask[(None,) * (4 - mask.dim())]  # 4-D: CPU SDPA is far slower with 2-D masks

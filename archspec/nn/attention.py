@@ -113,19 +113,40 @@ class ToeplitzBias:
     pattern, which a view with strides (1, 1) over the table expresses without copying. SDPA's CPU kernel reads
     the mask through its strides, so the [heads, seq, seq] bias is never built; each query row is computed as
     with the materialised bias (the keys keep their order), and the rows are put back in order.
+
+    `causal` (keys after the query are -inf in the table) with an optional `window`: the queries go in chunks of
+    `chunk`, each over the keys it can see only (from chunk start - window + 1, or 0, to chunk end), so the hidden
+    half of the score matrix is not computed. Each chunk is an ordinary SDPA call: differentiable.
     """
 
-    def __init__(self, table: torch.Tensor) -> None:
+    def __init__(self, table: torch.Tensor, causal: bool = False, window: int | None = None, chunk: int = 512) -> None:
         self.table = table.contiguous()
+        self.causal, self.window, self.chunk = causal, window, chunk
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         heads, width = self.table.shape
         seq = q.shape[2]
-        bias = self.table.as_strided((1, heads, seq, seq), (heads * width, width, 1, 1))
-        out = F.scaled_dot_product_attention(
-            q.flip(2), k, v, attn_mask=bias, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
-        )
-        return out.flip(2)
+        gqa = k.shape[1] != q.shape[1]
+        # One call over every key when compiling (a loop over chunks would make the graph depend on the length).
+        chunked = self.causal and not torch.compiler.is_compiling()
+        outs = []
+        for start in range(0, seq, self.chunk) if chunked else [0]:
+            end = min(start + self.chunk, seq) if chunked else seq
+            first = max(0, start - self.window + 1) if chunked and self.window is not None else 0
+            # bias of reversed query q' (query end - 1 - q') and key first + j: table[seq - end + first + q' + j]
+            bias = self.table.as_strided(
+                (1, heads, end - start, end - first), (heads * width, width, 1, 1), seq - end + first
+            )
+            out = F.scaled_dot_product_attention(
+                q[:, :, start:end].flip(2),
+                k[:, :, first:end],
+                v[:, :, first:end],
+                attn_mask=bias,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+            outs.append(out.flip(2))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def distance_table(bias: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:

@@ -133,9 +133,9 @@ class EncoderDecoderLM(nn.Module):
     `head_scale` multiplies the decoder output before the head (T5 v1.0: d_model^-0.5 with the tied head).
     `eos_token_id` / `pad_token_id` are generate()'s defaults (`archspec.build` passes the spec's `tokens`).
 
-    Each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance (`ToeplitzBias`;
-    no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without cache, and as a
-    tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention (`FlexPattern`) in
+    On CPU each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance
+    (`ToeplitzBias`; no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without
+    cache, and as a tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention (`FlexPattern`) in
     those cases instead; flex is fused only under `torch.compile` and has no backward on CPU, where training keeps
     the default ("sdpa") path.
     """
@@ -212,7 +212,7 @@ class EncoderDecoderLM(nn.Module):
         mask: torch.Tensor | FlexPattern | ToeplitzBias
         if attention_mask is None and self._flex(x.device):
             mask = FlexPattern(None, self._score_mod(self.encoder.position_bias))
-        elif attention_mask is None:
+        elif attention_mask is None and x.device.type == "cpu":
             mask = ToeplitzBias(self.encoder.position_bias.by_distance(seq, seq).to(x.dtype))
         else:
             mask = self.encoder.position_bias(positions, positions).to(x.dtype)
@@ -243,8 +243,9 @@ class EncoderDecoderLM(nn.Module):
         mask: torch.Tensor | FlexPattern | ToeplitzBias
         if cache is None and self._flex(x.device):
             mask = FlexPattern(causal_block_mask(seq, seq, None, device), self._score_mod(self.decoder.position_bias))
-        elif cache is None:
-            mask = ToeplitzBias(distance_table(self.decoder.position_bias.by_distance(seq, seq), True).to(x.dtype))
+        elif cache is None and device.type == "cpu":
+            table = distance_table(self.decoder.position_bias.by_distance(seq, seq), True)
+            mask = ToeplitzBias(table.to(x.dtype), causal=True)
         else:
             bias = self.decoder.position_bias(positions, key_positions)
             mask = additive_mask(causal_mask(positions, key_positions), bias, x.dtype)

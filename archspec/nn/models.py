@@ -42,11 +42,12 @@ class DecoderLM(nn.Module):
     window, and shared by the layers; without a cache, window or ALiBi none is built and SDPA's causal fast path
     runs.
 
-    When a whole sequence is attended from position 0 (training, a prompt), no [seq, seq] tensor is built for
-    ALiBi (a `ToeplitzBias` view of a bias by distance) nor, in CPU inference, for sliding windows (mask-free
-    chunks, `ChunkedWindow`). `attn_backend` (an attribute; set it on a built model) = "flex" runs sliding windows
-    and ALiBi through FlexAttention instead (`FlexPattern`: block-sparse, for GPUs); it is fused only under
-    `torch.compile` and has no backward on CPU, where training keeps the default ("sdpa") paths.
+    On CPU, when a whole sequence is attended from position 0 (training, a prompt), ALiBi and sliding windows get
+    no [seq, seq] tensor: SDPA reads a view of a bias by distance (`ToeplitzBias`, over the visible keys of each
+    query chunk), and windows in inference run as mask-free chunks (`ChunkedWindow`). `attn_backend` (an
+    attribute; set it on a built model) = "flex" runs them through FlexAttention instead (`FlexPattern`:
+    block-sparse, meant for GPUs); it is fused only under `torch.compile` and has no backward on CPU, where
+    training keeps the default ("sdpa") paths.
     """
 
     def __init__(
@@ -185,7 +186,7 @@ class DecoderLM(nn.Module):
         shortcut = at_end and self.alibi_slopes is None and (seq == 1 or whole)
         cpu_inference = device.type == "cpu" and not torch.is_grad_enabled()
         flex = whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
-        chunked = whole and self.alibi_slopes is None and cpu_inference and not torch.compiler.is_compiling()
+        chunked = whole and cpu_inference and not torch.compiler.is_compiling()
         key_positions = torch.arange(keys, device=device)
         masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
@@ -201,12 +202,15 @@ class DecoderLM(nn.Module):
                     causal_block_mask(seq, keys, window if binding else None, device), score_mod
                 )
                 continue
-            if whole and self.alibi_slopes is not None:  # emit-if: alibi
-                table = distance_table(alibi_by_distance(self.alibi_slopes, seq), True, window if binding else None)
-                masks[window] = ToeplitzBias(table.to(dtype))
-                continue
-            if chunked and binding and window >= 16:  # type: ignore[operator]
+            if chunked and binding and self.alibi_slopes is None and window >= 16:  # type: ignore[operator]
                 masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
+                continue
+            if whole and device.type == "cpu" and (binding or self.alibi_slopes is not None):
+                table = torch.zeros(1, 2 * seq - 1, device=device)  # a bias by distance: 0, -inf where hidden
+                if self.alibi_slopes is not None:  # emit-if: alibi
+                    table = alibi_by_distance(self.alibi_slopes, seq)
+                reach = window if binding else None
+                masks[window] = ToeplitzBias(distance_table(table, True, reach).to(dtype), causal=True, window=reach)
                 continue
             mask = causal_mask(positions, key_positions, window)
             if prefix_lengths is not None:  # emit-if: prefix_lm

@@ -14,6 +14,7 @@ from archspec.nn.moe import (
     Experts,
     MoE,
     Router,
+    _can_grouped_mm,
     grouped_linear,
     load_balancing_loss,
     router_z_loss,
@@ -74,6 +75,24 @@ def test_grouped_linear_equals_a_loop_and_has_correct_gradients():
     expected = torch.cat([x[:2] @ weight[0].T, x[2:2] @ weight[1].T, x[2:] @ weight[2].T])
     torch.testing.assert_close(grouped_linear(x, weight, offsets), expected)
     assert torch.autograd.gradcheck(lambda a, b: grouped_linear(a, b, offsets), (x, weight))
+
+
+def test_grouped_mm_path_equals_a_loop_with_gradients():
+    """float32 rows of 16-byte multiples take torch._grouped_mm (on CPU too); same values and gradients as
+    one matmul per expert, an empty expert's weight gradient zero."""
+    x = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(4, 8, 16, requires_grad=True)
+    offsets = torch.tensor([10, 10, 25, 40])
+    assert _can_grouped_mm(x, weight) and not _can_grouped_mm(x.double(), weight.double())
+    grad = torch.randn(40, 8)
+    grouped_linear(x, weight, offsets).backward(grad)
+    actual = x.grad.clone(), weight.grad.clone()
+    x.grad = weight.grad = None
+    bounds = [(0, 10), (10, 10), (10, 25), (25, 40)]
+    torch.cat([x[a:b] @ weight[e].T for e, (a, b) in enumerate(bounds)]).backward(grad)
+    torch.testing.assert_close(actual[0], x.grad)
+    torch.testing.assert_close(actual[1], weight.grad)
+    assert actual[1][1].abs().max() == 0
 
 
 def _moe(experts: int, top_k: int, shared: bool = False) -> MoE:

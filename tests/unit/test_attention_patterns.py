@@ -1,0 +1,144 @@
+"""The mask-free attention paths (archspec.nn.attention) against SDPA with the materialised mask or bias."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny import shrink
+
+import archspec
+from archspec.nn.attention import (
+    ChunkedWindow,
+    FlexPattern,
+    ToeplitzBias,
+    alibi_score_mod,
+    causal_block_mask,
+    distance_table,
+    relative_bias_score_mod,
+)
+from archspec.nn.masks import additive_mask, causal_mask
+from archspec.nn.positions import RelativePositionBias, alibi_bias, alibi_by_distance, alibi_slopes
+
+warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+
+
+def qkv(seq: int, heads: int = 4, kv_heads: int = 2, dim: int = 8, batch: int = 2, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, seq, dim, generator=generator)
+    k, v = (torch.randn(batch, kv_heads, seq, dim, generator=generator) for _ in range(2))
+    return q, k, v
+
+
+def sdpa(q, k, v, mask, scale):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+@pytest.mark.parametrize("seq, window, chunk", [(100, 16, 5), (257, 64, 16), (70, 64, 8), (300, 7, 256), (33, 2, 4)])
+def test_chunked_window_equals_the_masked_softmax(seq, window, chunk):
+    q, k, v = qkv(seq)
+    positions = torch.arange(seq)
+    expected = sdpa(q, k, v, causal_mask(positions, positions, window), 0.3)
+    torch.testing.assert_close(ChunkedWindow(window, chunk)(q, k, v, 0.3), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_toeplitz_alibi_equals_the_materialised_bias(window):
+    seq = 37
+    q, k, v = qkv(seq)
+    positions = torch.arange(seq)
+    slopes = alibi_slopes(4)
+    mask = additive_mask(causal_mask(positions, positions, window), alibi_bias(slopes, positions), torch.float32)
+    table = distance_table(alibi_by_distance(slopes, seq), causal=True, window=window)
+    torch.testing.assert_close(ToeplitzBias(table)(q, k, v, 0.5), sdpa(q, k, v, mask, 0.5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_toeplitz_relative_bias_equals_the_materialised_bias_and_its_gradient(bidirectional):
+    seq = 29
+    q, k, v = (t.requires_grad_() for t in qkv(seq, heads=3, kv_heads=3, dim=7))
+    relative = RelativePositionBias(3, buckets=12, max_distance=20, bidirectional=bidirectional)
+    torch.nn.init.normal_(relative.table.weight)
+    positions = torch.arange(seq)
+
+    def grads(out):
+        out.square().sum().backward()
+        result = [t.grad.clone() for t in (q, k, v, relative.table.weight)]
+        for t in (q, k, v, relative.table.weight):
+            t.grad = None
+        return result
+
+    bias = relative(positions, positions)
+    expected = sdpa(q, k, v, bias if bidirectional else additive_mask(causal_mask(positions, positions), bias, bias.dtype), 1.0)
+    expected_grads = grads(expected)
+    table = relative.by_distance(seq, seq)
+    actual = ToeplitzBias(table if bidirectional else distance_table(table, causal=True))(q, k, v, 1.0)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads(actual), expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 20])
+def test_flex_block_mask_and_alibi_equal_sdpa(window):
+    seq = 150  # not a multiple of the 32-position blocks: partial last blocks
+    q, k, v = qkv(seq)
+    positions = torch.arange(seq)
+    slopes = alibi_slopes(4)
+    pattern = FlexPattern(causal_block_mask(seq, seq, window, q.device, block=32), alibi_score_mod(slopes))
+    mask = additive_mask(causal_mask(positions, positions, window), alibi_bias(slopes, positions), torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(pattern(q, k, v, 0.3), sdpa(q, k, v, mask, 0.3), rtol=1e-5, atol=1e-5)
+
+
+def test_flex_relative_bias_equals_sdpa():
+    seq = 40
+    q, k, v = qkv(seq, heads=3, kv_heads=3)
+    relative = RelativePositionBias(3, buckets=32, max_distance=128, bidirectional=True)
+    torch.nn.init.normal_(relative.table.weight)
+    positions = torch.arange(seq)
+    with torch.no_grad():
+        score_mod = relative_bias_score_mod(relative.table.weight, True, 32, 128)
+        expected = sdpa(q, k, v, relative(positions, positions), 1.0)
+        torch.testing.assert_close(FlexPattern(None, score_mod)(q, k, v, 1.0), expected, rtol=1e-5, atol=1e-5)
+
+
+def tiny(name: str, **updates) -> torch.nn.Module:
+    spec = shrink(archspec.load_spec(f"specs/{name}.yaml"))
+    data = spec.model_dump(mode="json")
+    for key, value in updates.items():
+        data[key].update(value) if isinstance(data[key], dict) else data.__setitem__(key, value)
+    torch.manual_seed(0)
+    model = archspec.build(archspec.spec_from_dict(data)).eval()
+    for parameter in model.parameters():  # larger weights than the init, so that attention patterns matter
+        parameter.data.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize(
+    "name, updates",
+    [("mistral-7b", {"attention": {"window": 20}, "context_length": 256}), ("bloom-560m", {}), ("t5-small", {})],
+    ids=["window", "alibi", "t5"],
+)
+def test_model_paths_agree(name, updates):
+    """The default inference path (chunked windows, Toeplitz views), the grad-enabled path (masks for windows)
+    and attn_backend="flex" give the same logits as the decode-time mask path of the same tokens."""
+    model = tiny(name, **updates)
+    seq = 90
+    ids = torch.randint(0, 128, (2, seq))
+    kwargs = {"decoder_input_ids": torch.randint(0, 128, (2, 30))} if name.startswith("t5") else {}
+    reference = model(ids, **kwargs).logits.detach()  # grad enabled: masks for windows
+    with torch.no_grad():
+        default = model(ids, **kwargs).logits
+        model.attn_backend = "flex"
+        flex = model(ids, **kwargs).logits
+        if not name.startswith("t5"):
+            # A cache makes every path a mask: the last position of a prompt fed in two chunks.
+            cache = model.new_cache(2, seq)
+            model.attn_backend = "sdpa"
+            model(ids[:, : seq - 10], cache=cache)
+            chunked = model(ids[:, seq - 10 :], cache=cache).logits
+            torch.testing.assert_close(chunked, reference[:, seq - 10 :], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(default, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flex, reference, rtol=1e-4, atol=1e-4)
