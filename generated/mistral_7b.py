@@ -162,7 +162,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     """Rotate the first cos.shape[-1] dims of x ([batch, heads, seq, head_dim]); cos/sin: [(batch,) seq, r]."""
     rotary_dim = cos.shape[-1]
     cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
-    partial = rotary_dim < x.shape[-1]  # a rotary fraction: the other dims pass through (no slices otherwise)
+    # a rotary fraction: the other dims pass through (no slices otherwise; an fx trace cannot tell, and slices)
+    partial = isinstance(rotary_dim, torch.fx.Proxy) or rotary_dim < x.shape[-1]
     x_rot = x[..., :rotary_dim] if partial else x
     if interleaved:
         rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
@@ -229,18 +230,33 @@ class Attention(nn.Module):
             k = apply_rotary(k, cos, sin, self.rope_interleaved)
         if cache is not None and positions is not None:
             k, v = cache.update(positions, k, v)
-        if callable(mask):  # a pattern that computes attention itself (ChunkedWindow, FlexPattern)
+        if _is_pattern(mask):  # a pattern that computes attention itself (ChunkedWindow, FlexPattern)
             return self.o(mask(q, k, v, self.scale).transpose(1, 2).reshape(batch, seq, -1))
         out = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            is_causal=(mask is None) if seq > 1 else False,  # an `if`: seq is a SymInt when compiled dynamic
+            is_causal=mask is None and _several_queries(seq),
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+def _is_pattern(mask: object) -> bool:
+    """A mask that computes attention itself (ToeplitzBias, ChunkedWindow, FlexPattern), not a tensor (an fx Proxy
+    standing for a mask tensor is callable too)."""
+    return callable(mask) and not isinstance(mask, torch.Tensor | torch.fx.Proxy)
+
+
+def _several_queries(seq: int) -> bool:
+    """Whether a mask-free call is causal: a one-token decoding step (no mask either) sees every key. An fx trace
+    (a Proxy length) is only ever of the no-cache forward, where mask-free means causal. A function, not an
+    expression: seq is a SymInt when compiled dynamic, and `and` on it would be a graph break."""
+    if isinstance(seq, torch.fx.Proxy):
+        return True
+    return True if seq > 1 else False  # noqa: SIM210 (an `if`, which dynamo specialises, not bool(SymInt))
 
 
 class ToeplitzBias:
@@ -744,15 +760,18 @@ class DecoderLM(nn.Module):
         which sees every key (a prefix changes nothing there), as long as no ALiBi bias applies and no window is
         shorter than the keys."""
         seq, device = positions.shape[0], positions.device
-        whole = at_end and seq == keys and prefix_lengths is None  # queries = keys = positions 0 .. seq - 1
-        shortcut = at_end and self.alibi_slopes is None and (seq == 1 or whole)
-        cpu_inference = device.type == "cpu" and not torch.is_grad_enabled()
-        flex = whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
+        # An fx trace (lengths are Proxies) is of the no-cache forward: queries = keys, windows assumed binding,
+        # and only plain masks (the fast paths below branch on lengths in Python).
+        traced = isinstance(keys, torch.fx.Proxy)
+        whole = at_end and prefix_lengths is None and (traced or seq == keys)  # queries = keys = positions 0 .. seq-1
+        shortcut = at_end and self.alibi_slopes is None and (whole or seq == 1)
+        cpu_inference = not traced and device.type == "cpu" and not torch.is_grad_enabled()
+        flex = not traced and whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
         chunked = whole and cpu_inference and not torch.compiler.is_compiling()
         key_positions = torch.arange(keys, device=device)
         masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
-            binding = window is not None and window < keys
+            binding = window is not None and (traced or window < keys)
             if shortcut and not binding:
                 masks[window] = None
                 continue
@@ -765,7 +784,7 @@ class DecoderLM(nn.Module):
             if chunked and binding and self.alibi_slopes is None and window >= 16:  # type: ignore[operator]
                 masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
                 continue
-            if whole and device.type == "cpu" and (binding or self.alibi_slopes is not None):
+            if not traced and whole and device.type == "cpu" and (binding or self.alibi_slopes is not None):
                 table = torch.zeros(1, 2 * seq - 1, device=device)  # a bias by distance: 0, -inf where hidden
                 reach = window if binding else None
                 masks[window] = ToeplitzBias(distance_table(table, True, reach).to(dtype), causal=True, window=reach)

@@ -218,18 +218,33 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None and positions is not None:
             k, v = cache.update(positions, k, v)
-        if callable(mask):  # a pattern that computes attention itself (ChunkedWindow, FlexPattern)
+        if _is_pattern(mask):  # a pattern that computes attention itself (ChunkedWindow, FlexPattern)
             return self.o(mask(q, k, v, self.scale).transpose(1, 2).reshape(batch, seq, -1))
         out = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            is_causal=(mask is None) if seq > 1 else False,  # an `if`: seq is a SymInt when compiled dynamic
+            is_causal=mask is None and _several_queries(seq),
             scale=self.scale,
             enable_gqa=self.kv_heads != self.heads,
         )
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+def _is_pattern(mask: object) -> bool:
+    """A mask that computes attention itself (ToeplitzBias, ChunkedWindow, FlexPattern), not a tensor (an fx Proxy
+    standing for a mask tensor is callable too)."""
+    return callable(mask) and not isinstance(mask, torch.Tensor | torch.fx.Proxy)
+
+
+def _several_queries(seq: int) -> bool:
+    """Whether a mask-free call is causal: a one-token decoding step (no mask either) sees every key. An fx trace
+    (a Proxy length) is only ever of the no-cache forward, where mask-free means causal. A function, not an
+    expression: seq is a SymInt when compiled dynamic, and `and` on it would be a graph break."""
+    if isinstance(seq, torch.fx.Proxy):
+        return True
+    return True if seq > 1 else False  # noqa: SIM210 (an `if`, which dynamo specialises, not bool(SymInt))
 
 
 class ToeplitzBias:

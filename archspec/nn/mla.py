@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archspec.nn.attention import _is_pattern, _several_queries
 from archspec.nn.cache import LayerKVCache
 from archspec.nn.norms import RMSNorm
 from archspec.nn.rope import apply_rotary
@@ -91,10 +92,10 @@ class LatentAttention(nn.Module):
         k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
         q = torch.cat((q_nope, q_rope), dim=-1)
         k = torch.cat((k_nope, k_rope.expand(-1, k_nope.shape[1], -1, -1)), dim=-1)
-        if callable(mask):  # a pattern that computes attention itself (see archspec.nn.attention)
+        if _is_pattern(mask):  # a pattern that computes attention itself (see archspec.nn.attention)
             out = mask(q, k, v, self.scale)
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=(mask is None) if seq > 1 else False, scale=self.scale
+                q, k, v, attn_mask=mask, is_causal=mask is None and _several_queries(seq), scale=self.scale
             )
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))

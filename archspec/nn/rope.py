@@ -137,7 +137,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     """Rotate the first cos.shape[-1] dims of x ([batch, heads, seq, head_dim]); cos/sin: [(batch,) seq, r]."""
     rotary_dim = cos.shape[-1]
     cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
-    partial = rotary_dim < x.shape[-1]  # a rotary fraction: the other dims pass through (no slices otherwise)
+    # a rotary fraction: the other dims pass through (no slices otherwise; an fx trace cannot tell, and slices)
+    partial = isinstance(rotary_dim, torch.fx.Proxy) or rotary_dim < x.shape[-1]
     x_rot = x[..., :rotary_dim] if partial else x
     if interleaved:
         rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)

@@ -92,10 +92,14 @@ def test_fx_symbolic_trace_of_no_cache_forward_matches_eager(spec, seqs, seed):
     """The traced graph is shape-generic: one trace serves every length. (Dynamic NTK RoPE cannot be traced:
     RotaryEmbedding.forward branches in Python on `seq_len > context_length`, a traced value.)"""
     model = build64(spec, seed)
-    # every keyword-only argument (cache, labels, prefix masks, embeddings, ...) fixed to None: the plain forward
-    optional = [name for name, p in inspect.signature(model.forward).parameters.items() if p.kind is p.KEYWORD_ONLY]
-    graph = torch.fx.symbolic_trace(model, concrete_args=dict.fromkeys(optional))
+    # every keyword-only argument (cache, labels, prefix masks, embeddings, logits_to_keep...) fixed to its
+    # default: the plain forward
+    parameters = inspect.signature(model.forward).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+    graph = torch.fx.symbolic_trace(model, concrete_args=defaults)
     with torch.no_grad():
         for seq in seqs:
             ids = token_ids(spec.vocab_size, 2, seq, seed)
-            torch.testing.assert_close(graph(ids).logits, model(ids).logits, rtol=0, atol=0)
+            # float64; eager CPU inference may take a mask-free path (ALiBi/T5 as a Toeplitz bias, chunked windows)
+            # where the trace uses plain masks: equal up to rounding
+            torch.testing.assert_close(graph(ids).logits, model(ids).logits, rtol=0, atol=1e-12)
