@@ -249,9 +249,17 @@ def _rotary(spec: Spec) -> RotaryEmbedding | BlockRotaryEmbedding:
             factor = 1.0
         elif isinstance(scaling, YarnScaling):
             inv_freq = yarn_scaled_frequencies(
-                dim, theta, scaling.factor, scaling.original_context, scaling.beta_fast, scaling.beta_slow, scaling.truncate
+                dim,
+                theta,
+                scaling.factor,
+                scaling.original_context,
+                scaling.beta_fast,
+                scaling.beta_slow,
+                scaling.truncate,
             )
-            factor = yarn_attention_factor(scaling.factor, scaling.mscale, scaling.mscale_all_dim, scaling.attention_factor)
+            factor = yarn_attention_factor(
+                scaling.factor, scaling.mscale, scaling.mscale_all_dim, scaling.attention_factor
+            )
         else:
             inv_freq, factor = rope_frequencies(dim, theta), 1.0
     dynamic = (theta, scaling.factor, spec.context_length) if isinstance(scaling, DynamicScaling) else None

@@ -26,57 +26,222 @@ from archspec.spec.errors import ArchspecError, WeightLoadError
 from archspec.spec.loader import spec_from_dict
 from archspec.spec.schema import NAME_PATTERN, Spec
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2", "bloom", "falcon", "glm", "glm4", "gpt_neox", "t5",
-                         "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llava")
+SUPPORTED_MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gpt2",
+    "bloom",
+    "falcon",
+    "glm",
+    "glm4",
+    "gpt_neox",
+    "t5",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "llava",
+)
 
 # Class defaults of the transformers 5.23.0 config classes, for keys a config.json may leave out.
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": dict(rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False, hidden_act="silu",
-                  attention_bias=False, mlp_bias=False, rope_theta=10000.0, bos_token_id=1, eos_token_id=2),
-    "mistral": dict(rms_norm_eps=1e-6, max_position_embeddings=131072, tie_word_embeddings=False, hidden_act="silu",
-                    num_key_value_heads=8, sliding_window=4096, rope_theta=10000.0, bos_token_id=1, eos_token_id=2),
-    "qwen2": dict(rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False, hidden_act="silu",
-                  use_sliding_window=False, sliding_window=None, max_window_layers=28, rope_theta=10000.0),
-    "qwen3": dict(rms_norm_eps=1e-6, max_position_embeddings=32768, tie_word_embeddings=False, hidden_act="silu",
-                  head_dim=128, attention_bias=False, use_sliding_window=False, sliding_window=None,
-                  max_window_layers=28, rope_theta=10000.0),
-    "gpt2": dict(n_positions=1024, n_inner=None, activation_function="gelu_new", layer_norm_epsilon=1e-5,
-                 tie_word_embeddings=True, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
-                 bos_token_id=50256, eos_token_id=50256),
-    "bloom": dict(layer_norm_epsilon=1e-5, apply_residual_connection_post_layernorm=False, tie_word_embeddings=True,
-                  bos_token_id=1, eos_token_id=2, seq_length=2048),
-    "falcon": dict(num_ln_in_parallel_attn=None, layer_norm_epsilon=1e-5, alibi=False, new_decoder_architecture=False,
-                   multi_query=True, parallel_attn=True, bias=False, max_position_embeddings=2048, ffn_hidden_size=None,
-                   activation="gelu", tie_word_embeddings=True, rope_theta=10000.0, bos_token_id=11, eos_token_id=11),
-    "gpt_neox": dict(hidden_act="gelu", max_position_embeddings=2048, layer_norm_eps=1e-5, tie_word_embeddings=False,
-                     use_parallel_residual=True, attention_bias=True, rope_theta=10000.0, partial_rotary_factor=0.25,
-                     bos_token_id=0, eos_token_id=2),
-    "glm": dict(num_key_value_heads=2, head_dim=128, hidden_act="silu", max_position_embeddings=131072,
-                rms_norm_eps=1.5625e-07, tie_word_embeddings=False, attention_bias=True, rope_theta=10000.0,
-                partial_rotary_factor=0.5),
+    "llama": dict(
+        rms_norm_eps=1e-6,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "mistral": dict(
+        rms_norm_eps=1e-6,
+        max_position_embeddings=131072,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        num_key_value_heads=8,
+        sliding_window=4096,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "qwen2": dict(
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=28,
+        rope_theta=10000.0,
+    ),
+    "qwen3": dict(
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        head_dim=128,
+        attention_bias=False,
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=28,
+        rope_theta=10000.0,
+    ),
+    "gpt2": dict(
+        n_positions=1024,
+        n_inner=None,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
+        scale_attn_weights=True,
+        scale_attn_by_inverse_layer_idx=False,
+        bos_token_id=50256,
+        eos_token_id=50256,
+    ),
+    "bloom": dict(
+        layer_norm_epsilon=1e-5,
+        apply_residual_connection_post_layernorm=False,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        seq_length=2048,
+    ),
+    "falcon": dict(
+        num_ln_in_parallel_attn=None,
+        layer_norm_epsilon=1e-5,
+        alibi=False,
+        new_decoder_architecture=False,
+        multi_query=True,
+        parallel_attn=True,
+        bias=False,
+        max_position_embeddings=2048,
+        ffn_hidden_size=None,
+        activation="gelu",
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        bos_token_id=11,
+        eos_token_id=11,
+    ),
+    "gpt_neox": dict(
+        hidden_act="gelu",
+        max_position_embeddings=2048,
+        layer_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        use_parallel_residual=True,
+        attention_bias=True,
+        rope_theta=10000.0,
+        partial_rotary_factor=0.25,
+        bos_token_id=0,
+        eos_token_id=2,
+    ),
+    "glm": dict(
+        num_key_value_heads=2,
+        head_dim=128,
+        hidden_act="silu",
+        max_position_embeddings=131072,
+        rms_norm_eps=1.5625e-07,
+        tie_word_embeddings=False,
+        attention_bias=True,
+        rope_theta=10000.0,
+        partial_rotary_factor=0.5,
+    ),
 }
 _DEFAULTS["glm4"] = _DEFAULTS["glm"]
-_DEFAULTS["mixtral"] = dict(_DEFAULTS["mistral"], sliding_window=None, rms_norm_eps=1e-5, rope_theta=1e6,
-                            num_experts_per_tok=2, num_local_experts=8, router_aux_loss_coef=0.001, router_jitter_noise=0.0)
-_DEFAULTS["qwen2_moe"] = dict(_DEFAULTS["qwen2"], decoder_sparse_step=1, moe_intermediate_size=1408,
-                              shared_expert_intermediate_size=5632, num_experts_per_tok=4, num_experts=60,
-                              norm_topk_prob=False, router_aux_loss_coef=0.001, mlp_only_layers=[], qkv_bias=True)
-_DEFAULTS["qwen3_moe"] = dict(_DEFAULTS["qwen3"], decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8,
-                              num_experts=128, norm_topk_prob=False, router_aux_loss_coef=0.001, mlp_only_layers=[])
-_DEFAULTS["deepseek_v2"] = dict(rms_norm_eps=1e-6, max_position_embeddings=2048, tie_word_embeddings=False, hidden_act="silu",
-                                attention_bias=False, rope_theta=10000.0, first_k_dense_replace=0, kv_lora_rank=512,
-                                q_lora_rank=1536, n_group=None, n_routed_experts=64, n_shared_experts=2, qk_nope_head_dim=128,
-                                qk_rope_head_dim=64, routed_scaling_factor=1.0, topk_group=None, topk_method="greedy",
-                                v_head_dim=128, num_experts_per_tok=None, moe_intermediate_size=1407, bos_token_id=1,
-                                eos_token_id=2)
-_DEFAULTS["deepseek_v3"] = dict(_DEFAULTS["deepseek_v2"], n_shared_experts=1, n_routed_experts=256, routed_scaling_factor=2.5,
-                                n_group=8, topk_group=4, num_experts_per_tok=8, first_k_dense_replace=3, norm_topk_prob=True,
-                                max_position_embeddings=4096, moe_intermediate_size=2048, rope_interleave=True,
-                                bos_token_id=0, eos_token_id=1)
+_DEFAULTS["mixtral"] = dict(
+    _DEFAULTS["mistral"],
+    sliding_window=None,
+    rms_norm_eps=1e-5,
+    rope_theta=1e6,
+    num_experts_per_tok=2,
+    num_local_experts=8,
+    router_aux_loss_coef=0.001,
+    router_jitter_noise=0.0,
+)
+_DEFAULTS["qwen2_moe"] = dict(
+    _DEFAULTS["qwen2"],
+    decoder_sparse_step=1,
+    moe_intermediate_size=1408,
+    shared_expert_intermediate_size=5632,
+    num_experts_per_tok=4,
+    num_experts=60,
+    norm_topk_prob=False,
+    router_aux_loss_coef=0.001,
+    mlp_only_layers=[],
+    qkv_bias=True,
+)
+_DEFAULTS["qwen3_moe"] = dict(
+    _DEFAULTS["qwen3"],
+    decoder_sparse_step=1,
+    moe_intermediate_size=768,
+    num_experts_per_tok=8,
+    num_experts=128,
+    norm_topk_prob=False,
+    router_aux_loss_coef=0.001,
+    mlp_only_layers=[],
+)
+_DEFAULTS["deepseek_v2"] = dict(
+    rms_norm_eps=1e-6,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+    hidden_act="silu",
+    attention_bias=False,
+    rope_theta=10000.0,
+    first_k_dense_replace=0,
+    kv_lora_rank=512,
+    q_lora_rank=1536,
+    n_group=None,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    routed_scaling_factor=1.0,
+    topk_group=None,
+    topk_method="greedy",
+    v_head_dim=128,
+    num_experts_per_tok=None,
+    moe_intermediate_size=1407,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+_DEFAULTS["deepseek_v3"] = dict(
+    _DEFAULTS["deepseek_v2"],
+    n_shared_experts=1,
+    n_routed_experts=256,
+    routed_scaling_factor=2.5,
+    n_group=8,
+    topk_group=4,
+    num_experts_per_tok=8,
+    first_k_dense_replace=3,
+    norm_topk_prob=True,
+    max_position_embeddings=4096,
+    moe_intermediate_size=2048,
+    rope_interleave=True,
+    bos_token_id=0,
+    eos_token_id=1,
+)
 
-_GATED = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_pytorch_tanh": "geglu-tanh", "gelu_new": "geglu-tanh", "relu": "reglu"}
-_PLAIN = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu-tanh", "gelu_pytorch_tanh": "gelu-tanh",
-          "gelu_fast": "gelu-tanh", "relu": "relu"}
+_GATED = {
+    "silu": "swiglu",
+    "swish": "swiglu",
+    "gelu": "geglu",
+    "gelu_pytorch_tanh": "geglu-tanh",
+    "gelu_new": "geglu-tanh",
+    "relu": "reglu",
+}
+_PLAIN = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu": "gelu",
+    "gelu_new": "gelu-tanh",
+    "gelu_pytorch_tanh": "gelu-tanh",
+    "gelu_fast": "gelu-tanh",
+    "relu": "relu",
+}
 
 
 class UnsupportedConfigError(ArchspecError):
@@ -136,7 +301,11 @@ class _Getter:
 
 
 def _spec_name(source: Any, config: dict[str, Any]) -> str:
-    raw = config.get("_name_or_path") or (Path(source).name if not isinstance(source, dict) else "") or config["model_type"]
+    raw = (
+        config.get("_name_or_path")
+        or (Path(source).name if not isinstance(source, dict) else "")
+        or config["model_type"]
+    )
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", str(raw).split("/")[-1]).strip("-._")
     return cleaned if re.match(NAME_PATTERN, cleaned or "") else f"{config['model_type']}-import"
 
@@ -155,12 +324,15 @@ def _rope(get: _Getter, fraction: float | None = None, pairing: str = "half") ->
     theta = params.get("rope_theta", get.config.get("rope_theta", get.config.get("rotary_emb_base", get("rope_theta"))))
     if fraction is None:
         fraction = params.get(
-            "partial_rotary_factor", get.config.get("partial_rotary_factor", get.config.get("rotary_pct", get("partial_rotary_factor", 1.0)))
+            "partial_rotary_factor",
+            get.config.get("partial_rotary_factor", get.config.get("rotary_pct", get("partial_rotary_factor", 1.0))),
         )
     rope_type = params.get("rope_type", params.get("type", "default"))
     position: dict[str, Any] = {"kind": "rope", "theta": float(theta), "fraction": float(fraction), "pairing": pairing}
     max_positions = get("max_position_embeddings")
-    original = params.get("original_max_position_embeddings", get.config.get("original_max_position_embeddings", max_positions))
+    original = params.get(
+        "original_max_position_embeddings", get.config.get("original_max_position_embeddings", max_positions)
+    )
     if rope_type == "default":
         pass
     elif rope_type in ("linear", "dynamic"):
@@ -184,7 +356,9 @@ def _rope(get: _Getter, fraction: float | None = None, pairing: str = "half") ->
         scaling["truncate"] = bool(params.get("truncate", True))
         position["scaling"] = scaling
     else:
-        raise UnsupportedConfigError(f"rope_type {rope_type!r} is not supported (default, linear, dynamic, llama3, yarn)")
+        raise UnsupportedConfigError(
+            f"rope_type {rope_type!r} is not supported (default, linear, dynamic, llama3, yarn)"
+        )
     return position
 
 
@@ -209,7 +383,11 @@ def _llama_like(get: _Getter, *, bias: dict[str, bool], qk_norm: bool = False) -
         "position": _rope(get, fraction=1.0),
         "norm": {"kind": "rmsnorm", "eps": get("rms_norm_eps")},
         "block": "pre-norm",
-        "mlp": {"activation": _GATED[activation], "d_ff": get.require("intermediate_size"), "bias": bool(get("mlp_bias", False))},
+        "mlp": {
+            "activation": _GATED[activation],
+            "d_ff": get.require("intermediate_size"),
+            "bias": bool(get("mlp_bias", False)),
+        },
         "embeddings": {"tied": bool(get("tie_word_embeddings"))},
     }
 
@@ -304,7 +482,9 @@ def _from_bloom(get: _Getter) -> dict[str, Any]:
 
 def _from_falcon(get: _Getter) -> dict[str, Any]:
     if get("alibi"):
-        raise UnsupportedConfigError("falcon with alibi=True (falcon-rw) is not supported: its eager path counts ALiBi twice")
+        raise UnsupportedConfigError(
+            "falcon with alibi=True (falcon-rw) is not supported: its eager path counts ALiBi twice"
+        )
     hidden, heads = get.require("hidden_size"), get.require("num_attention_heads")
     new_arch = bool(get("new_decoder_architecture"))
     if new_arch:
@@ -325,7 +505,11 @@ def _from_falcon(get: _Getter) -> dict[str, Any]:
         "position": _rope(get, fraction=1.0),
         "norm": {"kind": "layernorm", "eps": get("layer_norm_epsilon")},
         "block": block,
-        "mlp": {"activation": _plain(get("activation")), "d_ff": get("ffn_hidden_size") or 4 * hidden, "bias": bool(get("bias"))},
+        "mlp": {
+            "activation": _plain(get("activation")),
+            "d_ff": get("ffn_hidden_size") or 4 * hidden,
+            "bias": bool(get("bias")),
+        },
         "embeddings": {"tied": bool(get("tie_word_embeddings"))},
     }
 
@@ -359,8 +543,11 @@ def _from_mixtral(get: _Getter) -> dict[str, Any]:
     data["moe"] = {
         "experts": _experts(get, "num_local_experts", "num_experts"),
         "top_k": get("num_experts_per_tok"),
-        "router": {"renormalize": True, "jitter": float(get("router_jitter_noise") or 0.0),
-                   "aux_loss_coef": float(get("router_aux_loss_coef"))},
+        "router": {
+            "renormalize": True,
+            "jitter": float(get("router_jitter_noise") or 0.0),
+            "aux_loss_coef": float(get("router_aux_loss_coef")),
+        },
     }
     return data
 
@@ -400,11 +587,22 @@ def _from_deepseek(get: _Getter, version: int) -> dict[str, Any]:
     groups = get("n_group") or 1
     if version == 2:
         greedy = get("topk_method") == "greedy"
-        router = {"scoring": "softmax", "renormalize": False, "groups": 1 if greedy else groups,
-                  "top_groups": 1 if greedy else get("topk_group"), "group_score": "max"}
+        router = {
+            "scoring": "softmax",
+            "renormalize": False,
+            "groups": 1 if greedy else groups,
+            "top_groups": 1 if greedy else get("topk_group"),
+            "group_score": "max",
+        }
     else:
-        router = {"scoring": "sigmoid", "renormalize": bool(get("norm_topk_prob")), "groups": groups,
-                  "top_groups": get("topk_group") or groups, "group_score": "top2-sum", "correction_bias": True}
+        router = {
+            "scoring": "sigmoid",
+            "renormalize": bool(get("norm_topk_prob")),
+            "groups": groups,
+            "top_groups": get("topk_group") or groups,
+            "group_score": "top2-sum",
+            "correction_bias": True,
+        }
     router["scale"] = float(get("routed_scaling_factor"))
     # DeepSeek's own balance-loss keys (transformers keeps them in the config but computes no aux loss)
     router["aux_loss_coef"] = float(get.config.get("aux_loss_alpha") or 0.0)
@@ -543,7 +741,9 @@ def _expert_source(model_type: str, spec: Spec, prefix: str, part: str) -> Sourc
     if part == "down":
         fused = Source(f"{prefix}mlp.experts.down_proj")
     else:
-        fused = Source(f"{prefix}mlp.experts.gate_up_proj", split=lambda t: t.chunk(2, dim=1)[0 if part == "gate" else 1])
+        fused = Source(
+            f"{prefix}mlp.experts.gate_up_proj", split=lambda t: t.chunk(2, dim=1)[0 if part == "gate" else 1]
+        )
     return Source(stacked[0], stack=stacked, alternative=fused)
 
 
@@ -568,9 +768,20 @@ def key_map(model_type: str, spec: Spec) -> KeyMap:
         return KeyMap(_LLAMA_TOP, "model.layers.{i}.", layer, fused)
     if model_type == "gpt2":
         return KeyMap(
-            {"embed": "transformer.wte", "pos_embed": "transformer.wpe", "final_norm": "transformer.ln_f", "lm_head": "lm_head"},
+            {
+                "embed": "transformer.wte",
+                "pos_embed": "transformer.wpe",
+                "final_norm": "transformer.ln_f",
+                "lm_head": "lm_head",
+            },
             "transformer.h.{i}.",
-            {"attn_norm": "ln_1", "mlp_norm": "ln_2", "attn.o": "attn.c_proj", "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"},
+            {
+                "attn_norm": "ln_1",
+                "mlp_norm": "ln_2",
+                "attn.o": "attn.c_proj",
+                "mlp.up": "mlp.c_fc",
+                "mlp.down": "mlp.c_proj",
+            },
             {"attn.q": ("attn.c_attn", "q"), "attn.k": ("attn.c_attn", "k"), "attn.v": ("attn.c_attn", "v")},
             conv1d=frozenset({"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}),
         )
@@ -648,7 +859,9 @@ def archspec_sources(model_type: str, spec: Spec, archspec_keys: list[str]) -> d
             sources[key] = Source(f"{prefix}{table[inner]}.e_score_correction_bias")
         elif inner in table:
             hf_module = table[inner]
-            sources[key] = Source(f"{prefix}{hf_module}.{param}", transpose=hf_module in names.conv1d and param == "weight")
+            sources[key] = Source(
+                f"{prefix}{hf_module}.{param}", transpose=hf_module in names.conv1d and param == "weight"
+            )
         elif inner in names.fused:
             hf_module, part = names.fused[inner]
             split = fused_part(model_type, spec, part)
@@ -760,7 +973,9 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
         used.update(planned.names)
         shape = planned.shape(reader)
         if shape != tuple(expected[key].shape):
-            mismatched.append(f"{key}: checkpoint {planned.names[0]} gives {shape}, model has {tuple(expected[key].shape)}")
+            mismatched.append(
+                f"{key}: checkpoint {planned.names[0]} gives {shape}, model has {tuple(expected[key].shape)}"
+            )
             continue
         plan.append(planned)
     if tied:
@@ -768,7 +983,9 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
         if head is not None:
             embed_name = sources["embed.weight"].name
             if embed_name in available and not torch.equal(reader.get(head), reader.get(embed_name)):
-                mismatched.append(f"lm_head.weight: the spec ties embeddings but the checkpoint's {head} differs from {embed_name}")
+                mismatched.append(
+                    f"lm_head.weight: the spec ties embeddings but the checkpoint's {head} differs from {embed_name}"
+                )
             used.add(head)
     unexpected = sorted(available - used - {n for n in available if _ignorable(n)})
     problems = []
@@ -872,10 +1089,21 @@ def _ignorable(name: str) -> bool:
 
 
 # ============================================================================================ T5
-_DEFAULTS["t5"] = dict(d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=None, num_heads=8,
-                       relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                       layer_norm_epsilon=1e-6, feed_forward_proj="relu", n_positions=512, pad_token_id=0,
-                       eos_token_id=1, decoder_start_token_id=0)
+_DEFAULTS["t5"] = dict(
+    d_kv=64,
+    d_ff=2048,
+    num_layers=6,
+    num_decoder_layers=None,
+    num_heads=8,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    layer_norm_epsilon=1e-6,
+    feed_forward_proj="relu",
+    n_positions=512,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
 
 
 def _from_t5(get: _Getter) -> dict[str, Any]:
@@ -926,7 +1154,11 @@ def _t5_key_map(spec: Spec) -> KeyMap:
     a 5.x model built from a config keeps `lm_head` tied to `shared` even for v1.1, so an untied head falls back
     to `shared.weight` when the checkpoint has no `lm_head.weight`."""
     gated = spec.mlp.activation in ("swiglu", "geglu", "geglu-tanh", "reglu")
-    ff = {"mlp.gate": "DenseReluDense.wi_0", "mlp.up": "DenseReluDense.wi_1"} if gated else {"mlp.up": "DenseReluDense.wi"}
+    ff = (
+        {"mlp.gate": "DenseReluDense.wi_0", "mlp.up": "DenseReluDense.wi_1"}
+        if gated
+        else {"mlp.up": "DenseReluDense.wi"}
+    )
     ff["mlp.down"] = "DenseReluDense.wo"
     top = {"embed": "shared", "lm_head": "lm_head"}
     for side, n_layers in (("encoder", spec.n_layers), ("decoder", spec.n_decoder_layers or spec.n_layers)):

@@ -52,14 +52,18 @@ def llava_spec_data(get: _Getter) -> dict[str, Any]:
     text = dict(get.config.get("text_config") or {})
     text_type = text.get("model_type", "llama")
     if text_type not in TEXT_MODEL_TYPES:
-        raise UnsupportedConfigError(f"llava with text model_type {text_type!r} (supported: {', '.join(TEXT_MODEL_TYPES)})")
+        raise UnsupportedConfigError(
+            f"llava with text model_type {text_type!r} (supported: {', '.join(TEXT_MODEL_TYPES)})"
+        )
     text_get = _Getter(text, _DEFAULTS[text_type])
     data = _CONVERTERS[text_type](text_get)
 
     vision_config = get.config.get("vision_config")
     vision = _Getter(dict(vision_config or {}), CLIP_VISION_DEFAULTS if vision_config else LLAVA_VISION_DEFAULTS)
     if vision("model_type", "clip_vision_model") != "clip_vision_model":
-        raise UnsupportedConfigError(f"llava with vision model_type {vision('model_type')!r} (supported: clip_vision_model)")
+        raise UnsupportedConfigError(
+            f"llava with vision model_type {vision('model_type')!r} (supported: clip_vision_model)"
+        )
     strategy = get("vision_feature_select_strategy")
     if strategy not in ("default", "full"):
         raise UnsupportedConfigError(f"vision_feature_select_strategy {strategy!r} (supported: default, full)")
@@ -90,7 +94,9 @@ def llava_spec_data(get: _Getter) -> dict[str, Any]:
     data["embeddings"]["tied"] = bool(get("tie_word_embeddings") or text_get("tie_word_embeddings"))
     tokens = {"bos": text_get("bos_token_id"), "eos": text_get("eos_token_id")}
     tokens["pad"] = get.config.get("pad_token_id", text_get("pad_token_id"))
-    data["tokens"] = {key: value if value is None or isinstance(value, int) else list(value) for key, value in tokens.items()}
+    data["tokens"] = {
+        key: value if value is None or isinstance(value, int) else list(value) for key, value in tokens.items()
+    }
     return data
 
 

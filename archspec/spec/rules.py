@@ -90,14 +90,27 @@ def _latent_attention_issues(spec: Spec) -> list[SpecIssue]:
     issues = []
     position = spec.position
     if not isinstance(position, RopeSpec):
-        issues.append(SpecIssue(("position",), "mla needs rope positions (its rope_dim part rotates)", "position: rope"))
+        issues.append(
+            SpecIssue(("position",), "mla needs rope positions (its rope_dim part rotates)", "position: rope")
+        )
     elif position.fraction != 1.0:
-        issues.append(SpecIssue(("position", "fraction"), "mla rotates exactly attention.rope_dim dims", "drop fraction"))
+        issues.append(
+            SpecIssue(("position", "fraction"), "mla rotates exactly attention.rope_dim dims", "drop fraction")
+        )
     if spec.attention.rope_dim % 2:  # type: ignore[union-attr]
         issues.append(SpecIssue(("attention", "rope_dim"), "must be even", "rotary dims rotate in pairs"))
-    elif isinstance(position, RopeSpec) and getattr(position.scaling, "kind", None) == "dynamic" and spec.attention.rope_dim <= 2:  # type: ignore[union-attr]
-        issues.append(SpecIssue(("position", "scaling"), "dynamic NTK needs more than 2 rotary dims (rope_dim is 2)",
-                                "its theta formula has the exponent d / (d - 2)"))
+    elif (
+        isinstance(position, RopeSpec)
+        and getattr(position.scaling, "kind", None) == "dynamic"
+        and spec.attention.rope_dim <= 2
+    ):  # type: ignore[union-attr]
+        issues.append(
+            SpecIssue(
+                ("position", "scaling"),
+                "dynamic NTK needs more than 2 rotary dims (rope_dim is 2)",
+                "its theta formula has the exponent d / (d - 2)",
+            )
+        )
     return issues
 
 
@@ -142,7 +155,9 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
         # T5's bucketing: the encoder splits the buckets by direction, then each half into exact and logarithmic
         # buckets; the logarithmic part divides by ln(max_distance / (buckets // 2)) in the decoder
         if position.buckets < 4:
-            problem("position.buckets", f"{position.buckets} buckets leave the encoder no exact bucket", "use at least 4")
+            problem(
+                "position.buckets", f"{position.buckets} buckets leave the encoder no exact bucket", "use at least 4"
+            )
         elif position.max_distance <= position.buckets // 2:
             problem(
                 "position.max_distance",
@@ -173,11 +188,19 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
         if spec.structure != "glm":
             problem("position.block_positions", "2-D positions belong to structure: glm")
         if position.fraction != 1.0 or position.pairing != "half":
-            problem("position.block_positions", "2-D positions rotate whole heads in half pairing", "fraction: 1, pairing: half")
+            problem(
+                "position.block_positions",
+                "2-D positions rotate whole heads in half pairing",
+                "fraction: 1, pairing: half",
+            )
         if position.scaling is not None:
             problem("position.scaling", "2-D positions take no frequency scaling")
         if getattr(spec.attention, "head_dim", None) is not None and spec.attention.head_dim % 4:
-            problem("position.block_positions", f"head_dim {spec.attention.head_dim} must be divisible by 4", "two rotary halves of even width")
+            problem(
+                "position.block_positions",
+                f"head_dim {spec.attention.head_dim} must be divisible by 4",
+                "two rotary halves of even width",
+            )
     if block.kind != "deepnorm":
         for name in ("alpha", "beta"):
             if getattr(block, name) is not None:
@@ -199,7 +222,9 @@ def _vision_issues(spec: Spec, problem: Callable[..., None]) -> None:
     grid: int | None = None
     if isinstance(tower, ViTSpec):
         if tower.image_size % tower.patch_size:
-            problem("vision.tower.patch_size", f"does not divide image_size ({tower.image_size})", "patches tile the image")
+            problem(
+                "vision.tower.patch_size", f"does not divide image_size ({tower.image_size})", "patches tile the image"
+            )
         if tower.width % tower.heads:
             problem("vision.tower.heads", f"width ({tower.width}) is not divisible by heads ({tower.heads})")
         bad = [layer for layer in vision.feature_layers if not -(tower.depth + 1) <= layer <= tower.depth]

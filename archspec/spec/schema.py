@@ -282,12 +282,17 @@ class TokenSpec(Section):
 # ------------------------------------------------------------------------------------------------- moe
 class RouterSpec(Section):
     scoring: Literal["softmax", "sigmoid"] = Field(
-        "softmax", description="Expert scores from the router logits: softmax (Mixtral, Qwen, DeepSeek-V2) or sigmoid (V3)."
+        "softmax",
+        description="Expert scores from the router logits: softmax (Mixtral, Qwen, DeepSeek-V2) or sigmoid (V3).",
     )
-    renormalize: bool = Field(True, description="Divide the top-k weights by their sum (Mixtral; Qwen's norm_topk_prob).")
+    renormalize: bool = Field(
+        True, description="Divide the top-k weights by their sum (Mixtral; Qwen's norm_topk_prob)."
+    )
     scale: float = Field(1.0, gt=0, description="Routed scaling factor multiplying the top-k weights (DeepSeek).")
     groups: int = Field(1, gt=0, description="Group-limited routing: experts form this many groups ...")
-    top_groups: int | None = Field(None, gt=0, description="... and a token may only use experts of its best top_groups.")
+    top_groups: int | None = Field(
+        None, gt=0, description="... and a token may only use experts of its best top_groups."
+    )
     group_score: Literal["max", "top2-sum"] = Field(
         "max", description="Score of a group: its best expert (DeepSeek-V2) or its best two summed (V3)."
     )
@@ -299,7 +304,9 @@ class RouterSpec(Section):
         "token", description="Load-balancing loss over all tokens (Switch/Mixtral) or per sequence (DeepSeek-V3)."
     )
     aux_loss_coef: float = Field(0.0, ge=0, description="Weight of the load-balancing loss in the training loss.")
-    z_loss_coef: float = Field(0.0, ge=0, description="Weight of the router z-loss, mean(logsumexp(logits)^2) (ST-MoE).")
+    z_loss_coef: float = Field(
+        0.0, ge=0, description="Weight of the router z-loss, mean(logsumexp(logits)^2) (ST-MoE)."
+    )
 
 
 class MoESpec(Section):
@@ -311,9 +318,12 @@ class MoESpec(Section):
     shared_experts: int = Field(0, ge=0, description="Always-on experts (DeepSeek, Qwen-MoE), fused into one MLP.")
     shared_d_ff: int | None = Field(None, gt=0, description="Width of each shared expert. Default: d_ff.")
     shared_gate: bool = Field(False, description="Scale the shared experts by sigmoid(linear(x)) (Qwen-MoE).")
-    dense_layers: int = Field(0, ge=0, description="The first N layers keep the dense MLP (DeepSeek's first_k_dense_replace).")
+    dense_layers: int = Field(
+        0, ge=0, description="The first N layers keep the dense MLP (DeepSeek's first_k_dense_replace)."
+    )
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, description="Explicit list of MoE layers (overrides dense_layers; Qwen-MoE's sparse step / mlp_only_layers)."
+        None,
+        description="Explicit list of MoE layers (overrides dense_layers; Qwen-MoE's sparse step / mlp_only_layers).",
     )
     router: RouterSpec = Field(default_factory=RouterSpec)
 
@@ -342,7 +352,9 @@ class ViTSpec(Section):
     bias: bool = Field(True, description="Biases on the attention and MLP projections.")
     patch_bias: bool = Field(False, description="Bias on the patch embedding (CLIP has none).")
     class_token: bool = Field(True, description="Prepend a learned class token (CLIP).")
-    pre_norm: bool = Field(True, description="A LayerNorm on the embeddings before the first block (CLIP's pre_layrnorm).")
+    pre_norm: bool = Field(
+        True, description="A LayerNorm on the embeddings before the first block (CLIP's pre_layrnorm)."
+    )
     post_norm: bool = Field(
         True,
         description="CLIP's post_layernorm: part of the checkpoint, but it only normalises the pooled class token, "
@@ -381,7 +393,9 @@ class PatchPoolingSpec(Section):
     -> 12 x 12 = 144), after the projector, as LLaVA-OneVision pools video frames."""
 
     kind: Literal["average"] = Field("average", description="Mean over non-overlapping square windows.")
-    tokens: int = Field(gt=0, description="Tokens per image after pooling: a square, side^2, whose side divides the grid's.")
+    tokens: int = Field(
+        gt=0, description="Tokens per image after pooling: a square, side^2, whose side divides the grid's."
+    )
 
 
 class VisionSpec(Section):
@@ -401,8 +415,12 @@ class VisionSpec(Section):
         description="patches: drop the class token (LLaVA's vision_feature_select_strategy 'default'); all: keep it ('full').",
     )
     projector: Annotated[ProjectorSpec, BeforeValidator(kind_shorthand)] = Field(default_factory=ProjectorSpec)
-    pooling: PatchPoolingSpec | None = Field(None, description="Average pooling of each image's tokens to fewer tokens.")
-    image_token: int = Field(ge=0, description="The placeholder token id: each image fills a run of tokens_per_image of them.")
+    pooling: PatchPoolingSpec | None = Field(
+        None, description="Average pooling of each image's tokens to fewer tokens."
+    )
+    image_token: int = Field(
+        ge=0, description="The placeholder token id: each image fills a run of tokens_per_image of them."
+    )
     tokens_per_image: int | None = Field(
         None, gt=0, description="Image tokens per image in the text sequence. Default: what the tower and pooling give."
     )

@@ -13,7 +13,9 @@ import transformers
 import archspec
 
 
-def make_reference(config: transformers.PretrainedConfig, directory: Path, seed: int = 0) -> transformers.PreTrainedModel:
+def make_reference(
+    config: transformers.PretrainedConfig, directory: Path, seed: int = 0
+) -> transformers.PreTrainedModel:
     """A tiny model from `config` with every parameter re-randomised, saved to `directory`.
 
     HF initialises biases to 0 and norm weights to 1: left alone, a missing bias or norm weight would go unnoticed.
@@ -27,7 +29,11 @@ def make_reference(config: transformers.PretrainedConfig, directory: Path, seed:
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if param.ndim == 1 and "norm" in name or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "ln_attn.weight", "ln_mlp.weight")):
+            if (
+                param.ndim == 1
+                and "norm" in name
+                or name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "ln_attn.weight", "ln_mlp.weight"))
+            ):
                 param.copy_(1.0 + 0.2 * noise)
             elif "embed" in name or "wte" in name or "wpe" in name or "word_embeddings.weight" in name:
                 param.copy_(noise * 0.3)

@@ -38,8 +38,14 @@ def _legacy(config_5x: dict) -> dict:
     "rope",
     [
         dict(rope_type="default", rope_theta=500000.0),
-        dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-             original_max_position_embeddings=64),
+        dict(
+            rope_type="llama3",
+            rope_theta=500000.0,
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=64,
+        ),
         dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32),
         dict(rope_type="linear", rope_theta=10000.0, factor=2.0),
     ],
@@ -50,7 +56,9 @@ def test_4x_rope_fields_give_the_same_spec(rope):
 
 
 def test_4x_gpt_neox_rotary_fields():
-    config = T.GPTNeoXConfig(**SMALL, intermediate_size=256, rope_parameters=dict(rope_theta=20000.0, partial_rotary_factor=0.5)).to_dict()
+    config = T.GPTNeoXConfig(
+        **SMALL, intermediate_size=256, rope_parameters=dict(rope_theta=20000.0, partial_rotary_factor=0.5)
+    ).to_dict()
     legacy = {k: v for k, v in config.items() if k != "rope_parameters"} | {"rotary_pct": 0.5, "rotary_emb_base": 20000}
     spec = archspec.spec_from_hf(legacy, name="neox")
     assert spec.position.fraction == 0.5 and spec.position.theta == 20000.0
@@ -79,8 +87,14 @@ def _rewrite_checkpoint(source_dir, target_dir, edit) -> None:
     ("edit", "message"),
     [
         (lambda t: t.pop("model.layers.1.self_attn.k_proj.weight"), "missing: layers.1.attn.k.weight"),
-        (lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(3)}), "unexpected: model.layers.0.extra.weight"),
-        (lambda t: t.update({"model.layers.0.mlp.up_proj.weight": torch.zeros(100, 64)}), "wrong shape: layers.0.mlp.up.weight"),
+        (
+            lambda t: t.update({"model.layers.0.extra.weight": torch.zeros(3)}),
+            "unexpected: model.layers.0.extra.weight",
+        ),
+        (
+            lambda t: t.update({"model.layers.0.mlp.up_proj.weight": torch.zeros(100, 64)}),
+            "wrong shape: layers.0.mlp.up.weight",
+        ),
     ],
     ids=["missing", "unexpected", "mis-shaped"],
 )
@@ -104,7 +118,9 @@ def test_checkpoint_of_another_architecture_is_rejected(llama_dir, tmp_path):
 def test_untied_head_in_a_checkpoint_for_a_tied_spec_is_an_error(tmp_path):
     config = T.Qwen2Config(**SMALL, intermediate_size=96, num_key_value_heads=2, tie_word_embeddings=True)
     make_reference(config, tmp_path / "tied")
-    _rewrite_checkpoint(tmp_path / "tied", tmp_path / "bad", lambda t: t.update({"lm_head.weight": torch.randn(128, 64)}))
+    _rewrite_checkpoint(
+        tmp_path / "tied", tmp_path / "bad", lambda t: t.update({"lm_head.weight": torch.randn(128, 64)})
+    )
     model = archspec.build(archspec.spec_from_hf(tmp_path / "tied"))
     with pytest.raises(archspec.WeightLoadError, match="ties embeddings"):
         archspec.load_hf_weights(model, tmp_path / "bad")
@@ -115,8 +131,15 @@ def test_untied_head_in_a_checkpoint_for_a_tied_spec_is_an_error(tmp_path):
     [
         ({"model_type": "whisper"}, "not supported"),
         (T.FalconConfig(**SMALL, alibi=True).to_dict(), "alibi"),
-        (T.LlamaConfig(**SMALL, rope_parameters=dict(rope_type="longrope", rope_theta=1e4, short_factor=[1.0] * 8,
-                                                     long_factor=[1.0] * 8)).to_dict(), "longrope"),
+        (
+            T.LlamaConfig(
+                **SMALL,
+                rope_parameters=dict(
+                    rope_type="longrope", rope_theta=1e4, short_factor=[1.0] * 8, long_factor=[1.0] * 8
+                ),
+            ).to_dict(),
+            "longrope",
+        ),
     ],
 )
 def test_unsupported_configs_fail_clearly(config, message):

@@ -16,48 +16,121 @@ import archspec
 
 TOLERANCE = 1e-5
 SMALL = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
-LLAMA3_ROPE = dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                   original_max_position_embeddings=64)
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    rope_theta=500000.0,
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=64,
+)
 
 CONFIGS = {
-    "llama-gqa-llama3": T.LlamaConfig(**SMALL, intermediate_size=128, num_key_value_heads=2, max_position_embeddings=256,
-                                      rms_norm_eps=1e-5, rope_parameters=LLAMA3_ROPE),
+    "llama-gqa-llama3": T.LlamaConfig(
+        **SMALL,
+        intermediate_size=128,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_parameters=LLAMA3_ROPE,
+    ),
     "llama-mqa-bias-yarn-headdim": T.LlamaConfig(
-        **SMALL, intermediate_size=128, num_key_value_heads=1, attention_bias=True, mlp_bias=True, head_dim=24,
-        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32)),
+        **SMALL,
+        intermediate_size=128,
+        num_key_value_heads=1,
+        attention_bias=True,
+        mlp_bias=True,
+        head_dim=24,
+        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32),
+    ),
     "llama-yarn-mscale": T.LlamaConfig(
-        **SMALL, intermediate_size=96, num_key_value_heads=4, max_position_embeddings=128,
-        rope_parameters=dict(rope_type="yarn", rope_theta=10000.0, factor=8.0, original_max_position_embeddings=16,
-                             mscale=0.8, mscale_all_dim=0.5, beta_fast=16, beta_slow=2)),
+        **SMALL,
+        intermediate_size=96,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        rope_parameters=dict(
+            rope_type="yarn",
+            rope_theta=10000.0,
+            factor=8.0,
+            original_max_position_embeddings=16,
+            mscale=0.8,
+            mscale_all_dim=0.5,
+            beta_fast=16,
+            beta_slow=2,
+        ),
+    ),
     "llama-odd-tied-linear": T.LlamaConfig(
-        vocab_size=97, hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=3,
-        intermediate_size=72, tie_word_embeddings=True,
-        rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0)),
+        vocab_size=97,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        intermediate_size=72,
+        tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0),
+    ),
     "llama-dynamic-beyond-context": T.LlamaConfig(
-        **SMALL, intermediate_size=128, max_position_embeddings=8,
-        rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0)),
+        **SMALL,
+        intermediate_size=128,
+        max_position_embeddings=8,
+        rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0),
+    ),
     "mistral-window": T.MistralConfig(**SMALL, intermediate_size=96, num_key_value_heads=2, sliding_window=5),
-    "qwen2-sliding-layers": T.Qwen2Config(**SMALL, intermediate_size=96, num_key_value_heads=2, use_sliding_window=True,
-                                          sliding_window=5, max_window_layers=1),
+    "qwen2-sliding-layers": T.Qwen2Config(
+        **SMALL,
+        intermediate_size=96,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=5,
+        max_window_layers=1,
+    ),
     "qwen2-tied": T.Qwen2Config(**SMALL, intermediate_size=96, num_key_value_heads=1, tie_word_embeddings=True),
     "qwen3-qknorm-headdim": T.Qwen3Config(**SMALL, intermediate_size=128, num_key_value_heads=2, head_dim=32),
-    "qwen3-bias": T.Qwen3Config(**SMALL, intermediate_size=128, num_key_value_heads=4, head_dim=16, attention_bias=True),
-    "gpt2": T.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
-    "gpt2-odd-inner": T.GPT2Config(vocab_size=101, n_embd=48, n_layer=3, n_head=3, n_positions=32, n_inner=80,
-                                   activation_function="gelu", bos_token_id=0, eos_token_id=0),
+    "qwen3-bias": T.Qwen3Config(
+        **SMALL, intermediate_size=128, num_key_value_heads=4, head_dim=16, attention_bias=True
+    ),
+    "gpt2": T.GPT2Config(
+        vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
+    ),
+    "gpt2-odd-inner": T.GPT2Config(
+        vocab_size=101,
+        n_embd=48,
+        n_layer=3,
+        n_head=3,
+        n_positions=32,
+        n_inner=80,
+        activation_function="gelu",
+        bos_token_id=0,
+        eos_token_id=0,
+    ),
     "bloom-6-heads": T.BloomConfig(vocab_size=128, hidden_size=48, n_layer=2, n_head=6),
-    "bloom-residual-post-ln": T.BloomConfig(vocab_size=128, hidden_size=64, n_layer=2, n_head=4,
-                                            apply_residual_connection_post_layernorm=True),
+    "bloom-residual-post-ln": T.BloomConfig(
+        vocab_size=128, hidden_size=64, n_layer=2, n_head=4, apply_residual_connection_post_layernorm=True
+    ),
     "falcon-7b-style": T.FalconConfig(**SMALL, multi_query=True, parallel_attn=True, new_decoder_architecture=False),
-    "falcon-40b-style": T.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
-                                       num_kv_heads=2, new_decoder_architecture=True),
-    "falcon2-one-norm-bias": T.FalconConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
-                                            num_kv_heads=4, new_decoder_architecture=True, num_ln_in_parallel_attn=1,
-                                            bias=True),
+    "falcon-40b-style": T.FalconConfig(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_kv_heads=2,
+        new_decoder_architecture=True,
+    ),
+    "falcon2-one-norm-bias": T.FalconConfig(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_kv_heads=4,
+        new_decoder_architecture=True,
+        num_ln_in_parallel_attn=1,
+        bias=True,
+    ),
     "falcon-sequential-mha": T.FalconConfig(**SMALL, multi_query=False, parallel_attn=False, bias=True),
     "gpt-neox-parallel": T.GPTNeoXConfig(**SMALL, intermediate_size=256),
-    "gpt-neox-sequential-half-rotary": T.GPTNeoXConfig(**SMALL, intermediate_size=160, use_parallel_residual=False,
-                                                       rotary_pct=0.5, tie_word_embeddings=True),
+    "gpt-neox-sequential-half-rotary": T.GPTNeoXConfig(
+        **SMALL, intermediate_size=160, use_parallel_residual=False, rotary_pct=0.5, tie_word_embeddings=True
+    ),
     "glm": T.GlmConfig(**SMALL, intermediate_size=128, num_key_value_heads=2, head_dim=16, pad_token_id=None),
     "glm4": T.Glm4Config(**SMALL, intermediate_size=128, num_key_value_heads=2, head_dim=16, pad_token_id=None),
 }
@@ -105,7 +178,9 @@ def test_greedy_generate_matches_transformers_and_full_recompute(reference):
     ids = _input_ids(name, hf_model.config.vocab_size, length=5)
     new_tokens = 8 if "gpt2-odd" not in name else 6
     with torch.no_grad():
-        expected = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
+        expected = hf_model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False
+        )
     cached = model.generate(ids, max_new_tokens=new_tokens)
     recomputed = model.generate(ids, max_new_tokens=new_tokens, use_cache=False)
     assert torch.equal(cached, recomputed)

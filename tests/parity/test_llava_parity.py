@@ -22,10 +22,30 @@ IMAGE_TOKEN = 100
 def _config(
     feature_layer: int | list[int] = -2, strategy: str = "default", act: str = "gelu", bias: bool = True, **text: object
 ) -> T.LlavaConfig:
-    vision = T.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                                image_size=28, patch_size=7, projection_dim=16, layer_norm_eps=1e-5)
-    text_config = T.LlamaConfig(**{**dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                          num_key_value_heads=2, intermediate_size=96, rms_norm_eps=1e-5), **text})
+    vision = T.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=7,
+        projection_dim=16,
+        layer_norm_eps=1e-5,
+    )
+    text_config = T.LlamaConfig(
+        **{
+            **dict(
+                vocab_size=128,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=96,
+                rms_norm_eps=1e-5,
+            ),
+            **text,
+        }
+    )
     return T.LlavaConfig(vision_config=vision, text_config=text_config, image_token_index=IMAGE_TOKEN,
                          vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy,
                          projector_hidden_act=act, multimodal_projector_bias=bias)  # fmt: skip

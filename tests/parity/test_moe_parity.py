@@ -13,36 +13,103 @@ import archspec
 
 TOLERANCE = 1e-5
 SMALL = dict(vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4)
-MLA = dict(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, moe_intermediate_size=32,
-           intermediate_size=128, num_key_value_heads=4)
-YARN = dict(rope_type="yarn", rope_theta=1e4, factor=40.0, original_max_position_embeddings=64, beta_fast=32, beta_slow=1)
+MLA = dict(
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=12,
+    moe_intermediate_size=32,
+    intermediate_size=128,
+    num_key_value_heads=4,
+)
+YARN = dict(
+    rope_type="yarn", rope_theta=1e4, factor=40.0, original_max_position_embeddings=64, beta_fast=32, beta_slow=1
+)
 
 CONFIGS = {
-    "mixtral-top2": T.MixtralConfig(**SMALL, num_key_value_heads=2, intermediate_size=96, num_local_experts=4,
-                                    num_experts_per_tok=2),
-    "mixtral-top1-window": T.MixtralConfig(**SMALL, num_key_value_heads=2, intermediate_size=96, num_local_experts=4,
-                                           num_experts_per_tok=1, sliding_window=5),
+    "mixtral-top2": T.MixtralConfig(
+        **SMALL, num_key_value_heads=2, intermediate_size=96, num_local_experts=4, num_experts_per_tok=2
+    ),
+    "mixtral-top1-window": T.MixtralConfig(
+        **SMALL,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        num_local_experts=4,
+        num_experts_per_tok=1,
+        sliding_window=5,
+    ),
     "qwen2-moe-shared-gated-sparse-step": T.Qwen2MoeConfig(
-        **SMALL, num_key_value_heads=2, intermediate_size=96, moe_intermediate_size=32,
-        shared_expert_intermediate_size=48, num_experts=6, num_experts_per_tok=3, decoder_sparse_step=2),
+        **SMALL,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        num_experts=6,
+        num_experts_per_tok=3,
+        decoder_sparse_step=2,
+    ),
     "qwen3-moe-top4-renorm-dense-first": T.Qwen3MoeConfig(
-        **SMALL, num_key_value_heads=2, intermediate_size=96, moe_intermediate_size=32, num_experts=8,
-        num_experts_per_tok=4, head_dim=16, norm_topk_prob=True, mlp_only_layers=[0]),
+        **SMALL,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        moe_intermediate_size=32,
+        num_experts=8,
+        num_experts_per_tok=4,
+        head_dim=16,
+        norm_topk_prob=True,
+        mlp_only_layers=[0],
+    ),
     "deepseek-v2-greedy-no-q-lora": T.DeepseekV2Config(
-        **SMALL, **MLA, q_lora_rank=None, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=2,
-        first_k_dense_replace=1),
+        **SMALL,
+        **MLA,
+        q_lora_rank=None,
+        n_routed_experts=8,
+        n_shared_experts=2,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+    ),
     "deepseek-v2-group-limited-yarn": T.DeepseekV2Config(
-        **SMALL, **MLA, q_lora_rank=24, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3,
-        first_k_dense_replace=1, topk_method="group_limited_greedy", n_group=4, topk_group=2,
-        routed_scaling_factor=1.5, max_position_embeddings=256,
-        rope_parameters=dict(YARN, mscale=0.707, mscale_all_dim=0.707)),
+        **SMALL,
+        **MLA,
+        q_lora_rank=24,
+        n_routed_experts=8,
+        n_shared_experts=2,
+        num_experts_per_tok=3,
+        first_k_dense_replace=1,
+        topk_method="group_limited_greedy",
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=1.5,
+        max_position_embeddings=256,
+        rope_parameters=dict(YARN, mscale=0.707, mscale_all_dim=0.707),
+    ),
     "deepseek-v3-yarn-groups": T.DeepseekV3Config(
-        **SMALL, **MLA, q_lora_rank=24, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
-        first_k_dense_replace=1, n_group=4, topk_group=2, routed_scaling_factor=2.5, max_position_embeddings=256,
-        rope_parameters=dict(YARN, mscale=1.0, mscale_all_dim=0.8)),
+        **SMALL,
+        **MLA,
+        q_lora_rank=24,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        first_k_dense_replace=1,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+        max_position_embeddings=256,
+        rope_parameters=dict(YARN, mscale=1.0, mscale_all_dim=0.8),
+    ),
     "deepseek-v3-half-rope-no-renorm": T.DeepseekV3Config(
-        **SMALL, **MLA, q_lora_rank=None, n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3,
-        first_k_dense_replace=0, n_group=2, topk_group=1, norm_topk_prob=False, rope_interleave=False),
+        **SMALL,
+        **MLA,
+        q_lora_rank=None,
+        n_routed_experts=8,
+        n_shared_experts=2,
+        num_experts_per_tok=3,
+        first_k_dense_replace=0,
+        n_group=2,
+        topk_group=1,
+        norm_topk_prob=False,
+        rope_interleave=False,
+    ),
 }
 
 

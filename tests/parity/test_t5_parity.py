@@ -31,9 +31,20 @@ CONFIGS: dict[str, tuple[T.T5Config, bool]] = {
     # 5.x keeps lm_head tied to shared when built from a config, even for v1.1: the checkpoint has no lm_head.
     "v1.1-built-from-config": (T.T5Config(**TINY, feed_forward_proj="gated-gelu", tie_word_embeddings=False), False),
     "odd-inner-dim-gated-silu": (
-        T.T5Config(vocab_size=101, d_model=48, d_kv=20, d_ff=72, num_layers=3, num_heads=3,
-                   relative_attention_num_buckets=12, relative_attention_max_distance=20, dropout_rate=0.0,
-                   feed_forward_proj="gated-silu", tie_word_embeddings=False, decoder_start_token_id=0),
+        T.T5Config(
+            vocab_size=101,
+            d_model=48,
+            d_kv=20,
+            d_ff=72,
+            num_layers=3,
+            num_heads=3,
+            relative_attention_num_buckets=12,
+            relative_attention_max_distance=20,
+            dropout_rate=0.0,
+            feed_forward_proj="gated-silu",
+            tie_word_embeddings=False,
+            decoder_start_token_id=0,
+        ),
         True,
     ),  # fmt: skip
 }
@@ -41,7 +52,9 @@ CONFIGS: dict[str, tuple[T.T5Config, bool]] = {
 UNEQUAL_STACKS = T.T5Config(**{**TINY, "num_layers": 3}, num_decoder_layers=2, feed_forward_proj="relu")
 
 
-def make_t5_reference(config: T.T5Config, directory: Path, untie_head: bool, seed: int = 0) -> T.T5ForConditionalGeneration:
+def make_t5_reference(
+    config: T.T5Config, directory: Path, untie_head: bool, seed: int = 0
+) -> T.T5ForConditionalGeneration:
     """A tiny T5 with every parameter re-randomised (norm weights around 1), saved to `directory`."""
     torch.manual_seed(seed)
     model = T.T5ForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
@@ -97,9 +110,13 @@ def test_spec_reads_the_t5_variant(reference):
     config = hf_model.config
     assert spec.structure == "encoder-decoder" and spec.attention.scale == 1.0
     assert spec.embeddings.scale_head == config.scale_decoder_outputs == spec.embeddings.tied
-    assert spec.mlp.activation == {"relu": "relu", "gated-gelu": "geglu-tanh", "gated-silu": "swiglu"}[config.feed_forward_proj]
+    assert (
+        spec.mlp.activation
+        == {"relu": "relu", "gated-gelu": "geglu-tanh", "gated-silu": "swiglu"}[config.feed_forward_proj]
+    )
     assert (spec.position.buckets, spec.position.max_distance) == (
-        config.relative_attention_num_buckets, config.relative_attention_max_distance
+        config.relative_attention_num_buckets,
+        config.relative_attention_max_distance,
     )
 
 

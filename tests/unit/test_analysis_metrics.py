@@ -75,7 +75,9 @@ def tiny_spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
         )
         position["pairing"] = draw(st.sampled_from(["half", "interleaved"]))
         rotary = int(head_dim * position["fraction"])  # dynamic NTK needs more than 2 rotary dims (a spec rule)
-        position["scaling"] = draw(st.sampled_from([x for x in SCALINGS if rotary > 2 or not x or x["kind"] != "dynamic"]))
+        position["scaling"] = draw(
+            st.sampled_from([x for x in SCALINGS if rotary > 2 or not x or x["kind"] != "dynamic"])
+        )
     block: dict[str, Any] = {"kind": draw(st.sampled_from(BLOCK_KINDS))}
     if block["kind"] == "parallel":
         block["parallel_norms"] = draw(st.sampled_from([1, 2]))

@@ -71,7 +71,9 @@ def test_toeplitz_relative_bias_equals_the_materialised_bias_and_its_gradient(bi
         return result
 
     bias = relative(positions, positions)
-    expected = sdpa(q, k, v, bias if bidirectional else additive_mask(causal_mask(positions, positions), bias, bias.dtype), 1.0)
+    expected = sdpa(
+        q, k, v, bias if bidirectional else additive_mask(causal_mask(positions, positions), bias, bias.dtype), 1.0
+    )
     expected_grads = grads(expected)
     table = relative.by_distance(seq, seq)
     actual = ToeplitzBias(table if bidirectional else distance_table(table, causal=True))(q, k, v, 1.0)

@@ -61,7 +61,9 @@ def test_fullgraph_compile_matches_eager(compiled_case):
     compiled = torch.compile(tiny_model, fullgraph=True, backend="aot_eager")
     kwargs = extra(tiny_model, ids)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(ids, **kwargs).logits, tiny_model(ids, **kwargs).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            compiled(ids, **kwargs).logits, tiny_model(ids, **kwargs).logits, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_cached_decode_step_compiles_without_breaks(compiled_case):
@@ -90,4 +92,6 @@ def test_inductor_compile_matches_eager(tiny_model):
     compiled = torch.compile(tiny_model, fullgraph=True)
     kwargs = extra(tiny_model, ids)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(ids, **kwargs).logits, tiny_model(ids, **kwargs).logits, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            compiled(ids, **kwargs).logits, tiny_model(ids, **kwargs).logits, rtol=1e-4, atol=1e-4
+        )

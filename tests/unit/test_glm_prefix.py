@@ -171,7 +171,9 @@ def test_glm_compiles_without_graph_breaks():
     torch._dynamo.reset()
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
-        torch.testing.assert_close(compiled(ids, prefix_lengths=prefix).logits, logits(m, ids, [3, 9]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            compiled(ids, prefix_lengths=prefix).logits, logits(m, ids, [3, 9]), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_two_d_positions_need_structure_glm():

@@ -163,12 +163,21 @@ def test_losses_against_direct_formulas():
             scores = lg[b * 4 : (b + 1) * 4].softmax(-1)
             counts = torch.stack([(sel[b * 4 : (b + 1) * 4] == e).sum() for e in range(4)]).float()
             per.append((counts * 4 / (2 * 4) * scores.mean(0)).sum())
-    torch.testing.assert_close(sequence_balancing_loss(logits, selected, 4, batch=3, scoring="softmax"), torch.stack(per).mean())
+    torch.testing.assert_close(
+        sequence_balancing_loss(logits, selected, 4, batch=3, scoring="softmax"), torch.stack(per).mean()
+    )
 
 
 TINY_MOE = dict(
-    name="tiny-moe", vocab_size=64, d_model=32, n_layers=2, context_length=32, attention={"heads": 4, "kv_heads": 2},
-    position="rope", norm="rmsnorm", mlp={"activation": "swiglu", "d_ff": 48},
+    name="tiny-moe",
+    vocab_size=64,
+    d_model=32,
+    n_layers=2,
+    context_length=32,
+    attention={"heads": 4, "kv_heads": 2},
+    position="rope",
+    norm="rmsnorm",
+    mlp={"activation": "swiglu", "d_ff": 48},
     moe={"experts": 4, "top_k": 2, "d_ff": 24, "router": {"aux_loss_coef": 0.01, "z_loss_coef": 0.001}},
 )
 

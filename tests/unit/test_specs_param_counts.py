@@ -262,7 +262,9 @@ def llava_1_5_7b() -> transformers.PretrainedConfig:  # llava-hf/llava-1.5-7b-hf
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336,
         patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5,
     )  # fmt: skip
-    text = transformers.LlamaConfig(vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=32001)
+    text = transformers.LlamaConfig(
+        vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=32001
+    )
     return transformers.LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=32000, projector_hidden_act="gelu",
         vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576,

@@ -155,7 +155,11 @@ def test_example_spec_pools_576_to_144() -> None:
         ({"tower": VIT, "feature_select": "all", "pooling": {"tokens": 4}}, "vision.pooling", "square grid"),
         ({"tower": VIT, "tokens_per_image": 17}, "vision.tokens_per_image", "16 feature tokens"),
         ({"tower": VIT, "feature_select": "all", "tokens_per_image": 16}, "vision.tokens_per_image", "17 feature"),
-        ({"tower": EXTERNAL, "pooling": {"tokens": 9}, "tokens_per_image": 36}, "vision.tokens_per_image", "pooling to 9"),
+        (
+            {"tower": EXTERNAL, "pooling": {"tokens": 9}, "tokens_per_image": 36},
+            "vision.tokens_per_image",
+            "pooling to 9",
+        ),
         ({"tower": {**VIT, "patch_size": 6}}, "vision.tower.patch_size", "does not divide image_size"),
         ({"tower": {**VIT, "heads": 3}}, "vision.tower.heads", "not divisible"),
         ({"tower": VIT, "feature_layer": [1, -5]}, "vision.feature_layer", "[-5] out of range"),
