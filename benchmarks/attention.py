@@ -9,15 +9,16 @@ call, run in turn (medians; thread CPU time on one-thread CPU runs):
   window (causal, each query sees itself and the window - 1 keys before it):
     dense causal         SDPA is_causal over the whole sequence: the work a window should cut
     window mask          SDPA with a boolean [seq, seq] mask (archspec's path while training, and before)
-    window chunked       archspec.nn.attention.ChunkedWindow: mask-free chunks merged by log-sum-exp
-                         (archspec's default for CPU inference)
+    window chunked       archspec.nn.attention.ChunkedWindow: one SDPA call over chunks of 64 queries, each
+                         over its own overlapping span of keys (an unfold view), one [64, 64 + window - 1] mask
+                         shared by all chunks (archspec's CPU default, eager)
     window toeplitz      ToeplitzBias over each query chunk's visible keys, mask a view of a [2 seq - 1] table
-                         (archspec's CPU path with gradients: training)
+                         (archspec's CPU path under torch.compile, as one call over every key)
     window flex          FlexPattern(causal_block_mask(..., window)) under torch.compile (attn_backend="flex")
   alibi (causal, BLOOM's slopes):
     materialised bias    SDPA with the additive [heads, seq, seq] float mask (causal -inf + bias; archspec before)
     toeplitz view        archspec.nn.attention.ToeplitzBias: SDPA reads a zero-copy view of a [heads, 2 seq - 1]
-                         bias by distance, per chunk of 512 queries over the keys they see (archspec's CPU default)
+                         bias by distance, per chunk of 384 queries over the keys they see (archspec's CPU default)
     flex score_mod       FlexPattern(causal block mask, alibi_score_mod) under torch.compile
   t5 (encoder: bidirectional, 32 buckets, max distance 128):
     materialised bias    SDPA with RelativePositionBias(...)(positions, positions): [heads, seq, seq]
@@ -25,7 +26,8 @@ call, run in turn (medians; thread CPU time on one-thread CPU runs):
     flex score_mod       FlexPattern(None, relative_bias_score_mod(table, ...)) under torch.compile
 
 Masks and biases are built before timing (the models build them once per forward for every layer); building them
-is timed separately. Peak memory is the most the CPU allocator held during one call, bias construction included
+is timed separately. `window-train`: the window variants with a backward, forward + backward (gradients of q, k,
+v checked too). Peak memory is the most the CPU allocator held during one call, bias construction included
 (torch.profiler's memory events), above what was allocated before it. All variants are checked against the
 materialised/mask reference before timing
 (dense causal is the baseline of a different pattern). FlexAttention has no CPU backward, hence forward only.
@@ -129,6 +131,48 @@ def window_cases(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
     }
 
 
+def window_train_cases(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> dict[str, Any]:
+    """Forward + backward of the window paths that have a backward (FlexAttention has none on CPU)."""
+    seq, scale = q.shape[2], q.shape[-1] ** -0.5
+    positions = torch.arange(seq)
+    mask = causal_mask(positions, positions, window)[None, None]
+    table = distance_table(torch.zeros(1, 2 * seq - 1, dtype=q.dtype, device=q.device), True, window)
+    toeplitz, chunked = ToeplitzBias(table, causal=True, window=window), ChunkedWindow(window)
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    grad_out = torch.randn_like(q)
+
+    def train(attention: Callable[..., torch.Tensor]) -> Callable[[], torch.Tensor]:
+        def step() -> torch.Tensor:
+            with torch.enable_grad():
+                out = attention(*leaves)
+                out.backward(grad_out)
+            grads = [t.grad.flatten() for t in leaves]  # type: ignore[union-attr]
+            for t in leaves:
+                t.grad = None
+            return torch.cat([out.detach().flatten(), *grads])
+
+        return step
+
+    cases = {
+        "dense causal": train(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)),
+        "window mask": train(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)),
+        "window chunked": train(lambda q, k, v: chunked(q, k, v, scale)),
+        "window toeplitz": train(lambda q, k, v: toeplitz(q, k, v, scale)),
+    }
+    return {
+        "cases": cases,
+        "reference": "window mask",
+        "memory": {name: cases[name] for name in ("window mask", "window chunked", "window toeplitz")},
+        "build_s": {},
+        "pairs": [
+            ("window chunked", "dense causal"),
+            ("window toeplitz", "dense causal"),
+            ("window chunked", "window mask"),
+            ("window toeplitz", "window mask"),
+        ],
+    }
+
+
 def alibi_cases(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> dict[str, Any]:
     seq, heads, scale = q.shape[2], q.shape[1], q.shape[-1] ** -0.5
     slopes = alibi_slopes(heads)
@@ -211,7 +255,7 @@ def t5_cases(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> dict[str, Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.common_arguments(parser)
-    parser.add_argument("--parts", default="window,alibi,t5")
+    parser.add_argument("--parts", default="window,window-train,alibi,t5")
     parser.add_argument("--seq", type=int, default=4096)
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=1)
@@ -227,6 +271,8 @@ def main() -> None:
         with torch.no_grad():
             if part == "window":
                 setup = window_cases(q, k, v, args.window, args.block)
+            elif part == "window-train":
+                setup = window_train_cases(q, k, v, args.window)
             elif part == "alibi":
                 setup = alibi_cases(q, k, v, args.block)
             elif part == "t5":
@@ -250,9 +296,10 @@ def main() -> None:
             results = common.interleaved(cases, args.device, repeats=args.repeats, warmup=args.warmup)
             memory = {name: peak_bytes(fn) for name, fn in setup["memory"].items()}
         title = f"attention {part}: batch {args.batch}, {args.heads} heads x {args.head_dim}, seq {args.seq}"
-        if part == "window":
+        if part.startswith("window"):
             title += f", window {args.window}"
-        common.print_table(f"{title}, {dtype_name} on {args.device} (forward)", results, args.batch * args.seq, "tok/s")
+        direction = "forward + backward" if part == "window-train" else "forward"
+        common.print_table(f"{title}, {dtype_name} on {args.device} ({direction})", results, args.batch * args.seq, "tok/s")
         ratios = common.ratios(results, setup["pairs"])
         for key, value in ratios.items():
             print(f"  {key}: {value if value is None else round(value, 3)}")
@@ -269,7 +316,7 @@ def main() -> None:
             "heads": args.heads,
             "head_dim": args.head_dim,
             "seq": args.seq,
-            "window": args.window if part == "window" else None,
+            "window": args.window if part.startswith("window") else None,
             "flex_block": args.block,
             "checks": errors,
             "results": results,

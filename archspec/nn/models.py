@@ -44,8 +44,8 @@ class DecoderLM(nn.Module):
 
     On CPU, when a whole sequence is attended from position 0 (training, a prompt), ALiBi and sliding windows get
     no [seq, seq] tensor: SDPA reads a view of a bias by distance (`ToeplitzBias`, over the visible keys of each
-    query chunk), and windows in inference run as mask-free chunks (`ChunkedWindow`). `attn_backend` (an
-    attribute; set it on a built model) = "flex" runs them through FlexAttention instead (`FlexPattern`:
+    query chunk), and windows run in chunks of queries over their own span of keys (`ChunkedWindow`).
+    `attn_backend` (an attribute; set it on a built model) = "flex" runs them through FlexAttention instead (`FlexPattern`:
     block-sparse, meant for GPUs); it is fused only under `torch.compile` and has no backward on CPU, where
     training keeps the default ("sdpa") paths.
     """
@@ -189,7 +189,7 @@ class DecoderLM(nn.Module):
         shortcut = at_end and self.alibi_slopes is None and (whole or seq == 1)
         cpu_inference = not traced and device.type == "cpu" and not torch.is_grad_enabled()
         flex = not traced and whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
-        chunked = whole and cpu_inference and not torch.compiler.is_compiling()
+        chunked = not traced and whole and device.type == "cpu" and not torch.compiler.is_compiling()
         key_positions = torch.arange(keys, device=device)
         masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
@@ -205,7 +205,7 @@ class DecoderLM(nn.Module):
                     causal_block_mask(seq, keys, window if binding else None, device), score_mod
                 )
                 continue
-            if chunked and binding and self.alibi_slopes is None and window >= 16:  # type: ignore[operator]
+            if chunked and binding and self.alibi_slopes is None:
                 masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
                 continue
             if not traced and whole and device.type == "cpu" and (binding or self.alibi_slopes is not None):

@@ -36,12 +36,29 @@ def sdpa(q, k, v, mask, scale):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
 
-@pytest.mark.parametrize("seq, window, chunk", [(100, 16, 5), (257, 64, 16), (70, 64, 8), (300, 7, 256), (33, 2, 4)])
-def test_chunked_window_equals_the_masked_softmax(seq, window, chunk):
-    q, k, v = qkv(seq)
+@pytest.mark.parametrize(
+    "seq, window, chunk",
+    [(100, 16, 5), (257, 64, 16), (70, 64, 8), (300, 7, 256), (33, 2, 4), (20, 1, 3), (90, 24, None), (64, 64, 8)],
+)
+def test_chunked_window_equals_the_masked_softmax_and_its_gradient(seq, window, chunk):
+    q, k, v = (t.requires_grad_() for t in qkv(seq))
     positions = torch.arange(seq)
+
+    def grads(out):
+        out.square().sum().backward()
+        result = [t.grad.clone() for t in (q, k, v)]
+        for t in (q, k, v):
+            t.grad = None
+        return result
+
     expected = sdpa(q, k, v, causal_mask(positions, positions, window), 0.3)
-    torch.testing.assert_close(ChunkedWindow(window, chunk)(q, k, v, 0.3), expected, rtol=1e-5, atol=1e-5)
+    expected_grads = grads(expected)
+    actual = ChunkedWindow(window, chunk)(q, k, v, 0.3)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads(actual), expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the inference chunk size
+        torch.testing.assert_close(ChunkedWindow(window)(q, k, v, 0.3), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("window", [None, 6])
