@@ -260,7 +260,7 @@ class ToeplitzBias:
     half of the score matrix is not computed. Each chunk is an ordinary SDPA call: differentiable.
     """
 
-    def __init__(self, table: torch.Tensor, causal: bool = False, window: int | None = None, chunk: int = 512) -> None:
+    def __init__(self, table: torch.Tensor, causal: bool = False, window: int | None = None, chunk: int = 384) -> None:
         self.table = table.contiguous()
         self.causal, self.window, self.chunk = causal, window, chunk
 

