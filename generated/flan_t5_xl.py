@@ -381,7 +381,7 @@ class PreNormBlock(nn.Module):
 
     def __init__(
         self,
-        attn: Attention,
+        attn: nn.Module,
         mlp: nn.Module,
         attn_norm: nn.Module,
         mlp_norm: nn.Module,

@@ -447,7 +447,7 @@ class PreNormBlock(nn.Module):
 
     def __init__(
         self,
-        attn: Attention,
+        attn: nn.Module,
         mlp: nn.Module,
         attn_norm: nn.Module,
         mlp_norm: nn.Module,
@@ -769,7 +769,8 @@ class DecoderLM(nn.Module):
         shortcut = at_end and self.alibi_slopes is None and (whole or seq == 1)
         cpu_inference = not traced and device.type == "cpu" and not torch.is_grad_enabled()
         flex = not traced and whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
-        chunked = not traced and whole and device.type == "cpu" and not torch.compiler.is_compiling()
+        cpu_whole = not traced and whole and device.type == "cpu"
+        chunked = cpu_whole and not torch.compiler.is_compiling()
         key_positions = torch.arange(keys, device=device)
         masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
@@ -786,7 +787,7 @@ class DecoderLM(nn.Module):
             if chunked and binding and self.alibi_slopes is None:
                 masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
                 continue
-            if not traced and whole and device.type == "cpu" and (binding or self.alibi_slopes is not None):
+            if cpu_whole and (binding or self.alibi_slopes is not None):
                 table = torch.zeros(1, 2 * seq - 1, device=device)  # a bias by distance: 0, -inf where hidden
                 reach = window if binding else None
                 masks[window] = ToeplitzBias(distance_table(table, True, reach).to(dtype), causal=True, window=reach)

@@ -280,129 +280,6 @@ def _several_queries(seq: int) -> bool:
     return True if seq > 1 else False  # noqa: SIM210 (an `if`, which dynamo specialises, not bool(SymInt))
 
 
-class ToeplitzBias:
-    """Attention of a whole sequence with an additive bias that depends on key - query only.
-
-    `table` [heads, 2 seq - 1] holds the bias of distance key - query at index key - query + seq - 1 (-inf where
-    masked). With the queries in reverse order, q' = seq - 1 - q, the bias of (q', k) is table[q' + k]: a Hankel
-    pattern, which a view with strides (1, 1) over the table expresses without copying. SDPA's CPU kernel reads
-    the mask through its strides, so the [heads, seq, seq] bias is never built; each query row is computed as
-    with the materialised bias (the keys keep their order), and the rows are put back in order.
-
-    `causal` (keys after the query are -inf in the table) with an optional `window`: the queries go in chunks of
-    `chunk`, each over the keys it can see only (from chunk start - window + 1, or 0, to chunk end), so the hidden
-    half of the score matrix is not computed. Each chunk is an ordinary SDPA call: differentiable.
-    """
-
-    def __init__(self, table: torch.Tensor, causal: bool = False, window: int | None = None, chunk: int = 384) -> None:
-        self.table = table.contiguous()
-        self.causal, self.window, self.chunk = causal, window, chunk
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        heads, width = self.table.shape
-        seq = q.shape[2]
-        gqa = k.shape[1] != q.shape[1]
-        # One call over every key when compiling (a loop over chunks would make the graph depend on the length).
-        chunked = self.causal and not torch.compiler.is_compiling()
-        outs = []
-        for start in range(0, seq, self.chunk) if chunked else [0]:
-            end = min(start + self.chunk, seq) if chunked else seq
-            first = max(0, start - self.window + 1) if chunked and self.window is not None else 0
-            # bias of reversed query q' (query end - 1 - q') and key first + j: table[seq - end + first + q' + j]
-            bias = self.table.as_strided(
-                (1, heads, end - start, end - first), (heads * width, width, 1, 1), seq - end + first
-            )
-            out = F.scaled_dot_product_attention(
-                q[:, :, start:end].flip(2),
-                k[:, :, first:end],
-                v[:, :, first:end],
-                attn_mask=bias,
-                scale=scale,
-                enable_gqa=gqa,
-            )
-            outs.append(out.flip(2))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-
-
-def distance_table(bias: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:
-    """A [heads, 2 seq - 1] bias by distance (index key - query + seq - 1) with -inf where causal attention
-    (within `window` when set) hides the key."""
-    seq = (bias.shape[-1] + 1) // 2
-    distance = torch.arange(1 - seq, seq, device=bias.device)
-    hidden = distance > 0 if causal else torch.zeros_like(distance, dtype=torch.bool)
-    if window is not None:
-        hidden = hidden | (distance <= -window)
-    return bias.masked_fill(hidden, float("-inf"))
-
-
-class ChunkedWindow:
-    """Causal sliding-window attention of a whole sequence (queries = keys = positions 0 .. seq-1), work ~ seq x
-    window instead of seq^2 / 2, and no [seq, seq] mask.
-
-    The first `window` queries see every earlier key: one causal SDPA call. Later queries go in chunks of `chunk`:
-    the chunk starting at s sees keys s - window + 1 .. s + chunk - 1, and its query j sees keys j .. j + window - 1
-    of that span. The pattern depends on key - query only, so one [chunk, chunk + window - 1] mask serves every
-    chunk, and the overlapping key spans are one `unfold` view of the keys with the chunks as heads: a single SDPA
-    call covers them all without copying a key. Differentiable (SDPA and unfold have gradients). Query heads that
-    share a key/value head (GQA) are stacked along the queries of their chunk, so each key is read once per group.
-
-    `chunk` trades wasted scores (chunk - 1 per query) against per-chunk overhead; by default 64 queries for
-    inference and 256 with gradients (measured on CPU at window 1024: the backward pays more per chunk).
-    """
-
-    def __init__(self, window: int, chunk: int | None = None) -> None:
-        if window < 1:
-            raise ValueError(f"ChunkedWindow needs a window of at least 1 key, got {window}")
-        self.window, self.chunk = window, chunk
-
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        seq, window = q.shape[2], self.window
-        head = min(window, seq)
-        parts = [
-            F.scaled_dot_product_attention(
-                q[:, :, :head],
-                k[:, :, :head],
-                v[:, :, :head],
-                is_causal=True,
-                scale=scale,
-                enable_gqa=k.shape[1] != q.shape[1],
-            )
-        ]
-        chunk = self.chunk or max(16, min(256, window // 4) if q.requires_grad else min(64, window // 16))
-        full = (seq - head) // chunk
-        if full:
-            parts.append(self._chunks(q, k, v, scale, head, chunk, full))
-        if head + full * chunk < seq:
-            parts.append(self._chunks(q, k, v, scale, head + full * chunk, seq - head - full * chunk, 1))
-        return torch.cat(parts, dim=2)
-
-    def _chunks(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: int, chunk: int, count: int
-    ) -> torch.Tensor:
-        """Queries start .. start + count * chunk (start >= window) in `count` chunks of `chunk`."""
-        batch, heads, _, dim = q.shape
-        kv_heads, span = k.shape[1], chunk + self.window - 1
-        group = heads // kv_heads
-        first = start - self.window + 1  # the oldest key of the first chunk
-
-        def spans(x: torch.Tensor) -> torch.Tensor:  # [b, kv_heads, seq, d] -> [b * kv_heads, count, span, d], a view
-            x = x[:, :, first : first + (count - 1) * chunk + span].reshape(batch * kv_heads, -1, dim)
-            return x.unfold(1, span, chunk).transpose(-1, -2)
-
-        # [b, kv_heads * group, count * chunk, d] -> [b * kv_heads, count, group * chunk, d]: a chunk's queries of
-        # the heads that read the same keys, one after the other
-        queries = q[:, :, start : start + count * chunk].reshape(batch, kv_heads, group, count, chunk, dim)
-        queries = queries.permute(0, 1, 3, 2, 4, 5).reshape(batch * kv_heads, count, group * chunk, dim)
-        query = torch.arange(chunk, device=q.device)[:, None]
-        key = torch.arange(span, device=q.device)
-        visible = (key >= query) & (key < query + self.window)
-        out = F.scaled_dot_product_attention(
-            queries, spans(k), spans(v), attn_mask=visible.repeat(group, 1), scale=scale
-        )
-        out = out.reshape(batch, kv_heads, count, group, chunk, dim).permute(0, 1, 3, 2, 4, 5)
-        return out.reshape(batch, heads, count * chunk, dim)
-
-
 class FlexPattern:
     """Attention through FlexAttention: `block_mask` (None: every key) and an optional `score_mod`."""
 
@@ -468,7 +345,7 @@ class PreNormBlock(nn.Module):
 
     def __init__(
         self,
-        attn: Attention,
+        attn: nn.Module,
         mlp: nn.Module,
         attn_norm: nn.Module,
         mlp_norm: nn.Module,
@@ -1043,7 +920,6 @@ class DecoderLM(nn.Module):
         shortcut = at_end and self.alibi_slopes is None and (whole or seq == 1)
         cpu_inference = not traced and device.type == "cpu" and not torch.is_grad_enabled()
         flex = not traced and whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
-        chunked = not traced and whole and device.type == "cpu" and not torch.compiler.is_compiling()
         key_positions = torch.arange(keys, device=device)
         masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
@@ -1056,14 +932,6 @@ class DecoderLM(nn.Module):
                 masks[window] = FlexPattern(
                     causal_block_mask(seq, keys, window if binding else None, device), score_mod
                 )
-                continue
-            if chunked and binding and self.alibi_slopes is None:
-                masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
-                continue
-            if not traced and whole and device.type == "cpu" and (binding or self.alibi_slopes is not None):
-                table = torch.zeros(1, 2 * seq - 1, device=device)  # a bias by distance: 0, -inf where hidden
-                reach = window if binding else None
-                masks[window] = ToeplitzBias(distance_table(table, True, reach).to(dtype), causal=True, window=reach)
                 continue
             mask = causal_mask(positions, key_positions, window)
             masks[window] = mask[(None,) * (4 - mask.dim())]  # 4-D: CPU SDPA is far slower with 2-D masks

@@ -32,7 +32,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-FEATURES = frozenset({"rope", "qk_norm", "alibi", "dynamic_ntk", "moe", "prefix_lm", "block_positions", "vision"})
+FEATURES = frozenset(
+    {
+        "rope",
+        "qk_norm",
+        "alibi",
+        "window",
+        "distance_bias",
+        "dynamic_ntk",
+        "moe",
+        "prefix_lm",
+        "block_positions",
+        "vision",
+    }
+)
 """Names allowed in `# emit-if:` markers."""
 
 MARKER = re.compile(r"\s+# emit-if: ([a-z_]+)$")

@@ -257,6 +257,10 @@ def _features(spec: Spec) -> frozenset[str]:
             features.add("dynamic_ntk")
     if isinstance(position, AlibiSpec):
         features.add("alibi")
+    if any(spec.window_for_layer(index) is not None for index in range(spec.n_layers)):
+        features.add("window")
+    if {"alibi", "window"} & features:  # CPU paths with a bias by distance (ToeplitzBias)
+        features.add("distance_bias")
     if getattr(spec.attention, "qk_norm", False):
         features.add("qk_norm")
     if getattr(spec, "moe", None) is not None:

@@ -7,13 +7,13 @@ x = x + mlp(n2(x))           x = n2(x + mlp(x))             (n2 is n1 when the n
 
 sandwich (GLM-4-0414): pre-norm with a norm on each sublayer output: x = x + n3(attn(n1(x))), ...
 ```
-Absent optional norms are `nn.Identity`, so the forward passes read the same for every variant.
+Absent optional norms are `nn.Identity`, so the forward passes read the same for every variant. `attn` is any
+attention with `Attention`'s call signature (`Attention`, MLA's `LatentAttention`).
 """
 
 import torch
 from torch import nn
 
-from archspec.nn.attention import Attention
 from archspec.nn.cache import LayerKVCache
 
 Rope = tuple[torch.Tensor, torch.Tensor] | None
@@ -24,7 +24,7 @@ class PreNormBlock(nn.Module):
 
     def __init__(
         self,
-        attn: Attention,
+        attn: nn.Module,
         mlp: nn.Module,
         attn_norm: nn.Module,
         mlp_norm: nn.Module,
@@ -56,7 +56,7 @@ class PreNormBlock(nn.Module):
 class PostNormBlock(nn.Module):
     """norm(x + attn(x)), then norm(x + mlp(x)): the original Transformer and GPT layout."""
 
-    def __init__(self, attn: Attention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module) -> None:
+    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module) -> None:
         super().__init__()
         self.attn, self.attn_norm = attn, attn_norm
         self.mlp, self.mlp_norm = mlp, mlp_norm
@@ -80,7 +80,7 @@ class ParallelBlock(nn.Module):
     """
 
     def __init__(
-        self, attn: Attention, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module | None = None
+        self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module | None = None
     ) -> None:
         super().__init__()
         self.attn, self.attn_norm = attn, attn_norm

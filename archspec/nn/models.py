@@ -189,7 +189,8 @@ class DecoderLM(nn.Module):
         shortcut = at_end and self.alibi_slopes is None and (whole or seq == 1)
         cpu_inference = not traced and device.type == "cpu" and not torch.is_grad_enabled()
         flex = not traced and whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
-        chunked = not traced and whole and device.type == "cpu" and not torch.compiler.is_compiling()
+        cpu_whole = not traced and whole and device.type == "cpu"  # emit-if: distance_bias
+        chunked = cpu_whole and not torch.compiler.is_compiling()  # emit-if: window
         key_positions = torch.arange(keys, device=device)
         masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
         for window in set(self.windows):
@@ -205,10 +206,10 @@ class DecoderLM(nn.Module):
                     causal_block_mask(seq, keys, window if binding else None, device), score_mod
                 )
                 continue
-            if chunked and binding and self.alibi_slopes is None:
+            if chunked and binding and self.alibi_slopes is None:  # emit-if: window
                 masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]
                 continue
-            if not traced and whole and device.type == "cpu" and (binding or self.alibi_slopes is not None):
+            if cpu_whole and (binding or self.alibi_slopes is not None):  # emit-if: distance_bias
                 table = torch.zeros(1, 2 * seq - 1, device=device)  # a bias by distance: 0, -inf where hidden
                 if self.alibi_slopes is not None:  # emit-if: alibi
                     table = alibi_by_distance(self.alibi_slopes, seq)

@@ -578,6 +578,18 @@ def test_qk_norm_and_dynamic_code_only_when_used() -> None:
     assert "dynamic_ntk_theta" not in _source("mistral")
 
 
+def test_window_and_distance_bias_code_only_when_used() -> None:
+    """ChunkedWindow only in files with a sliding window; ToeplitzBias with a window or ALiBi; MLA files carry no
+    unused standard Attention class."""
+    llama, mistral, bloom, mla = _source("llama3"), _source("mistral"), _source("bloom"), _source("mla-no-q-rank")
+    for absent in ("class ChunkedWindow", "class ToeplitzBias", "def distance_table", "cpu_whole"):
+        assert absent not in llama
+    for present in ("class ChunkedWindow", "class ToeplitzBias", "masks[window] = ChunkedWindow(window)"):
+        assert present in mistral
+    assert "class ToeplitzBias" in bloom and "class ChunkedWindow" not in bloom
+    assert "class LatentAttention" in mla and "class Attention(" not in mla
+
+
 def test_moe_and_mla_code_only_when_used() -> None:
     dense, moe, mla = _source("qwen3"), _source("moe-softmax"), _source("mla-no-q-rank")
     for absent in ("class MoE", "grouped_linear", "custom_op", "class LatentAttention", "yarn_mscale"):
