@@ -231,9 +231,23 @@ def ratio(results: dict[str, dict[str, Any]], numerator: str, denominator: str, 
     return b[key] / a[key]
 
 
+def paired_ratio(results: dict[str, dict[str, Any]], numerator: str, denominator: str) -> float | None:
+    """Median over rounds of the speed ratio within each round (thread CPU times where recorded, else wall time).
+
+    The variants of a round run back to back, so they share the machine's state of that moment; on a shared
+    machine whose load drifts over seconds this pairs away more of the drift than a ratio of two medians.
+    """
+    a, b = results.get(numerator, {}), results.get(denominator, {})
+    key = "cpu_samples_s" if "cpu_samples_s" in a and "cpu_samples_s" in b else "samples_s"
+    if key not in a or key not in b:
+        return None
+    return statistics.median(tb / ta for ta, tb in zip(a[key], b[key], strict=True))
+
+
 def ratios(results: dict[str, dict[str, Any]], pairs: list[tuple[str, str]]) -> dict[str, float | None]:
-    """'a / b' (ratio of medians) and 'a / b (min)' (ratio of minima) for each pair, and on one-thread CPU runs
-    'a / b (cpu)', the ratio of median thread CPU times (see `interleaved`)."""
+    """'a / b' (ratio of medians) and 'a / b (min)' (ratio of minima) for each pair, on one-thread CPU runs
+    'a / b (cpu)', the ratio of median thread CPU times (see `interleaved`), and 'a / b (paired)', the median of
+    the per-round ratios (`paired_ratio`)."""
     out: dict[str, float | None] = {}
     for a, b in pairs:
         out[f"{a} / {b}"] = ratio(results, a, b)
@@ -241,6 +255,7 @@ def ratios(results: dict[str, dict[str, Any]], pairs: list[tuple[str, str]]) -> 
         cpu = ratio(results, a, b, "cpu_median_s")
         if cpu is not None:
             out[f"{a} / {b} (cpu)"] = cpu
+        out[f"{a} / {b} (paired)"] = paired_ratio(results, a, b)
     return out
 
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from archspec.nn.attention import Attention
+from archspec.nn.attention import Attention, ChunkedWindow, ToeplitzBias, distance_table
 from archspec.nn.masks import additive_mask, causal_mask
 from archspec.nn.positions import alibi_bias, alibi_slopes
 from archspec.nn.rope import RotaryEmbedding, rope_frequencies
@@ -111,3 +111,50 @@ def test_mha_equals_torch_multihead_attention(heads, head_dim, bias, batch, seq,
     blocked = ~causal_mask(torch.arange(seq), torch.arange(seq))  # True = may NOT attend, torch's convention
     expected, _ = reference(x, x, x, attn_mask=blocked, need_weights=False)
     torch.testing.assert_close(ours(x), expected, **TOL)
+
+
+@given(
+    kv_heads=st.integers(1, 3),
+    group=st.integers(1, 3),
+    head_dim=st.integers(1, 4),
+    seq=st.integers(1, 40),
+    window=st.integers(1, 24),
+    chunk=st.one_of(st.none(), st.integers(1, 12)),
+    seed=seeds,
+)
+def test_mask_free_window_paths_equal_the_masked_softmax_and_its_gradient(
+    kv_heads, group, head_dim, seq, window, chunk, seed
+):
+    """`ChunkedWindow` (chunks over overlapping key spans, any chunk size) and `ToeplitzBias` over a window's
+    distance table give the attention of SDPA with the materialised [seq, seq] window mask, and the same
+    gradients for q, k and v (float64; GQA included)."""
+    generator = torch.Generator().manual_seed(seed)
+    heads = kv_heads * group
+
+    def leaf(n_heads: int) -> torch.Tensor:
+        return torch.randn(2, n_heads, seq, head_dim, generator=generator, dtype=torch.float64).requires_grad_()
+
+    q, k, v = leaf(heads), leaf(kv_heads), leaf(kv_heads)
+    grad_out = torch.randn(2, heads, seq, head_dim, generator=generator, dtype=torch.float64)
+    positions = torch.arange(seq)
+    mask = causal_mask(positions, positions, window)
+    table = torch.zeros(1, 2 * seq - 1, dtype=torch.float64)
+
+    def attention_and_grads(attend) -> list[torch.Tensor]:
+        out = attend(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), grad_out)
+        return [out.detach(), *grads]
+
+    expected = attention_and_grads(
+        lambda q, k, v: nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=0.7, enable_gqa=group > 1
+        )
+    )
+    paths = {
+        "chunked": ChunkedWindow(window, chunk),
+        "toeplitz": ToeplitzBias(distance_table(table, True, window), causal=True, window=window, chunk=chunk or 384),
+    }
+    for name, path in paths.items():
+        actual = attention_and_grads(lambda q, k, v, path=path: path(q, k, v, 0.7))
+        for got, want in zip(actual, expected, strict=True):
+            torch.testing.assert_close(got, want, **TOL, msg=lambda m, name=name: f"{name}: {m}")

@@ -220,7 +220,10 @@ def _cpu_flash_sdpa(query: Any, key: Any, value: Any, *args: Any, out_shape: Any
 
 
 def counted_forward_flops(model: torch.nn.Module, input_ids: torch.Tensor) -> int:
-    """FlopCounterMode's total for one forward pass without a cache.
+    """FlopCounterMode's total for one forward pass over the whole sequence, through the masked path: explicit
+    positions over a static cache of exactly that many slots (the compiled decode step's path), where SDPA runs over
+    every (query, key) pair. The eager no-cache forward on CPU skips, by design, the pairs a sliding window hides
+    (`ChunkedWindow`), which no analytic convention here counts.
 
     FlopCounterMode counts aten mm/addmm/bmm (2 FLOPs per multiply-add, bias adds of addmm not counted) and SDPA
     with `sdpa_flop_count`, which is the full square: 4 * heads * head_dim * queries * keys, whatever the mask
@@ -233,8 +236,10 @@ def counted_forward_flops(model: torch.nn.Module, input_ids: torch.Tensor) -> in
     default "causal" convention, and attention over every (query, key) pair instead of the visible ones.
     """
     mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_sdpa}
+    batch, length = input_ids.shape
+    cache = model.new_cache(batch, length)
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(input_ids)
+        model(input_ids, cache=cache, positions=torch.arange(length))
     return counter.get_total_flops()
 
 
