@@ -1,10 +1,11 @@
 """MoE dispatch, forward + backward: archspec's grouped dispatch vs a per-expert loop, same router and weights.
 
-    python benchmarks/moe_dispatch.py                  # CPU: float32, 1024 tokens, d_model 256
+    python benchmarks/moe_dispatch.py                  # CPU: float32, 1024 tokens, d_model 256; experts:top-k:d_ff
+                                                       # 8:2:512, 64:6:128 and 128:8:128
     python benchmarks/moe_dispatch.py --device cuda    # GPU: bf16, 8192 tokens, d_model 2048
 
 grouped: `archspec.nn.moe.MoE` (tokens sorted by expert, one grouped matmul per projection: `torch._grouped_mm`
-on CUDA bf16, one matmul per expert block elsewhere). loop: the textbook per-expert loop (transformers' eager
+on CUDA in bf16 and on CPU, one matmul per expert block where it does not apply). loop: the textbook per-expert loop (transformers' eager
 Mixtral block): for each expert, find its tokens (`torch.where`), run its MLP on them, `index_add_` the weighted
 result. Both use the same Router and Experts parameters; their outputs are compared before timing.
 """
@@ -55,7 +56,7 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     tokens = args.tokens or (8192 if cuda else 1024)
     d_model = args.d_model or (2048 if cuda else 256)
-    configs = args.configs or ("8:2:5632,64:6:1408" if cuda else "8:2:512,64:6:128")
+    configs = args.configs or ("8:2:5632,64:6:1408" if cuda else "8:2:512,64:6:128,128:8:128")
     for item in configs.split(","):
         experts, top_k, d_ff = (int(v) for v in item.split(":"))
         moe = make_moe(experts, top_k, d_model, d_ff, dtype, args.device)

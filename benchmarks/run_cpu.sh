@@ -7,10 +7,10 @@ cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$(cd .. && pwd):${PYTHONPATH:-}"
 for part in ${@:-decode train prefill moe attention}; do
   case $part in
-    decode)  python decode.py --device cpu --repeats 7 ;;
-    train)   python train_step.py --device cpu --repeats 7 ;;
+    decode)  python decode.py --device cpu --repeats 11 ;;
+    train)   python train_step.py --device cpu --repeats 9 ;;
     prefill) python prefill.py --device cpu --repeats 7 ;;
-    moe)     python moe_dispatch.py --device cpu --repeats 7 ;;
+    moe)     python moe_dispatch.py --device cpu --repeats 15 ;;
     attention) python attention.py --device cpu --repeats 5 ;;
     *)       echo "unknown part $part" >&2; exit 2 ;;
   esac
