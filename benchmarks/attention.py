@@ -299,7 +299,9 @@ def main() -> None:
         if part.startswith("window"):
             title += f", window {args.window}"
         direction = "forward + backward" if part == "window-train" else "forward"
-        common.print_table(f"{title}, {dtype_name} on {args.device} ({direction})", results, args.batch * args.seq, "tok/s")
+        common.print_table(
+            f"{title}, {dtype_name} on {args.device} ({direction})", results, args.batch * args.seq, "tok/s"
+        )
         ratios = common.ratios(results, setup["pairs"])
         for key, value in ratios.items():
             print(f"  {key}: {value if value is None else round(value, 3)}")

@@ -37,35 +37,86 @@ def hf_config(family: str, size: str, **overrides: Any) -> Any:
 
     if family == "llama3":
         sizes = {
-            "small": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
-                          num_key_value_heads=2, vocab_size=8192),
+            "small": dict(
+                hidden_size=256,
+                intermediate_size=704,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                vocab_size=8192,
+            ),
             # Llama-3.2-1B's shape (untied here so that both libraries compute the same head matmul).
-            "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                       num_key_value_heads=8, vocab_size=128256),
-            "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=8, vocab_size=128256),
+            "1b": dict(
+                hidden_size=2048,
+                intermediate_size=8192,
+                num_hidden_layers=16,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                vocab_size=128256,
+            ),
+            "8b": dict(
+                hidden_size=4096,
+                intermediate_size=14336,
+                num_hidden_layers=32,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                vocab_size=128256,
+            ),
         }
-        kw = dict(sizes[size], max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
-                  tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+        kw = dict(
+            sizes[size],
+            max_position_embeddings=8192,
+            rope_theta=500000.0,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+        )
         kw.update(overrides)
         return transformers.LlamaConfig(**kw)
     if family == "mixtral":
         sizes = {
-            "small": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-                          num_key_value_heads=2, vocab_size=8192, num_local_experts=8, num_experts_per_tok=2),
+            "small": dict(
+                hidden_size=256,
+                intermediate_size=512,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                vocab_size=8192,
+                num_local_experts=8,
+                num_experts_per_tok=2,
+            ),
         }
-        kw = dict(sizes[size], max_position_embeddings=8192, rope_theta=1e6, rms_norm_eps=1e-5, sliding_window=None,
-                  tie_word_embeddings=False, output_router_logits=True, router_aux_loss_coef=0.02,
-                  bos_token_id=None, eos_token_id=None, pad_token_id=None)
+        kw = dict(
+            sizes[size],
+            max_position_embeddings=8192,
+            rope_theta=1e6,
+            rms_norm_eps=1e-5,
+            sliding_window=None,
+            tie_word_embeddings=False,
+            output_router_logits=True,
+            router_aux_loss_coef=0.02,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+        )
         kw.update(overrides)
         return transformers.MixtralConfig(**kw)
     if family == "t5":
         sizes = {
-            "small": dict(d_model=256, d_kv=32, d_ff=704, num_layers=4, num_decoder_layers=4, num_heads=8,
-                          vocab_size=8192),
+            "small": dict(
+                d_model=256, d_kv=32, d_ff=704, num_layers=4, num_decoder_layers=4, num_heads=8, vocab_size=8192
+            ),
         }
-        kw = dict(sizes[size], feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        kw = dict(
+            sizes[size],
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
         kw.update(overrides)
         return transformers.T5Config(**kw)
     raise ValueError(f"unknown family {family!r}")
@@ -79,7 +130,9 @@ def hf_model(config: Any, dtype: torch.dtype, attn: str = "sdpa") -> Any:
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
 
 
-def make_pair(config: Any, dtype: torch.dtype, device: str, attn: str = "sdpa", seed: int = 0) -> tuple[Any, torch.nn.Module]:
+def make_pair(
+    config: Any, dtype: torch.dtype, device: str, attn: str = "sdpa", seed: int = 0
+) -> tuple[Any, torch.nn.Module]:
     """(transformers model, archspec model) with the same random weights, both in `dtype` on `device`."""
     torch.manual_seed(seed)
     with torch.device(device):  # random init where the model runs (seconds for 8B on a GPU, not minutes)
@@ -203,7 +256,9 @@ def common_arguments(parser: argparse.ArgumentParser, default_repeats: int = 5) 
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-save", action="store_true", help="print only; do not append to results/")
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="CPU threads (default 1: on a shared, busy machine 2 OpenMP threads stall at every barrier whenever "
         "another process holds a core, which swamps the measurement; both libraries get the same count)",
     )
@@ -268,4 +323,6 @@ def print_table(title: str, results: dict[str, dict[str, Any]], per_call: float,
         else:
             median = result["median_s"]
             cpu = f"  cpu {result['cpu_median_s'] * 1e3:10.2f} ms" if "cpu_median_s" in result else ""
-            print(f"  {name:<34} {median * 1e3:10.2f} ms  {per_call / median:12.1f} {unit}  spread {result['spread']:.2f}{cpu}")
+            print(
+                f"  {name:<34} {median * 1e3:10.2f} ms  {per_call / median:12.1f} {unit}  spread {result['spread']:.2f}{cpu}"
+            )

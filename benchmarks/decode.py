@@ -52,7 +52,9 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     config = common.hf_config("llama3", size)
     reference, model = common.make_pair(config, dtype, args.device)
-    diff = common.check_same_logits(reference, model, config.vocab_size, args.device, 1e-3 if dtype == torch.float32 else 1.0)
+    diff = common.check_same_logits(
+        reference, model, config.vocab_size, args.device, 1e-3 if dtype == torch.float32 else 1.0
+    )
     bandwidth = copy_bandwidth(args.device) if cuda else None
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if n != "embed.weight")
     weight_bytes += config.hidden_size * dtype.itemsize  # one embedding row per token (negligible)
@@ -62,7 +64,7 @@ def main() -> None:
         new = args.new
         outputs: dict[str, torch.Tensor] = {}
 
-        def run(name: str) -> None:
+        def run(name: str, ids: torch.Tensor = ids, new: int = new, outputs: dict = outputs) -> None:
             with torch.no_grad():
                 if name == "archspec-eager":
                     out = model.generate(ids, new, eos_token_id=None)
@@ -71,27 +73,37 @@ def main() -> None:
                 elif name == "hf-default":
                     out = reference.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
                 else:
-                    out = reference.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                             cache_implementation="static")
+                    out = reference.generate(
+                        ids, max_new_tokens=new, min_new_tokens=new, do_sample=False, cache_implementation="static"
+                    )
             outputs[name] = out
 
         cases = {name: (lambda name=name: run(name)) for name in args.variants.split(",")}
         results = common.interleaved(cases, args.device, repeats=args.repeats, warmup=args.warmup)
-        common.print_table(f"decode llama3-{size} {dtype_name} batch {batch}, prompt {args.prompt} + {new} new on {args.device}",
-                           results, batch * new, "tok/s")
+        common.print_table(
+            f"decode llama3-{size} {dtype_name} batch {batch}, prompt {args.prompt} + {new} new on {args.device}",
+            results,
+            batch * new,
+            "tok/s",
+        )
         # Greedy tokens agree with transformers' (exactly in float32; bf16 rounding may flip near-ties).
         agreement = {}
         base = outputs.get("hf-default")
         for name, out in outputs.items():
             if base is not None and out.shape == base.shape:
-                agreement[name] = (out[:, args.prompt:] == base[:, args.prompt:]).float().mean().item()
+                agreement[name] = (out[:, args.prompt :] == base[:, args.prompt :]).float().mean().item()
             else:
                 agreement[name] = None
-        ratios: dict[str, Any] = common.ratios(results, [
-            ("archspec-eager", "hf-default"), ("archspec-eager", "hf-static"),
-            ("archspec-compile", "hf-default"), ("archspec-compile", "hf-static"),
-        ])
-        for name, r in results.items():
+        ratios: dict[str, Any] = common.ratios(
+            results,
+            [
+                ("archspec-eager", "hf-default"),
+                ("archspec-eager", "hf-static"),
+                ("archspec-compile", "hf-default"),
+                ("archspec-compile", "hf-static"),
+            ],
+        )
+        for r in results.values():
             if "median_s" in r:
                 r["tokens_per_s"] = batch * new / r["median_s"]
         if bandwidth is not None:

@@ -1,6 +1,6 @@
 """GPU probe: can torch._grouped_mm compute the expert weight gradient (2-D x 2-D, groups along the token dim)?
 
-    python benchmarks/grouped_wgrad_probe.py     # CUDA only; prints correctness and time vs the per-expert loop
+python benchmarks/grouped_wgrad_probe.py     # CUDA only; prints correctness and time vs the per-expert loop
 """
 
 import torch
@@ -26,8 +26,14 @@ def main() -> None:
             continue
         err = ((fast.float() - reference.float()).norm() / reference.float().norm()).item()
         times = {}
-        for name, fn in {"loop": lambda: grouped_linear_weight_grad(grad, x, offsets, experts),
-                         "grouped_mm": lambda: torch._grouped_mm(grad.t(), x, offs=offsets.to(torch.int32))}.items():
+        for name, fn in {
+            "loop": lambda grad=grad, x=x, offsets=offsets, experts=experts: grouped_linear_weight_grad(
+                grad, x, offsets, experts
+            ),
+            "grouped_mm": lambda grad=grad, x=x, offsets=offsets: torch._grouped_mm(
+                grad.t(), x, offs=offsets.to(torch.int32)
+            ),
+        }.items():
             for _ in range(3):
                 fn()
             torch.cuda.synchronize()
@@ -38,8 +44,10 @@ def main() -> None:
             end.record()
             end.synchronize()
             times[name] = start.elapsed_time(end) / 10
-        print(f"E={experts}: shape {tuple(fast.shape)} rel err {err:.2e}; loop {times['loop']:.3f} ms, "
-              f"grouped_mm {times['grouped_mm']:.3f} ms, speedup {times['loop'] / times['grouped_mm']:.2f}x")
+        print(
+            f"E={experts}: shape {tuple(fast.shape)} rel err {err:.2e}; loop {times['loop']:.3f} ms, "
+            f"grouped_mm {times['grouped_mm']:.3f} ms, speedup {times['loop'] / times['grouped_mm']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ result. Both use the same Router and Experts parameters; their outputs are compa
 from __future__ import annotations
 
 import argparse
+import functools
 
 import common
 import torch
@@ -68,15 +69,23 @@ def main() -> None:
         if error > (1e-5 if dtype == torch.float32 else 2e-2):
             raise RuntimeError(f"grouped and loop dispatch disagree: relative error {error:.3g}")
 
-        def step(fn) -> None:  # noqa: ANN001
+        def step(fn, moe: MoE = moe, x: torch.Tensor = x, grad: torch.Tensor = grad) -> None:  # noqa: ANN001
             moe.zero_grad(set_to_none=True)
             x.grad = None
             fn(x).backward(grad)
 
-        cases = {"grouped": lambda: step(moe), "loop": lambda: step(lambda t: loop_moe(moe, t))}
+        cases = {
+            "grouped": functools.partial(step, moe),
+            "loop": functools.partial(step, functools.partial(loop_moe, moe)),
+        }
         results = common.interleaved(cases, args.device, repeats=args.repeats, warmup=args.warmup)
-        common.print_table(f"MoE fwd+bwd {experts} experts top-{top_k} d_ff {d_ff}, {tokens} tokens x {d_model} "
-                           f"{dtype_name} on {args.device}", results, tokens, "tok/s")
+        common.print_table(
+            f"MoE fwd+bwd {experts} experts top-{top_k} d_ff {d_ff}, {tokens} tokens x {d_model} "
+            f"{dtype_name} on {args.device}",
+            results,
+            tokens,
+            "tok/s",
+        )
         speedup = common.ratios(results, [("grouped", "loop")])
         print(f"  {speedup}  (relative output error {error:.2g})")
         record = {

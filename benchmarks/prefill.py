@@ -25,20 +25,29 @@ def main() -> None:
     dtype_name, dtype, size = common.resolve(args)
     config = common.hf_config("llama3", size)
     reference, model = common.make_pair(config, dtype, args.device)
-    diff = common.check_same_logits(reference, model, config.vocab_size, args.device, 1e-3 if dtype == torch.float32 else 1.0)
-    compiled = {"archspec-compile": torch.compile(model, dynamic=False), "hf-sdpa-compile": torch.compile(reference, dynamic=False)}
+    diff = common.check_same_logits(
+        reference, model, config.vocab_size, args.device, 1e-3 if dtype == torch.float32 else 1.0
+    )
+    compiled = {
+        "archspec-compile": torch.compile(model, dynamic=False),
+        "hf-sdpa-compile": torch.compile(reference, dynamic=False),
+    }
     models = {"archspec-eager": model, "hf-sdpa": reference, **compiled}
     for length in [int(n) for n in args.lengths.split(",")]:
         ids = torch.randint(0, config.vocab_size, (args.batch, length), device=args.device)
 
-        def forward(m: torch.nn.Module) -> None:
+        def forward(m: torch.nn.Module, ids: torch.Tensor = ids) -> None:
             with torch.no_grad():
                 m(ids)
 
         cases = {name: (lambda m=models[name]: forward(m)) for name in args.variants.split(",")}
         results = common.interleaved(cases, args.device, repeats=args.repeats, warmup=args.warmup)
-        common.print_table(f"prefill llama3-{size} {dtype_name} batch {args.batch} x {length} on {args.device}",
-                           results, args.batch * length, "tok/s")
+        common.print_table(
+            f"prefill llama3-{size} {dtype_name} batch {args.batch} x {length} on {args.device}",
+            results,
+            args.batch * length,
+            "tok/s",
+        )
         ratios = common.ratios(results, [("archspec-eager", "hf-sdpa"), ("archspec-compile", "hf-sdpa-compile")])
         for key, value in ratios.items():
             print(f"  {key}: {value if value is None else round(value, 3)}")

@@ -21,21 +21,25 @@ from torch.profiler import ProfilerActivity, profile
 
 def workload(name: str, model: torch.nn.Module, archspec_side: bool, ids: torch.Tensor, new: int):  # noqa: ANN201
     if name == "train":
+
         def run() -> None:
             model.zero_grad(set_to_none=True)
             out = model(ids, labels=ids) if archspec_side else model(input_ids=ids, labels=ids)
             out.loss.backward()
     elif name == "prefill":
+
         def run() -> None:
             with torch.no_grad():
                 model(ids)
     else:
+
         def run() -> None:
             with torch.no_grad():
                 if archspec_side:
                     model.generate(ids, new, eos_token_id=None)
                 else:
                     model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+
     return run
 
 
@@ -85,15 +89,22 @@ def main() -> None:
         reference.train()
         model.train()
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq))
-    runs = [workload(args.workload, model, True, ids, args.new), workload(args.workload, reference, False, ids, args.new)]
+    runs = [
+        workload(args.workload, model, True, ids, args.new),
+        workload(args.workload, reference, False, ids, args.new),
+    ]
     (ours, our_counts, our_total), (theirs, their_counts, their_total) = interleaved_profiles(runs, args.steps)
-    print(f"{args.family} {args.workload} batch {args.batch} seq {args.seq}: total self CPU per step "
-          f"archspec {our_total:.1f} ms, transformers {their_total:.1f} ms")
+    print(
+        f"{args.family} {args.workload} batch {args.batch} seq {args.seq}: total self CPU per step "
+        f"archspec {our_total:.1f} ms, transformers {their_total:.1f} ms"
+    )
     print(f"{'op':<52} {'archspec ms':>12} {'calls':>6} {'hf ms':>10} {'calls':>6} {'diff ms':>9}")
     keys = sorted(set(ours) | set(theirs), key=lambda k: -abs(ours.get(k, 0) - theirs.get(k, 0)))
     for key in keys[: args.rows]:
-        print(f"{key[:52]:<52} {ours.get(key, 0):12.2f} {our_counts.get(key, 0):6d} {theirs.get(key, 0):10.2f} "
-              f"{their_counts.get(key, 0):6d} {ours.get(key, 0) - theirs.get(key, 0):9.2f}")
+        print(
+            f"{key[:52]:<52} {ours.get(key, 0):12.2f} {our_counts.get(key, 0):6d} {theirs.get(key, 0):10.2f} "
+            f"{their_counts.get(key, 0):6d} {ours.get(key, 0) - theirs.get(key, 0):9.2f}"
+        )
 
 
 if __name__ == "__main__":

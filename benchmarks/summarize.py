@@ -169,7 +169,10 @@ TABLES = {
     "decode": ("Greedy decode, prompt 128 + 128 new tokens, tokens/s (whole `generate` call)", decode_table),
     "prefill": ("Prefill (forward, no grad) latency", prefill_table),
     "moe_dispatch": ("MoE dispatch, forward + backward", moe_table),
-    "attention": ("Attention patterns, one call (forward, no grad; `window-train`: forward + backward)", attention_table),
+    "attention": (
+        "Attention patterns, one call (forward, no grad; `window-train`: forward + backward)",
+        attention_table,
+    ),
 }
 
 

@@ -62,7 +62,9 @@ def main() -> None:
         overrides = {"dropout_rate": 0.0} if family == "t5" else {}
         config = common.hf_config(family, size if family == "llama3" else "small", **overrides)
         reference, model = common.make_pair(config, dtype, args.device)
-        diff = common.check_same_logits(reference, model, config.vocab_size, args.device, 1e-3 if dtype == torch.float32 else 0.5)
+        diff = common.check_same_logits(
+            reference, model, config.vocab_size, args.device, 1e-3 if dtype == torch.float32 else 0.5
+        )
         reference.train()
         model.train()
         ids = torch.randint(0, config.vocab_size, (batch, seq), device=args.device)
@@ -72,22 +74,33 @@ def main() -> None:
             "hf-sdpa": reference,
             "hf-sdpa-compile": torch.compile(reference),
         }
-        cases = {name: (lambda m=candidates[name]: train_step(m, ids)) for name in variants}
+        cases = {name: (lambda m=candidates[name], ids=ids: train_step(m, ids)) for name in variants}
         results = common.interleaved(cases, args.device, repeats=args.repeats, warmup=args.warmup)
         tokens = batch * seq
-        common.print_table(f"train step {family}-{size if family == 'llama3' else 'small'} {dtype_name} batch {batch} seq {seq} on {args.device}",
-                           results, tokens, "tok/s")
-        summary: dict[str, Any] = common.ratios(results, [
-            ("archspec-eager", "hf-sdpa"), ("archspec-compile", "hf-sdpa-compile"), ("archspec-compile", "hf-sdpa"),
-        ])
+        common.print_table(
+            f"train step {family}-{size if family == 'llama3' else 'small'} {dtype_name} batch {batch} seq {seq} on {args.device}",
+            results,
+            tokens,
+            "tok/s",
+        )
+        summary: dict[str, Any] = common.ratios(
+            results,
+            [
+                ("archspec-eager", "hf-sdpa"),
+                ("archspec-compile", "hf-sdpa-compile"),
+                ("archspec-compile", "hf-sdpa"),
+            ],
+        )
         if cuda and family == "llama3":
             flops = flops_per_token(config, seq) * tokens
             summary["mfu"] = {
-                name: flops / r["median_s"] / (args.peak_tflops * 1e12) for name, r in results.items() if "median_s" in r
+                name: flops / r["median_s"] / (args.peak_tflops * 1e12)
+                for name, r in results.items()
+                if "median_s" in r
             }
         for key, value in summary.items():
             print(f"  {key}: {value if not isinstance(value, float) else round(value, 3)}")
-        for name, r in results.items():
+        for r in results.values():
             if "median_s" in r:
                 r["tokens_per_s"] = tokens / r["median_s"]
         record = {
