@@ -268,7 +268,8 @@ def distance_table(bias: torch.Tensor, causal: bool, window: int | None = None) 
 
 
 class FlexPattern:
-    """Attention through FlexAttention: `block_mask` (None: every key) and an optional `score_mod`."""
+    """Attention through FlexAttention: `block_mask` (None: every key, in FlexAttention's default 128-blocks, which
+    the CPU kernel gets wrong for shorter sequences: pass `full_block_mask` there) and an optional `score_mod`."""
 
     def __init__(self, block_mask: BlockMask | None, score_mod: Callable[..., torch.Tensor] | None = None) -> None:
         self.block_mask, self.score_mod = block_mask, score_mod
@@ -289,37 +290,86 @@ class FlexPattern:
         return out  # type: ignore[return-value]
 
 
-def causal_block_mask(queries: int, keys: int, window: int | None, device: torch.device, block: int = 128) -> BlockMask:
+FLEX_CPU_SHORTEST = 16
+
+
+def flex_block_size(queries: int, keys: int, device: torch.device) -> int:
+    """FlexAttention's block size: 128, but on CPU no longer than the shorter of the two sequences.
+
+    Inductor's CPU flex kernel (torch 2.13) returned NaN or wrong values under torch.compile for a sequence
+    shorter than the block (40 tokens in 128-blocks, 8 in 16-blocks, with or without a block mask) and for
+    8-blocks with a per-row (prefix) block mask; with blocks of 16 to 128 positions no longer than the
+    sequences it was right in every case tried (tests/unit/test_attention_patterns.py). Hence
+    `FLEX_CPU_SHORTEST`: the models do not take FlexAttention on CPU for shorter sequences.
+    """
+    block = 128
+    if device.type == "cpu":
+        while block > FLEX_CPU_SHORTEST and block > min(queries, keys):
+            block //= 2
+    return block
+
+
+def causal_block_mask(
+    queries: int,
+    keys: int,
+    window: int | None,
+    device: torch.device,
+    block: int | None = None,
+    prefix_lengths: torch.Tensor | None = None,
+) -> BlockMask:
     """FlexAttention block mask of causal attention (within `window` when set), queries and keys from position 0.
 
     Built from the block grid directly: a block is skipped when no (query, key) pair in it is visible, taken
-    without evaluating the mask when every pair is, and masked element-wise otherwise.
+    without evaluating the mask when every pair is, and masked element-wise otherwise. `prefix_lengths` ([batch]):
+    a prefix LM (GLM, whose part A is attended both ways): row b's first prefix_lengths[b] keys are visible to
+    every query of the row as well, so the block mask has one row of blocks per sequence. `block`: see
+    `flex_block_size`.
     """
 
     def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         allowed = q >= kv
-        return allowed & (q - kv < window) if window is not None else allowed
+        if window is not None:
+            allowed = allowed & (q - kv < window)
+        return allowed
 
-    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
-    q_first = torch.arange(q_blocks, device=device)[:, None] * block
-    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
-    q_last, kv_last = (q_first + block).clamp(max=queries) - 1, (kv_first + block).clamp(max=keys) - 1
+    block = block or flex_block_size(queries, keys, device)
+    q_first, q_last, kv_first, kv_last = _block_bounds(queries, keys, block, device)
     some = q_last >= kv_first
     every = q_first >= kv_last
     if window is not None:
         some = some & (q_first - kv_last < window)
         every = every & (q_last - kv_first < window)
-    partial = some & ~every
+    some, every = some[None], every[None]  # [1 or batch, query blocks, key blocks]
+    return _block_mask(some, every, visible, block, queries, keys)
+
+
+def _block_bounds(queries: int, keys: int, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """First and last query position of each query block ([blocks, 1]) and key position of each key block ([1, blocks])."""
+    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
+    q_first = torch.arange(q_blocks, device=device)[:, None] * block
+    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
+    return q_first, (q_first + block).clamp(max=queries) - 1, kv_first, (kv_first + block).clamp(max=keys) - 1
+
+
+def _block_mask(
+    some: torch.Tensor,
+    every: torch.Tensor,
+    mask_mod: Callable[..., torch.Tensor],
+    block: int,
+    queries: int,
+    keys: int,
+) -> BlockMask:
+    """A BlockMask from [batch, query blocks, key blocks] grids: blocks with some visible pair, with every pair visible."""
 
     def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count = blocks.sum(-1, dtype=torch.int32)
         indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-        return count[None, None], indices[None, None]
+        return count[:, None], indices[:, None]  # a head dimension of 1: every head alike
 
-    count, indices = ordered(partial)
+    count, indices = ordered(some & ~every)
     full_count, full_indices = ordered(every)
     return BlockMask.from_kv_blocks(
-        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=visible, seq_lengths=(queries, keys)
+        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(queries, keys)
     )
 
 
@@ -547,9 +597,10 @@ class DecoderLM(nn.Module):
     On CPU, when a whole sequence is attended from position 0 (training, a prompt), ALiBi and sliding windows get
     no [seq, seq] tensor: SDPA reads a view of a bias by distance (`ToeplitzBias`, over the visible keys of each
     query chunk), and windows run in chunks of queries over their own span of keys (`ChunkedWindow`).
-    `attn_backend` (an attribute; set it on a built model) = "flex" runs them through FlexAttention instead (`FlexPattern`:
-    block-sparse, meant for GPUs); it is fused only under `torch.compile` and has no backward on CPU, where
-    training keeps the default ("sdpa") paths.
+    `attn_backend` (an attribute; set it on a built model) = "flex" runs whole sequences through FlexAttention
+    instead (`FlexPattern`: block-sparse, meant for GPUs; causal, windows, ALiBi and GLM prefixes); it is fused
+    only under `torch.compile` and has no backward on CPU, where training and sequences under
+    `FLEX_CPU_SHORTEST` tokens keep the default ("sdpa") paths.
     """
 
     def __init__(
@@ -667,10 +718,12 @@ class DecoderLM(nn.Module):
         # An fx trace (lengths are Proxies) is of the no-cache forward: queries = keys, windows assumed binding,
         # and only plain masks (the fast paths below branch on lengths in Python).
         traced = isinstance(keys, torch.fx.Proxy)
-        whole = at_end and prefix_lengths is None and (traced or seq == keys)  # queries = keys = positions 0 .. seq-1
+        sequence = at_end and (traced or seq == keys)  # queries = keys = positions 0 .. seq-1
+        whole = sequence and prefix_lengths is None
         shortcut = at_end and self.alibi_slopes is None and (whole or seq == 1)
         cpu_inference = not traced and device.type == "cpu" and not torch.is_grad_enabled()
-        flex = not traced and whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
+        cpu_flex = cpu_inference and seq >= FLEX_CPU_SHORTEST  # see attention.flex_block_size
+        flex = not traced and sequence and self.attn_backend == "flex" and (device.type != "cpu" or cpu_flex)
         cpu_whole = not traced and whole and device.type == "cpu"
         key_positions = torch.arange(keys, device=device)
         masks: dict[int | None, torch.Tensor | Callable[..., torch.Tensor] | None] = {}
@@ -683,9 +736,10 @@ class DecoderLM(nn.Module):
                 score_mod = None
                 if self.alibi_slopes is not None:
                     score_mod = alibi_score_mod(self.alibi_slopes)
-                masks[window] = FlexPattern(
-                    causal_block_mask(seq, keys, window if binding else None, device), score_mod
+                block_mask = causal_block_mask(
+                    seq, keys, window if binding else None, device, prefix_lengths=prefix_lengths
                 )
+                masks[window] = FlexPattern(block_mask, score_mod)
                 continue
             if cpu_whole and (binding or self.alibi_slopes is not None):
                 table = torch.zeros(1, 2 * seq - 1, device=device)  # a bias by distance: 0, -inf where hidden

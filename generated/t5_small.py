@@ -302,7 +302,8 @@ def distance_table(bias: torch.Tensor, causal: bool, window: int | None = None) 
 
 
 class FlexPattern:
-    """Attention through FlexAttention: `block_mask` (None: every key) and an optional `score_mod`."""
+    """Attention through FlexAttention: `block_mask` (None: every key, in FlexAttention's default 128-blocks, which
+    the CPU kernel gets wrong for shorter sequences: pass `full_block_mask` there) and an optional `score_mod`."""
 
     def __init__(self, block_mask: BlockMask | None, score_mod: Callable[..., torch.Tensor] | None = None) -> None:
         self.block_mask, self.score_mod = block_mask, score_mod
@@ -323,37 +324,98 @@ class FlexPattern:
         return out  # type: ignore[return-value]
 
 
-def causal_block_mask(queries: int, keys: int, window: int | None, device: torch.device, block: int = 128) -> BlockMask:
+FLEX_CPU_SHORTEST = 16
+
+
+def flex_block_size(queries: int, keys: int, device: torch.device) -> int:
+    """FlexAttention's block size: 128, but on CPU no longer than the shorter of the two sequences.
+
+    Inductor's CPU flex kernel (torch 2.13) returned NaN or wrong values under torch.compile for a sequence
+    shorter than the block (40 tokens in 128-blocks, 8 in 16-blocks, with or without a block mask) and for
+    8-blocks with a per-row (prefix) block mask; with blocks of 16 to 128 positions no longer than the
+    sequences it was right in every case tried (tests/unit/test_attention_patterns.py). Hence
+    `FLEX_CPU_SHORTEST`: the models do not take FlexAttention on CPU for shorter sequences.
+    """
+    block = 128
+    if device.type == "cpu":
+        while block > FLEX_CPU_SHORTEST and block > min(queries, keys):
+            block //= 2
+    return block
+
+
+def causal_block_mask(
+    queries: int,
+    keys: int,
+    window: int | None,
+    device: torch.device,
+    block: int | None = None,
+    prefix_lengths: torch.Tensor | None = None,
+) -> BlockMask:
     """FlexAttention block mask of causal attention (within `window` when set), queries and keys from position 0.
 
     Built from the block grid directly: a block is skipped when no (query, key) pair in it is visible, taken
-    without evaluating the mask when every pair is, and masked element-wise otherwise.
+    without evaluating the mask when every pair is, and masked element-wise otherwise. `prefix_lengths` ([batch]):
+    a prefix LM (GLM, whose part A is attended both ways): row b's first prefix_lengths[b] keys are visible to
+    every query of the row as well, so the block mask has one row of blocks per sequence. `block`: see
+    `flex_block_size`.
     """
 
     def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         allowed = q >= kv
-        return allowed & (q - kv < window) if window is not None else allowed
+        if window is not None:
+            allowed = allowed & (q - kv < window)
+        return allowed
 
-    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
-    q_first = torch.arange(q_blocks, device=device)[:, None] * block
-    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
-    q_last, kv_last = (q_first + block).clamp(max=queries) - 1, (kv_first + block).clamp(max=keys) - 1
+    block = block or flex_block_size(queries, keys, device)
+    q_first, q_last, kv_first, kv_last = _block_bounds(queries, keys, block, device)
     some = q_last >= kv_first
     every = q_first >= kv_last
     if window is not None:
         some = some & (q_first - kv_last < window)
         every = every & (q_last - kv_first < window)
-    partial = some & ~every
+    some, every = some[None], every[None]  # [1 or batch, query blocks, key blocks]
+    return _block_mask(some, every, visible, block, queries, keys)
+
+
+def full_block_mask(queries: int, keys: int, device: torch.device, block: int | None = None) -> BlockMask:
+    """FlexAttention block mask in which every query sees every key (T5's encoder); `block`: `flex_block_size`."""
+
+    def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return kv >= 0
+
+    block = block or flex_block_size(queries, keys, device)
+    q_first, _, kv_first, _ = _block_bounds(queries, keys, block, device)
+    every = torch.ones(1, q_first.shape[0], kv_first.shape[1], dtype=torch.bool, device=device)
+    return _block_mask(every, every, visible, block, queries, keys)
+
+
+def _block_bounds(queries: int, keys: int, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """First and last query position of each query block ([blocks, 1]) and key position of each key block ([1, blocks])."""
+    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
+    q_first = torch.arange(q_blocks, device=device)[:, None] * block
+    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
+    return q_first, (q_first + block).clamp(max=queries) - 1, kv_first, (kv_first + block).clamp(max=keys) - 1
+
+
+def _block_mask(
+    some: torch.Tensor,
+    every: torch.Tensor,
+    mask_mod: Callable[..., torch.Tensor],
+    block: int,
+    queries: int,
+    keys: int,
+) -> BlockMask:
+    """A BlockMask from [batch, query blocks, key blocks] grids: blocks with some visible pair, with every pair visible."""
 
     def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count = blocks.sum(-1, dtype=torch.int32)
         indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-        return count[None, None], indices[None, None]
+        return count[:, None], indices[:, None]  # a head dimension of 1: every head alike
 
-    count, indices = ordered(partial)
+    count, indices = ordered(some & ~every)
     full_count, full_indices = ordered(every)
     return BlockMask.from_kv_blocks(
-        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=visible, seq_lengths=(queries, keys)
+        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(queries, keys)
     )
 
 
@@ -677,9 +739,9 @@ class EncoderDecoderLM(nn.Module):
 
     On CPU each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance
     (`ToeplitzBias`; no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without
-    cache, and as a tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention (`FlexPattern`) in
-    those cases instead; flex is fused only under `torch.compile` and has no backward on CPU, where training keeps
-    the default ("sdpa") path.
+    cache, and as a tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention
+    (`FlexPattern`) in those cases instead; flex is fused only under `torch.compile` and has no backward on CPU,
+    where training and sequences under `FLEX_CPU_SHORTEST` tokens keep the default ("sdpa") path.
     """
 
     def __init__(
@@ -711,9 +773,10 @@ class EncoderDecoderLM(nn.Module):
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
         self.attn_backend = attn_backend
 
-    def _flex(self, device: torch.device) -> bool:
-        """Whether relative biases go through FlexAttention (see the class docstring)."""
-        return self.attn_backend == "flex" and (device.type != "cpu" or not torch.is_grad_enabled())
+    def _flex(self, device: torch.device, seq: int) -> bool:
+        """Whether relative biases go through FlexAttention (see the class docstring and `flex_block_size`)."""
+        cpu_flex = not torch.is_grad_enabled() and seq >= FLEX_CPU_SHORTEST
+        return self.attn_backend == "flex" and (device.type != "cpu" or cpu_flex)
 
     @staticmethod
     def _score_mod(bias: RelativePositionBias) -> Callable[..., torch.Tensor]:
@@ -752,8 +815,8 @@ class EncoderDecoderLM(nn.Module):
         seq = input_ids.shape[1]
         positions = torch.arange(seq, device=input_ids.device)
         mask: torch.Tensor | FlexPattern | ToeplitzBias
-        if attention_mask is None and self._flex(x.device):
-            mask = FlexPattern(None, self._score_mod(self.encoder.position_bias))
+        if attention_mask is None and self._flex(x.device, seq):
+            mask = FlexPattern(full_block_mask(seq, seq, x.device), self._score_mod(self.encoder.position_bias))
         elif attention_mask is None and x.device.type == "cpu":
             mask = ToeplitzBias(self.encoder.position_bias.by_distance(seq, seq).to(x.dtype))
         else:
@@ -783,7 +846,7 @@ class EncoderDecoderLM(nn.Module):
         key_positions = torch.arange(cache.max_len, device=device) if cache is not None else positions
         x = self.embed(decoder_input_ids)
         mask: torch.Tensor | FlexPattern | ToeplitzBias
-        if cache is None and self._flex(x.device):
+        if cache is None and self._flex(x.device, seq):
             mask = FlexPattern(causal_block_mask(seq, seq, None, device), self._score_mod(self.decoder.position_bias))
         elif cache is None and device.type == "cpu":
             table = distance_table(self.decoder.position_bias.by_distance(seq, seq), True)

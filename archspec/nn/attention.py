@@ -12,9 +12,9 @@ callable `pattern(q, k, v, scale)`:
   (queries reversed). O(heads x seq) memory, the mask stays in cache: ~2x faster than a materialised bias on CPU at 4096.
 * `ChunkedWindow`: a sliding window as one SDPA call over chunks of queries, each reading an overlapping span of
   the keys (an `unfold` view) under one small mask shared by every chunk. Work ~ seq x window instead of seq^2 / 2.
-* `FlexPattern`: FlexAttention (`torch.nn.attention.flex_attention`) with a block mask (causal, sliding window:
-  blocks with nothing visible are skipped) and a score_mod (ALiBi, T5's bucketed bias). The model's
-  `attn_backend="flex"`; fused only under `torch.compile`, and forward-only on CPU.
+* `FlexPattern`: FlexAttention (`torch.nn.attention.flex_attention`) with a block mask (causal, sliding window,
+  GLM's per-row prefixes: blocks with nothing visible are skipped) and a score_mod (ALiBi, T5's bucketed bias).
+  The model's `attn_backend="flex"`; fused only under `torch.compile`, and forward-only on CPU.
 """
 
 import math
@@ -244,7 +244,8 @@ class ChunkedWindow:
 
 
 class FlexPattern:
-    """Attention through FlexAttention: `block_mask` (None: every key) and an optional `score_mod`."""
+    """Attention through FlexAttention: `block_mask` (None: every key, in FlexAttention's default 128-blocks, which
+    the CPU kernel gets wrong for shorter sequences: pass `full_block_mask` there) and an optional `score_mod`."""
 
     def __init__(self, block_mask: BlockMask | None, score_mod: Callable[..., torch.Tensor] | None = None) -> None:
         self.block_mask, self.score_mod = block_mask, score_mod
@@ -265,37 +266,104 @@ class FlexPattern:
         return out  # type: ignore[return-value]
 
 
-def causal_block_mask(queries: int, keys: int, window: int | None, device: torch.device, block: int = 128) -> BlockMask:
+FLEX_CPU_SHORTEST = 16
+"""On CPU, FlexAttention serves sequences of at least this many tokens; shorter ones keep the default paths."""
+
+
+def flex_block_size(queries: int, keys: int, device: torch.device) -> int:
+    """FlexAttention's block size: 128, but on CPU no longer than the shorter of the two sequences.
+
+    Inductor's CPU flex kernel (torch 2.13) returned NaN or wrong values under torch.compile for a sequence
+    shorter than the block (40 tokens in 128-blocks, 8 in 16-blocks, with or without a block mask) and for
+    8-blocks with a per-row (prefix) block mask; with blocks of 16 to 128 positions no longer than the
+    sequences it was right in every case tried (tests/unit/test_attention_patterns.py). Hence
+    `FLEX_CPU_SHORTEST`: the models do not take FlexAttention on CPU for shorter sequences.
+    """
+    block = 128
+    if device.type == "cpu":
+        while block > FLEX_CPU_SHORTEST and block > min(queries, keys):
+            block //= 2
+    return block
+
+
+def causal_block_mask(
+    queries: int,
+    keys: int,
+    window: int | None,
+    device: torch.device,
+    block: int | None = None,
+    prefix_lengths: torch.Tensor | None = None,
+) -> BlockMask:
     """FlexAttention block mask of causal attention (within `window` when set), queries and keys from position 0.
 
     Built from the block grid directly: a block is skipped when no (query, key) pair in it is visible, taken
-    without evaluating the mask when every pair is, and masked element-wise otherwise.
+    without evaluating the mask when every pair is, and masked element-wise otherwise. `prefix_lengths` ([batch]):
+    a prefix LM (GLM, whose part A is attended both ways): row b's first prefix_lengths[b] keys are visible to
+    every query of the row as well, so the block mask has one row of blocks per sequence. `block`: see
+    `flex_block_size`.
     """
 
     def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         allowed = q >= kv
-        return allowed & (q - kv < window) if window is not None else allowed
+        if window is not None:
+            allowed = allowed & (q - kv < window)
+        if prefix_lengths is not None:  # emit-if: prefix_lm
+            allowed = allowed | (kv < prefix_lengths[b])
+        return allowed
 
-    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
-    q_first = torch.arange(q_blocks, device=device)[:, None] * block
-    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
-    q_last, kv_last = (q_first + block).clamp(max=queries) - 1, (kv_first + block).clamp(max=keys) - 1
+    block = block or flex_block_size(queries, keys, device)
+    q_first, q_last, kv_first, kv_last = _block_bounds(queries, keys, block, device)
     some = q_last >= kv_first
     every = q_first >= kv_last
     if window is not None:
         some = some & (q_first - kv_last < window)
         every = every & (q_last - kv_first < window)
-    partial = some & ~every
+    some, every = some[None], every[None]  # [1 or batch, query blocks, key blocks]
+    if prefix_lengths is not None:  # emit-if: prefix_lm
+        prefix = prefix_lengths.to(device)[:, None, None]
+        some, every = some | (kv_first < prefix), every | (kv_last < prefix)
+    return _block_mask(some, every, visible, block, queries, keys)
+
+
+def full_block_mask(queries: int, keys: int, device: torch.device, block: int | None = None) -> BlockMask:
+    """FlexAttention block mask in which every query sees every key (T5's encoder); `block`: `flex_block_size`."""
+
+    def visible(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return kv >= 0
+
+    block = block or flex_block_size(queries, keys, device)
+    q_first, _, kv_first, _ = _block_bounds(queries, keys, block, device)
+    every = torch.ones(1, q_first.shape[0], kv_first.shape[1], dtype=torch.bool, device=device)
+    return _block_mask(every, every, visible, block, queries, keys)
+
+
+def _block_bounds(queries: int, keys: int, block: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """First and last query position of each query block ([blocks, 1]) and key position of each key block ([1, blocks])."""
+    q_blocks, kv_blocks = math.ceil(queries / block), math.ceil(keys / block)
+    q_first = torch.arange(q_blocks, device=device)[:, None] * block
+    kv_first = torch.arange(kv_blocks, device=device)[None, :] * block
+    return q_first, (q_first + block).clamp(max=queries) - 1, kv_first, (kv_first + block).clamp(max=keys) - 1
+
+
+def _block_mask(
+    some: torch.Tensor,
+    every: torch.Tensor,
+    mask_mod: Callable[..., torch.Tensor],
+    block: int,
+    queries: int,
+    keys: int,
+) -> BlockMask:
+    """A BlockMask from [batch, query blocks, key blocks] grids: blocks with some visible pair, with every pair visible."""
 
     def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count = blocks.sum(-1, dtype=torch.int32)
         indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-        return count[None, None], indices[None, None]
+        return count[:, None], indices[:, None]  # a head dimension of 1: every head alike
 
-    count, indices = ordered(partial)
+    count, indices = ordered(some & ~every)
     full_count, full_indices = ordered(every)
     return BlockMask.from_kv_blocks(
-        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=visible, seq_lengths=(queries, keys)
+        count, indices, full_count, full_indices, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(queries, keys)
     )
 
 

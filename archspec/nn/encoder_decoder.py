@@ -20,11 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from archspec.nn.attention import (
+    FLEX_CPU_SHORTEST,
     Attention,
     FlexPattern,
     ToeplitzBias,
     causal_block_mask,
     distance_table,
+    full_block_mask,
     relative_bias_score_mod,
 )
 from archspec.nn.cache import KVCache, LayerKVCache
@@ -135,9 +137,9 @@ class EncoderDecoderLM(nn.Module):
 
     On CPU each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance
     (`ToeplitzBias`; no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without
-    cache, and as a tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention (`FlexPattern`) in
-    those cases instead; flex is fused only under `torch.compile` and has no backward on CPU, where training keeps
-    the default ("sdpa") path.
+    cache, and as a tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention
+    (`FlexPattern`) in those cases instead; flex is fused only under `torch.compile` and has no backward on CPU,
+    where training and sequences under `FLEX_CPU_SHORTEST` tokens keep the default ("sdpa") path.
     """
 
     def __init__(
@@ -169,9 +171,10 @@ class EncoderDecoderLM(nn.Module):
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
         self.attn_backend = attn_backend
 
-    def _flex(self, device: torch.device) -> bool:
-        """Whether relative biases go through FlexAttention (see the class docstring)."""
-        return self.attn_backend == "flex" and (device.type != "cpu" or not torch.is_grad_enabled())
+    def _flex(self, device: torch.device, seq: int) -> bool:
+        """Whether relative biases go through FlexAttention (see the class docstring and `flex_block_size`)."""
+        cpu_flex = not torch.is_grad_enabled() and seq >= FLEX_CPU_SHORTEST
+        return self.attn_backend == "flex" and (device.type != "cpu" or cpu_flex)
 
     @staticmethod
     def _score_mod(bias: RelativePositionBias) -> Callable[..., torch.Tensor]:
@@ -210,8 +213,8 @@ class EncoderDecoderLM(nn.Module):
         seq = input_ids.shape[1]
         positions = torch.arange(seq, device=input_ids.device)
         mask: torch.Tensor | FlexPattern | ToeplitzBias
-        if attention_mask is None and self._flex(x.device):
-            mask = FlexPattern(None, self._score_mod(self.encoder.position_bias))
+        if attention_mask is None and self._flex(x.device, seq):
+            mask = FlexPattern(full_block_mask(seq, seq, x.device), self._score_mod(self.encoder.position_bias))
         elif attention_mask is None and x.device.type == "cpu":
             mask = ToeplitzBias(self.encoder.position_bias.by_distance(seq, seq).to(x.dtype))
         else:
@@ -241,7 +244,7 @@ class EncoderDecoderLM(nn.Module):
         key_positions = torch.arange(cache.max_len, device=device) if cache is not None else positions
         x = self.embed(decoder_input_ids)
         mask: torch.Tensor | FlexPattern | ToeplitzBias
-        if cache is None and self._flex(x.device):
+        if cache is None and self._flex(x.device, seq):
             mask = FlexPattern(causal_block_mask(seq, seq, None, device), self._score_mod(self.decoder.position_bias))
         elif cache is None and device.type == "cpu":
             table = distance_table(self.decoder.position_bias.by_distance(seq, seq), True)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archspec.nn.attention import (
+    FLEX_CPU_SHORTEST,
     ChunkedWindow,
     FlexPattern,
     ToeplitzBias,
@@ -45,9 +46,10 @@ class DecoderLM(nn.Module):
     On CPU, when a whole sequence is attended from position 0 (training, a prompt), ALiBi and sliding windows get
     no [seq, seq] tensor: SDPA reads a view of a bias by distance (`ToeplitzBias`, over the visible keys of each
     query chunk), and windows run in chunks of queries over their own span of keys (`ChunkedWindow`).
-    `attn_backend` (an attribute; set it on a built model) = "flex" runs them through FlexAttention instead (`FlexPattern`:
-    block-sparse, meant for GPUs); it is fused only under `torch.compile` and has no backward on CPU, where
-    training keeps the default ("sdpa") paths.
+    `attn_backend` (an attribute; set it on a built model) = "flex" runs whole sequences through FlexAttention
+    instead (`FlexPattern`: block-sparse, meant for GPUs; causal, windows, ALiBi and GLM prefixes); it is fused
+    only under `torch.compile` and has no backward on CPU, where training and sequences under
+    `FLEX_CPU_SHORTEST` tokens keep the default ("sdpa") paths.
     """
 
     def __init__(
@@ -185,10 +187,12 @@ class DecoderLM(nn.Module):
         # An fx trace (lengths are Proxies) is of the no-cache forward: queries = keys, windows assumed binding,
         # and only plain masks (the fast paths below branch on lengths in Python).
         traced = isinstance(keys, torch.fx.Proxy)
-        whole = at_end and prefix_lengths is None and (traced or seq == keys)  # queries = keys = positions 0 .. seq-1
+        sequence = at_end and (traced or seq == keys)  # queries = keys = positions 0 .. seq-1
+        whole = sequence and prefix_lengths is None
         shortcut = at_end and self.alibi_slopes is None and (whole or seq == 1)
         cpu_inference = not traced and device.type == "cpu" and not torch.is_grad_enabled()
-        flex = not traced and whole and self.attn_backend == "flex" and (device.type != "cpu" or cpu_inference)
+        cpu_flex = cpu_inference and seq >= FLEX_CPU_SHORTEST  # see attention.flex_block_size
+        flex = not traced and sequence and self.attn_backend == "flex" and (device.type != "cpu" or cpu_flex)
         cpu_whole = not traced and whole and device.type == "cpu"  # emit-if: distance_bias
         chunked = cpu_whole and not torch.compiler.is_compiling()  # emit-if: window
         key_positions = torch.arange(keys, device=device)
@@ -202,9 +206,10 @@ class DecoderLM(nn.Module):
                 score_mod = None
                 if self.alibi_slopes is not None:  # emit-if: alibi
                     score_mod = alibi_score_mod(self.alibi_slopes)
-                masks[window] = FlexPattern(
-                    causal_block_mask(seq, keys, window if binding else None, device), score_mod
+                block_mask = causal_block_mask(
+                    seq, keys, window if binding else None, device, prefix_lengths=prefix_lengths
                 )
+                masks[window] = FlexPattern(block_mask, score_mod)
                 continue
             if chunked and binding and self.alibi_slopes is None:  # emit-if: window
                 masks[window] = ChunkedWindow(window)  # type: ignore[arg-type]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,18 +9,25 @@ from tiny import shrink
 
 import archspec
 from archspec.nn.attention import (
+    FLEX_CPU_SHORTEST,
     ChunkedWindow,
     FlexPattern,
     ToeplitzBias,
     alibi_score_mod,
     causal_block_mask,
     distance_table,
+    full_block_mask,
     relative_bias_score_mod,
 )
-from archspec.nn.masks import additive_mask, causal_mask
+from archspec.nn.masks import additive_mask, causal_mask, prefix_mask
 from archspec.nn.positions import RelativePositionBias, alibi_bias, alibi_by_distance, alibi_slopes
 
-warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+# Eager FlexAttention (unfused, materialises the scores) is the reference behaviour these tests check; the
+# deprecation is torch's own, raised inside torch.compile's imports.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+]
 
 
 def qkv(seq: int, heads: int = 4, kv_heads: int = 2, dim: int = 8, batch: int = 2, seed: int = 0):
@@ -111,6 +116,61 @@ def test_flex_block_mask_and_alibi_equal_sdpa(window):
         torch.testing.assert_close(pattern(q, k, v, 0.3), sdpa(q, k, v, mask, 0.3), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("window", [None, 20])
+def test_flex_prefix_block_mask_equals_the_prefix_mask(window):
+    """GLM's prefix LM through FlexAttention: per-row prefixes (empty, inside a block, across blocks, the whole
+    sequence) give SDPA's result with `prefix_mask`."""
+    seq = 150
+    q, k, v = qkv(seq, batch=4)
+    prefix_lengths = torch.tensor([0, 7, 70, 150])
+    positions = torch.arange(seq)
+    pattern = FlexPattern(causal_block_mask(seq, seq, window, q.device, block=32, prefix_lengths=prefix_lengths))
+    mask = prefix_mask(positions, positions, prefix_lengths, window)
+    with torch.no_grad():
+        torch.testing.assert_close(pattern(q, k, v, 0.3), sdpa(q, k, v, mask, 0.3), rtol=1e-5, atol=1e-5)
+
+
+def test_flex_backend_of_a_prefix_lm_gives_the_default_logits():
+    model = tiny("chatglm-6b")
+    ids = torch.randint(0, 128, (3, 40))
+    prefix_lengths = torch.tensor([0, 13, 40])
+    with torch.no_grad():
+        default = model(ids, prefix_lengths=prefix_lengths).logits
+        model.attn_backend = "flex"
+        flex = model(ids, prefix_lengths=prefix_lengths).logits
+    torch.testing.assert_close(flex, default, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seq", [16, 40, 130])
+def test_compiled_flex_on_cpu_is_right_for_sequences_shorter_than_a_block(seq):
+    """Inductor's CPU flex kernel gets sequences shorter than the block wrong (NaN or garbage at 40 tokens in
+    128-blocks); `flex_block_size` keeps blocks no longer than the sequence (and the models keep sequences under
+    FLEX_CPU_SHORTEST off FlexAttention on CPU). Causal with per-row prefixes, and every key."""
+    q, k, v = qkv(seq, batch=2)
+    positions = torch.arange(seq)
+    prefix_lengths = torch.tensor([0, seq // 3])
+    causal = FlexPattern(causal_block_mask(seq, seq, None, q.device, prefix_lengths=prefix_lengths))
+    full = FlexPattern(full_block_mask(seq, seq, q.device))
+    with torch.no_grad():
+        compiled = torch.compile(lambda q, k, v: (causal(q, k, v, 0.3), full(q, k, v, 0.3)), fullgraph=True)
+        got_causal, got_full = compiled(q, k, v)
+        torch.testing.assert_close(
+            got_causal, sdpa(q, k, v, prefix_mask(positions, positions, prefix_lengths), 0.3), rtol=1e-5, atol=1e-5
+        )
+        torch.testing.assert_close(got_full, sdpa(q, k, v, None, 0.3), rtol=1e-5, atol=1e-5)
+
+
+def test_models_keep_short_sequences_off_flex_on_cpu():
+    model = tiny("chatglm-6b")
+    model.attn_backend = "flex"
+    positions = torch.arange(FLEX_CPU_SHORTEST - 1)
+    with torch.no_grad():
+        short = model._masks(positions, len(positions), torch.float32, torch.tensor([3]))
+        long = model._masks(torch.arange(FLEX_CPU_SHORTEST), FLEX_CPU_SHORTEST, torch.float32, torch.tensor([3]))
+    assert all(isinstance(mask, torch.Tensor) for mask in short.values())
+    assert all(isinstance(mask, FlexPattern) for mask in long.values())
+
+
 def test_flex_relative_bias_equals_sdpa():
     seq = 40
     q, k, v = qkv(seq, heads=3, kv_heads=3)
@@ -141,13 +201,14 @@ def tiny(name: str, **updates) -> torch.nn.Module:
     ids=["window", "alibi", "t5"],
 )
 def test_model_paths_agree(name, updates):
-    """The default inference path (chunked windows, Toeplitz views), the grad-enabled path (masks for windows)
-    and attn_backend="flex" give the same logits as the decode-time mask path of the same tokens."""
+    """The default inference path (chunked windows, Toeplitz views), the grad-enabled path (windows in chunks of
+    up to 256 queries) and attn_backend="flex" give the same logits as the decode-time mask path of the same
+    tokens."""
     model = tiny(name, **updates)
     seq = 90
     ids = torch.randint(0, 128, (2, seq))
     kwargs = {"decoder_input_ids": torch.randint(0, 128, (2, 30))} if name.startswith("t5") else {}
-    reference = model(ids, **kwargs).logits.detach()  # grad enabled: masks for windows
+    reference = model(ids, **kwargs).logits.detach()  # grad enabled: the training paths
     with torch.no_grad():
         default = model(ids, **kwargs).logits
         model.attn_backend = "flex"
