@@ -364,7 +364,8 @@ def distinct(cases: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]
 RUNNER = r"""
 import importlib.util, json, sys
 sys.modules["archspec"] = None  # `import archspec` now fails: the files must stand alone
-sys.path[:] = [p for p in sys.path if "editable" not in p and not p.startswith(sys.argv[3])]
+# the repository itself leaves the path (a virtual environment inside it, such as .venv/, stays)
+sys.path[:] = [p for p in sys.path if "editable" not in p and p.rstrip("/") != sys.argv[3].rstrip("/")]
 import torch
 
 torch.set_num_threads(1)  # tiny models (see the one_thread fixture)
