@@ -18,7 +18,16 @@ import yaml
 from pydantic import ValidationError
 
 from archspec.spec.errors import SpecError, SpecIssue
-from archspec.spec.schema import Spec
+from archspec.spec.schema import (
+    MAX_CONTEXT,
+    MAX_EXPERTS,
+    MAX_HEADS,
+    MAX_IMAGE_SIZE,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    Spec,
+)
 
 KeyPath = tuple[str | int, ...]
 Origins = dict[KeyPath, tuple[str, int]]
@@ -63,6 +72,9 @@ def load_yaml_tree(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
         cycle = " -> ".join(str(p) for p in (*_chain, resolved))
         raise SpecError([SpecIssue(("extends",), f"extends cycle: {cycle}", "remove one link", str(path))])
     if not _is_file(path):
+        if _is_dir(path):
+            hint = f"pass the spec files in it, e.g. {path / '*.yaml'}"
+            raise SpecError([SpecIssue((), "is a directory, not a spec file", hint, str(path))])
         raise SpecError([SpecIssue((), "file not found", "check the path", str(path))])
     data, origins = _parse_file(path)
     parent_ref = data.pop("extends", None)
@@ -111,7 +123,54 @@ def validate_spec(data: Any, origins: Origins, default_file: str) -> Spec:
             for issue in _issues_from_error(error, data):
                 file, line = _locate(issue.path, origins, default_file)
                 issues.append(SpecIssue(issue.path, issue.message, issue.hint, file, line))
-        raise SpecError(issues) from None
+        raise SpecError(_in_line_order(_one_per_problem(issues, data))) from None
+
+
+def _one_per_problem(issues: list[SpecIssue], data: dict[str, Any]) -> list[SpecIssue]:
+    """Merge the issues pydantic reports twice for one mistake.
+
+    - A typo'd required key is both "unknown key 'activaton'" and "required key 'activation' is missing": keep
+      the unknown key, and say in its hint that the key it resembles is required.
+    - A value that fits no member of a union (`eos: -1` for `int | list[int]`) fails once per member: keep the
+      member of the value's own type (an int's error, not "should be a valid list").
+    """
+    missing = {issue.path: issue for issue in issues if issue.message == "required key is missing"}
+    merged: list[SpecIssue] = []
+    dropped: set[tuple[str | int, ...]] = set()
+    for issue in issues:
+        suggestion = _suggested_key(issue)
+        if suggestion is not None and (*issue.path[:-1], suggestion) in missing:
+            dropped.add((*issue.path[:-1], suggestion))
+            hint = f"did you mean '{suggestion}'? it is required here"
+            issue = SpecIssue(issue.path, issue.message, hint, issue.file, issue.line)
+        merged.append(issue)
+    merged = [issue for issue in merged if not (issue.message == "required key is missing" and issue.path in dropped)]
+    by_path: dict[tuple[str | int, ...], list[SpecIssue]] = {}
+    for issue in merged:
+        by_path.setdefault(issue.path, []).append(issue)
+    kept = []
+    for issue in merged:
+        rivals = by_path[issue.path]
+        expected = _OTHER_TYPE.get(issue.message)
+        other_member = expected is not None and not isinstance(_value_at(data, issue.path), expected)
+        if len(rivals) > 1 and other_member and any(rival.message not in _OTHER_TYPE for rival in rivals):
+            continue  # the value's own type has its message: this one is about another union member
+        kept.append(issue)
+    return kept
+
+
+_OTHER_TYPE = {"Input should be a valid list": list, "Input should be a valid dictionary": dict}
+
+
+def _suggested_key(issue: SpecIssue) -> str | None:
+    if issue.message != "unknown key" or not issue.hint.startswith("did you mean '"):
+        return None
+    return issue.hint.split("'")[1]
+
+
+def _in_line_order(issues: list[SpecIssue]) -> list[SpecIssue]:
+    """Issues file by file, top to bottom (issues without a line first; ties keep pydantic's order)."""
+    return sorted(issues, key=lambda issue: (issue.file or "", issue.line or 0))
 
 
 # ------------------------------------------------------------------------------------------ internals
@@ -144,6 +203,13 @@ def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
     except OSError:  # e.g. a name too long for the file system
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
         return False
 
 
@@ -193,6 +259,23 @@ def _parse_file(path: Path) -> tuple[dict[str, Any], Origins]:
     except (ValueError, OverflowError) as exc:
         # Scalars PyYAML cannot convert, e.g. an integer with more digits than Python converts (int_max_str_digits).
         raise SpecError([SpecIssue((), f"invalid YAML value: {exc}", "", str(path))]) from None
+    except yaml.constructor.ConstructorError as exc:  # a tag the safe loader does not construct: !!python/...
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        tag = re.search(r"tag '([^']*)'", exc.problem or "")
+        shown = (tag.group(1) if tag else "this tag").replace("tag:yaml.org,2002:", "!!")
+        kind = "Python object tags are" if "python/" in shown else "this tag is"
+        raise SpecError(
+            [
+                SpecIssue(
+                    (),
+                    f"YAML tag {shown!r} is not allowed: {kind} never read in a spec",
+                    "a spec holds plain mappings, lists, strings and numbers; remove the tag",
+                    str(path),
+                    line,
+                )
+            ]
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -294,9 +377,28 @@ def _issues_from_error(error: dict[str, Any], data: dict[str, Any]) -> list[Spec
         if error["type"] == "union_tag_invalid" and path and isinstance(_value_at(data, path), dict):
             path = (*path, "kind")
         hint = "allowed: " + str(ctx.get("expected_tags") or ctx.get("expected", ""))
+    elif error["type"] == "string_pattern_mismatch" and path == ("name",):
+        message = f"{error['input']!r} is not a valid name"
+        hint = "use letters, digits, '.', '_' and '-', starting with a letter or digit, e.g. llama3-8b"
+    elif error["type"] in _BOUNDS:
+        word, bound = _BOUNDS[error["type"]]
+        limit = error["ctx"][bound]
+        message = f"must be {word} {limit}"
+        hint = f"got {error['input']!r}"
+        if bound == "le" and limit in _SIZE_LIMITS:
+            hint += f"; {limit} is archspec's limit for this size, far above any published model"
     elif _is_scalar(error.get("input")) and error["type"] not in ("consistency", "value_error"):
         hint = f"got {error['input']!r}"
     return [SpecIssue(path, message, hint)]
+
+
+_BOUNDS = {
+    "less_than_equal": ("at most", "le"),
+    "less_than": ("less than", "lt"),
+    "greater_than_equal": ("at least", "ge"),
+    "greater_than": ("greater than", "gt"),
+}
+_SIZE_LIMITS = frozenset({MAX_WIDTH, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_CONTEXT, MAX_EXPERTS, MAX_IMAGE_SIZE})
 
 
 def _value_at(data: Any, path: KeyPath) -> Any:

@@ -1,4 +1,8 @@
-"""Cross-field rules of a spec, each reported at the key path a user has to change."""
+"""Cross-field rules of a spec, each reported at the key path a user has to change.
+
+The rules read sections by their `kind` (not by class), so this module needs nothing from `schema.py`, which
+calls it from its validator.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +14,21 @@ from archspec.spec.errors import SpecIssue
 if TYPE_CHECKING:
     from archspec.spec.schema import Spec
 
+MAX_PARAMETERS = 10**15
+"""The most parameters a spec may have: 500x the largest published models (about 2e12), and more than the memory
+of any machine holds even at one byte per parameter. The sizes of single fields have their own bounds in
+`schema.py` (MAX_WIDTH, MAX_LAYERS, ...)."""
+
 
 def consistency_issues(spec: Spec) -> list[SpecIssue]:
     """Every rule the types alone cannot express. Runs on a spec whose fields are individually valid."""
-    from archspec.spec.schema import AttentionSpec, LatentAttentionSpec, Llama3Scaling, RopeSpec
-
     issues: list[SpecIssue] = []
 
     def problem(path: str, message: str, hint: str = "") -> None:
         issues.append(SpecIssue(tuple(path.split(".")), message, hint))
 
     attn = spec.attention
-    if isinstance(attn, LatentAttentionSpec):
+    if attn.kind == "mla":
         issues.extend(_latent_attention_issues(spec))
     else:
         if attn.head_dim is None:
@@ -43,6 +50,7 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
             if bad:
                 problem("attention.window_layers", f"layers {bad} do not exist (n_layers = {spec.n_layers})")
 
+    _token_issues(spec, problem)
     if spec.norm.kind == "rmsnorm" and spec.norm.bias:
         problem("norm.bias", "rmsnorm has no bias", "use kind: layernorm, or drop bias")
 
@@ -53,7 +61,7 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
         problem("block.parallel_norms", f"only meaningful for parallel blocks, not {block.kind}")
 
     position = spec.position
-    if isinstance(position, RopeSpec) and isinstance(attn, AttentionSpec) and attn.head_dim is not None:
+    if position.kind == "rope" and attn.kind == "mha" and attn.head_dim is not None:
         rotary = int(attn.head_dim * position.fraction)
         if rotary == 0 or rotary % 2:
             problem(
@@ -68,28 +76,80 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
                 f"dynamic NTK needs more than 2 rotary dims (has {rotary})",
                 "its theta formula has the exponent d / (d - 2)",
             )
-        if isinstance(scaling, Llama3Scaling) and scaling.high_freq_factor <= scaling.low_freq_factor:
+        if getattr(scaling, "kind", None) == "llama3" and scaling.high_freq_factor <= scaling.low_freq_factor:
             problem(
                 "position.scaling.high_freq_factor",
                 f"must exceed low_freq_factor ({scaling.low_freq_factor})",
                 "the two bound the band that is smoothly interpolated",
             )
-    if isinstance(attn, AttentionSpec) and attn.qk_norm and spec.norm.kind != "rmsnorm":
+    if attn.kind == "mha" and attn.qk_norm and spec.norm.kind != "rmsnorm":
         problem("attention.qk_norm", "qk_norm uses RMSNorm per head; the spec's norm is layernorm")
     _structure_issues(spec, problem)
     if spec.vision is not None:
         _vision_issues(spec, problem)
     if spec.moe is not None:
         issues.extend(_moe_issues(spec))
+    if not issues:  # sizes are only meaningful once the shape of the model is consistent
+        issues.extend(_size_issues(spec))
     return issues
 
 
-def _latent_attention_issues(spec: Spec) -> list[SpecIssue]:
-    from archspec.spec.schema import RopeSpec
+def _token_issues(spec: Spec, problem: Callable[..., None]) -> None:
+    """Token ids index the embedding: each must be below vocab_size (generate() would stop at, or pad with, an id
+    the model can never produce or read)."""
+    tokens = spec.tokens
+    for name in ("bos", "pad", "decoder_start"):
+        value = getattr(tokens, name)
+        if value is not None and value >= spec.vocab_size:
+            problem(f"tokens.{name}", f"{value} is not below vocab_size ({spec.vocab_size})")
+    eos = [tokens.eos] if isinstance(tokens.eos, int) else tokens.eos or []
+    bad = [value for value in eos if value >= spec.vocab_size]
+    if bad:
+        shown = bad[0] if isinstance(tokens.eos, int) else bad
+        problem("tokens.eos", f"{shown} is not below vocab_size ({spec.vocab_size})")
 
+
+def _size_issues(spec: Spec) -> list[SpecIssue]:
+    """A spec whose parameters cannot fit any machine is an error at the key that makes it so.
+
+    The count is a lower bound (the largest matrices of each part: the token embedding, each block's attention
+    output and MLP projections, the vision tower's attention), so a refused spec is certainly too large; the exact
+    count (`archspec.analysis.param_counts`) is at least as big. Reported at the key of the largest part."""
+    d = spec.d_model
+    attn = spec.attention
+    value_width = attn.heads * (attn.v_dim if attn.kind == "mla" else attn.head_dim or d // attn.heads)
+    layers = spec.n_layers + (spec.n_decoder_layers or 0)
+    attention = layers * 2 * d * value_width  # the value/output path: v (or MLA's kv_up) and o
+    dense_mlp = 2 * d * spec.mlp.d_ff
+    moe = spec.moe
+    moe_layers = sum(spec.is_moe_layer(index) for index in range(spec.n_layers)) if moe is not None else 0
+    experts = moe_layers * moe.experts * 2 * d * (moe.d_ff or spec.mlp.d_ff) if moe is not None else 0
+    parts = {
+        ("vocab_size",): spec.vocab_size * d,
+        ("n_layers",): attention + (layers - moe_layers) * dense_mlp,
+        ("moe", "experts"): experts,
+    }
+    tower = spec.vision.tower if spec.vision is not None else None
+    if tower is not None and tower.kind == "vit":
+        grid = tower.image_size // tower.patch_size
+        parts[("vision", "tower", "depth")] = tower.depth * 4 * tower.width**2 + grid * grid * tower.width
+    total = sum(parts.values())
+    if total <= MAX_PARAMETERS:
+        return []
+    path = max(parts, key=lambda key: parts[key])
+    return [
+        SpecIssue(
+            path,
+            f"the spec has at least {total:.3g} parameters, more than any machine holds",
+            f"archspec builds models of up to {MAX_PARAMETERS:.0e} parameters; the largest published have about 2e12",
+        )
+    ]
+
+
+def _latent_attention_issues(spec: Spec) -> list[SpecIssue]:
     issues = []
     position = spec.position
-    if not isinstance(position, RopeSpec):
+    if position.kind != "rope":
         issues.append(
             SpecIssue(("position",), "mla needs rope positions (its rope_dim part rotates)", "position: rope")
         )
@@ -100,7 +160,7 @@ def _latent_attention_issues(spec: Spec) -> list[SpecIssue]:
     if spec.attention.rope_dim % 2:  # type: ignore[union-attr]
         issues.append(SpecIssue(("attention", "rope_dim"), "must be even", "rotary dims rotate in pairs"))
     elif (
-        isinstance(position, RopeSpec)
+        position.kind == "rope"
         and getattr(position.scaling, "kind", None) == "dynamic"
         and spec.attention.rope_dim <= 2
     ):  # type: ignore[union-attr]
@@ -145,13 +205,11 @@ def _moe_issues(spec: Spec) -> list[SpecIssue]:
 
 def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
     """Rules of the encoder-decoder (T5) and GLM structures and of the deepnorm block."""
-    from archspec.spec.schema import RelativeBiasSpec, RopeSpec
-
     position, block = spec.position, spec.block
     encoder_decoder = spec.structure == "encoder-decoder"
-    if isinstance(position, RelativeBiasSpec) and not encoder_decoder:
+    if position.kind == "relative-bias" and not encoder_decoder:
         problem("position.kind", "relative-bias is implemented for structure: encoder-decoder only")
-    if isinstance(position, RelativeBiasSpec):
+    if position.kind == "relative-bias":
         # T5's bucketing: the encoder splits the buckets by direction, then each half into exact and logarithmic
         # buckets; the logarithmic part divides by ln(max_distance / (buckets // 2)) in the decoder
         if position.buckets < 4:
@@ -165,7 +223,7 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
                 "T5 uses buckets: 32, max_distance: 128",
             )
     if encoder_decoder:
-        if not isinstance(position, RelativeBiasSpec):
+        if position.kind != "relative-bias":
             problem("position.kind", f"encoder-decoder supports position kind relative-bias, not {position.kind}")
         if block.kind != "pre-norm" or block.residual_from_norm:
             problem("block", "encoder-decoder blocks are pre-norm (T5's layout)", "use block: pre-norm")
@@ -184,7 +242,7 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
             problem("n_decoder_layers", "only meaningful for structure: encoder-decoder")
         if spec.embeddings.scale_head:
             problem("embeddings.scale_head", "implemented for structure: encoder-decoder only (T5 v1.0)")
-    if isinstance(position, RopeSpec) and position.block_positions:
+    if position.kind == "rope" and position.block_positions:
         if spec.structure != "glm":
             problem("position.block_positions", "2-D positions belong to structure: glm")
         if position.fraction != 1.0 or position.pairing != "half":
@@ -210,8 +268,6 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
 def _vision_issues(spec: Spec, problem: Callable[..., None]) -> None:
     """Rules of the `vision` section: a tower that tiles its image, feature layers that exist, a pooling grid that
     divides the tower's, and tokens_per_image equal to what the tower, selection and pooling give."""
-    from archspec.spec.schema import ExternalTowerSpec, ViTSpec
-
     vision = spec.vision
     assert vision is not None
     tower = vision.tower
@@ -220,7 +276,7 @@ def _vision_issues(spec: Spec, problem: Callable[..., None]) -> None:
     if vision.image_token >= spec.vocab_size:
         problem("vision.image_token", f"{vision.image_token} is not below vocab_size ({spec.vocab_size})")
     grid: int | None = None
-    if isinstance(tower, ViTSpec):
+    if tower.kind == "vit":
         if tower.image_size % tower.patch_size:
             problem(
                 "vision.tower.patch_size", f"does not divide image_size ({tower.image_size})", "patches tile the image"
@@ -236,7 +292,7 @@ def _vision_issues(spec: Spec, problem: Callable[..., None]) -> None:
             )
         if not (tower.class_token and vision.feature_select == "all"):
             grid = tower.image_size // tower.patch_size
-    elif isinstance(tower, ExternalTowerSpec):
+    elif tower.kind == "external":
         if vision.feature_layer != -1:
             problem("vision.feature_layer", "an external tower's features are used as given", "drop feature_layer")
         side = round(tower.patches**0.5)

@@ -17,7 +17,23 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
+from archspec.spec.rules import consistency_issues
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+# Upper bounds of the sizes a spec may ask for: each far above any model published (largest d_model 18432,
+# deepest stack 1000 layers (DeepNet), 128 query heads, vocabularies of 262k, contexts of 10M tokens, 256 routed
+# experts), and low enough that no tensor's storage size overflows and a meta-device build of the largest
+# allowed stack takes seconds. The total parameter count has its own ceiling (`rules.MAX_PARAMETERS`).
+MAX_WIDTH = 2**20
+"""d_model, MLP and expert widths, head dims, MLA ranks, vision widths."""
+MAX_HEADS = 2**14
+MAX_LAYERS = 4096
+MAX_VOCAB = 2**24
+"""Also the bound of every token id."""
+MAX_CONTEXT = 2**32
+MAX_EXPERTS = 2**16
+MAX_IMAGE_SIZE = 2**16
 
 
 def kind_shorthand(value: Any) -> Any:
@@ -34,7 +50,8 @@ class Section(BaseModel):
     """Base of every spec section: unknown keys and wrongly typed values are errors."""
 
     # strict: `d_model: true` or `d_model: "8"` are errors, not 1 and 8 (ints still fill float fields).
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True)
+    # allow_inf_nan=False: `.inf` and `.nan` are valid YAML floats, never valid sizes, scales or epsilons.
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, strict=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------------------------- norms
@@ -66,12 +83,18 @@ class AttentionSpec(Section):
     kind: Literal["mha"] = Field(
         "mha", description="Multi-head attention with kv_heads key/value heads (MHA, GQA or MQA)."
     )
-    heads: int = Field(gt=0, description="Number of query heads.")
+    heads: int = Field(gt=0, le=MAX_HEADS, description="Number of query heads.")
     kv_heads: int | None = Field(
-        None, gt=0, description="Key/value heads: = heads is MHA, 1 is MQA, in between is GQA. Default: heads."
+        None,
+        gt=0,
+        le=MAX_HEADS,
+        description="Key/value heads: = heads is MHA, 1 is MQA, in between is GQA. Default: heads.",
     )
     head_dim: int | None = Field(
-        None, gt=0, description="Width of one head. Default: d_model / heads (Qwen3 and GLM set it explicitly)."
+        None,
+        gt=0,
+        le=MAX_WIDTH,
+        description="Width of one head. Default: d_model / heads (Qwen3 and GLM set it explicitly).",
     )
     bias: Annotated[ProjectionBias, BeforeValidator(bool_for_all_projections)] = Field(
         default_factory=ProjectionBias,
@@ -79,9 +102,12 @@ class AttentionSpec(Section):
     )
     qk_norm: bool = Field(False, description="Per-head RMSNorm of q and k before RoPE (Qwen3).")
     window: int | None = Field(
-        None, gt=0, description="Sliding window: a query sees itself and the window-1 keys before it (Mistral)."
+        None,
+        gt=0,
+        le=MAX_CONTEXT,
+        description="Sliding window: a query sees itself and the window-1 keys before it (Mistral).",
     )
-    window_layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+    window_layers: list[Annotated[int, Field(ge=0, le=MAX_LAYERS)]] | None = Field(
         None, description="Layers that use the sliding window (default: all layers when window is set)."
     )
     scale: float | None = Field(
@@ -94,12 +120,18 @@ class LatentAttentionSpec(Section):
     up-projected from one compressed latent per token, which is all the KV cache stores (plus one shared RoPE key)."""
 
     kind: Literal["mla"]
-    heads: int = Field(gt=0, description="Number of query (and key/value) heads.")
-    q_rank: int | None = Field(None, gt=0, description="Rank of the query's low-rank projection (none: a plain q).")
-    kv_rank: int = Field(gt=0, description="Width of the compressed key/value latent (what the cache stores).")
-    nope_dim: int = Field(gt=0, description="Per-head query/key dims without RoPE.")
-    rope_dim: int = Field(gt=0, description="Per-head query/key dims with RoPE (the key part is shared by heads).")
-    v_dim: int = Field(gt=0, description="Per-head value dims.")
+    heads: int = Field(gt=0, le=MAX_HEADS, description="Number of query (and key/value) heads.")
+    q_rank: int | None = Field(
+        None, gt=0, le=MAX_WIDTH, description="Rank of the query's low-rank projection (none: a plain q)."
+    )
+    kv_rank: int = Field(
+        gt=0, le=MAX_WIDTH, description="Width of the compressed key/value latent (what the cache stores)."
+    )
+    nope_dim: int = Field(gt=0, le=MAX_WIDTH, description="Per-head query/key dims without RoPE.")
+    rope_dim: int = Field(
+        gt=0, le=MAX_WIDTH, description="Per-head query/key dims with RoPE (the key part is shared by heads)."
+    )
+    v_dim: int = Field(gt=0, le=MAX_WIDTH, description="Per-head value dims.")
     bias: bool = Field(False, description="Biases on the down projections and the output projection.")
     latent_norm_eps: float = Field(1e-6, gt=0, description="Epsilon of the RMSNorms on the q and kv latents.")
     scale: float | None = Field(
@@ -145,13 +177,13 @@ class Llama3Scaling(Section):
     high_freq_factor: float = Field(
         4.0, gt=0, description="Wavelengths below original_context/high_freq_factor are kept."
     )
-    original_context: int = Field(gt=0, description="Context length the model was pre-trained with.")
+    original_context: int = Field(gt=0, le=MAX_CONTEXT, description="Context length the model was pre-trained with.")
 
 
 class YarnScaling(Section):
     kind: Literal["yarn"]
     factor: float = Field(gt=0, description="Context extension factor.")
-    original_context: int = Field(gt=0, description="Context length the model was pre-trained with.")
+    original_context: int = Field(gt=0, le=MAX_CONTEXT, description="Context length the model was pre-trained with.")
     beta_fast: float = Field(32.0, gt=0, description="Rotations above which dimensions extrapolate.")
     beta_slow: float = Field(1.0, gt=0, description="Rotations below which dimensions interpolate.")
     mscale: float | None = Field(None, description="DeepSeek's attention-temperature numerator (with mscale_all_dim).")
@@ -203,9 +235,14 @@ class RelativeBiasSpec(Section):
     """T5's bucketed relative position bias (Raffel et al. 2020, https://arxiv.org/abs/1910.10683, section 2.1)."""
 
     kind: Literal["relative-bias"]
-    buckets: int = Field(32, gt=1, description="Buckets of relative distance (relative_attention_num_buckets).")
+    buckets: int = Field(
+        32, gt=1, le=MAX_EXPERTS, description="Buckets of relative distance (relative_attention_num_buckets)."
+    )
     max_distance: int = Field(
-        128, gt=1, description="Distances beyond this share the last bucket (relative_attention_max_distance)."
+        128,
+        gt=1,
+        le=MAX_CONTEXT,
+        description="Distances beyond this share the last bucket (relative_attention_max_distance).",
     )
 
 
@@ -256,7 +293,7 @@ class MlpSpec(Section):
             "swiglu, geglu, geglu-tanh, reglu."
         )
     )
-    d_ff: int = Field(gt=0, description="Hidden width of the MLP (of each of gate and up when gated).")
+    d_ff: int = Field(gt=0, le=MAX_WIDTH, description="Hidden width of the MLP (of each of gate and up when gated).")
     bias: bool = Field(False, description="Biases on the MLP projections.")
 
 
@@ -269,13 +306,15 @@ class EmbeddingSpec(Section):
 
 
 class TokenSpec(Section):
-    bos: int | None = Field(None, ge=0, description="Beginning-of-sequence token id.")
-    eos: int | list[Annotated[int, Field(ge=0)]] | None = Field(
+    bos: int | None = Field(None, ge=0, le=MAX_VOCAB, description="Beginning-of-sequence token id.")
+    eos: Annotated[int, Field(ge=0, le=MAX_VOCAB)] | list[Annotated[int, Field(ge=0, le=MAX_VOCAB)]] | None = Field(
         None, description="End-of-sequence token id, or several: generate() stops at any of them."
     )
-    pad: int | None = Field(None, ge=0, description="Padding token id (generate() pads finished rows with it).")
+    pad: int | None = Field(
+        None, ge=0, le=MAX_VOCAB, description="Padding token id (generate() pads finished rows with it)."
+    )
     decoder_start: int | None = Field(
-        None, ge=0, description="encoder-decoder: the token the decoder starts from (T5: 0, the pad id)."
+        None, ge=0, le=MAX_VOCAB, description="encoder-decoder: the token the decoder starts from (T5: 0, the pad id)."
     )
 
 
@@ -289,9 +328,9 @@ class RouterSpec(Section):
         True, description="Divide the top-k weights by their sum (Mixtral; Qwen's norm_topk_prob)."
     )
     scale: float = Field(1.0, gt=0, description="Routed scaling factor multiplying the top-k weights (DeepSeek).")
-    groups: int = Field(1, gt=0, description="Group-limited routing: experts form this many groups ...")
+    groups: int = Field(1, gt=0, le=MAX_EXPERTS, description="Group-limited routing: experts form this many groups ...")
     top_groups: int | None = Field(
-        None, gt=0, description="... and a token may only use experts of its best top_groups."
+        None, gt=0, le=MAX_EXPERTS, description="... and a token may only use experts of its best top_groups."
     )
     group_score: Literal["max", "top2-sum"] = Field(
         "max", description="Score of a group: its best expert (DeepSeek-V2) or its best two summed (V3)."
@@ -312,16 +351,18 @@ class RouterSpec(Section):
 class MoESpec(Section):
     """A mixture of experts that replaces the MLP in its layers. Experts use the spec's MLP activation."""
 
-    experts: int = Field(gt=0, description="Number of routed experts.")
-    top_k: int = Field(gt=0, description="Experts each token is sent to.")
-    d_ff: int | None = Field(None, gt=0, description="Hidden width of each expert. Default: mlp.d_ff.")
-    shared_experts: int = Field(0, ge=0, description="Always-on experts (DeepSeek, Qwen-MoE), fused into one MLP.")
-    shared_d_ff: int | None = Field(None, gt=0, description="Width of each shared expert. Default: d_ff.")
+    experts: int = Field(gt=0, le=MAX_EXPERTS, description="Number of routed experts.")
+    top_k: int = Field(gt=0, le=MAX_EXPERTS, description="Experts each token is sent to.")
+    d_ff: int | None = Field(None, gt=0, le=MAX_WIDTH, description="Hidden width of each expert. Default: mlp.d_ff.")
+    shared_experts: int = Field(
+        0, ge=0, le=MAX_EXPERTS, description="Always-on experts (DeepSeek, Qwen-MoE), fused into one MLP."
+    )
+    shared_d_ff: int | None = Field(None, gt=0, le=MAX_WIDTH, description="Width of each shared expert. Default: d_ff.")
     shared_gate: bool = Field(False, description="Scale the shared experts by sigmoid(linear(x)) (Qwen-MoE).")
     dense_layers: int = Field(
-        0, ge=0, description="The first N layers keep the dense MLP (DeepSeek's first_k_dense_replace)."
+        0, ge=0, le=MAX_LAYERS, description="The first N layers keep the dense MLP (DeepSeek's first_k_dense_replace)."
     )
-    layers: list[Annotated[int, Field(ge=0)]] | None = Field(
+    layers: list[Annotated[int, Field(ge=0, le=MAX_LAYERS)]] | None = Field(
         None,
         description="Explicit list of MoE layers (overrides dense_layers; Qwen-MoE's sparse step / mlp_only_layers).",
     )
@@ -338,13 +379,15 @@ class ViTSpec(Section):
     learned absolute positions, then pre-norm blocks of bidirectional multi-head attention and a plain MLP."""
 
     kind: Literal["vit"]
-    image_size: int = Field(gt=0, description="Side of the square input image in pixels.")
-    patch_size: int = Field(gt=0, description="Side of a square patch: the grid has image_size / patch_size per side.")
-    channels: int = Field(3, gt=0, description="Channels of pixel_values.")
-    width: int = Field(gt=0, description="Hidden width of the tower (CLIP's hidden_size).")
-    depth: int = Field(gt=0, description="Number of encoder blocks.")
-    heads: int = Field(gt=0, description="Attention heads; head_dim = width / heads.")
-    d_ff: int = Field(gt=0, description="Hidden width of each block's MLP.")
+    image_size: int = Field(gt=0, le=MAX_IMAGE_SIZE, description="Side of the square input image in pixels.")
+    patch_size: int = Field(
+        gt=0, le=MAX_IMAGE_SIZE, description="Side of a square patch: the grid has image_size / patch_size per side."
+    )
+    channels: int = Field(3, gt=0, le=MAX_WIDTH, description="Channels of pixel_values.")
+    width: int = Field(gt=0, le=MAX_WIDTH, description="Hidden width of the tower (CLIP's hidden_size).")
+    depth: int = Field(gt=0, le=MAX_LAYERS, description="Number of encoder blocks.")
+    heads: int = Field(gt=0, le=MAX_HEADS, description="Attention heads; head_dim = width / heads.")
+    d_ff: int = Field(gt=0, le=MAX_WIDTH, description="Hidden width of each block's MLP.")
     activation: VisionActivation = Field(
         "quick-gelu", description="MLP activation; quick-gelu is x * sigmoid(1.702 x) (CLIP's quick_gelu)."
     )
@@ -367,8 +410,10 @@ class ExternalTowerSpec(Section):
     `model.vision_tower` to a module or callable mapping pixel_values to such features."""
 
     kind: Literal["external"]
-    width: int = Field(gt=0, description="Width of each feature vector the tower returns.")
-    patches: int = Field(gt=0, description="Feature vectors per image the tower returns (e.g. 576 for a 24 x 24 grid).")
+    width: int = Field(gt=0, le=MAX_WIDTH, description="Width of each feature vector the tower returns.")
+    patches: int = Field(
+        gt=0, le=MAX_CONTEXT, description="Feature vectors per image the tower returns (e.g. 576 for a 24 x 24 grid)."
+    )
 
 
 class ProjectorSpec(Section):
@@ -376,7 +421,10 @@ class ProjectorSpec(Section):
 
     kind: Literal["linear", "mlp"] = Field("mlp", description="linear: one linear map; mlp: depth linear maps.")
     depth: int | None = Field(
-        None, gt=0, description="Linear layers, with the activation between them. Default: 1 for linear, 2 for mlp."
+        None,
+        gt=0,
+        le=MAX_LAYERS,
+        description="Linear layers, with the activation between them. Default: 1 for linear, 2 for mlp.",
     )
     activation: VisionActivation = Field("gelu", description="Activation between the MLP's layers.")
     bias: bool = Field(True, description="Biases on the projector's layers (LLaVA's multimodal_projector_bias).")
@@ -394,7 +442,9 @@ class PatchPoolingSpec(Section):
 
     kind: Literal["average"] = Field("average", description="Mean over non-overlapping square windows.")
     tokens: int = Field(
-        gt=0, description="Tokens per image after pooling: a square, side^2, whose side divides the grid's."
+        gt=0,
+        le=MAX_CONTEXT,
+        description="Tokens per image after pooling: a square, side^2, whose side divides the grid's.",
     )
 
 
@@ -419,10 +469,13 @@ class VisionSpec(Section):
         None, description="Average pooling of each image's tokens to fewer tokens."
     )
     image_token: int = Field(
-        ge=0, description="The placeholder token id: each image fills a run of tokens_per_image of them."
+        ge=0, le=MAX_VOCAB, description="The placeholder token id: each image fills a run of tokens_per_image of them."
     )
     tokens_per_image: int | None = Field(
-        None, gt=0, description="Image tokens per image in the text sequence. Default: what the tower and pooling give."
+        None,
+        gt=0,
+        le=MAX_CONTEXT,
+        description="Image tokens per image in the text sequence. Default: what the tower and pooling give.",
     )
 
     @property
@@ -459,13 +512,15 @@ class Spec(Section):
             "causal after it (GLM's blank infilling, ChatGLM)."
         ),
     )
-    vocab_size: int = Field(gt=0, description="Rows of the token embedding.")
-    d_model: int = Field(gt=0, description="Width of the residual stream.")
-    n_layers: int = Field(gt=0, description="Number of blocks (of the encoder, for encoder-decoder).")
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB, description="Rows of the token embedding.")
+    d_model: int = Field(gt=0, le=MAX_WIDTH, description="Width of the residual stream.")
+    n_layers: int = Field(gt=0, le=MAX_LAYERS, description="Number of blocks (of the encoder, for encoder-decoder).")
     n_decoder_layers: int | None = Field(
-        None, gt=0, description="encoder-decoder only: decoder blocks. Default: n_layers."
+        None, gt=0, le=MAX_LAYERS, description="encoder-decoder only: decoder blocks. Default: n_layers."
     )
-    context_length: int = Field(gt=0, description="Maximum positions (size of the learned table, RoPE's L_max).")
+    context_length: int = Field(
+        gt=0, le=MAX_CONTEXT, description="Maximum positions (size of the learned table, RoPE's L_max)."
+    )
     attention: AnyAttention = Field(description="mha (MHA/GQA/MQA) or mla (DeepSeek's latent attention).")
     position: Annotated[PositionSpec, BeforeValidator(kind_shorthand)] = Field(
         description="rope, alibi, learned (absolute table) or none."
@@ -486,8 +541,6 @@ class Spec(Section):
 
     @model_validator(mode="after")
     def _resolve_and_check(self) -> Spec:
-        from archspec.spec.rules import consistency_issues
-
         attn = self.attention
         if isinstance(attn, AttentionSpec):
             if attn.kv_heads is None:

@@ -128,7 +128,10 @@ def llama_like(draw: st.DrawFn, model_type: str) -> dict[str, Any]:
     glm = model_type in ("glm", "glm4")
     if glm:  # GlmConfig replaces eos_token_id None by GLM-4's three ids: a GLM config always has an eos
         data["tokens"]["eos"] = draw(
-            st.one_of(st.integers(0, data["vocab_size"] - 1), st.lists(st.integers(0, 9), min_size=2, max_size=3))
+            st.one_of(
+                st.integers(0, data["vocab_size"] - 1),
+                st.lists(st.integers(0, data["vocab_size"] - 1), min_size=2, max_size=3),
+            )
         )
         rotary = 2 * draw(st.integers(1, head_dim // 2))
         data["position"] = draw(rope(rotary, pairing="interleaved", fraction=rotary / head_dim))

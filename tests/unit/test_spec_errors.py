@@ -140,7 +140,11 @@ CASES = {
         "unknown key",
     ),
     "python tag (safe loading)": Case(
-        {"spec.yaml": "name: !!python/object/apply:os.system [echo hi]\n"}, "spec.yaml", 1, "<root>", "invalid YAML"
+        {"spec.yaml": "name: !!python/object/apply:os.system [echo hi]\n"},
+        "spec.yaml",
+        1,
+        "<root>",
+        "Python object tags are never read",
     ),
     "not a mapping": Case({"spec.yaml": "- name: tiny\n"}, "spec.yaml", 1, "<root>", "mapping"),
     "empty file": Case({"spec.yaml": "# nothing\n"}, "spec.yaml", 1, "<root>", "empty"),
