@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
+from archspec.interop.checkpoint import CheckpointReader
 from archspec.spec.errors import ArchspecError, WeightLoadError
 from archspec.spec.loader import spec_from_dict
 from archspec.spec.schema import NAME_PATTERN, Spec
@@ -46,7 +46,8 @@ SUPPORTED_MODEL_TYPES = (
     "llava",
 )
 
-# Class defaults of the transformers 5.23.0 config classes, for keys a config.json may leave out.
+# Class defaults of the transformers 5.25 config classes, for keys a config.json may leave out: each family's own
+# (tests/parity/test_hf_config_defaults.py imports every class's defaults written out and left out, and compares).
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": dict(
         rms_norm_eps=1e-6,
@@ -75,8 +76,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         max_position_embeddings=32768,
         tie_word_embeddings=False,
         hidden_act="silu",
+        num_key_value_heads=32,
         use_sliding_window=False,
-        sliding_window=None,
+        sliding_window=4096,
         max_window_layers=28,
         rope_theta=10000.0,
     ),
@@ -85,10 +87,11 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         max_position_embeddings=32768,
         tie_word_embeddings=False,
         hidden_act="silu",
+        num_key_value_heads=32,
         head_dim=128,
         attention_bias=False,
         use_sliding_window=False,
-        sliding_window=None,
+        sliding_window=4096,
         max_window_layers=28,
         rope_theta=10000.0,
     ),
@@ -149,6 +152,8 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         attention_bias=True,
         rope_theta=10000.0,
         partial_rotary_factor=0.5,
+        pad_token_id=151329,
+        eos_token_id=[151329, 151336, 151338],
     ),
 }
 _DEFAULTS["glm4"] = _DEFAULTS["glm"]
@@ -164,6 +169,7 @@ _DEFAULTS["mixtral"] = dict(
 )
 _DEFAULTS["qwen2_moe"] = dict(
     _DEFAULTS["qwen2"],
+    num_key_value_heads=16,
     decoder_sparse_step=1,
     moe_intermediate_size=1408,
     shared_expert_intermediate_size=5632,
@@ -174,8 +180,9 @@ _DEFAULTS["qwen2_moe"] = dict(
     mlp_only_layers=[],
     qkv_bias=True,
 )
-_DEFAULTS["qwen3_moe"] = dict(
-    _DEFAULTS["qwen3"],
+_DEFAULTS["qwen3_moe"] = dict(  # no head_dim (hidden_size // heads), no max_window_layers: unlike qwen3
+    {k: v for k, v in _DEFAULTS["qwen3"].items() if k not in ("head_dim", "max_window_layers")},
+    num_key_value_heads=4,
     decoder_sparse_step=1,
     moe_intermediate_size=768,
     num_experts_per_tok=8,
@@ -278,8 +285,21 @@ def spec_from_hf(source: str | Path | dict[str, Any], name: str | None = None) -
     data = _CONVERTERS[model_type](get)
     data["name"] = name or _spec_name(source, config)
     data["description"] = f"imported from a transformers '{model_type}' config"
-    data["tokens"] = {**_tokens(get), **data.get("tokens", {})}
+    data["tokens"] = _in_vocabulary({**_tokens(get), **data.get("tokens", {})}, data["vocab_size"])
     return spec_from_dict(data, source=str(source) if not isinstance(source, dict) else "<hf config>")
+
+
+def _in_vocabulary(tokens: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """The token ids a model of `vocab_size` rows can produce: the config classes' default ids (GLM's 151329, ...)
+    stay in tiny test configs whose vocabulary is far smaller, where no token can ever have them."""
+    kept: dict[str, Any] = {}
+    for key, value in tokens.items():
+        if isinstance(value, list):
+            inside = [token for token in value if token < vocab_size]
+            kept[key] = inside or None
+        else:
+            kept[key] = value if value is None or value < vocab_size else None
+    return kept
 
 
 @dataclass
@@ -392,20 +412,23 @@ def _llama_like(get: _Getter, *, bias: dict[str, bool], qk_norm: bool = False) -
     }
 
 
-def _sliding_layers(get: _Getter, data: dict[str, Any]) -> None:
-    """Qwen2/3: layer_types, or use_sliding_window + max_window_layers (layers >= it slide)."""
+def _sliding_layers(get: _Getter, data: dict[str, Any], default_layers: Callable[[int], bool]) -> None:
+    """The Qwen families' windows, as their 5.25 config classes resolve them: `sliding_window` only when
+    `use_sliding_window` (else no layer slides, whatever `layer_types` says), on the layers `layer_types` marks
+    "sliding_attention", or, without `layer_types`, on the layers `default_layers(index)` picks (the family's rule
+    of `max_window_layers`)."""
     window = get("sliding_window") if get("use_sliding_window") else None
-    layer_types = get.config.get("layer_types")
-    if layer_types and "sliding_attention" in layer_types:
-        window = window or get.config.get("sliding_window")
-        layers = [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
-    elif window is not None:
-        layers = list(range(get("max_window_layers"), data["n_layers"]))
-    else:
+    if not window:
         return
+    n_layers = data["n_layers"]
+    layer_types = get.config.get("layer_types")
+    if layer_types:
+        layers = [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
+    else:
+        layers = [i for i in range(n_layers) if default_layers(i)]
     if layers:
         data["attention"]["window"] = window
-        if len(layers) < data["n_layers"]:
+        if len(layers) < n_layers:
             data["attention"]["window_layers"] = layers
 
 
@@ -426,14 +449,14 @@ def _from_mistral(get: _Getter) -> dict[str, Any]:
 
 def _from_qwen2(get: _Getter) -> dict[str, Any]:
     data = _llama_like(get, bias={"q": True, "k": True, "v": True, "o": False})
-    _sliding_layers(get, data)
+    _sliding_layers(get, data, lambda layer: layer >= get("max_window_layers"))
     return data
 
 
 def _from_qwen3(get: _Getter) -> dict[str, Any]:
     flag = bool(get("attention_bias"))
     data = _llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": flag}, qk_norm=True)
-    _sliding_layers(get, data)
+    _sliding_layers(get, data, lambda layer: layer >= get("max_window_layers"))
     return data
 
 
@@ -560,12 +583,14 @@ def _qwen_moe_layers(get: _Getter, n_layers: int) -> list[int] | None:
 
 
 def _from_qwen_moe(get: _Getter, shared: bool) -> dict[str, Any]:
-    if shared:
+    if shared:  # Qwen2-MoE slides every other layer (0, 2, 4, ...) below max_window_layers
         flag = bool(get("qkv_bias"))
         data = _llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": False})
-    else:
+        _sliding_layers(get, data, lambda layer: layer % 2 == 0 and layer < get("max_window_layers"))
+    else:  # Qwen3-MoE has no layer_types: every layer slides
         flag = bool(get("attention_bias"))
         data = _llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": flag}, qk_norm=True)
+        _sliding_layers(get, data, lambda layer: True)
     moe: dict[str, Any] = {
         "experts": _experts(get, "num_experts", "num_local_experts"),
         "top_k": get("num_experts_per_tok"),
@@ -631,7 +656,8 @@ def _from_deepseek(get: _Getter, version: int) -> dict[str, Any]:
             "top_k": get("num_experts_per_tok"),
             "d_ff": get("moe_intermediate_size"),
             "shared_experts": get("n_shared_experts") or 0,
-            "dense_layers": get("first_k_dense_replace") or 0,
+            # transformers builds layer i dense iff i < first_k_dense_replace, which may exceed the layer count
+            "dense_layers": min(get("first_k_dense_replace") or 0, get.require("num_hidden_layers")),
             "router": router,
         },
         "embeddings": {"tied": bool(get("tie_word_embeddings"))},
@@ -868,45 +894,6 @@ def archspec_sources(model_type: str, spec: Spec, archspec_keys: list[str]) -> d
             transpose = hf_module in names.conv1d and param == "weight"
             sources[key] = Source(f"{prefix}{hf_module}.{param}", split, transpose)
     return sources
-
-
-class CheckpointReader:
-    """Tensors of a checkpoint directory: model.safetensors, or shards listed in model.safetensors.index.json.
-
-    Shapes come from the safetensors headers, so a checkpoint is checked against a model before any data is read.
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        index = self.directory / "model.safetensors.index.json"
-        single = self.directory / "model.safetensors"
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            self.files = {name: self.directory / file for name, file in weight_map.items()}
-            missing_shards = sorted({str(f) for f in self.files.values() if not f.is_file()})
-            if missing_shards:
-                raise WeightLoadError(f"{index}: shard files are missing: {', '.join(missing_shards)}")
-        elif single.is_file():
-            with safe_open(str(single), "pt") as handle:
-                self.files = {name: single for name in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        else:
-            raise WeightLoadError(f"{self.directory}: no model.safetensors or model.safetensors.index.json")
-        self._shapes: dict[str, tuple[int, ...]] = {}
-
-    def names(self) -> set[str]:
-        return set(self.files)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        if not self._shapes:
-            for file in sorted(set(self.files.values())):
-                with safe_open(str(file), "pt") as handle:
-                    for key in handle.keys():  # noqa: SIM118
-                        self._shapes[key] = tuple(handle.get_slice(key).get_shape())
-        return self._shapes[name]
-
-    def get(self, name: str) -> torch.Tensor:
-        with safe_open(str(self.files[name]), "pt") as handle:
-            return handle.get_tensor(name)
 
 
 @dataclass
