@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common import paired_ratio
+from export_memory import table as export_table
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -173,6 +174,7 @@ TABLES = {
         "Attention patterns, one call (forward, no grad; `window-train`: forward + backward)",
         attention_table,
     ),
+    "export_memory": ("`archspec export-hf` peak memory (target: at most 1.3x the checkpoint written)", export_table),
 }
 
 

@@ -15,17 +15,25 @@ archspec tensor comes from, and fused tensors (QKV, GLM's gate_up) are assembled
 on a tensor of element indices, which gives every part's position in the fused tensor exactly. Routed experts are
 written per expert (`experts.{e}.gate_proj.weight`, Mixtral's `block_sparse_moe.experts.{e}.w1.weight`), the hub
 layout that `save_pretrained` writes and `from_pretrained` fuses into 5.x's 3-D `gate_up_proj` / `down_proj`.
+
+Memory. The files are streamed: each checkpoint tensor (a fused QKV, a transposed or dtype-cast copy) is made right
+before its bytes are written and released after, so writing needs about one tensor beyond the model; `export_hf`
+builds the model (or reads a run) directly in the dtype written, so there is never a float32 copy beside it.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import struct
+import warnings
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from archspec.interop.hf import SUPPORTED_MODEL_TYPES, Source, UnsupportedConfigError, archspec_sources, spec_from_hf
@@ -44,7 +52,16 @@ from archspec.spec.schema import (
     YarnScaling,
 )
 
-__all__ = ["EXPORTABLE_MODEL_TYPES", "ExportError", "auto_class", "export_hf", "hf_config", "hf_state_dict", "save_hf"]
+__all__ = [
+    "EXPORTABLE_MODEL_TYPES",
+    "ExportError",
+    "auto_class",
+    "export_dtype",
+    "export_hf",
+    "hf_config",
+    "hf_state_dict",
+    "save_hf",
+]
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
@@ -562,9 +579,27 @@ def _value(spec: Spec, field: str) -> Any:
 
 
 # ================================================================================================== weights
+class _Lazy(NamedTuple):
+    """One checkpoint tensor, described by its shape and dtype (for the safetensors header) and made only when it is
+    written: a fused QKV, a transposed or dtype-cast copy exists only while it is being written."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Callable[[], torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
 def hf_state_dict(model: nn.Module, model_type: str) -> dict[str, torch.Tensor]:
     """The model's tensors under `model_type`'s checkpoint names, fused tensors assembled (the inverse of
     `load_hf_weights`; a tied head is left out, as `transformers` writes it)."""
+    return {name: lazy.make() for name, lazy in _hf_tensors(model, model_type).items()}
+
+
+def _hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = None) -> dict[str, _Lazy]:
+    """`hf_state_dict`'s tensors, not made yet: each in `dtype` (floating-point ones; None: the model's), contiguous."""
     spec: Spec = model.spec  # type: ignore[assignment]
     state = model.state_dict()
     keys = [k for k in state if not (spec.embeddings.tied and k == "lm_head.weight")]
@@ -572,33 +607,63 @@ def hf_state_dict(model: nn.Module, model_type: str) -> dict[str, torch.Tensor]:
     unplaced = [k for k in keys if k not in sources]
     if unplaced:
         raise ExportError(f"model_type {model_type!r} has no tensor for: {', '.join(unplaced)}")
-    tensors: dict[str, torch.Tensor] = {}
+
+    def target(tensor: torch.Tensor) -> torch.dtype:
+        return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+
+    tensors: dict[str, _Lazy] = {}
     fused: dict[str, list[tuple[Source, torch.Tensor]]] = defaultdict(list)
     for key in keys:
         source, tensor = sources[key], state[key].detach()
         if source.stack:
             for index, name in enumerate(source.stack):
-                tensors[name] = tensor[index]
+                part = tensor[index]
+                tensors[name] = _Lazy(tuple(part.shape), target(part), partial(_plain, part, False, target(part)))
         elif source.split is not None:
             fused[source.name].append((source, tensor))
         else:
-            tensors[source.name] = tensor.t() if source.transpose else tensor
+            shape = tuple(tensor.t().shape if source.transpose else tensor.shape)
+            make = partial(_plain, tensor, source.transpose, target(tensor))
+            tensors[source.name] = _Lazy(shape, target(tensor), make)
     for name, parts in fused.items():
-        tensors[name] = _fuse(name, parts)
-    return {name: tensor.contiguous() for name, tensor in tensors.items()}
+        kind = target(parts[0][1])
+        tensors[name] = _Lazy(_fused_shape(name, parts), kind, partial(_fuse, name, parts, kind))
+    return tensors
 
 
-def _fuse(name: str, parts: list[tuple[Source, torch.Tensor]]) -> torch.Tensor:
-    """Assemble a fused tensor from its parts by running each part's split on the fused tensor's element indices."""
-    first_source, first = parts[0]
+def _plain(tensor: torch.Tensor, transpose: bool, dtype: torch.dtype) -> torch.Tensor:
+    """The tensor (transposed) in `dtype`, contiguous: itself when it already is, else one copy."""
+    tensor = tensor.t() if transpose else tensor
+    if tensor.dtype == dtype and tensor.is_contiguous():
+        return tensor
+    made = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)  # one copy, cast and laid out at once
+    return made.copy_(tensor)
+
+
+def _fused_shape(name: str, parts: list[tuple[Source, torch.Tensor]]) -> tuple[int, ...]:
+    """The shape of a fused tensor, each part's place checked on the meta device (before anything is written)."""
+    first_source, _ = parts[0]
     transpose = first_source.transpose
     shapes = [tuple(t.t().shape) if transpose else tuple(t.shape) for _, t in parts]
     dim = len(shapes[0]) - 1 if transpose else 0
     fused_shape = list(shapes[0])
     fused_shape[dim] = sum(shape[dim] for shape in shapes)
+    meta = torch.empty(fused_shape, device="meta")
+    for source, tensor in parts:
+        assert source.split is not None
+        positions = source.split(meta)
+        if (positions.t() if source.transpose else positions).shape != tensor.shape:
+            raise ExportError(f"{name}: a part of shape {tuple(tensor.shape)} does not fit the fused layout")
+    return tuple(fused_shape)
+
+
+def _fuse(name: str, parts: list[tuple[Source, torch.Tensor]], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Assemble a fused tensor from its parts by running each part's split on the fused tensor's element indices."""
+    first_source, first = parts[0]
+    fused_shape = list(_fused_shape(name, parts))
     numel = int(torch.Size(fused_shape).numel())
-    index = torch.arange(numel).reshape(fused_shape)
-    flat = torch.empty(numel, dtype=first.dtype, device=first.device)
+    index = torch.arange(numel, dtype=torch.int32 if numel < 2**31 else torch.int64).reshape(fused_shape)
+    flat = torch.empty(numel, dtype=dtype or first.dtype, device=first.device)
     covered = torch.zeros(numel, dtype=torch.bool)
     for source, tensor in parts:
         assert source.split is not None
@@ -607,7 +672,7 @@ def _fuse(name: str, parts: list[tuple[Source, torch.Tensor]]) -> torch.Tensor:
             positions = positions.t()
         if positions.shape != tensor.shape:
             raise ExportError(f"{name}: a part of shape {tuple(tensor.shape)} does not fit the fused layout")
-        flat[positions.reshape(-1)] = tensor.reshape(-1)
+        flat[positions.reshape(-1)] = tensor.reshape(-1).to(flat.dtype)
         covered[positions.reshape(-1)] = True
     if not bool(covered.all()):
         raise ExportError(f"{name}: the parts do not cover the fused tensor")
@@ -627,16 +692,17 @@ def save_hf(
     `model.safetensors.index.json` above `max_shard_bytes`) that `transformers` loads as this model.
 
     `model` is a model built by `archspec.build` (plain, not sharded: gather FSDP/TP models first, e.g. with
-    `torch.distributed.checkpoint.state_dict.get_model_state_dict(..., full_state_dict=True)`). Returns out_dir.
+    `torch.distributed.checkpoint.state_dict.get_model_state_dict(..., full_state_dict=True)`). `dtype` casts the
+    floating-point tensors (None: as they are); config.json's "dtype" says what was written. Tensors are made one at
+    a time, right before they are written, and released after (a fused QKV, a transposed or cast copy): memory above
+    the model's own is about its largest tensor, never a second copy of the model. Returns out_dir.
     """
     spec: Spec | None = getattr(model, "spec", None)
     if spec is None:
         raise ExportError("this model has no .spec: build it with archspec.build(spec)")
     config = hf_config(spec, model_type)
-    tensors = hf_state_dict(model, config["model_type"])
-    if dtype is not None:
-        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    kinds = {v.dtype for v in tensors.values() if v.is_floating_point()}
+    tensors = _hf_tensors(model, config["model_type"], dtype)
+    kinds = {v.dtype for v in tensors.values() if v.dtype.is_floating_point}
     config["dtype"] = str(next(iter(kinds))).removeprefix("torch.") if len(kinds) == 1 else "float32"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -645,69 +711,195 @@ def save_hf(
     return out
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], out: Path, max_shard_bytes: int) -> None:
+def _write_safetensors(tensors: dict[str, _Lazy], out: Path, max_shard_bytes: int) -> None:
     for stale in [*out.glob("model*.safetensors"), out / "model.safetensors.index.json"]:
         stale.unlink(missing_ok=True)
-    tensors = {k: v.cpu() for k, v in tensors.items()}
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    metadata = {"format": "pt"}
+    total = sum(t.nbytes for t in tensors.values())
     if total <= max_shard_bytes:
-        save_file(tensors, out / "model.safetensors", metadata=metadata)
+        _write_file(out / "model.safetensors", tensors)
         return
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    shards: list[dict[str, _Lazy]] = [{}]
     size = 0
     for name, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
+        if shards[-1] and size + tensor.nbytes > max_shard_bytes:
             shards.append({})
             size = 0
         shards[-1][name] = tensor
-        size += nbytes
+        size += tensor.nbytes
     weight_map: dict[str, str] = {}
     for number, shard in enumerate(shards, start=1):
         file = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, out / file, metadata=metadata)
+        _write_file(out / file, shard)
         weight_map |= dict.fromkeys(shard, file)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _write_file(path: Path, tensors: dict[str, _Lazy]) -> None:
+    """One safetensors file, streamed: the header from the shapes, then each tensor made, written and released
+    (`safetensors.torch.save_file` would hold the bytes of the whole file at once)."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, lazy in tensors.items():
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[lazy.dtype],
+            "shape": list(lazy.shape),
+            "data_offsets": [offset, offset + lazy.nbytes],
+        }
+        offset += lazy.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for name, lazy in tensors.items():
+            tensor = lazy.make().cpu()
+            if tuple(tensor.shape) != lazy.shape or tensor.dtype != lazy.dtype or not tensor.is_contiguous():
+                raise ExportError(
+                    f"{name}: made as {tuple(tensor.shape)} {tensor.dtype}, not {lazy.shape} {lazy.dtype}"
+                )
+            if tensor.numel():
+                file.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+            del tensor
+
+
+# ====================================================================================================== export
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def export_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype of a name `export_hf` writes: float32, float16, bfloat16 or an alias (fp32, bf16, half, ...,
+    `archspec.analysis.metrics`' names); anything else is an `ExportError` naming them."""
+    from archspec.analysis.metrics import DTYPE_ALIASES, AnalysisError, canonical_dtype
+
+    name = str(dtype)
+    try:
+        canonical = canonical_dtype(name)
+    except AnalysisError:
+        canonical = None
+    if canonical not in EXPORT_DTYPES:
+        aliases = ", ".join(alias for alias, target in DTYPE_ALIASES.items() if target in EXPORT_DTYPES)
+        raise ExportError(f"dtype {name!r} cannot be exported: use {', '.join(EXPORT_DTYPES)} (or {aliases})")
+    return getattr(torch, canonical)
+
+
 def export_hf(
-    spec_or_dir: str | Path | Spec, out: str | Path, *, model_type: str | None = None, **options: Any
+    spec_or_dir: str | Path | Spec,
+    out: str | Path,
+    *,
+    model_type: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    **options: Any,
 ) -> Path:
-    """What `archspec export-hf SPEC|DIR -o OUT` runs.
+    """What `archspec export-hf SPEC|DIR -o OUT [--dtype D]` runs.
 
     - a `Spec` or a spec YAML file: the freshly initialised model of that spec (a starting point for training
       with `transformers`);
     - a directory: one written by `examples/train.py` (`spec.yaml` and DCP checkpoints `step-*/`; the newest is
       exported) or one with `spec.yaml` and `model.safetensors` in archspec's own names.
+
+    `dtype` (a torch dtype or a name: "bfloat16", "bf16", "fp16", ...; None: float32) is the dtype the model is
+    built in and written in; there is never a float32 copy next to it. Random weights are `archspec.build(spec,
+    dtype=dtype)`'s: the same initialisation (N(0, 0.02) matrices and embeddings, zero biases, unit norms,
+    DeepNorm's Xavier init), drawn directly in `dtype`: the same seed gives `build(spec, dtype=dtype)`'s values
+    (float32: `build(spec)`'s), not those of a float32 build cast to `dtype`. A run directory is read into an uninitialised model in `dtype`, one checkpoint tensor at a time (DCP
+    casts a float32 checkpoint into the model's tensors as it reads them). `save_hf` then writes tensor by tensor:
+    peak memory is the checkpoint's size plus about its largest tensor (`benchmarks/export_memory.py`).
     """
     from archspec.compiler import build
     from archspec.spec.loader import load_spec
 
-    def checked_build(spec: Spec) -> nn.Module:
+    target = export_dtype(dtype) if dtype is not None else torch.float32
+
+    def checked_build(spec: Spec, device: str | None = None) -> nn.Module:
         hf_config(spec, model_type)  # refuse before allocating: a spec without counterpart may be 671B parameters
-        return build(spec)
+        return build(spec, device=device, dtype=target)
+
+    def save(model: nn.Module) -> Path:
+        return save_hf(model, out, model_type=model_type, dtype=target, **options)
 
     if isinstance(spec_or_dir, Spec):
-        return save_hf(checked_build(spec_or_dir), out, model_type=model_type, **options)
+        return save(checked_build(spec_or_dir))
     path = Path(spec_or_dir)
     if not path.is_dir():
-        return save_hf(checked_build(load_spec(path)), out, model_type=model_type, **options)
+        return save(checked_build(load_spec(path)))
     if not (path / "spec.yaml").is_file():
         raise ExportError(f"{path}: no spec.yaml here (expected a directory written by examples/train.py)")
-    model = checked_build(load_spec(path / "spec.yaml"))
     steps = sorted((p for p in path.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[-1]))
+    weights = path / "model.safetensors"
+    if not steps and not weights.is_file():
+        raise ExportError(f"{path}: no step-*/ checkpoint and no model.safetensors")
+    model = _uninitialised(checked_build(load_spec(path / "spec.yaml"), device="meta"))
     if steps:
         import torch.distributed.checkpoint as dcp
 
-        state = {"model": model.state_dict()}
-        dcp.load(state, checkpoint_id=str(steps[-1]))
+        state = {"model": _largest_first(model.state_dict())}
+        with warnings.catch_warnings():  # a single-process load is what is meant here: nothing for the user to do
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(steps[-1]))
         model.load_state_dict(state["model"])
-    elif (path / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(path / "model.safetensors"), strict=not model.spec.embeddings.tied)  # type: ignore[union-attr]
     else:
-        raise ExportError(f"{path}: no step-*/ checkpoint and no model.safetensors")
-    return save_hf(model, out, model_type=model_type, **options)
+        _load_safetensors(model, weights)
+    return save(model)
+
+
+def _largest_first(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state in the order to read it: an uninitialised tensor's pages take no memory until written, so reading
+    the largest first puts the biggest read buffer (a whole float32 tensor) where little of the model is resident."""
+    return dict(sorted(state.items(), key=lambda item: -item[1].numel()))
+
+
+def _uninitialised(model: nn.Module) -> nn.Module:
+    """A meta-device model given uninitialised CPU tensors (every one is then read from a checkpoint), the tied head
+    tied again and the computed buffers (RoPE frequencies, ALiBi slopes) computed."""
+    from archspec.compiler import materialize_buffers
+
+    model.to_empty(device="cpu")
+    if model.spec.embeddings.tied:  # type: ignore[union-attr]
+        model.lm_head.weight = model.embed.weight  # type: ignore[union-attr]
+    materialize_buffers(model, "cpu")  # type: ignore[arg-type]
+    return model
+
+
+def _load_safetensors(model: nn.Module, file: Path) -> None:
+    """Fill every tensor of `model` from a safetensors file in archspec's names, one tensor at a time, cast to the
+    model's dtype; the names and shapes are checked from the header first."""
+    from safetensors import safe_open
+
+    state = model.state_dict()
+    tied = model.spec.embeddings.tied  # type: ignore[union-attr]
+    with safe_open(str(file), framework="pt") as reader:
+        names = set(reader.keys())
+        wanted = {k: k for k in state if not (tied and k == "lm_head.weight")}
+        if tied and "embed.weight" not in names and "lm_head.weight" in names:
+            wanted["embed.weight"] = "lm_head.weight"  # a save that kept the head's name for the shared tensor
+        missing = sorted(k for k, name in wanted.items() if name not in names)
+        unexpected = sorted(names - set(state))
+        wrong = sorted(
+            f"{k} {tuple(reader.get_slice(name).get_shape())} (model: {tuple(state[k].shape)})"
+            for k, name in wanted.items()
+            if name in names and tuple(reader.get_slice(name).get_shape()) != tuple(state[k].shape)
+        )
+        found = {"missing": missing, "unexpected": unexpected, "wrong shape": wrong}
+        problems = [f"{label}: {', '.join(keys)}" for label, keys in found.items() if keys]
+        if problems:
+            raise ExportError(f"{file} does not fit spec '{model.spec.name}': " + "; ".join(problems))  # type: ignore[union-attr]
+        with torch.no_grad():
+            for key in _largest_first({k: state[k] for k in wanted}):
+                state[key].copy_(reader.get_tensor(wanted[key]))
