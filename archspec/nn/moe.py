@@ -129,7 +129,8 @@ class Router(nn.Module):
             self.correction_bias = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = F.linear(x.float(), self.weight.float())
+        dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least: bf16/fp16 up, float64 kept
+        logits = F.linear(x.to(dtype), self.weight.to(dtype))
         scores = logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
         choice = scores if self.correction_bias is None else scores + self.correction_bias
         if self.groups > 1:
@@ -227,7 +228,7 @@ def load_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor]
     """
     probs = torch.cat([logit.softmax(dim=-1) for logit in logits])
     chosen = torch.cat(selected)
-    fraction = F.one_hot(chosen, experts).float().mean(dim=0)  # [k, E]: per slot, as transformers computes it
+    fraction = F.one_hot(chosen, experts).to(probs.dtype).mean(dim=0)  # [k, E]: per slot
     return experts * (fraction * probs.mean(dim=0)).sum()
 
 
@@ -243,7 +244,7 @@ def sequence_balancing_loss(
         scores = scores / scores.sum(dim=-1, keepdim=True)
         scores = scores.view(batch, -1, experts)
         tokens, top_k = scores.shape[1], chosen.shape[-1]
-        counts = F.one_hot(chosen.view(batch, -1), experts).float().sum(dim=1)  # [batch, E]
+        counts = F.one_hot(chosen.view(batch, -1), experts).to(scores.dtype).sum(dim=1)  # [batch, E]
         fraction = counts * experts / (top_k * tokens)
         losses.append((fraction * scores.mean(dim=1)).sum(dim=-1).mean())
     return torch.stack(losses).mean()

@@ -23,10 +23,14 @@ def linear_scaled_frequencies(rotary_dim: int, theta: float, factor: float) -> t
     return rope_frequencies(rotary_dim, theta) / factor
 
 
-def dynamic_ntk_theta(theta: float, factor: float, seq_len: int, context_length: int, rotary_dim: int) -> float:
-    """Dynamic NTK: theta' = theta * (factor * L / L_max - (factor - 1)) ^ (d / (d - 2)) once L exceeds L_max."""
-    seq_len = max(seq_len, context_length)
-    return theta * ((factor * seq_len / context_length) - (factor - 1)) ** (rotary_dim / (rotary_dim - 2))
+def dynamic_ntk_theta(theta: float, factor: float, seq_len: int, context_length: int, rotary_dim: int) -> torch.Tensor:
+    """Dynamic NTK: theta' = theta * (factor * L / L_max - (factor - 1)) ^ (d / (d - 2)) once L exceeds L_max.
+
+    Evaluated in float32 (a 0-d tensor), as the reference does with the length as a tensor: in Python floats the
+    base would differ by a float32 rounding, and some frequencies by one ulp.
+    """
+    length = torch.tensor(max(seq_len, context_length), dtype=torch.float32)
+    return theta * ((factor * length / context_length) - (factor - 1)) ** (rotary_dim / (rotary_dim - 2))
 
 
 def llama3_scaled_frequencies(

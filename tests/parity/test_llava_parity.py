@@ -1,9 +1,12 @@
 """archspec reproduces transformers' LLaVA (CLIP vision tower + projector + llama text model) with images.
 
-Reference: transformers 5.x (checked with 5.23.0) LlavaForConditionalGeneration, eager attention, float32, tiny
-random configs with every weight perturbed (as hf_reference.make_reference does). Tolerance: 1e-5 max abs logit difference.
-The configs vary what LLaVA lets a checkpoint choose: the feature layer (one or several, from either end), whether
-the class token is kept, the projector activation and bias, and the text model's attention layout.
+Reference: transformers 5.25.0 LlavaForConditionalGeneration, tiny random configs with every weight perturbed (as
+hf_reference.make_reference does). Both sides in float64 (sdpa attention in the tower and the text model; the text
+model's RMSNorm float32 statistics lifted for float64 inputs, as hf_reference describes): logits and projected image
+tokens within 1e-10 of their max|value|, greedy tokens equal. float32 against transformers' eager float32 path:
+within 1e-5 of max|logit|. The configs vary what LLaVA lets a checkpoint choose: the feature layer (one or several,
+from either end), whether the class token is kept, the projector activation and bias, and the text model's
+attention layout.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ import pytest
 import torch
 import transformers as T
 import yaml
+from hf_reference import Reference, assert_matches, load_reference
 
 import archspec
 
-TOLERANCE = 1e-5
 IMAGE_TOKEN = 100
 
 
@@ -80,16 +83,16 @@ def _tokens_per_image(config: T.LlavaConfig) -> int:
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def reference(request, tmp_path_factory):
-    """(name, transformers model, saved directory) for one tiny LLaVA config."""
+    """hf_reference.Reference for one tiny LLaVA config: transformers in float32 (eager) and float64 (sdpa)."""
     directory = tmp_path_factory.mktemp(request.param)
     torch.manual_seed(0)
     model = T.LlavaForConditionalGeneration._from_config(CONFIGS[request.param], attn_implementation="eager").eval()
     perturb(model, seed=0)
     model.save_pretrained(directory)
-    return request.param, model, directory
+    return Reference(request.param, directory, model, load_reference(directory, T.LlavaForConditionalGeneration))
 
 
-def _inputs(config: T.LlavaConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _inputs(config: T.LlavaConfig, seed: int, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """Two rows: one image in the first, two in the second (placeholder runs at different offsets); 3 images."""
     generator = torch.Generator().manual_seed(seed)
     n = _tokens_per_image(config)
@@ -97,62 +100,65 @@ def _inputs(config: T.LlavaConfig, seed: int) -> tuple[torch.Tensor, torch.Tenso
     ids[0, 2 : 2 + n] = IMAGE_TOKEN
     ids[1, 1 : 1 + n] = IMAGE_TOKEN
     ids[1, n + 4 : 2 * n + 4] = IMAGE_TOKEN
-    pixels = torch.randn(3, 3, 28, 28, generator=generator)
+    pixels = torch.randn(3, 3, 28, 28, generator=generator, dtype=dtype)
     return ids, pixels
 
 
-def _archspec(directory) -> torch.nn.Module:
-    model = archspec.build(archspec.spec_from_hf(directory))
+def _archspec(directory, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
+    model = archspec.build(archspec.spec_from_hf(directory), dtype=dtype)
     archspec.load_hf_weights(model, directory)
     return model.eval()
 
 
-def test_logits_match_transformers_with_images(reference):
-    name, hf_model, directory = reference
-    model = _archspec(directory)
-    ids, pixels = _inputs(hf_model.config, seed=len(name))
+def _logits_with_images(hf_model, model, ids: torch.Tensor, pixels: torch.Tensor) -> None:
     with torch.no_grad():
         expected = hf_model(input_ids=ids, pixel_values=pixels).logits
         actual = model(ids, pixel_values=pixels).logits
-    assert (expected - actual).abs().max().item() <= TOLERANCE
+    assert_matches(expected, actual)
+
+
+def test_logits_match_transformers_with_images(reference):
+    ids, pixels = _inputs(reference.float64.config, seed=len(reference.name))
+    _logits_with_images(reference.float64, _archspec(reference.directory), ids, pixels)
+
+
+def test_float32_logits_match_transformers_eager_with_images(reference):
+    """float32 on both sides (archspec's float32 norm statistics and RoPE tables, transformers' eager path)."""
+    ids, pixels = _inputs(reference.float32.config, seed=len(reference.name), dtype=torch.float32)
+    _logits_with_images(reference.float32, _archspec(reference.directory, torch.float32), ids, pixels)
 
 
 def test_text_only_logits_match_transformers(reference):
-    name, hf_model, directory = reference
-    model = _archspec(directory)
+    model = _archspec(reference.directory)
     ids = torch.randint(0, IMAGE_TOKEN, (2, 11), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert (hf_model(input_ids=ids).logits - model(ids).logits).abs().max().item() <= TOLERANCE
+        assert_matches(reference.float64(input_ids=ids).logits, model(ids).logits)
 
 
 def test_projected_image_tokens_match_transformers(reference):
     """The tower's feature layer(s), the class-token choice and the projector, compared before the splice."""
-    name, hf_model, directory = reference
-    model = _archspec(directory)
-    _, pixels = _inputs(hf_model.config, seed=3)
+    model = _archspec(reference.directory)
+    _, pixels = _inputs(reference.float64.config, seed=3)
     with torch.no_grad():
-        expected = torch.stack(hf_model.model.get_image_features(pixel_values=pixels).pooler_output)
+        expected = torch.stack(reference.float64.model.get_image_features(pixel_values=pixels).pooler_output)
         actual = model.image_tokens(pixel_values=pixels)
-    assert actual.shape == expected.shape
-    assert (expected - actual).abs().max().item() <= TOLERANCE
+    assert_matches(expected, actual)
 
 
 def test_spec_round_trips_through_yaml(reference, tmp_path):
-    name, hf_model, directory = reference
-    spec = archspec.spec_from_hf(directory)
+    spec = archspec.spec_from_hf(reference.directory)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     assert archspec.load_spec(path) == spec
 
 
 def test_greedy_generate_with_images_matches_transformers(reference):
-    name, hf_model, directory = reference
-    model = _archspec(directory)
-    ids, pixels = _inputs(hf_model.config, seed=5)
+    model = _archspec(reference.directory)
+    ids, pixels = _inputs(reference.float64.config, seed=5)
     ids, pixels = ids[1:], pixels[1:]  # the row with two images
     with torch.no_grad():
-        expected = hf_model.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
-                                     max_new_tokens=6, do_sample=False)  # fmt: skip
+        expected = reference.float64.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids),
+                                              max_new_tokens=6, do_sample=False)  # fmt: skip
     cached = model.generate(ids, max_new_tokens=6, pixel_values=pixels)
     recomputed = model.generate(ids, max_new_tokens=6, pixel_values=pixels, use_cache=False)
     assert torch.equal(cached, recomputed)
@@ -160,17 +166,13 @@ def test_greedy_generate_with_images_matches_transformers(reference):
 
 
 def test_meta_build_then_load(reference):
-    name, hf_model, directory = reference
-    model = archspec.build(archspec.spec_from_hf(directory), device="meta")
-    archspec.load_hf_weights(model, directory)
+    model = archspec.build(archspec.spec_from_hf(reference.directory), device="meta", dtype=torch.float64)
+    archspec.load_hf_weights(model, reference.directory)
     assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
-    ids, pixels = _inputs(hf_model.config, seed=7)
-    with torch.no_grad():
-        expected = hf_model(input_ids=ids, pixel_values=pixels).logits
-        assert (expected - model.eval()(ids, pixel_values=pixels).logits).abs().max().item() <= TOLERANCE
+    ids, pixels = _inputs(reference.float64.config, seed=7)
+    _logits_with_images(reference.float64, model.eval(), ids, pixels)
 
 
 def test_parameter_count_equals_transformers(reference):
-    name, hf_model, directory = reference
-    model = _archspec(directory)
-    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in hf_model.parameters())
+    model = _archspec(reference.directory)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.float64.parameters())

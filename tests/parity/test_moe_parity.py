@@ -1,17 +1,32 @@
-"""MoE and MLA families against transformers 5.x (checked with 5.23.0): mixtral, qwen2_moe, qwen3_moe,
-deepseek_v2, deepseek_v3. Eager attention and eager experts, float32, every weight and the DeepSeek-V3 correction
-bias perturbed; tolerance 1e-5."""
+"""MoE and MLA families against transformers 5.25.0: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3.
+
+Tiny random models, every weight and the DeepSeek-V3 correction bias perturbed. Both sides in float64 (sdpa
+attention, eager experts; the float32 roundings of the reference's routers, RMSNorms and balance loss, and
+DeepSeek-V2's complex64 RoPE, lifted for float64 inputs as hf_reference describes): logits within 1e-10 of
+max|logit|, greedy tokens equal, the Switch balance loss within 1e-10 relative, the total loss within 1e-6 (its
+cross-entropy comes from float32 logits on both sides). float32 on both sides, against transformers' eager path,
+where archspec's router computes in float32 as every family's reference does: logits within 1e-5 of max|logit|,
+balance and total loss within 1e-6 relative.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import transformers as T
-from hf_reference import archspec_from, make_reference, max_logit_diff
+from hf_reference import (
+    LOSS_RELATIVE_TOLERANCE,
+    RELATIVE_TOLERANCE,
+    archspec_from,
+    assert_logits_match,
+    assert_loss_matches,
+    load_reference,
+    make_reference,
+    saved_reference,
+)
 
 import archspec
 
-TOLERANCE = 1e-5
 SMALL = dict(vocab_size=128, hidden_size=64, num_hidden_layers=3, num_attention_heads=4)
 MLA = dict(
     kv_lora_rank=32,
@@ -115,25 +130,30 @@ CONFIGS = {
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def reference(request, tmp_path_factory):
-    directory = tmp_path_factory.mktemp(request.param)
-    return request.param, make_reference(CONFIGS[request.param], directory), directory
+    return saved_reference(request.param, CONFIGS[request.param], tmp_path_factory.mktemp(request.param))
 
 
-def _ids(name: str, length: int = 12) -> torch.Tensor:
+def _ids(name: str, length: int = 13) -> torch.Tensor:
     return torch.randint(0, 128, (2, length), generator=torch.Generator().manual_seed(len(name)))
 
 
 def test_logits_match_transformers(reference):
-    name, hf_model, directory = reference
-    assert max_logit_diff(hf_model, archspec_from(directory), _ids(name)) <= TOLERANCE
+    assert_logits_match(reference.float64, archspec_from(reference.directory), _ids(reference.name))
+
+
+def test_float32_logits_match_transformers_eager(reference):
+    """archspec's router, norms and RoPE tables in float32 against transformers' eager float32 path."""
+    model = archspec_from(reference.directory, torch.float32)
+    assert_logits_match(reference.float32, model, _ids(reference.name))
 
 
 def test_greedy_generate_matches_transformers_and_recompute(reference):
-    name, hf_model, directory = reference
-    model = archspec_from(directory)
-    ids = _ids(name, length=5)
+    model = archspec_from(reference.directory)
+    ids = _ids(reference.name, length=5)
     with torch.no_grad():
-        expected = hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+        expected = reference.float64.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False
+        )
     cached = model.generate(ids, max_new_tokens=8)
     assert torch.equal(cached, model.generate(ids, max_new_tokens=8, use_cache=False))
     assert torch.equal(cached, expected)
@@ -148,15 +168,21 @@ def test_mla_cache_holds_the_latent_not_the_heads(name):
     assert layer.values.shape == (1, 1, 16, spec.attention.rope_dim)
 
 
-@pytest.mark.parametrize("name", ["mixtral-top2", "qwen2-moe-shared-gated-sparse-step"])
-def test_aux_loss_matches_transformers(name, tmp_path):
+AUX_LOSS_CONFIGS = ["mixtral-top2", "qwen2-moe-shared-gated-sparse-step", "qwen3-moe-top4-renorm-dense-first"]
+
+
+@pytest.mark.parametrize("name", AUX_LOSS_CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_aux_loss_matches_transformers(name, dtype, tmp_path):
     """transformers' load_balancing_loss_func (Switch loss over all MoE layers' tokens) and its loss total."""
-    config = CONFIGS[name]
-    hf_model = make_reference(config, tmp_path)
-    model = archspec_from(tmp_path)
+    float32 = make_reference(CONFIGS[name], tmp_path)
+    hf_model = float32 if dtype == torch.float32 else load_reference(tmp_path)
+    model = archspec_from(tmp_path, dtype)
     ids = _ids(name)
     with torch.no_grad():
         expected = hf_model(ids, labels=ids, output_router_logits=True)
         actual = model(ids, labels=ids)
-    torch.testing.assert_close(actual.aux_loss, expected.aux_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(actual.loss, expected.loss, rtol=1e-5, atol=1e-6)
+    assert actual.aux_loss.dtype == expected.aux_loss.dtype == dtype
+    tolerance = RELATIVE_TOLERANCE if dtype == torch.float64 else LOSS_RELATIVE_TOLERANCE
+    assert abs(actual.aux_loss - expected.aux_loss) <= tolerance * expected.aux_loss
+    assert_loss_matches(expected.loss, actual.loss)
