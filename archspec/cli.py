@@ -23,6 +23,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from archspec.analysis.render import human_count
 from archspec.spec import ArchspecError, Spec, SpecError, load_spec, spec_from_dict
 
 if TYPE_CHECKING:
@@ -86,9 +87,12 @@ def _spec_error_text(exc: SpecError) -> str:
 @app.command()
 @user_errors
 def check(
-    specs: list[Path] = typer.Argument(..., metavar="SPEC...", help="Spec files to validate."),
+    specs: list[Path] = typer.Argument(
+        ..., metavar="SPEC...", help="Spec files to validate (a directory: every .yaml / .yml file in it)."
+    ),
 ) -> None:
     """Validate specs: every problem of every file, as file:line: key.path: message (hint). Exit 1 if any is invalid."""
+    specs = _spec_files(specs)
     invalid = 0
     for path in specs:
         try:
@@ -103,9 +107,24 @@ def check(
             continue
         out.print(f"ok: {path}", markup=False)
     if invalid:
-        noun = "spec is" if invalid == 1 else "specs are"
-        err.print(f"{invalid} of {len(specs)} {noun} invalid", markup=False)
+        noun = "spec" if len(specs) == 1 else "specs"
+        err.print(f"{invalid} of {len(specs)} {noun} {'is' if invalid == 1 else 'are'} invalid", markup=False)
         raise typer.Exit(1)
+
+
+def _spec_files(paths: list[Path]) -> list[Path]:
+    """The paths, with each directory replaced by the YAML files in it (sorted); a directory without any is an
+    error, not an empty success."""
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if not found:
+            fail(f"error: {path}: a directory with no .yaml or .yml files in it")
+        files += found
+    return files
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -185,7 +204,7 @@ def summary_table(spec: Spec, model: nn.Module) -> Table:
         "mlp": f"{spec.mlp.activation}, d_ff {spec.mlp.d_ff}{', bias' if spec.mlp.bias else ''}",
         "moe": describe_moe(spec),
         "embeddings": ("tied" if spec.embeddings.tied else "untied") + (", normed" if spec.embeddings.norm else ""),
-        "parameters": f"{human_count(total)} ({total:,})",
+        "parameters": f"{human_count(total)} ({total:,})",  # the figure `archspec info` prints
     }
     for key, value in rows.items():
         if value is not None:
@@ -196,14 +215,6 @@ def summary_table(spec: Spec, model: nn.Module) -> Table:
 def count_parameters(model: nn.Module) -> int:
     """Total of every distinct parameter tensor (a tied embedding counts once)."""
     return sum(p.numel() for p in model.parameters())
-
-
-def human_count(n: int) -> str:
-    """8_030_261_248 -> '8.03B'."""
-    for size, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
-        if n >= size:
-            return f"{n / size:.2f}{suffix}"
-    return str(n)
 
 
 def describe_layers(spec: Spec) -> str:
@@ -302,6 +313,8 @@ def import_hf(
     if not hf_dir.exists():
         fail(f"error: {hf_dir}: no such file or directory")
     spec = archspec.spec_from_hf(str(hf_dir), name=name)
+    if output.is_dir():  # like cp: into the directory, under the spec's name
+        output = output / f"{spec.name}.yaml"
     text = f"# written by `archspec import-hf {hf_dir}`\n" + spec_to_yaml(spec)
     if spec_from_dict(yaml.safe_load(text)) != spec:  # the file must give back exactly this spec
         raise RuntimeError("the written spec does not load back to the imported one")
@@ -317,22 +330,34 @@ def export_hf(
         ..., metavar="SPEC|DIR", help="A spec file, or a training run directory (spec.yaml + checkpoints)."
     ),
     output: Path = typer.Option(..., "--output", "-o", metavar="OUT_DIR", help="Where to write the HF model."),
+    dtype: str = typer.Option(
+        "bfloat16",
+        "--dtype",
+        metavar="DTYPE",
+        help="The dtype written: bfloat16 (the default: specs carry no dtype), float16 or float32 (or bf16, fp16, fp32).",
+    ),
 ) -> None:
     """Write config.json + model.safetensors that transformers' from_pretrained loads (sharded when large).
 
     Decoder LMs (dense, MoE, MLA) load with AutoModelForCausalLM, T5 with AutoModelForSeq2SeqLM, LLaVA with
-    AutoModelForImageTextToText; a spec without an exact transformers counterpart fails, naming the field.
+    AutoModelForImageTextToText; a spec without an exact transformers counterpart fails, naming the field. The
+    model is built (or a run read) in DTYPE and written tensor by tensor: memory is about the checkpoint's size.
     """
     import json
 
-    from archspec.interop.hf_export import auto_class
+    from archspec.interop.hf_export import auto_class, export_dtype
     from archspec.interop.hf_export import export_hf as export
 
+    target = export_dtype(dtype)
     if not source.exists():
         fail(f"error: {source}: no such file or directory")
-    written = export(source, output)
+    written = export(source, output, dtype=target)
     model_type = json.loads((written / "config.json").read_text(encoding="utf-8"))["model_type"]
-    out.print(f"wrote {written} ({model_type}; load it with transformers.{auto_class(model_type)})", markup=False)
+    written_dtype = str(target).removeprefix("torch.")
+    out.print(
+        f"wrote {written} ({model_type}, {written_dtype}; load it with transformers.{auto_class(model_type)})",
+        markup=False,
+    )
 
 
 def spec_to_yaml(spec: Spec) -> str:
@@ -366,14 +391,21 @@ class _SpecDumper(yaml.SafeDumper):
 @app.command()
 @user_errors
 def schema() -> None:
-    """Print the JSON Schema of a spec (for editor completion with yaml-language-server)."""
-    typer.echo(json.dumps(Spec.model_json_schema(), indent=2))
+    """Print the JSON Schema of a spec file (for editor completion with yaml-language-server)."""
+    from archspec.spec.json_schema import spec_file_schema
+
+    typer.echo(json.dumps(spec_file_schema(), indent=2))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `text` to `path` so that readers see the old file or the new one, never half of one.
+
+    The directory must exist: a typo in a path is reported, not turned into a new tree of directories."""
+    if not path.parent.is_dir():
+        fail(f"error: {path.parent}: no such directory (create it first)")
+    if path.exists() and not path.is_file():
+        fail(f"error: {path}: exists and is not a file")
     with _temporary_sibling(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode `open()` would

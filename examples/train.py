@@ -247,5 +247,16 @@ def main(argv: list[str] | None = None) -> list[float]:
     return losses
 
 
+def run() -> None:
+    """The command line: a bad spec or a missing file is one line on stderr and exit code 1, not a traceback."""
+    try:
+        main()
+    except archspec.ArchspecError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        raise SystemExit(f"error: {where}{exc.strerror or exc}") from None
+
+
 if __name__ == "__main__":
-    main()
+    run()

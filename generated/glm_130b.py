@@ -732,17 +732,26 @@ class DecoderLM(nn.Module):
         return KVCache([layer.attn.new_cache(batch, max_len, dtype, device) for layer in self.layers])
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 20,
+        *,
+        prefix_lengths: torch.Tensor | None = None,
+        **options: object,
+    ) -> torch.Tensor:
         """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
 
+        Model inputs are keywords, as in the forward pass: `prefix_lengths` ([batch]; GLM) sets each row's
+        bidirectional part A; a GLM model defaults to the whole prompt as part A, generated tokens being part B.
         `eos_token_id` / `pad_token_id` default to the model's own (`archspec.build` passes the spec's `tokens`).
         """
         options.setdefault("eos_token_id", self.eos_token_id)
         options.setdefault("pad_token_id", self.pad_token_id)
-        if self.prefix_lm and "model_kwargs" not in options:
-            # GLM: the prompt is part A (bidirectional); generated tokens are part B.
-            prompt = torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
-            options["model_kwargs"] = {"prefix_lengths": prompt}
+        if self.prefix_lm and prefix_lengths is None:
+            prefix_lengths = torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
+        if prefix_lengths is not None:
+            options["model_kwargs"] = {"prefix_lengths": prefix_lengths}
         return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
 
 

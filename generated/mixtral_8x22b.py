@@ -120,7 +120,8 @@ class KVCache:
 
 # ----------------------------------------------------------------------------------- copied from archspec/nn/norms.py
 class RMSNorm(nn.Module):
-    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 and cast back *before* the weight multiply.
+    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 (float64 inputs in float64) and cast back *before*
+    the weight multiply.
 
     That cast order is LLaMA's and T5's (and what their half-precision checkpoints were trained with), which is
     why this is not `torch.nn.RMSNorm`. Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
@@ -132,9 +133,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least: float64 is not rounded
+        wide = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * wide.to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------ copied from archspec/nn/rope.py
@@ -682,7 +683,8 @@ class Router(nn.Module):
             self.correction_bias = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = F.linear(x.float(), self.weight.float())
+        dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least: bf16/fp16 up, float64 kept
+        logits = F.linear(x.to(dtype), self.weight.to(dtype))
         scores = logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
         choice = scores if self.correction_bias is None else scores + self.correction_bias
         if self.groups > 1:
@@ -780,7 +782,7 @@ def load_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor]
     """
     probs = torch.cat([logit.softmax(dim=-1) for logit in logits])
     chosen = torch.cat(selected)
-    fraction = F.one_hot(chosen, experts).float().mean(dim=0)  # [k, E]: per slot, as transformers computes it
+    fraction = F.one_hot(chosen, experts).to(probs.dtype).mean(dim=0)  # [k, E]: per slot
     return experts * (fraction * probs.mean(dim=0)).sum()
 
 
@@ -796,7 +798,7 @@ def sequence_balancing_loss(
         scores = scores / scores.sum(dim=-1, keepdim=True)
         scores = scores.view(batch, -1, experts)
         tokens, top_k = scores.shape[1], chosen.shape[-1]
-        counts = F.one_hot(chosen.view(batch, -1), experts).float().sum(dim=1)  # [batch, E]
+        counts = F.one_hot(chosen.view(batch, -1), experts).to(scores.dtype).sum(dim=1)  # [batch, E]
         fraction = counts * experts / (top_k * tokens)
         losses.append((fraction * scores.mean(dim=1)).sum(dim=-1).mean())
     return torch.stack(losses).mean()
@@ -1000,13 +1002,24 @@ class DecoderLM(nn.Module):
         return KVCache([layer.attn.new_cache(batch, max_len, dtype, device) for layer in self.layers])
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 20,
+        *,
+        prefix_lengths: torch.Tensor | None = None,
+        **options: object,
+    ) -> torch.Tensor:
         """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
 
+        Model inputs are keywords, as in the forward pass: `prefix_lengths` ([batch]; GLM) sets each row's
+        bidirectional part A; a GLM model defaults to the whole prompt as part A, generated tokens being part B.
         `eos_token_id` / `pad_token_id` default to the model's own (`archspec.build` passes the spec's `tokens`).
         """
         options.setdefault("eos_token_id", self.eos_token_id)
         options.setdefault("pad_token_id", self.pad_token_id)
+        if prefix_lengths is not None:
+            options["model_kwargs"] = {"prefix_lengths": prefix_lengths}
         return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
 
 

@@ -98,7 +98,8 @@ class KVCache:
 
 # ----------------------------------------------------------------------------------- copied from archspec/nn/norms.py
 class RMSNorm(nn.Module):
-    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 and cast back *before* the weight multiply.
+    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 (float64 inputs in float64) and cast back *before*
+    the weight multiply.
 
     That cast order is LLaMA's and T5's (and what their half-precision checkpoints were trained with), which is
     why this is not `torch.nn.RMSNorm`. Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
@@ -110,9 +111,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least: float64 is not rounded
+        wide = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * wide.to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------ copied from archspec/nn/rope.py
@@ -725,13 +726,24 @@ class DecoderLM(nn.Module):
         return KVCache([layer.attn.new_cache(batch, max_len, dtype, device) for layer in self.layers])
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 20, **options: object) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 20,
+        *,
+        prefix_lengths: torch.Tensor | None = None,
+        **options: object,
+    ) -> torch.Tensor:
         """Greedy (default) or sampled continuation with the KV cache; see `archspec.nn.generate.generate`.
 
+        Model inputs are keywords, as in the forward pass: `prefix_lengths` ([batch]; GLM) sets each row's
+        bidirectional part A; a GLM model defaults to the whole prompt as part A, generated tokens being part B.
         `eos_token_id` / `pad_token_id` default to the model's own (`archspec.build` passes the spec's `tokens`).
         """
         options.setdefault("eos_token_id", self.eos_token_id)
         options.setdefault("pad_token_id", self.pad_token_id)
+        if prefix_lengths is not None:
+            options["model_kwargs"] = {"prefix_lengths": prefix_lengths}
         return generate(self, input_ids, max_new_tokens, **options)  # type: ignore[arg-type]
 
 

@@ -100,7 +100,8 @@ class KVCache:
 
 # ----------------------------------------------------------------------------------- copied from archspec/nn/norms.py
 class RMSNorm(nn.Module):
-    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 and cast back *before* the weight multiply.
+    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 (float64 inputs in float64) and cast back *before*
+    the weight multiply.
 
     That cast order is LLaMA's and T5's (and what their half-precision checkpoints were trained with), which is
     why this is not `torch.nn.RMSNorm`. Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
@@ -112,9 +113,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least: float64 is not rounded
+        wide = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * wide.to(x.dtype)
 
 
 # ------------------------------------------------------------------------------- copied from archspec/nn/positions.py

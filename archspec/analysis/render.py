@@ -6,6 +6,7 @@ A `Table` is just strings, so the Rich and the Markdown output are the same tabl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,28 +19,33 @@ JSON_VERSION = 1
 
 
 # -------------------------------------------------------------------------------------------- numbers
-def human_count(value: float) -> str:
-    """8030261248 -> '8.03 B'."""
-    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+def _scaled(value: float, units: tuple[tuple[float, str], ...], base: str) -> str:
+    """`value` in the largest unit it reaches, with three significant digits and never an exponent: a number a
+    person reads at a glance (1000 T, not 1e+03 T)."""
+    for size, unit in units:
         if abs(value) >= size:
-            return f"{value / size:.3g} {suffix}"
-    return f"{value:.4g}"
+            scaled = value / size
+            decimals = max(0, 2 - math.floor(math.log10(abs(scaled))))
+            digits = f"{scaled:.{decimals}f}"
+            return f"{digits.rstrip('0').rstrip('.') if '.' in digits else digits} {unit}"
+    return f"{value:.4g}{base}"
+
+
+def human_count(value: float) -> str:
+    """8030261248 -> '8.03 B' (thousand, million, billion, trillion; archspec's specs stop at 1e15)."""
+    return _scaled(value, ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")), "")
 
 
 def human_flops(value: float) -> str:
     """1.7157e10 -> '17.2 GFLOP'."""
-    for size, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(value) >= size:
-            return f"{value / size:.3g} {prefix}FLOP"
-    return f"{value:.4g} FLOP"
+    units = ((1e21, "ZFLOP"), (1e18, "EFLOP"), (1e15, "PFLOP"), (1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"))
+    return _scaled(value, (*units, (1e3, "KFLOP")), " FLOP")
 
 
 def human_bytes(value: float) -> str:
     """131072 -> '128 KiB'."""
-    for size, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(value) >= size:
-            return f"{value / size:.3g} {suffix}"
-    return f"{value:g} B"
+    units = ((2**60, "EiB"), (2**50, "PiB"), (2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"))
+    return _scaled(value, units, " B")
 
 
 def exact(value: float) -> str:
@@ -345,7 +351,7 @@ def plot_diff(diff: SpecDiff, path: str | Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise AnalysisError(
-            "--plot needs matplotlib: pip install 'archspec[plot]' (or pip install matplotlib)"
+            "--plot needs matplotlib, which is not installed: pip install matplotlib (or, in a source checkout, pip install '.[plot]')"
         ) from None
     figures = [figure for figure in diff.figures if figure.values[0]]
     count = len(diff.names)

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from archspec.emit.source import emit_source, module_name
+from archspec.spec.errors import ArchspecError
 from archspec.spec.schema import Spec
+
+_BANNER = re.compile(r'^"""(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*): a stand-alone PyTorch model emitted by archspec')
+
+
+class NameCollisionError(ArchspecError):
+    """Two spec names that map to the same generated file (`a.b` and `a-b` both give `a_b.py`)."""
+
+
+def emitted_name(text: str) -> str | None:
+    """The spec name an emitted file was written for (from its first line), or None for any other file."""
+    match = _BANNER.match(text)
+    return match.group("name") if match else None
 
 
 def generated_path(spec: Spec, directory: str | os.PathLike[str]) -> Path:
@@ -24,9 +38,24 @@ def write_generated(spec: Spec, directory: str | os.PathLike[str]) -> Path:
     """
     text = emit_source(spec)
     path = generated_path(spec, directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_file() and path.read_bytes() == text.encode():
-        return path
+    if not path.parent.is_dir():
+        if not path.parent.parent.is_dir():  # create the output directory, never a tree of missing parents
+            raise ArchspecError(f"{path.parent.parent}: no such directory (create it first)")
+        path.parent.mkdir()
+    if path.exists() and not path.is_file():
+        raise ArchspecError(f"{path}: exists and is not a file (a directory?); not writing there")
+    if path.is_file():
+        old = path.read_bytes()
+        if old == text.encode():
+            return path
+        owner = emitted_name(old.decode("utf-8", errors="replace"))
+        if owner is None:
+            raise ArchspecError(f"{path}: exists and is not a file emitted by archspec; not overwriting it")
+        if owner != spec.name:
+            raise NameCollisionError(
+                f"{path} holds the model of spec '{owner}', and spec '{spec.name}' maps to the same file name; "
+                "rename one of the two specs"
+            )
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:

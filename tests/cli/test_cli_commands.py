@@ -12,6 +12,7 @@ from typer.testing import CliRunner, Result
 import archspec
 import archspec.cli as cli
 from archspec import Spec, load_spec
+from archspec.spec.json_schema import spec_file_schema
 
 TINY = """\
 name: tiny-gqa.v1
@@ -292,6 +293,7 @@ def hf_dir(tmp_path: Path) -> Path:
 
 
 def test_import_hf_writes_a_spec_that_loads_back_equal(hf_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "specs").mkdir()
     target = tmp_path / "specs" / "imported.yaml"
     result = invoke("import-hf", str(hf_dir), "-o", str(target))
     assert result.exit_code == 0, result.output
@@ -319,14 +321,28 @@ def test_import_hf_errors_are_readable(hf_dir: Path, tmp_path: Path) -> None:
     assert not Path(out).exists()
 
 
+def test_import_hf_output_paths(hf_dir: Path, tmp_path: Path) -> None:
+    """-o into an existing directory writes <name>.yaml there (like cp); a missing directory is an error, not a
+    new tree of directories; a directory in the way of a file is an error, not a temp-file traceback."""
+    into = tmp_path / "adir"
+    into.mkdir()
+    result = invoke("import-hf", str(hf_dir), "-o", str(into), "--name", "tiny-llama")
+    assert result.exit_code == 0, result.output
+    assert load_spec(into / "tiny-llama.yaml") == archspec.spec_from_hf(hf_dir, name="tiny-llama")
+    nowhere = tmp_path / "missing" / "dir" / "x.yaml"
+    assert_one_readable_error(invoke("import-hf", str(hf_dir), "-o", str(nowhere)), "no such directory")
+    assert not (tmp_path / "missing").exists()
+
+
 # ----------------------------------------------------------------------------------------------- schema
 def test_schema_is_the_json_schema_of_a_spec() -> None:
     result = invoke("schema")
     assert result.exit_code == 0
     schema = json.loads(result.stdout)
-    assert schema == Spec.model_json_schema()
-    assert schema["additionalProperties"] is False
-    assert {"attention", "position", "norm", "block", "mlp"} <= set(schema["properties"])
+    assert schema == spec_file_schema()  # what spec files are: tests/unit/test_schema_json.py
+    spec = schema["$defs"]["Spec"]
+    assert spec["additionalProperties"] is False
+    assert {"attention", "position", "norm", "block", "mlp", "extends"} <= set(spec["properties"])
 
 
 def test_version_and_help() -> None:

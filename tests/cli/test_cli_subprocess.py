@@ -42,7 +42,7 @@ def test_python_m_archspec_build_on_the_meta_device(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     total = llama3_parameters()
     assert total == 8_030_261_248  # the published size of Llama 3 8B
-    assert f"8.03B ({total:,})" in done.stdout
+    assert f"8.03 B ({total:,})" in done.stdout
     assert "GQA, 32 heads, 8 kv heads" in done.stdout
 
 

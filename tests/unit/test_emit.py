@@ -533,7 +533,9 @@ def test_emitted_files_import_only_torch_and_stdlib(run_results: dict[str, Any])
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess[str]:
-    ruff = shutil.which("ruff")
+    # ruff is in the test extra: next to this interpreter when its environment is not activated
+    beside = Path(sys.executable).parent / "ruff"
+    ruff = shutil.which("ruff") or (str(beside) if beside.is_file() else None)
     if ruff is None:
         pytest.skip("ruff is not installed")
     pyproject = REPO / "pyproject.toml"

@@ -180,3 +180,19 @@ def test_two_d_positions_need_structure_glm():
     data = glm_spec(True).model_dump(mode="json") | {"structure": "decoder"}
     with pytest.raises(archspec.SpecError, match="block_positions"):
         archspec.spec_from_dict(data)
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_generate_takes_prefix_lengths_as_a_keyword(two_d):
+    """`generate(ids, prefix_lengths=...)`, like the forward pass: each row's own part A, shorter than its prompt."""
+    m = model(two_d)
+    prompt = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(7))
+    prefix = torch.tensor([3, 5])
+    cached = m.generate(prompt, max_new_tokens=5, prefix_lengths=prefix)
+    tokens = prompt
+    for _ in range(5):
+        next_token = logits(m, tokens, prefix.tolist())[:, -1].argmax(-1)
+        tokens = torch.cat((tokens, next_token[:, None]), dim=1)
+    assert torch.equal(cached, tokens)
+    # the test can tell: with the whole prompt as part A the first step's logits differ
+    assert not torch.allclose(logits(m, prompt, prefix.tolist())[:, -1], logits(m, prompt, 7)[:, -1])
