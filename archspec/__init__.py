@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from archspec.spec import ArchspecError, Spec, SpecError, WeightLoadError, load_spec, spec_from_dict
 
 _LAZY = {
-    "build": "archspec.compiler",
+    "build": "archspec.builder",
     "spec_from_hf": "archspec.interop.hf",
     "load_hf_weights": "archspec.interop.hf",
     "save_hf": "archspec.interop.hf_export",
@@ -31,7 +31,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from archspec.compiler import build
+    from archspec.builder import build
     from archspec.distributed import enable_activation_checkpointing, parallelize, tp_plan
     from archspec.emit import emit_source
     from archspec.interop.hf import load_hf_weights, spec_from_hf

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from archspec.analysis.render import human_count
 from archspec.spec import ArchspecError, Spec, SpecError, load_spec, spec_from_dict
+from archspec.spec.writer import spec_to_yaml
 
 if TYPE_CHECKING:
     from torch import nn
@@ -152,13 +153,7 @@ def build(
         model = archspec.build(spec, device="meta")
         if not check_only:
             out.print(summary_table(spec, model))
-        if emit is None:
-            err.print("note: source emission (archspec.emit) is not available yet; nothing written")
-            continue
-        try:
-            stale += _write_or_check(emit, spec, spec_path, output, check_only)
-        except NotImplementedError as exc:  # a kind the emitter does not cover yet: the model itself is fine
-            err.print(f"note: {exc}; nothing written", markup=False)
+        stale += _write_or_check(emit, spec, spec_path, output, check_only)
     if stale:
         fail("\n".join(stale))
 
@@ -168,7 +163,7 @@ def _write_or_check(emit: ModuleType, spec: Spec, spec_path: Path, output: Path,
     target = emit.generated_path(spec, output)
     if not check_only:
         out.print(f"wrote {emit.write_generated(spec, output)}", markup=False)
-    elif emit.is_stale(spec, output):  # emits first, so a spec it cannot emit yet is a note, not "missing"
+    elif emit.is_stale(spec, output):
         problem = "is stale" if target.is_file() else "does not exist"
         return [f"error: {target} {problem}; run `archspec build {spec_path} -o {output}` to write it"]
     else:
@@ -176,12 +171,10 @@ def _write_or_check(emit: ModuleType, spec: Spec, spec_path: Path, output: Path,
     return []
 
 
-def _emitter() -> ModuleType | None:
-    """`archspec.emit` (generated_path, is_stale, write_generated), or None while it does not exist."""
-    try:
-        import archspec.emit as emit
-    except ImportError:
-        return None
+def _emitter() -> ModuleType:
+    """`archspec.emit` (generated_path, is_stale, write_generated): imported when a build needs it."""
+    import archspec.emit as emit
+
     return emit
 
 
@@ -358,33 +351,6 @@ def export_hf(
         f"wrote {written} ({model_type}, {written_dtype}; load it with transformers.{auto_class(model_type)})",
         markup=False,
     )
-
-
-def spec_to_yaml(spec: Spec) -> str:
-    """A spec as YAML that `load_spec` reads back to an equal `Spec`.
-
-    Values equal to the schema's defaults are left out, so the file reads like a hand-written spec; values the
-    loader resolves (kv_heads, head_dim, norm bias) are written out, so the file does not depend on how they are
-    derived. Sections whose values are all scalars are written on one line: `attention: {heads: 32, kv_heads: 8}`.
-    """
-    data = spec.model_dump(mode="json", exclude_defaults=True)
-    return yaml.dump(data, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=120)
-
-
-class _SpecDumper(yaml.SafeDumper):
-    """Block style at the top level, flow style for leaf sections."""
-
-    def represent_mapping(self, tag: str, mapping: Any, flow_style: bool | None = None) -> yaml.MappingNode:
-        node = super().represent_mapping(tag, mapping, flow_style)
-        node.flow_style = all(isinstance(value, yaml.ScalarNode) for _, value in node.value) and self._depth > 0
-        return node
-
-    def represent_data(self, data: Any) -> yaml.Node:
-        self._depth = getattr(self, "_depth", -1) + 1
-        try:
-            return super().represent_data(data)
-        finally:
-            self._depth -= 1
 
 
 # ----------------------------------------------------------------------------------------------- schema

@@ -1,44 +1,28 @@
-"""Spec -> modules. The one place that reads a spec and chooses components; components only see numbers."""
+"""Spec -> Plan: the one place that reads a spec and chooses components. Components only see numbers.
+
+`plan(spec)` writes down every decision as a tree of component calls (`archspec.plan`): which attention, which
+norm, which residual layout, which router, the numbers each gets, and the facts the emitter specialises the copied
+components on. `archspec.build` instantiates that tree, `archspec.emit_source` prints it, `archspec.analysis`
+counts over it and `archspec.distributed` reads the modules built from it; none of them looks at the spec again.
+Nothing here imports torch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+import math
+from typing import assert_never
 
-import torch
-from torch import nn
-
-from archspec.nn.activations import ACTIVATIONS
-from archspec.nn.attention import Attention
-from archspec.nn.blocks import DeepNormBlock, ParallelBlock, PostNormBlock, PreNormBlock
-from archspec.nn.encoder_decoder import CrossAttention, CrossAttentionBlock, EncoderDecoderLM, Stack
-from archspec.nn.glm import BlockRotaryEmbedding
-from archspec.nn.mla import LatentAttention
-from archspec.nn.mlp import MLP
-from archspec.nn.models import DecoderLM
-from archspec.nn.moe import Experts, MoE, Router
-from archspec.nn.norms import RMSNorm
-from archspec.nn.positions import RelativePositionBias, alibi_slopes
-from archspec.nn.rope import (
-    RotaryEmbedding,
-    linear_scaled_frequencies,
-    llama3_scaled_frequencies,
-    rope_frequencies,
-    yarn_attention_factor,
-    yarn_mscale,
-    yarn_scaled_frequencies,
-)
-from archspec.nn.vision import VISION_ACTIVATIONS, PatchEmbedding, PatchPool, Projector, VisionTower
-from archspec.nn.vlm import VisionLanguageLM
+from archspec.plan import Call, Fn, Layers, Plan, Value, call
 from archspec.spec.schema import (
     GATED_ACTIVATIONS,
     AlibiSpec,
+    AttentionSpec,
     DynamicScaling,
     LatentAttentionSpec,
     LearnedPositionSpec,
     LinearScaling,
     Llama3Scaling,
+    NoPositionSpec,
     RelativeBiasSpec,
     RopeSpec,
     Spec,
@@ -46,341 +30,460 @@ from archspec.spec.schema import (
     YarnScaling,
 )
 
-
-def build(spec: Spec, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> DecoderLM:
-    """Compile a spec into a module. `device="meta"` allocates nothing (for summaries and parameter counts).
-
-    Parameters are created directly in `dtype`; RoPE frequencies stay float32 whatever the dtype.
-    """
-    with torch.device(device or "cpu"), _default_dtype(dtype):
-        model = _encoder_decoder(spec) if spec.structure == "encoder-decoder" else _decoder(spec)
-        if torch.device(device or "cpu").type != "meta":
-            init_weights(model)
-            if spec.block.kind == "deepnorm":
-                deepnorm_init(model, spec.block.beta or 1.0)
-    model.spec = spec  # type: ignore[assignment]
-    return model
+__all__ = ["plan"]
 
 
-def materialize_buffers(model: DecoderLM, device: torch.device | str) -> None:
-    """Recompute the non-learned buffers (RoPE frequencies, ALiBi slopes) of a model built on the meta device
-    whose parameters were then assigned real tensors (e.g. by `load_hf_weights`)."""
-    spec: Spec = model.spec  # type: ignore[assignment]
-    with torch.device(device):
-        if getattr(model, "rotary", None) is not None:
-            model.rotary = _rotary(spec)
-        if getattr(model, "alibi_slopes", None) is not None:
-            model.alibi_slopes = alibi_slopes(spec.attention.heads).to(device)
+def plan(spec: Spec) -> Plan:
+    """The plan of `spec`'s model: what `archspec.build` instantiates and `archspec.emit_source` prints."""
+    return _Compiler(spec).plan()
 
 
-def init_weights(model: nn.Module, std: float = 0.02) -> None:
-    """GPT-2-style initialisation: N(0, std) for matrices and embeddings, zero biases, unit norm weights."""
-    for module in model.modules():
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        if isinstance(module, Experts | Router):
-            for param in module.parameters(recurse=False):
-                nn.init.normal_(param, mean=0.0, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+class _Compiler:
+    """One spec's decisions; `features` collects the facts the emitter needs as they are decided."""
 
+    def __init__(self, spec: Spec) -> None:
+        self.spec = spec
+        self.features: set[str] = set()
 
-# ------------------------------------------------------------------------------------------- wiring
-def _decoder(spec: Spec) -> DecoderLM:
-    position = spec.position
-    model_class, vision = (VisionLanguageLM, _vision(spec)) if spec.vision is not None else (DecoderLM, {})
-    return model_class(
-        embed=_embedding(spec.vocab_size, spec.d_model),
-        layers=[_block(spec, index) for index in range(spec.n_layers)],
-        final_norm=nn.Identity() if spec.block.kind in ("post-norm", "deepnorm") else _norm(spec, spec.d_model),
-        lm_head=nn.Linear(spec.d_model, spec.vocab_size, bias=False),
-        windows=[spec.window_for_layer(index) for index in range(spec.n_layers)],
-        context_length=spec.context_length,
-        pos_embed=_embedding(spec.context_length, spec.d_model) if isinstance(position, LearnedPositionSpec) else None,
-        embed_norm=_norm(spec, spec.d_model) if spec.embeddings.norm else None,
-        rotary=_rotary(spec) if isinstance(position, RopeSpec) else None,
-        alibi_slopes=alibi_slopes(spec.attention.heads) if isinstance(position, AlibiSpec) else None,
-        tied=spec.embeddings.tied,
-        **_router_loss_options(spec),
-        eos_token_id=spec.tokens.eos,
-        pad_token_id=spec.tokens.pad,
-        prefix_lm=spec.structure == "glm",
-        block_positions=isinstance(position, RopeSpec) and position.block_positions,
-        **vision,
-    )
+    def plan(self) -> Plan:
+        spec = self.spec
+        model = self.encoder_decoder() if spec.structure == "encoder-decoder" else self.decoder()
+        beta = None
+        if spec.block.kind == "deepnorm":
+            self.features.add("deepnorm")
+            beta = spec.block.beta or 1.0
+        return Plan(spec.name, model, frozenset(self.features), deepnorm_beta=beta)
 
+    # ------------------------------------------------------------------------------------------- numbers
+    def linear(self, d_in: int, d_out: int, bias: bool) -> Call:
+        if bias:
+            self.features.add("linear_bias")
+        return call("nn.Linear", d_in, d_out, bias=bias)
 
-def _embedding(rows: int, dim: int) -> nn.Embedding:
-    """An embedding without nn.Embedding's own normal_ init: `init_weights` initialises it anyway, and on the meta
-    device that init would import torch._dynamo (seconds of `archspec build` for nothing)."""
-    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+    def embedding(self, rows: int, dim: int) -> Call:
+        return call("nn.Embedding", rows, dim)
 
+    def norm(self, dim: int) -> Call:
+        norm = self.spec.norm
+        match norm.kind:
+            case "rmsnorm":
+                return call("RMSNorm", dim, eps=norm.eps)
+            case "layernorm":
+                return call("nn.LayerNorm", dim, eps=norm.eps, bias=bool(norm.bias))
+            case _:
+                assert_never(norm.kind)
 
-def _router_loss_options(spec: Spec) -> dict[str, Any]:
-    if spec.moe is None:
-        return {}
-    router = spec.moe.router
-    return {"aux_loss": router.aux_loss, "aux_loss_coef": router.aux_loss_coef, "z_loss_coef": router.z_loss_coef}
+    def activation(self, name: str, table: str = "ACTIVATIONS") -> Fn:
+        """The function of an activation name (a gated MLP's: the one applied to its gate)."""
+        return Fn(table, GATED_ACTIVATIONS.get(name, name))
 
+    # ------------------------------------------------------------------------------------------- decoder
+    def decoder(self) -> Call:
+        spec = self.spec
+        d, position = spec.d_model, spec.position
+        args: dict[str, Value] = {
+            "embed": self.embedding(spec.vocab_size, d),
+            "layers": self.layers(),
+            "final_norm": call("nn.Identity") if spec.block.kind in ("post-norm", "deepnorm") else self.norm(d),
+            "lm_head": self.linear(d, spec.vocab_size, False),
+            "attention": self.attention_paths(),
+        }
+        if isinstance(position, RopeSpec):
+            args["rotary"] = self.rotary()
+        elif isinstance(position, LearnedPositionSpec):
+            self.features.add("learned_positions")
+            args["pos_embed"] = self.embedding(spec.context_length, d)
+        else:
+            assert isinstance(position, AlibiSpec | NoPositionSpec)  # the rules keep relative-bias to T5
+        if spec.embeddings.norm:
+            self.features.add("embed_norm")
+            args["embed_norm"] = self.norm(d)
+        if any(spec.is_moe_layer(index) for index in range(spec.n_layers)):  # an moe section may route no layer
+            args["router_loss"] = self.router_loss()
+        if spec.embeddings.tied:
+            self.features.add("tied")
+            args["tied"] = True
+        if spec.structure == "glm":
+            self.features.add("prefix_lm")
+            args["prefix_lm"] = True
+        args |= self.tokens()
+        if spec.vision is None:
+            return Call("DecoderLM", tuple(args.items()))
+        return Call("VisionLanguageLM", tuple((args | self.vision()).items()))
 
-def _block(spec: Spec, index: int) -> nn.Module:
-    attn = _latent_attention(spec) if isinstance(spec.attention, LatentAttentionSpec) else _attention(spec)
-    mlp = _moe(spec) if spec.is_moe_layer(index) else _mlp(spec)
-    kind = spec.block.kind
-    if kind == "deepnorm":
-        alpha = spec.block.alpha or 1.0
-        return DeepNormBlock(attn, mlp, _norm(spec, spec.d_model), _norm(spec, spec.d_model), alpha)
-    if kind == "post-norm":
-        return PostNormBlock(attn, mlp, _norm(spec, spec.d_model), _norm(spec, spec.d_model))
-    if kind == "parallel":
-        second = _norm(spec, spec.d_model) if spec.block.parallel_norms == 2 else None
-        return ParallelBlock(attn, mlp, _norm(spec, spec.d_model), second)
-    sandwich = kind == "sandwich"
-    return PreNormBlock(
-        attn,
-        mlp,
-        attn_norm=_norm(spec, spec.d_model),
-        mlp_norm=_norm(spec, spec.d_model),
-        attn_out_norm=_norm(spec, spec.d_model) if sandwich else None,
-        mlp_out_norm=_norm(spec, spec.d_model) if sandwich else None,
-        residual_from_norm=spec.block.residual_from_norm,
-    )
+    def tokens(self) -> dict[str, Value]:
+        eos = self.spec.tokens.eos
+        return {
+            "eos_token_id": tuple(eos) if isinstance(eos, list) else eos,
+            "pad_token_id": self.spec.tokens.pad,
+        }
 
+    def layers(self) -> Layers:
+        """One call per distinct block; layers whose blocks are equal share a kind (a window is not part of the
+        block: layers with and without one are one kind)."""
+        spec = self.spec
+        blocks = [self.block(index) for index in range(spec.n_layers)]
+        return _stack(blocks, [("moe" if spec.is_moe_layer(i) else "dense") for i in range(spec.n_layers)])
 
-def _attention(spec: Spec) -> Attention:
-    attn = spec.attention
-    bias = (attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o)
-    interleaved = isinstance(spec.position, RopeSpec) and spec.position.pairing == "interleaved"
-    return Attention(
-        spec.d_model,
-        attn.heads,
-        spec.kv_heads,
-        spec.head_dim,
-        bias=bias,
-        qk_norm_eps=spec.norm.eps if attn.qk_norm else None,
-        scale=attn.scale,
-        rope_interleaved=interleaved,
-    )
+    def block(self, index: int) -> Call:
+        spec = self.spec
+        attn = self.latent_attention() if isinstance(spec.attention, LatentAttentionSpec) else self.attention()
+        mlp = self.moe() if spec.is_moe_layer(index) else self.mlp(spec.mlp.d_ff, spec.mlp.bias)
+        block = spec.block
+        match block.kind:
+            case "pre-norm":
+                extra = {}
+                if block.residual_from_norm:
+                    self.features.add("residual_from_norm")
+                    extra["residual_from_norm"] = True
+                return call("PreNormBlock", attn_norm=self.norm(spec.d_model), attn=attn,
+                            mlp_norm=self.norm(spec.d_model), mlp=mlp, **extra)  # fmt: skip
+            case "sandwich":
+                d = spec.d_model
+                return call("SandwichBlock", attn_norm=self.norm(d), attn=attn, attn_out_norm=self.norm(d),
+                            mlp_norm=self.norm(d), mlp=mlp, mlp_out_norm=self.norm(d))  # fmt: skip
+            case "post-norm":
+                return call("PostNormBlock", attn=attn, attn_norm=self.norm(spec.d_model), mlp=mlp,
+                            mlp_norm=self.norm(spec.d_model))  # fmt: skip
+            case "deepnorm":
+                return call("DeepNormBlock", attn=attn, attn_norm=self.norm(spec.d_model), mlp=mlp,
+                            mlp_norm=self.norm(spec.d_model), alpha=block.alpha or 1.0)  # fmt: skip
+            case "parallel":
+                if block.parallel_norms == 2:
+                    self.features.add("two_parallel_norms")
+                    return call("ParallelBlock", attn_norm=self.norm(spec.d_model), attn=attn, mlp=mlp,
+                                mlp_norm=self.norm(spec.d_model))  # fmt: skip
+                return call("ParallelBlock", attn_norm=self.norm(spec.d_model), attn=attn, mlp=mlp)
+            case _:
+                assert_never(block.kind)
 
+    def attention(self, *, cross: bool = False) -> Call:
+        spec = self.spec
+        attn = spec.attention
+        assert isinstance(attn, AttentionSpec)
+        d, heads, kv_heads, head_dim = spec.d_model, attn.heads, spec.kv_heads, spec.head_dim
+        args: dict[str, Value] = {
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "head_dim": head_dim,
+            "q": self.linear(d, heads * head_dim, attn.bias.q),
+            "k": self.linear(d, kv_heads * head_dim, attn.bias.k),
+            "v": self.linear(d, kv_heads * head_dim, attn.bias.v),
+            "o": self.linear(heads * head_dim, d, attn.bias.o),
+        }
+        if attn.qk_norm and not cross:  # per-head RMSNorm of q and k (Qwen3); cross-attention has none
+            self.features.add("qk_norm")
+            args |= {"q_norm": call("RMSNorm", head_dim, eps=spec.norm.eps)}
+            args |= {"k_norm": call("RMSNorm", head_dim, eps=spec.norm.eps)}
+        if attn.scale is not None:
+            args["scale"] = attn.scale
+        return Call("CrossAttention" if cross else "Attention", tuple(args.items()))
 
-def _latent_attention(spec: Spec) -> LatentAttention:
-    attn = spec.attention
-    assert isinstance(attn, LatentAttentionSpec) and isinstance(spec.position, RopeSpec)
-    scale = attn.scale
-    scaling = spec.position.scaling
-    if scale is None:  # DeepSeek: the YaRN temperature correction enters the softmax scale squared
-        scale = (attn.nope_dim + attn.rope_dim) ** -0.5
-        if isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:
-            scale *= yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
-    return LatentAttention(
-        spec.d_model,
-        attn.heads,
-        attn.q_rank,
-        attn.kv_rank,
-        attn.nope_dim,
-        attn.rope_dim,
-        attn.v_dim,
-        bias=attn.bias,
-        latent_norm_eps=attn.latent_norm_eps,
-        scale=scale,
-        rope_interleaved=spec.position.pairing == "interleaved",
-    )
+    def latent_attention(self) -> Call:
+        spec = self.spec
+        attn, position = spec.attention, spec.position
+        assert isinstance(attn, LatentAttentionSpec) and isinstance(position, RopeSpec)
+        d, heads, qk = spec.d_model, attn.heads, attn.nope_dim + attn.rope_dim
+        args: dict[str, Value] = {
+            "heads": heads,
+            "kv_rank": attn.kv_rank,
+            "nope_dim": attn.nope_dim,
+            "rope_dim": attn.rope_dim,
+            "v_dim": attn.v_dim,
+        }
+        if attn.q_rank is None:
+            args["q"] = self.linear(d, heads * qk, False)
+        else:
+            args["q_down"] = self.linear(d, attn.q_rank, attn.bias)
+            args["q_latent_norm"] = call("RMSNorm", attn.q_rank, eps=attn.latent_norm_eps)
+            args["q_up"] = self.linear(attn.q_rank, heads * qk, False)
+        args["kv_down"] = self.linear(d, attn.kv_rank + attn.rope_dim, attn.bias)
+        args["kv_latent_norm"] = call("RMSNorm", attn.kv_rank, eps=attn.latent_norm_eps)
+        args["kv_up"] = self.linear(attn.kv_rank, heads * (attn.nope_dim + attn.v_dim), False)
+        args["o"] = self.linear(heads * attn.v_dim, d, attn.bias)
+        if attn.scale is not None:
+            args["scale"] = attn.scale
+        elif isinstance(position.scaling, YarnScaling) and position.scaling.mscale_all_dim:
+            # DeepSeek: the YaRN temperature correction enters the softmax scale squared
+            scaling = position.scaling
+            args["scale"] = call("latent_attention_scale", qk, scaling.factor, scaling.mscale_all_dim)
+        return Call("LatentAttention", tuple(args.items()))
 
+    def attention_paths(self) -> Call:
+        spec = self.spec
+        windows = tuple(spec.window_for_layer(index) for index in range(spec.n_layers))
+        args: dict[str, Value] = {}
+        if any(window is not None for window in windows):
+            self.features |= {"window", "distance_bias"}
+            args["windows"] = windows
+        else:
+            args["layers"] = spec.n_layers
+        if isinstance(spec.position, AlibiSpec):
+            args["alibi"] = self.alibi(spec.position)
+        if isinstance(spec.attention, AttentionSpec) and spec.attention.inverse_layer_scale:
+            self.features.add("inverse_layer_scale")
+            return Call("LayerScaledPaths", tuple(args.items()))
+        return Call("AttentionPaths", tuple(args.items()))
 
-def _moe(spec: Spec) -> MoE:
-    moe = spec.moe
-    assert moe is not None and moe.d_ff is not None and moe.shared_d_ff is not None
-    router = moe.router
-    name = spec.mlp.activation
-    activation = ACTIVATIONS[GATED_ACTIVATIONS.get(name, name)]
-    gated = name in GATED_ACTIVATIONS
-    shared = None
-    if moe.shared_experts:
-        shared = MLP(spec.d_model, moe.shared_experts * moe.shared_d_ff, activation, gated=gated, bias=False)
-    return MoE(
-        Router(
-            spec.d_model,
-            moe.experts,
-            moe.top_k,
-            scoring=router.scoring,
-            renormalize=router.renormalize,
-            scale=router.scale,
-            groups=router.groups,
-            top_groups=router.top_groups or router.groups,
-            group_score=router.group_score,
-            correction_bias=router.correction_bias,
-        ),
-        Experts(moe.experts, spec.d_model, moe.d_ff, activation, gated),
-        shared=shared,
-        shared_gate=nn.Linear(spec.d_model, 1, bias=False) if moe.shared_gate else None,
-        jitter=router.jitter,
-    )
+    def alibi(self, position: AlibiSpec) -> Call:
+        self.features |= {"alibi", "distance_bias"}
+        args: dict[str, Value] = {"slopes": call("alibi_slopes", self.spec.attention.heads)}
+        if position.scaled:
+            args["divisor"] = math.sqrt(self.spec.head_dim)
+        if position.precision == "bfloat16":
+            self.features.add("alibi_bfloat16")
+            args["bfloat16"] = True
+        return Call("Alibi", tuple(args.items()))
 
-
-def _mlp(spec: Spec) -> MLP:
-    name = spec.mlp.activation
-    gated = name in GATED_ACTIVATIONS
-    activation = ACTIVATIONS[GATED_ACTIVATIONS.get(name, name)]
-    return MLP(spec.d_model, spec.mlp.d_ff, activation, gated=gated, bias=spec.mlp.bias)
-
-
-def _norm(spec: Spec, dim: int) -> nn.Module:
-    if spec.norm.kind == "rmsnorm":
-        return RMSNorm(dim, spec.norm.eps)
-    return nn.LayerNorm(dim, eps=spec.norm.eps, bias=bool(spec.norm.bias))
-
-
-def _rotary(spec: Spec) -> RotaryEmbedding | BlockRotaryEmbedding:
-    position = spec.position
-    assert isinstance(position, RopeSpec)
-    dim, theta, scaling = spec.rotary_dim, position.theta, position.scaling
-    if position.block_positions:  # GLM 2-D: two RoPEs of half the width (no scaling, checked by the rules)
-        with torch.device("cpu"):
-            inv_freq = rope_frequencies(dim // 2, theta)
-        return BlockRotaryEmbedding(inv_freq.to(torch.get_default_device()))
-    interleaved = position.pairing == "interleaved"
-    with torch.device("cpu"):  # frequencies are exact float32 numbers, computed on the CPU then moved
+    def rotary(self) -> Call:
+        spec = self.spec
+        position = spec.position
+        assert isinstance(position, RopeSpec)
+        self.features.add("rope")
+        if spec.rotary_dim < spec.head_dim:
+            self.features.add("partial_rotary")
+        dim, theta, scaling = spec.rotary_dim, position.theta, position.scaling
+        if position.block_positions:  # GLM 2-D: two RoPEs of half the width (no scaling, checked by the rules)
+            self.features.add("block_positions")
+            return call("BlockRotaryEmbedding", inv_freq=call("rope_frequencies", dim // 2, theta))
+        args: dict[str, Value] = {}
         if isinstance(scaling, LinearScaling):
-            inv_freq, factor = linear_scaled_frequencies(dim, theta, scaling.factor), 1.0
+            args["inv_freq"] = call("linear_scaled_frequencies", dim, theta, scaling.factor)
         elif isinstance(scaling, Llama3Scaling):
-            inv_freq = llama3_scaled_frequencies(
-                dim, theta, scaling.factor, scaling.low_freq_factor, scaling.high_freq_factor, scaling.original_context
-            )
-            factor = 1.0
-        elif isinstance(scaling, YarnScaling):
-            inv_freq = yarn_scaled_frequencies(
+            args["inv_freq"] = call(
+                "llama3_scaled_frequencies",
                 dim,
                 theta,
                 scaling.factor,
-                scaling.original_context,
-                scaling.beta_fast,
-                scaling.beta_slow,
-                scaling.truncate,
+                low_freq_factor=scaling.low_freq_factor,
+                high_freq_factor=scaling.high_freq_factor,
+                original_context=scaling.original_context,
             )
-            factor = yarn_attention_factor(
-                scaling.factor, scaling.mscale, scaling.mscale_all_dim, scaling.attention_factor
+        elif isinstance(scaling, YarnScaling):
+            args["inv_freq"] = call(
+                "yarn_scaled_frequencies",
+                dim,
+                theta,
+                scaling.factor,
+                original_context=scaling.original_context,
+                beta_fast=scaling.beta_fast,
+                beta_slow=scaling.beta_slow,
+                truncate=scaling.truncate,
             )
         else:
-            inv_freq, factor = rope_frequencies(dim, theta), 1.0
-    dynamic = (theta, scaling.factor, spec.context_length) if isinstance(scaling, DynamicScaling) else None
-    return RotaryEmbedding(inv_freq.to(torch.get_default_device()), factor, interleaved, dynamic)
+            assert scaling is None or isinstance(scaling, DynamicScaling)
+            args["inv_freq"] = call("rope_frequencies", dim, theta)
+        interleaved = position.pairing == "interleaved"
+        if interleaved:
+            self.features.add("rope_interleaved")
+        args["pairing"] = call("InterleavedPairs" if interleaved else "HalfPairs")
+        if isinstance(scaling, YarnScaling):
+            self.features.add("rope_attention_factor")
+            args["attention_factor"] = call(
+                "yarn_attention_factor",
+                scaling.factor,
+                mscale=scaling.mscale,
+                mscale_all_dim=scaling.mscale_all_dim,
+                explicit=scaling.attention_factor,
+            )
+        if isinstance(scaling, DynamicScaling):
+            self.features.add("dynamic_ntk")
+            args["dynamic_ntk"] = (theta, scaling.factor, spec.context_length)
+        return Call("RotaryEmbedding", tuple(args.items()))
+
+    # ----------------------------------------------------------------------------------------- MLP, MoE
+    def mlp(self, d_ff: int, bias: bool, d_model: int | None = None, activation: Fn | None = None) -> Call:
+        """The spec's MLP of width `d_ff` (gated or plain by its activation); `activation` given: a plain MLP."""
+        d = d_model or self.spec.d_model
+        name = self.spec.mlp.activation
+        if activation is None and name in GATED_ACTIVATIONS:
+            gate = self.linear(d, d_ff, bias)
+            return call("GatedMLP", gate=gate, up=self.linear(d, d_ff, bias), down=self.linear(d_ff, d, bias),
+                        activation=self.activation(name))  # fmt: skip
+        up, down = self.linear(d, d_ff, bias), self.linear(d_ff, d, bias)
+        return call("MLP", up=up, down=down, activation=activation or self.activation(name))
+
+    def moe(self) -> Call:
+        spec = self.spec
+        moe = spec.moe
+        assert moe is not None and moe.d_ff is not None and moe.shared_d_ff is not None
+        self.features.add("moe")
+        if any(not spec.is_moe_layer(index) for index in range(spec.n_layers)):
+            self.features.add("dense_and_moe")
+        router = moe.router
+        router_args: dict[str, Value] = {
+            "d_model": spec.d_model,
+            "experts": moe.experts,
+            "top_k": moe.top_k,
+            "scoring": Fn("SCORINGS", router.scoring),
+            "renormalize": router.renormalize,
+            "scale": router.scale,
+        }
+        if router.groups > 1:
+            self.features.add("group_limited")
+            top_groups = router.top_groups or router.groups
+            score = Fn("GROUP_SCORES", router.group_score)
+            router_args["group_limit"] = call("GroupLimit", router.groups, top_groups, score=score)
+        if router.correction_bias:
+            self.features.add("correction_bias")
+            router_args["correction_bias"] = call("torch.zeros", moe.experts)
+        gated = spec.mlp.activation in GATED_ACTIVATIONS
+        if gated:
+            self.features.add("gated_experts")
+        experts = call("Experts", moe.experts, spec.d_model, moe.d_ff, activation=self.activation(spec.mlp.activation),
+                       gated=gated)  # fmt: skip
+        args: dict[str, Value] = {"router": Call("Router", tuple(router_args.items())), "experts": experts}
+        if moe.shared_experts:
+            self.features.add("shared_experts")
+            args["shared"] = self.mlp(moe.shared_experts * moe.shared_d_ff, False)
+        if moe.shared_gate:
+            self.features.add("shared_gate")
+            args["shared_gate"] = self.linear(spec.d_model, 1, False)
+        if router.jitter > 0:
+            self.features.add("router_jitter")
+            args["jitter"] = router.jitter
+        return Call("MoE", tuple(args.items()))
+
+    def router_loss(self) -> Call:
+        router = self.spec.moe.router  # type: ignore[union-attr]
+        match router.aux_loss:
+            case "token":
+                balance = call("TokenBalancingLoss")
+            case "sequence":
+                self.features.add("sequence_aux_loss")
+                balance = call("SequenceBalancingLoss", scoring=Fn("SCORINGS", router.scoring))
+            case _:
+                assert_never(router.aux_loss)
+        return call("RouterLoss", balance=balance, aux_coef=router.aux_loss_coef, z_coef=router.z_loss_coef)
+
+    # -------------------------------------------------------------------------------------------- vision
+    def vision(self) -> dict[str, Value]:
+        """The image side of a VisionLanguageLM: tower (None when external), projector, pooling, splice numbers."""
+        spec = self.spec
+        vision = spec.vision
+        assert vision is not None and vision.tower is not None and vision.projector.depth is not None
+        self.features.add("vision")
+        tower = vision.tower
+        tower_call = None
+        if isinstance(tower, ViTSpec):
+            self.features.add("vision_tower")
+            tower_call = self.vision_tower()
+        layers_read = len(vision.feature_layers) if isinstance(tower, ViTSpec) else 1
+        width = tower.width * layers_read
+        pooling = None
+        if vision.pooling is not None:
+            self.features.add("pooling")
+            grid, side = round(vision.feature_tokens**0.5), round(vision.pooling.tokens**0.5)
+            pooling = call("PatchPool", grid, side)
+        projector = vision.projector
+        dims = [width] + [spec.d_model] * projector.depth
+        linears = tuple(self.linear(a, b, projector.bias) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        return {
+            "vision_tower": tower_call,
+            "projector": call(
+                "Projector", layers=linears, activation=self.activation(projector.activation, "VISION_ACTIVATIONS")
+            ),
+            "pooling": pooling,
+            "image_token": vision.image_token,
+            "tokens_per_image": vision.tokens_per_image,
+            "feature_shape": (vision.feature_tokens, width),
+        }
+
+    def vision_tower(self) -> Call:
+        """A ViT/CLIP tower built from the library's own blocks: pre-norm, MHA with biases, plain MLP, LayerNorm."""
+        vision = self.spec.vision
+        assert vision is not None and isinstance(vision.tower, ViTSpec)
+        tower = vision.tower
+        width, grid, bias = tower.width, tower.image_size // tower.patch_size, tower.bias
+
+        def norm() -> Call:
+            return call("nn.LayerNorm", width, eps=tower.norm_eps)
+
+        head_dim = width // tower.heads
+        attn = call("Attention", heads=tower.heads, kv_heads=tower.heads, head_dim=head_dim,
+                    q=self.linear(width, width, bias), k=self.linear(width, width, bias),
+                    v=self.linear(width, width, bias), o=self.linear(width, width, bias))  # fmt: skip
+        mlp = self.mlp(
+            tower.d_ff, bias, d_model=width, activation=self.activation(tower.activation, "VISION_ACTIVATIONS")
+        )
+        block = call("PreNormBlock", attn_norm=norm(), attn=attn, mlp_norm=norm(), mlp=mlp)
+        patches = call("nn.Conv2d", tower.channels, width, kernel_size=tower.patch_size, stride=tower.patch_size,
+                       bias=tower.patch_bias)  # fmt: skip
+        embed = call("PatchEmbedding", proj=patches, positions=self.embedding(grid * grid + int(tower.class_token), width),
+                     class_token=tower.class_token)  # fmt: skip
+        hidden_states = tower.depth + 1
+        return call(
+            "VisionTower",
+            embed=embed,
+            layers=Layers((("vision", block),), ("vision",) * tower.depth),
+            pre_norm=norm() if tower.pre_norm else None,
+            post_norm=norm() if tower.post_norm else None,
+            feature_layers=tuple(layer % hidden_states for layer in vision.feature_layers),
+            drop_class_token=tower.class_token and vision.feature_select == "patches",
+        )
+
+    # ---------------------------------------------------------------------------------- encoder-decoder
+    def encoder_decoder(self) -> Call:
+        """T5: a bidirectional encoder and a causal decoder with cross-attention, each with its own relative-bias
+        table (computed once per stack), one shared embedding, and optionally the d_model^-0.5 head scale."""
+        spec = self.spec
+        position = spec.position
+        assert isinstance(position, RelativeBiasSpec)  # checked by the spec rules
+        assert spec.n_decoder_layers is not None and spec.tokens.decoder_start is not None
+        self.features.add("encoder_decoder")
+        d = spec.d_model
+
+        def bias(bidirectional: bool) -> Call:
+            table = self.embedding(position.buckets, spec.attention.heads)
+            return call("RelativePositionBias", table=table, max_distance=position.max_distance,
+                        bidirectional=bidirectional)  # fmt: skip
+
+        def mlp() -> Call:
+            return self.mlp(spec.mlp.d_ff, spec.mlp.bias)
+
+        encoder_block = call("PreNormBlock", attn_norm=self.norm(d), attn=self.attention(), mlp_norm=self.norm(d),
+                             mlp=mlp())  # fmt: skip
+        decoder_block = call("CrossAttentionBlock", attn_norm=self.norm(d), attn=self.attention(),
+                             cross_norm=self.norm(d), cross_attn=self.attention(cross=True), mlp_norm=self.norm(d),
+                             mlp=mlp())  # fmt: skip
+        args: dict[str, Value] = {
+            "embed": self.embedding(spec.vocab_size, d),
+            "encoder": call(
+                "Stack",
+                layers=Layers((("encoder", encoder_block),), ("encoder",) * spec.n_layers),
+                position_bias=bias(True),
+                final_norm=self.norm(d),
+            ),
+            "decoder": call(
+                "Stack",
+                layers=Layers((("decoder", decoder_block),), ("decoder",) * spec.n_decoder_layers),
+                position_bias=bias(False),
+                final_norm=self.norm(d),
+            ),
+            "lm_head": self.linear(d, spec.vocab_size, False),
+            "decoder_start": spec.tokens.decoder_start,
+        }
+        if spec.embeddings.scale_head:
+            self.features.add("head_scale")
+            args["head_scale"] = d**-0.5
+        if spec.embeddings.tied:
+            self.features.add("tied")
+            args["tied"] = True
+        return Call("EncoderDecoderLM", tuple((args | self.tokens()).items()))
 
 
-@contextmanager
-def _default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    if dtype is not None:
-        torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-# ----------------------------------------------------------------------------------- encoder-decoder
-def _encoder_decoder(spec: Spec) -> EncoderDecoderLM:
-    """T5: a bidirectional encoder and a causal decoder with cross-attention, each with its own relative-bias
-    table (computed once per stack), one shared embedding, and optionally the d_model^-0.5 head scale."""
-    position = spec.position
-    assert isinstance(position, RelativeBiasSpec)  # checked by the spec rules
-    assert spec.n_decoder_layers is not None and spec.tokens.decoder_start is not None
-
-    def bias(bidirectional: bool) -> RelativePositionBias:
-        return RelativePositionBias(spec.attention.heads, position.buckets, position.max_distance, bidirectional)
-
-    def norm() -> nn.Module:
-        return _norm(spec, spec.d_model)
-
-    encoder_layers = [
-        PreNormBlock(_attention(spec), _mlp(spec), attn_norm=norm(), mlp_norm=norm()) for _ in range(spec.n_layers)
-    ]
-    decoder_layers = [
-        CrossAttentionBlock(_attention(spec), _cross_attention(spec), _mlp(spec), norm(), norm(), norm())
-        for _ in range(spec.n_decoder_layers)
-    ]
-    return EncoderDecoderLM(
-        embed=_embedding(spec.vocab_size, spec.d_model),
-        encoder=Stack(encoder_layers, bias(bidirectional=True), norm()),
-        decoder=Stack(decoder_layers, bias(bidirectional=False), norm()),
-        lm_head=nn.Linear(spec.d_model, spec.vocab_size, bias=False),
-        kv_heads=spec.kv_heads,
-        head_dim=spec.head_dim,
-        decoder_start=spec.tokens.decoder_start,
-        head_scale=spec.d_model**-0.5 if spec.embeddings.scale_head else None,
-        tied=spec.embeddings.tied,
-        eos_token_id=spec.tokens.eos,
-        pad_token_id=spec.tokens.pad,
-    )
-
-
-def _cross_attention(spec: Spec) -> CrossAttention:
-    attn = spec.attention
-    bias = (attn.bias.q, attn.bias.k, attn.bias.v, attn.bias.o)
-    return CrossAttention(spec.d_model, attn.heads, spec.kv_heads, spec.head_dim, bias=bias, scale=attn.scale)
-
-
-# ----------------------------------------------------------------------------------------- deepnorm
-def deepnorm_init(model: nn.Module, beta: float) -> None:
-    """DeepNet's initialisation (Wang et al. 2022, https://arxiv.org/abs/2203.00555, Algorithm 1): Xavier-normal
-    weights, with gain beta for the value and output projections and the MLP, gain 1 for query and key."""
-    for layer in model.layers:  # type: ignore[union-attr]
-        if not isinstance(layer, DeepNormBlock):
-            continue
-        for name, module in layer.named_modules():
-            if isinstance(module, nn.Linear):
-                gain = 1.0 if name in ("attn.q", "attn.k") else beta
-                nn.init.xavier_normal_(module.weight, gain=gain)
-
-
-# -------------------------------------------------------------------------------------------- vision
-def _vision(spec: Spec) -> dict[str, Any]:
-    """The image side of a VisionLanguageLM: tower (None when external), projector, pooling, splice numbers."""
-    vision = spec.vision
-    assert vision is not None and vision.tower is not None and vision.projector.depth is not None
-    tower, tower_module = vision.tower, None
-    if isinstance(tower, ViTSpec):
-        tower_module = _vision_tower(spec)
-    layers_read = len(vision.feature_layers) if isinstance(tower, ViTSpec) else 1
-    width = tower.width * layers_read
-    pooling = None
-    if vision.pooling is not None:
-        grid, side = round(vision.feature_tokens**0.5), round(vision.pooling.tokens**0.5)
-        pooling = PatchPool(grid, side)
-    projector = vision.projector
-    return {
-        "vision_tower": tower_module,
-        "projector": Projector(
-            width, spec.d_model, projector.depth, VISION_ACTIVATIONS[projector.activation], bias=projector.bias
-        ),
-        "pooling": pooling,
-        "image_token": vision.image_token,
-        "tokens_per_image": vision.tokens_per_image,
-        "feature_shape": (vision.feature_tokens, width),
-    }
-
-
-def _vision_tower(spec: Spec) -> VisionTower:
-    """A ViT/CLIP tower built from the library's own blocks: pre-norm, MHA with biases, plain MLP, LayerNorm."""
-    vision = spec.vision
-    assert vision is not None and isinstance(vision.tower, ViTSpec)
-    tower = vision.tower
-    width, grid = tower.width, tower.image_size // tower.patch_size
-
-    def norm() -> nn.LayerNorm:
-        return nn.LayerNorm(width, eps=tower.norm_eps)
-
-    def block() -> PreNormBlock:
-        bias = (tower.bias,) * 4
-        attn = Attention(width, tower.heads, tower.heads, width // tower.heads, bias=bias)
-        mlp = MLP(width, tower.d_ff, VISION_ACTIVATIONS[tower.activation], gated=False, bias=tower.bias)
-        return PreNormBlock(attn, mlp, attn_norm=norm(), mlp_norm=norm())
-
-    hidden_states = tower.depth + 1
-    return VisionTower(
-        PatchEmbedding(tower.channels, width, tower.patch_size, grid, tower.class_token, tower.patch_bias),
-        [block() for _ in range(tower.depth)],
-        norm() if tower.pre_norm else None,
-        norm() if tower.post_norm else None,
-        feature_layers=[layer % hidden_states for layer in vision.feature_layers],
-        drop_class_token=tower.class_token and vision.feature_select == "patches",
-    )
+def _stack(blocks: list[Call], hints: list[str]) -> Layers:
+    """Layers from one block call per layer: equal calls share a kind, named after what tells the kinds apart
+    (`dense` / `moe`), or numbered when the hint does not."""
+    distinct: list[Call] = []
+    for block in blocks:
+        if block not in distinct:
+            distinct.append(block)
+    if len(distinct) == 1:
+        names = ["block"]
+    else:
+        first = [next(hint for b, hint in zip(blocks, hints, strict=True) if b == block) for block in distinct]
+        names = first if len(set(first)) == len(first) else [f"block_{index}" for index in range(len(distinct))]
+    kinds = tuple(zip(names, distinct, strict=True))
+    pattern = tuple(names[distinct.index(block)] for block in blocks)
+    return Layers(kinds, pattern)

@@ -34,7 +34,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from archspec.spec.errors import ArchspecError
-from archspec.spec.schema import GATED_ACTIVATIONS
 
 __all__ = ["blocks", "enable_activation_checkpointing", "parallelize", "tp_plan"]
 
@@ -44,74 +43,68 @@ class ParallelismError(ArchspecError):
 
 
 # --------------------------------------------------------------------------------------------- the plan
-def tp_plan(spec: Any) -> dict[str, Any]:
-    """The tensor-parallel plan of a spec: `{module pattern: ParallelStyle}` for `parallelize_module`.
+def tp_plan(model: nn.Module | Any) -> dict[str, Any]:
+    """The tensor-parallel plan of a built model (or of a spec's, built on the meta device): `{module name:
+    ParallelStyle}` for `parallelize_module`.
 
-    Patterns use archspec's uniform names (`*` matches a layer index). Only modules the spec has are listed, so
-    the plan applies without warnings. Users with their own training loop can pass it to
+    It reads the modules the compiler chose: every attention splits by heads (q, k, v by output features, o by
+    input features; MLA as described above), every MLP and shared expert by its hidden width, T5's relative-bias
+    tables by heads, the embedding by vocabulary rows and the head by vocabulary columns. Routed experts and the
+    vision tower stay whole on each rank. Users with their own training loop can pass the plan to
     `torch.distributed.tensor.parallel.parallelize_module` directly; `parallelize` also checks the head counts,
     keeps tied embeddings tied and sets the local head counts the KV cache needs.
     """
     from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
 
+    from archspec.nn.attention import Attention
+    from archspec.nn.mla import LatentAttention
+    from archspec.nn.mlp import MLP, GatedMLP
+    from archspec.nn.positions import RelativePositionBias
+
+    if not isinstance(model, nn.Module):  # a spec
+        from archspec.builder import build
+
+        model = build(model, device="meta")
     plan: dict[str, Any] = {
         # vocabulary rows split; each rank looks up its rows, the partial sums are all-reduced
         "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
     }
-    encoder_decoder = spec.structure == "encoder-decoder"
-    if encoder_decoder:
-        attentions = ["encoder.layers.*.attn", "decoder.layers.*.attn", "decoder.layers.*.cross_attn"]
-        for side in ("encoder", "decoder"):  # [buckets, heads] split by heads: each rank's bias is its heads'
-            plan[f"{side}.position_bias.table"] = ColwiseParallel()
-    else:
-        attentions = ["layers.*.attn"]
-    for attn in attentions:
-        if spec.attention.kind == "mla":
-            plan.update(_mla_plan(spec, attn))
+    for name, module in model.named_modules():
+        if name.startswith("vision_tower"):
             continue
-        for name in ("q", "k", "v"):
-            plan[f"{attn}.{name}"] = ColwiseParallel()
-        if spec.attention.qk_norm:
-            # per-head norms see [batch, seq, local heads, head_dim]: a DTensor sharded on the head dim, so the
-            # replicated weight's gradient is summed over the ranks' heads (SequenceParallel's mechanics, dim 2)
-            plan[f"{attn}.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-            plan[f"{attn}.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-        plan[f"{attn}.o"] = RowwiseParallel()
-    gated = spec.mlp.activation in GATED_ACTIVATIONS
-    moe = getattr(spec, "moe", None)
-    mlps: list[str] = []
-    if encoder_decoder:
-        mlps = ["encoder.layers.*.mlp", "decoder.layers.*.mlp"]
-    elif moe is None:
-        mlps = ["layers.*.mlp"]
-    else:
-        for index in range(spec.n_layers):
-            if not spec.is_moe_layer(index):
-                mlps.append(f"layers.{index}.mlp")
-            elif moe.shared_experts:
-                # routed experts stay whole on every rank (expert parallelism is another plan); a shared expert
-                # is an ordinary MLP and splits like one
-                mlps.append(f"layers.{index}.mlp.shared")
-    for mlp in mlps:
-        if gated:
-            plan[f"{mlp}.gate"] = ColwiseParallel()
-        plan[f"{mlp}.up"] = ColwiseParallel()
-        plan[f"{mlp}.down"] = RowwiseParallel()
+        if isinstance(module, LatentAttention):
+            plan.update(_mla_plan(name, module))
+        elif isinstance(module, Attention):
+            for projection in ("q", "k", "v"):
+                plan[f"{name}.{projection}"] = ColwiseParallel()
+            if getattr(module, "q_norm", None) is not None:
+                # per-head norms see [batch, seq, local heads, head_dim]: a DTensor sharded on the head dim, so the
+                # replicated weight's gradient is summed over the ranks' heads (SequenceParallel's mechanics, dim 2)
+                plan[f"{name}.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+                plan[f"{name}.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+            plan[f"{name}.o"] = RowwiseParallel()
+        elif isinstance(module, MLP | GatedMLP):
+            if isinstance(module, GatedMLP):
+                plan[f"{name}.gate"] = ColwiseParallel()
+            plan[f"{name}.up"] = ColwiseParallel()
+            plan[f"{name}.down"] = RowwiseParallel()
+        elif isinstance(module, RelativePositionBias):  # [buckets, heads] split by heads: each rank's its heads'
+            plan[f"{name}.table"] = ColwiseParallel()
     # vocabulary columns split, logits gathered: the loss and generate() see full logits
     plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
     return plan
 
 
-def _mla_plan(spec: Any, attn: str) -> dict[str, Any]:
+def _mla_plan(name: str, attn: nn.Module) -> dict[str, Any]:
     """MLA: heads split in the up-projections and the output; the latents (and their norms) replicated."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
     return {
-        f"{attn}.q" if spec.attention.q_rank is None else f"{attn}.q_up": ColwiseParallel(),
-        f"{attn}.kv_up": ColwiseParallel(),
-        f"{attn}.kv_down": SharedRopeKey(spec.attention.rope_dim),
-        f"{attn}.o": RowwiseParallel(),
+        f"{name}.q" if attn.q is not None else f"{name}.q_up": ColwiseParallel(),
+        f"{name}.kv_up": ColwiseParallel(),
+        f"{name}.kv_down": SharedRopeKey(attn.rope_dim),
+        f"{name}.o": RowwiseParallel(),
     }
 
 
@@ -142,20 +135,24 @@ def SharedRopeKey(rope_dim: int) -> Any:  # noqa: N802 (a ParallelStyle factory,
     return _SharedRopeKey()
 
 
-def check_tp_degree(spec: Any, degree: int) -> None:
-    """Raise `ParallelismError` unless the spec's head counts split evenly over `degree` ranks."""
-    problems = []
-    heads, kv_heads = spec.attention.heads, spec.kv_heads
-    if heads % degree:
-        problems.append(f"attention.heads = {heads}")
-    if kv_heads % degree:
-        problems.append(f"attention.kv_heads = {kv_heads}")
-    if problems:
-        raise ParallelismError(
-            f"spec '{spec.name}': tensor parallelism over {degree} ranks splits whole heads, but "
-            f"{' and '.join(problems)} is not divisible by {degree}; use a TP degree that divides "
-            f"both heads ({heads}) and kv_heads ({kv_heads})"
-        )
+def check_tp_degree(model: nn.Module, degree: int) -> None:
+    """Raise `ParallelismError` unless every attention's head counts split evenly over `degree` ranks."""
+    from archspec.nn.attention import Attention
+    from archspec.nn.mla import LatentAttention
+
+    for name, module in model.named_modules():
+        if name.startswith("vision_tower") or not isinstance(module, Attention | LatentAttention):
+            continue
+        heads = module.heads
+        kv_heads = getattr(module, "kv_heads", heads)
+        problems = [f"{what} = {count}" for what, count in (("heads", heads), ("kv_heads", kv_heads)) if count % degree]
+        if problems:
+            spec = getattr(model, "spec", None)
+            raise ParallelismError(
+                f"spec '{getattr(spec, 'name', '?')}': tensor parallelism over {degree} ranks splits whole heads, but "
+                f"{' and '.join(problems)} is not divisible by {degree}; use a TP degree that divides "
+                f"both heads ({heads}) and kv_heads ({kv_heads})"
+            )
 
 
 # ----------------------------------------------------------------------------------------- parallelize
@@ -176,7 +173,7 @@ def parallelize(
 
     Under TP each rank holds `heads / tp` query and `kv_heads / tp` key/value heads (T5: and those heads' columns
     of the relative-bias tables; MLA: the whole latent, replicated); ALiBi slopes are sliced to the rank's heads and
-    the attentions' `heads` / `kv_heads` (and `model.kv_heads`) are set to the local counts, so the KV cache of
+    the attentions' `heads` / `kv_heads` are set to the local counts, so the KV cache of
     `generate` fits too.
     """
     spec = getattr(model, "spec", None)
@@ -243,20 +240,22 @@ def _split_mesh(mesh: Any, fsdp: bool, tp: bool) -> tuple[Any, Any]:
 def _apply_tp(model: nn.Module, spec: Any, tp_mesh: Any) -> None:
     from torch.distributed.tensor.parallel import parallelize_module
 
+    from archspec.nn.attention import Attention
+    from archspec.nn.mla import LatentAttention
+
     degree = tp_mesh.size()
-    check_tp_degree(spec, degree)
+    check_tp_degree(model, degree)
     tied = spec.embeddings.tied
-    parallelize_module(model, tp_mesh, tp_plan(spec))
+    parallelize_module(model, tp_mesh, tp_plan(model))
     if tied:  # both are Shard(0) over the vocabulary: one DTensor parameter serves both
         model.lm_head.weight = model.embed.weight  # type: ignore[union-attr]
     rank = tp_mesh.get_local_rank()
-    slopes = getattr(model, "alibi_slopes", None)
-    if slopes is not None:  # rank r owns query heads [r * heads / tp, (r + 1) * heads / tp)
-        model.alibi_slopes = slopes.chunk(degree)[rank].clone()
-    if hasattr(model, "kv_heads"):
-        model.kv_heads = spec.kv_heads // degree
+    paths = getattr(model, "attention", None)
+    alibi = getattr(paths, "alibi", None)
+    if alibi is not None:  # rank r owns query heads [r * heads / tp, (r + 1) * heads / tp)
+        alibi.slopes = alibi.slopes.chunk(degree)[rank].clone()
     for name, module in model.named_modules():  # the split attentions' own counts size their KV caches
-        if name.rpartition(".")[2] in ("attn", "cross_attn") and not name.startswith("vision_tower"):
+        if isinstance(module, Attention | LatentAttention) and not name.startswith("vision_tower"):
             for attr in ("heads", "kv_heads"):
                 if isinstance(getattr(module, attr, None), int):
                     setattr(module, attr, getattr(module, attr) // degree)

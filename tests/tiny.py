@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -89,13 +90,15 @@ _imports = itertools.count()
 
 
 def import_emitted(spec: archspec.Spec, directory: Path) -> ModuleType:
-    """Write `emit_source(spec)` to `directory/<module_name>.py` and import it in this process (beside archspec, under
-    a fresh module name each call, not registered in sys.modules). Its entry points: `Model()` (the spec's model
-    class, default dtype and device), `CONFIG` (the spec as a literal)."""
+    """Write `emit_source(spec)` to `directory/<module_name>.py` and import it in this process, beside archspec,
+    under a fresh module name each call (registered in sys.modules, as an import does: its dataclasses resolve their
+    annotations there). Its entry point: `Model()`, the spec's model class."""
     path = Path(directory) / f"{module_name(spec.name)}.py"
     path.write_text(emit_source(spec))
-    loader = importlib.util.spec_from_file_location(f"emitted_{module_name(spec.name)}_{next(_imports)}", path)
+    name = f"emitted_{module_name(spec.name)}_{next(_imports)}"
+    loader = importlib.util.spec_from_file_location(name, path)
     assert loader is not None and loader.loader is not None
     module = importlib.util.module_from_spec(loader)
+    sys.modules[name] = module
     loader.loader.exec_module(module)
     return module

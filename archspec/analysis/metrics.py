@@ -44,8 +44,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from archspec.compiler import plan as plan_of
+from archspec.plan import Call, Layers, Value
 from archspec.spec.errors import ArchspecError
-from archspec.spec.schema import GATED_ACTIVATIONS, LatentAttentionSpec, LearnedPositionSpec, Spec
+from archspec.spec.schema import Spec
 
 AttentionCount = Literal["causal", "full"]
 
@@ -150,211 +152,148 @@ class ParamCounts:
         return self.total - inactive
 
 
-def norm_params(spec: Spec, dim: int) -> int:
-    """A norm over `dim` features: a weight, plus a bias for LayerNorm with bias."""
-    return dim * (2 if spec.norm.kind == "layernorm" and spec.norm.bias else 1)
+# The plan's leaves that own parameters, and how many each has (their constructors' arguments are numbers).
+def _linear(node: Call) -> int:
+    d_in, d_out = node.positional(0), node.positional(1)
+    return d_in * d_out + d_out * bool(node.get("bias", True))
 
 
-def latent_attention_params(attn: LatentAttentionSpec, d: int) -> int:
-    """MLA: q (plain, or down + latent norm + up), kv down (latent + shared rope key), latent norm, kv up, o."""
-    heads, qk = attn.heads, attn.nope_dim + attn.rope_dim
-    if attn.q_rank is None:
-        count = d * heads * qk
-    else:
-        count = d * attn.q_rank + attn.bias * attn.q_rank + attn.q_rank + attn.q_rank * heads * qk
-    down = attn.kv_rank + attn.rope_dim
-    count += d * down + attn.bias * down + attn.kv_rank + attn.kv_rank * heads * (attn.nope_dim + attn.v_dim)
-    return count + heads * attn.v_dim * d + attn.bias * d
+def _leaf_params(node: Call) -> int:
+    """Parameters a call creates itself (not through argument calls)."""
+    match node.component:
+        case "nn.Linear":
+            return _linear(node)
+        case "nn.Embedding":
+            return node.positional(0) * node.positional(1)
+        case "RMSNorm":
+            return node.positional(0)
+        case "nn.LayerNorm":
+            return node.positional(0) * (1 + bool(node.get("bias", True)))
+        case "nn.Conv2d":
+            c_in, c_out, kernel = node.positional(0), node.positional(1), node["kernel_size"]
+            return c_in * c_out * kernel * kernel + c_out * bool(node.get("bias", True))
+        case "Experts":
+            experts, d, d_ff = node.positional(0), node.positional(1), node.positional(2)
+            return experts * (3 if node["gated"] else 2) * d * d_ff
+        case "Router":
+            return node["experts"] * node["d_model"]
+        case "PatchEmbedding":
+            return node["proj"].positional(1) if node["class_token"] else 0  # the class token
+        case _:
+            return 0
 
 
-def attention_params(spec: Spec, layer: int) -> int:
-    """q, k, v, o projections with their biases, plus per-head qk-norm weights."""
-    if isinstance(spec.attention, LatentAttentionSpec):
-        return latent_attention_params(spec.attention, spec.d_model)
-    attn, d = spec.attention, spec.d_model
-    q_width, kv_width = attn.heads * spec.head_dim, spec.kv_heads * spec.head_dim
-    count = d * q_width + 2 * d * kv_width + q_width * d
-    count += q_width * attn.bias.q + kv_width * attn.bias.k + kv_width * attn.bias.v + d * attn.bias.o
-    if attn.qk_norm:
-        count += 2 * spec.head_dim  # RMSNorm weights of q and k, shared by the heads
-    return count
+def params_of(value: Value) -> int:
+    """Every parameter a plan value creates: its own and its argument calls' (stacks: every layer)."""
+    if isinstance(value, Call):
+        return _leaf_params(value) + sum(params_of(child) for _, child in value.args)
+    if isinstance(value, Layers):
+        return sum(params_of(block) * count for block, count in zip(*_kinds(value), strict=True))
+    if isinstance(value, tuple):
+        return sum(params_of(item) for item in value)
+    return 0
 
 
-def moe_params(spec: Spec) -> tuple[int, int]:
-    """(total, active per token) of one MoE layer: router, routed experts (top_k of them active), shared
-    experts and their gate. Expert projections have no biases."""
-    moe, d = spec.moe, spec.d_model
-    assert moe is not None and moe.d_ff is not None and moe.shared_d_ff is not None
-    projections = 3 if spec.mlp.activation in GATED_ACTIVATIONS else 2
-    expert = projections * d * moe.d_ff
-    always = moe.experts * d + projections * d * moe.shared_experts * moe.shared_d_ff + d * moe.shared_gate
-    return always + moe.experts * expert, always + moe.top_k * expert
+def _kinds(layers: Layers) -> tuple[list[Call], list[int]]:
+    counts = layers.counts()
+    return [layers.kind(name) for name in counts], list(counts.values())
 
 
-def mlp_params(spec: Spec, layer: int) -> tuple[int, int]:
-    """(total, active per token) of a layer's MLP. Gated MLPs have gate, up and down; plain ones up and down."""
-    if spec.is_moe_layer(layer):
-        return moe_params(spec)
-    d, ff = spec.d_model, spec.mlp.d_ff
-    gated = spec.mlp.activation in GATED_ACTIVATIONS
-    projections = 3 if gated else 2
-    count = projections * d * ff
-    if spec.mlp.bias:
-        count += (projections - 1) * ff + d
-    return count, count
+NORMS = ("RMSNorm", "nn.LayerNorm")
 
 
-def block_norms(spec: Spec) -> int:
-    """Norms per block: 2 for pre/post-norm, 4 for sandwich, 1 or 2 for parallel."""
-    kind = spec.block.kind
-    if kind == "parallel":
-        return spec.block.parallel_norms
-    return 4 if kind == "sandwich" else 2
+def block_params(block: Call) -> LayerParams:
+    """One block: its attention(s), its MLP or MoE (and what one token of it uses), its norms."""
+    attention = mlp = norms = 0
+    mlp_active = 0
+    for key, value in block.args:
+        if not isinstance(value, Call):
+            continue
+        if value.component in NORMS:
+            norms += params_of(value)
+        elif key in ("attn", "cross_attn"):
+            attention += params_of(value)
+        elif key == "mlp":
+            mlp += params_of(value)
+            mlp_active += moe_active_params(value) if value.component == "MoE" else params_of(value)
+    return LayerParams(attention=attention, mlp=mlp, norms=norms, mlp_active=mlp_active)
 
 
-def decoder_layer_params(spec: Spec) -> LayerParams:
-    """A decoder block of an encoder-decoder: self-attention, cross-attention, MLP and three norms. qk_norm
-    applies to self-attention only: the compiler's cross-attention has no q/k norms."""
-    mlp_total, mlp_active = mlp_params(spec, 0)
-    qk_norm = 2 * spec.head_dim if getattr(spec.attention, "qk_norm", False) else 0
-    return LayerParams(
-        attention=2 * attention_params(spec, 0) - qk_norm,
-        mlp=mlp_total,
-        norms=3 * norm_params(spec, spec.d_model),
-        mlp_active=mlp_active,
-    )
+def moe_active_params(moe: Call) -> int:
+    """An MoE's parameters one token uses: the router, its top_k routed experts, the shared experts and gate."""
+    router, experts = moe["router"], moe["experts"]
+    always = params_of(moe) - params_of(experts)
+    return always + params_of(experts) * router["top_k"] // experts.positional(0)
 
 
-def layer_params(spec: Spec, layer: int) -> LayerParams:
-    mlp_total, mlp_active = mlp_params(spec, layer)
-    return LayerParams(
-        attention=attention_params(spec, layer),
-        mlp=mlp_total,
-        norms=block_norms(spec) * norm_params(spec, spec.d_model),
-        mlp_active=mlp_active,
-    )
-
-
-ANALYSED_FIELDS = frozenset(
-    {
-        "name",
-        "description",
-        "structure",
-        "vocab_size",
-        "d_model",
-        "n_layers",
-        "context_length",
-        "attention",
-        "position",
-        "norm",
-        "block",
-        "mlp",
-        "embeddings",
-        "tokens",
-        "vision",
-        "moe",
-        "n_decoder_layers",
-    }
-)
-"""Top-level spec fields the formulas here account for. A spec that sets any other field away from its default
-(a section added to the schema later, e.g. `moe`) is refused rather than given wrong numbers."""
-
-
-def check_supported(spec: Spec) -> None:
-    """Raise AnalysisError for specs whose figures these formulas would get wrong."""
-    if spec.structure not in ("decoder", "encoder-decoder", "glm"):  # glm: a decoder (causal-count FLOPs)
-        raise AnalysisError(f"{spec.name}: analysis of structure {spec.structure!r} is not implemented yet")
-    if spec.attention.kind not in ("mha", "mla"):
-        raise AnalysisError(f"{spec.name}: analysis of attention kind {spec.attention.kind!r} is not implemented yet")
-    for name, info in type(spec).model_fields.items():
-        if name not in ANALYSED_FIELDS and getattr(spec, name) != info.get_default(call_default_factory=True):
-            raise AnalysisError(f"{spec.name}: analysis of the {name!r} section is not implemented yet")
-
-
-def vision_params(spec: Spec) -> int:
-    """The vision section's parameters: a ViT tower (patch embedding, class token, position table, blocks of
-    attention + MLP + two LayerNorms, pre/post norms) and the projector. External towers and pooling own none.
-    The figures per token below are the text model's: image tokens also cost the tower once per image
-    (`vision_flops_per_image`)."""
-    vision = spec.vision
-    if vision is None:
-        return 0
-    from archspec.spec.schema import ViTSpec
-
-    tower, count = vision.tower, 0
-    width = tower.width
-    if isinstance(tower, ViTSpec):
-        grid, w = tower.image_size // tower.patch_size, tower.width
-        count += tower.channels * tower.patch_size**2 * w + w * tower.patch_bias
-        count += w * tower.class_token + (grid * grid + tower.class_token) * w
-        count += 2 * w * (tower.pre_norm + tower.post_norm)
-        block = 4 * w * w + 2 * w * tower.d_ff + 2 * 2 * w + (5 * w + tower.d_ff) * tower.bias
-        count += tower.depth * block
-        width = w * len(vision.feature_layers)
-    dims = [width] + [spec.d_model] * (vision.projector.depth or 1)
-    return count + sum(a * b + b * vision.projector.bias for a, b in zip(dims[:-1], dims[1:], strict=True))
+def model_call(spec: Spec) -> Call:
+    """The root call of the spec's plan."""
+    return plan_of(spec).model
 
 
 def param_counts(spec: Spec) -> ParamCounts:
     """Exact parameter counts; equal to `sum(p.numel() for p in archspec.build(spec, device="meta").parameters())`."""
-    check_supported(spec)
-    d = spec.d_model
-    if spec.structure == "encoder-decoder":
-        return _encoder_decoder_params(spec)
+    model = model_call(spec)
+    tied = bool(model.get("tied", False))
+    head = 0 if tied else params_of(model["lm_head"])
+    if model.component == "EncoderDecoderLM":
+        encoder, decoder = model["encoder"], model["decoder"]
+        blocks = [block_params(b) for b in encoder["layers"].per_layer() + decoder["layers"].per_layer()]
+        return ParamCounts(
+            token_embedding=params_of(model["embed"]),
+            position_embedding=params_of(encoder["position_bias"]) + params_of(decoder["position_bias"]),
+            head=head,
+            embedding_norm=0,
+            layers=tuple(blocks),
+            final_norm=params_of(encoder["final_norm"]) + params_of(decoder["final_norm"]),
+        )
+    vision = sum(params_of(model.get(key)) for key in ("vision_tower", "projector"))
     return ParamCounts(
-        token_embedding=spec.vocab_size * d,
-        position_embedding=spec.context_length * d if isinstance(spec.position, LearnedPositionSpec) else 0,
-        head=0 if spec.embeddings.tied else spec.vocab_size * d,
-        embedding_norm=norm_params(spec, d) if spec.embeddings.norm else 0,
-        layers=tuple(layer_params(spec, index) for index in range(spec.n_layers)),
-        vision=vision_params(spec),
-        final_norm=0 if spec.block.kind in ("post-norm", "deepnorm") else norm_params(spec, d),
-    )
-
-
-def _encoder_decoder_params(spec: Spec) -> ParamCounts:
-    """T5: one shared embedding, encoder blocks then decoder blocks (in `layers`), a relative-bias table of
-    buckets x heads per stack (counted as the position embedding) and a final norm per stack."""
-    d, position = spec.d_model, spec.position
-    buckets = getattr(position, "buckets", 0)
-    decoder_layers = spec.n_decoder_layers or spec.n_layers
-    return ParamCounts(
-        token_embedding=spec.vocab_size * d,
-        position_embedding=2 * buckets * spec.attention.heads,
-        head=0 if spec.embeddings.tied else spec.vocab_size * d,
-        embedding_norm=0,
-        layers=tuple(layer_params(spec, i) for i in range(spec.n_layers))
-        + tuple(decoder_layer_params(spec) for _ in range(decoder_layers)),
-        final_norm=2 * norm_params(spec, d),
+        token_embedding=params_of(model["embed"]),
+        position_embedding=params_of(model.get("pos_embed")),
+        head=head,
+        embedding_norm=params_of(model.get("embed_norm")),
+        layers=tuple(block_params(block) for block in model["layers"].per_layer()),
+        vision=vision,
+        final_norm=params_of(model["final_norm"]),
     )
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
-def attention_matmul_weights(spec: Spec, layer: int) -> int:
-    """Weights of the q, k, v and o projections (what a token multiplies by in attention).
+def matmul_weights(value: Value) -> int:
+    """Weights of the matrix multiplies one token goes through in a plan value: every nn.Linear (MoE: the router,
+    the top_k experts it is sent to, the shared experts). Biases, norms and embedding lookups are not matmuls.
+    MLA: every projection including kv_up, which archspec applies once per token of the forward pass (the latent
+    is up-projected, not absorbed into q and o)."""
+    if isinstance(value, Call):
+        if value.component == "nn.Linear":
+            return value.positional(0) * value.positional(1)
+        if value.component == "Router":
+            return value["experts"] * value["d_model"]
+        if value.component == "Experts":
+            return params_of(value)
+        if value.component == "MoE":
+            experts = value["experts"]
+            per_token = matmul_weights(experts) * value["router"]["top_k"] // experts.positional(0)
+            return per_token + sum(matmul_weights(child) for key, child in value.args if key != "experts")
+        return sum(matmul_weights(child) for _, child in value.args)
+    if isinstance(value, tuple):
+        return sum(matmul_weights(item) for item in value)
+    return 0
 
-    MLA: every projection including kv_up, which archspec applies once per token of the forward pass (the
-    latent is up-projected, not absorbed into q and o); latent-norm weights are not matmuls.
-    """
-    attn = spec.attention
-    if isinstance(attn, LatentAttentionSpec):
-        norms = attn.kv_rank + (attn.q_rank or 0)
-        biases = attn.bias * ((attn.q_rank or 0) + attn.kv_rank + attn.rope_dim + spec.d_model)
-        return latent_attention_params(attn, spec.d_model) - norms - biases
-    q_width, kv_width = spec.attention.heads * spec.head_dim, spec.kv_heads * spec.head_dim
-    return spec.d_model * (2 * q_width + 2 * kv_width)
+
+def _attention_dims(attn: Call) -> tuple[int, int, int]:
+    """(heads, q.k width, value width) of an attention call."""
+    if attn.component == "LatentAttention":
+        return attn["heads"], attn["nope_dim"] + attn["rope_dim"], attn["v_dim"]
+    return attn["heads"], attn["head_dim"], attn["head_dim"]
 
 
-def mlp_matmul_weights(spec: Spec, layer: int) -> int:
-    """Weights of the MLP projections one token goes through (MoE: router, its top_k experts, shared ones)."""
-    if spec.is_moe_layer(layer):
-        return moe_params(spec)[1]
-    projections = 3 if spec.mlp.activation in GATED_ACTIVATIONS else 2
-    return projections * spec.d_model * spec.mlp.d_ff
-
-
-def head_matmul_weights(spec: Spec) -> int:
-    return spec.vocab_size * spec.d_model
+def layer_windows(model: Call) -> list[int | None]:
+    """Each decoder layer's sliding window (None: full causal), as the plan's attention paths hold them."""
+    paths = model["attention"]
+    windows = paths.get("windows")
+    return list(windows) if windows else [None] * paths["layers"]
 
 
 def attended_keys(context: int, window: int | None, count: AttentionCount = "causal") -> int:
@@ -366,12 +305,10 @@ def attended_keys(context: int, window: int | None, count: AttentionCount = "cau
     return window * (window + 1) // 2 + (context - window) * window
 
 
-def attention_score_value_flops(spec: Spec, layer: int, context: int, count: AttentionCount = "causal") -> int:
-    """FLOPs of q.k scores and the weighted sum of values of one layer over a whole sequence."""
-    attn = spec.attention
-    qk_dim, v_dim = spec.head_dim, attn.v_dim if isinstance(attn, LatentAttentionSpec) else spec.head_dim
-    pairs = attended_keys(context, spec.window_for_layer(layer), count)
-    return 2 * spec.attention.heads * (qk_dim + v_dim) * pairs
+def attention_score_value_flops(attn: Call, window: int | None, context: int, count: AttentionCount = "causal") -> int:
+    """FLOPs of q.k scores and the weighted sum of values of one attention over a whole sequence."""
+    heads, qk_dim, v_dim = _attention_dims(attn)
+    return 2 * heads * (qk_dim + v_dim) * attended_keys(context, window, count)
 
 
 @dataclass(frozen=True)
@@ -403,64 +340,63 @@ class FlopCounts:
 
 def flop_counts(spec: Spec, context: int | None = None, count: AttentionCount = "causal") -> FlopCounts:
     """Forward FLOPs at `context` (default: the spec's context length). `count`: "causal" or "full" keys."""
-    check_supported(spec)
     context = check_context(spec, context)
-    if spec.structure == "encoder-decoder":
-        return _encoder_decoder_flops(spec, context, count)
-    matmul_weights = head_matmul_weights(spec) + sum(
-        attention_matmul_weights(spec, i) + mlp_matmul_weights(spec, i) for i in range(spec.n_layers)
+    model = model_call(spec)
+    if model.component == "EncoderDecoderLM":
+        return _encoder_decoder_flops(model, context, count)
+    blocks = model["layers"].per_layer()
+    weights = matmul_weights(model["lm_head"]) + sum(matmul_weights(block) for block in blocks)
+    windows = layer_windows(model)
+    attention = sum(
+        attention_score_value_flops(block["attn"], window, context, count)
+        for block, window in zip(blocks, windows, strict=True)
     )
-    attention = sum(attention_score_value_flops(spec, i, context, count) for i in range(spec.n_layers))
-    return FlopCounts(context, count, 2 * matmul_weights, attention, vision_flops_per_image(spec))
+    return FlopCounts(context, count, 2 * weights, attention, vision_flops_per_image(model))
 
 
-def vision_flops_per_image(spec: Spec) -> int:
+def vision_flops_per_image(model: Call) -> int:
     """Forward FLOPs of one image: patch embedding, the tower blocks up to the deepest feature layer read
     (bidirectional attention over all patch tokens and the class token), and the projector over the features it
     reads. External towers count the projector only; pooling (an average) and norms are not matmuls."""
-    vision = spec.vision
-    if vision is None:
+    if model.component != "VisionLanguageLM":
         return 0
-    from archspec.spec.schema import ViTSpec
+    feature_tokens = model["feature_shape"][0]
+    flops = 0
+    tower = model.get("vision_tower")
+    if tower is not None:
+        embed = tower["embed"]
+        conv = embed["proj"]
+        kernel, tokens = conv["kernel_size"], embed["positions"].positional(0)
+        patches = tokens - bool(embed["class_token"])
+        flops += 2 * patches * conv.positional(0) * kernel * kernel * conv.positional(1)
+        blocks = tower["layers"].per_layer()[: max(tower["feature_layers"])]
+        for block in blocks:
+            flops += 2 * tokens * matmul_weights(block) + attention_score_value_flops(
+                block["attn"], None, tokens, "full"
+            )
+    return flops + 2 * feature_tokens * matmul_weights(model["projector"])
 
-    tower, flops = vision.tower, 0
-    if isinstance(tower, ViTSpec):
-        w, patches = tower.width, (tower.image_size // tower.patch_size) ** 2
-        tokens = patches + tower.class_token
-        blocks_run = max(layer % (tower.depth + 1) for layer in vision.feature_layers)
-        flops += 2 * patches * tower.channels * tower.patch_size**2 * w
-        per_block = 2 * tokens * (4 * w * w + 2 * w * tower.d_ff) + 2 * 2 * w * tokens * tokens
-        flops += blocks_run * per_block
-        width = w * len(vision.feature_layers)
-    else:
-        width = tower.width
-    dims = [width] + [spec.d_model] * (vision.projector.depth or 1)
-    return flops + 2 * vision.feature_tokens * sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
 
-
-def _encoder_decoder_flops(spec: Spec, context: int, count: AttentionCount) -> FlopCounts:
+def _encoder_decoder_flops(model: Call, context: int, count: AttentionCount) -> FlopCounts:
     """Encoder-decoder, with `context` source and `context` target tokens; per token means per target token
     (whose forward pass includes encoding one source token). Encoder self-attention is bidirectional (L^2
     pairs), decoder self-attention causal, cross-attention every target token against every source token."""
-    decoder_layers = spec.n_decoder_layers or spec.n_layers
-    attention = attention_matmul_weights(spec, 0)
-    mlp = mlp_matmul_weights(spec, 0)
-    matmul = spec.n_layers * (attention + mlp) + decoder_layers * (2 * attention + mlp) + head_matmul_weights(spec)
-    per_pair = 2 * spec.attention.heads * 2 * spec.head_dim
-    pairs = spec.n_layers * context * context + decoder_layers * (
-        attended_keys(context, None, count) + context * context
-    )
-    return FlopCounts(context, count, 2 * matmul, per_pair * pairs)
+    encoder, decoder = model["encoder"]["layers"].per_layer(), model["decoder"]["layers"].per_layer()
+    weights = sum(matmul_weights(block) for block in encoder + decoder) + matmul_weights(model["lm_head"])
+    attention = sum(attention_score_value_flops(block["attn"], None, context, "full") for block in encoder)
+    for block in decoder:
+        attention += attention_score_value_flops(block["attn"], None, context, count)
+        attention += attention_score_value_flops(block["cross_attn"], None, context, "full")
+    return FlopCounts(context, count, 2 * weights, attention)
 
 
 # ------------------------------------------------------------------------------------------------ KV cache
-def kv_elements_per_token(spec: Spec, layer: int) -> int:
-    """Cached numbers per token of one layer: a key and a value vector per kv head (MLA: the latent and the
+def kv_elements_per_token(attn: Call) -> int:
+    """Cached numbers per token of one attention: a key and a value vector per kv head (MLA: the latent and the
     shared rope key)."""
-    attn = spec.attention
-    if isinstance(attn, LatentAttentionSpec):
-        return attn.kv_rank + attn.rope_dim
-    return 2 * spec.kv_heads * spec.head_dim
+    if attn.component == "LatentAttention":
+        return attn["kv_rank"] + attn["rope_dim"]
+    return 2 * attn["kv_heads"] * attn["head_dim"]
 
 
 @dataclass(frozen=True)
@@ -477,15 +413,18 @@ class KVCacheFigures:
 
 def kv_cache(spec: Spec, context: int | None = None, batch: int = 1, dtype: str = "bfloat16") -> KVCacheFigures:
     """KV-cache size per token and for `batch` sequences of `context` positions, in `dtype`."""
-    check_supported(spec)
     context = check_context(spec, context)
     if batch < 1:
         raise AnalysisError(f"batch must be at least 1, got {batch}")
     name = canonical_dtype(dtype)
-    if spec.structure == "encoder-decoder":  # per decoder layer: self-attention K/V + cached cross K/V
-        elements = 2 * (spec.n_decoder_layers or spec.n_layers) * kv_elements_per_token(spec, 0)
+    model = model_call(spec)
+    if model.component == "EncoderDecoderLM":  # per decoder layer: self-attention K/V + cached cross K/V
+        elements = sum(
+            kv_elements_per_token(block["attn"]) + kv_elements_per_token(block["cross_attn"])
+            for block in model["decoder"]["layers"].per_layer()
+        )
     else:
-        elements = sum(kv_elements_per_token(spec, i) for i in range(spec.n_layers))
+        elements = sum(kv_elements_per_token(block["attn"]) for block in model["layers"].per_layer())
     return KVCacheFigures(name, elements * DTYPE_BYTES[name], context, batch)
 
 
@@ -494,7 +433,8 @@ def check_context(spec: Spec, context: int | None) -> int:
         return spec.context_length
     if context < 1:
         raise AnalysisError(f"context must be at least 1, got {context}")
-    if isinstance(spec.position, LearnedPositionSpec) and context > spec.context_length:
+    table = model_call(spec).get("pos_embed")
+    if table is not None and context > table.positional(0):
         raise AnalysisError(
             f"{spec.name}: context {context} exceeds its learned position table ({spec.context_length} positions)"
         )

@@ -6,6 +6,6 @@ is_stale(spec, "generated")               # True when that file is missing or di
 """
 
 from archspec.emit.files import generated_path, is_stale, write_generated
-from archspec.emit.source import class_name, emit_source, module_name, unsupported
+from archspec.emit.source import class_name, emit_source, module_name
 
-__all__ = ["class_name", "emit_source", "generated_path", "is_stale", "module_name", "unsupported", "write_generated"]
+__all__ = ["class_name", "emit_source", "generated_path", "is_stale", "module_name", "write_generated"]

@@ -8,9 +8,9 @@ component, like `DecoderLM`'s `alibi_slopes`, is not mistaken for it), and emitt
 Two edits are made to the copied text, both mechanical:
 
 * `from archspec... import ...` lines are dropped (the names they import are defined in the same file);
-* a line marked `# emit-if: FEATURE` starts a branch that only a model with FEATURE can take. With the feature on
-  the marker is removed; with it off, the line and the block indented under it are dropped. This is how a LLaMA
-  file ends up without ALiBi code and a BLOOM file without RoPE, while the library stays one plain class each.
+* `# emit-if:` and `# emit-when:` markers are specialised to the plan's features (see `archspec.nn`'s
+  docstring). This is how a LLaMA file ends up without ALiBi code and a BLOOM file without RoPE, while the
+  library stays one plain class each.
 
 A third edit is made to the whole selection: custom operators (`torch.library.custom_op("archspec::name")`, such
 as the MoE's grouped matmul) are renamed into the file's own namespace. Operator names are global to a process,
@@ -32,23 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
-FEATURES = frozenset(
-    {
-        "rope",
-        "qk_norm",
-        "alibi",
-        "window",
-        "distance_bias",
-        "dynamic_ntk",
-        "moe",
-        "prefix_lm",
-        "block_positions",
-        "vision",
-    }
-)
-"""Names allowed in `# emit-if:` markers."""
+from archspec.emit.literals import LINE_LENGTH
+from archspec.plan import FEATURES
 
-MARKER = re.compile(r"\s+# emit-if: ([a-z_]+)$")
+MARKER = re.compile(r"\s+# emit-(if|when): ([a-z0-9_!,|]+)$")
 ARCHSPEC_IMPORT = re.compile(r"^\s*(from archspec[.\s]|import archspec\b)")
 OP_NAMESPACE = "archspec"
 """The torch.library namespace of archspec's custom operators; `rename_ops` moves a copy into another one."""
@@ -92,28 +79,33 @@ class Library:
     whenever that definition is, each at its own place in library order."""
 
 
+SECTIONS = (
+    ("norms and activations", ("activations", "norms")),
+    ("positions", ("positions", "rope", "glm")),
+    ("attention", ("masks", "attend", "attention", "mla")),
+    ("feed-forward", ("mlp", "moe")),
+    ("blocks", ("blocks",)),
+    ("vision", ("vision",)),
+    ("language model", ("models", "vlm", "encoder_decoder")),
+    ("generation", ("cache", "generate")),
+    ("initialisation", ("init",)),
+)
+"""The sections of an emitted file and the `archspec.nn` modules each copies from, in reading order: what a reader
+meets first (norms, positions), then attention, the MLP or MoE, the block, the model, and decoding last. (`flex`
+is archspec's own: never emitted.)"""
+READING_ORDER = tuple(module for _, modules in SECTIONS for module in modules)
+SECTION_OF = {module: section for section, modules in SECTIONS for module in modules}
+
+
 def component_modules() -> list[str]:
-    """The modules of `archspec.nn`, each after the archspec.nn modules it imports (ties broken by name)."""
+    """The modules of `archspec.nn` in reading order; every module must have its place."""
     import archspec.nn
 
-    names = sorted(info.name for info in pkgutil.iter_modules(archspec.nn.__path__) if not info.name.startswith("_"))
-    requires = {}
-    for name in names:
-        tree = ast.parse(inspect.getsource(importlib.import_module(f"archspec.nn.{name}")))
-        found = {n.module.rsplit(".", 1)[-1] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-        requires[name] = sorted(found & set(names) - {name})
-    ordered: list[str] = []
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in ordered or name in path:  # a cycle can only come from function-local imports
-            return
-        for required in requires[name]:
-            visit(required, (*path, name))
-        ordered.append(name)
-
-    for name in names:
-        visit(name, ())
-    return ordered
+    names = {info.name for info in pkgutil.iter_modules(archspec.nn.__path__) if not info.name.startswith("_")}
+    missing = names - set(READING_ORDER) - {"flex"}
+    if missing:
+        raise RuntimeError(f"archspec.nn modules without a place in READING_ORDER: {sorted(missing)}")
+    return [name for name in (*READING_ORDER, "flex") if name in names]
 
 
 @cache
@@ -153,41 +145,181 @@ def library() -> Library:
     return Library(definitions, imports, registrations)
 
 
+def holds(expression: str, features: frozenset[str]) -> bool:
+    """Whether a marker's expression holds: `a`, `!a`, `a,b` (both), `a|b` (either); `,` binds tighter."""
+
+    def one(term: str) -> bool:
+        name = term.removeprefix("!")
+        if name not in FEATURES:
+            raise RuntimeError(f"unknown feature {name!r} in an emit marker (known: {sorted(FEATURES)})")
+        return (name in features) != term.startswith("!")
+
+    return any(all(one(term) for term in alternative.split(",")) for alternative in expression.split("|"))
+
+
 def specialise(lines: Iterable[str], features: frozenset[str]) -> list[str]:
-    """Drop archspec imports and the `# emit-if:` branches of features the model does not have."""
-    lines = list(lines)
+    """Drop archspec imports and specialise the `# emit-if:` / `# emit-when:` markers to `features`
+    (see `archspec.nn`'s docstring for what each marker means)."""
+    pending = list(lines)
     out: list[str] = []
     index = 0
-    while index < len(lines):
-        line = lines[index]
+    while index < len(pending):
+        line = pending[index]
         if ARCHSPEC_IMPORT.match(line):
             index += 1
-            if index < len(lines) and not lines[index].strip() and line.startswith(" "):
+            if index < len(pending) and not pending[index].strip() and line.startswith(" "):
                 index += 1  # the blank line that separated a local import from the code below it
             continue
         marker = MARKER.search(line)
         if marker is None:
+            if "# emit-" in line:
+                raise RuntimeError(f"a malformed emit marker (`# emit-if: EXPR` ends the line): {line.strip()}")
             out.append(line)
             index += 1
             continue
-        feature = marker.group(1)
-        if feature not in FEATURES:
-            raise RuntimeError(f"unknown feature {feature!r} in an emit-if marker: {line.strip()}")
-        if feature in features:
-            out.append(line[: marker.start()])
-            index += 1
+        kind, expression = marker.groups()
+        if _last(out).rstrip().endswith("= ("):  # `ruff format` wrapped a long marked assignment
+            raise RuntimeError(f"an emit marker inside a wrapped statement (shorten the line): {_last(out).strip()}")
+        keep = holds(expression, features)
+        if kind == "if":
+            if keep:
+                out.append(line[: marker.start()].rstrip())
+                if out[-1].endswith(","):  # an item of a list laid out one per line only for its marker
+                    out.append(_DROPPED)
+                index += 1
+            else:
+                index = _skip(pending, out, index, _region_end(pending, index))
+                out.append(_DROPPED)
             continue
-        indent, end = _indent(line), index + 1
-        while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > indent):
-            end += 1
-        while end > index + 1 and not lines[end - 1].strip():
-            end -= 1  # blank lines after the branch belong to what follows it
-        if out and not out[-1].strip() and end < len(lines) and not lines[end].strip():
-            end += 1  # a dropped method: keep one blank line between its neighbours, not two
-        index = end
+        # emit-when: the `if` is the condition; keep its body or its else-body, dedented
+        if not line.lstrip().startswith("if ") or not line[: marker.start()].endswith(":"):
+            raise RuntimeError(f"emit-when marks a one-line `if ...:` only: {line.strip()}")
+        indent = _indent(line)
+        body_end = _block_end(pending, index)
+        body = pending[index + 1 : body_end]
+        end, else_body = body_end, []
+        if end < len(pending) and pending[end].strip() == "else:" and _indent(pending[end]) == indent:
+            end = _block_end(pending, end)
+            else_body = pending[body_end + 1 : end]
+        chosen = _dedent(body if keep else else_body, indent)
+        if chosen and _ends_block(chosen, indent):  # what follows in this block can no longer run
+            unreachable = _block_end(pending, end - 1, indent - 1)
+            while unreachable > end and not pending[unreachable - 1].strip():
+                unreachable -= 1
+            end = unreachable
+        pending[index:end] = chosen
+    out = _collapsed(out)
     while out and not out[-1].strip():
         out.pop()
     return out
+
+
+_DROPPED = "\x00"
+"""Where a line was dropped or lost its marker: a bracketed list around it may now fit on one line."""
+
+
+def _collapsed(lines: list[str]) -> list[str]:
+    """Bracketed lists (signatures, calls) that lost items or markers to specialisation, joined onto one line when they fit
+    (as `ruff format` lays out a list without a trailing comma); the drop markers removed."""
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line is _DROPPED:
+            index += 1
+            continue
+        joined = _join(lines, index) if line.endswith(("(", "[")) else None
+        if joined is None:
+            out.append(line)
+            index += 1
+        else:
+            text, index = joined
+            out.append(text)
+    return out
+
+
+def _join(lines: list[str], start: int) -> tuple[str, int] | None:
+    """The one-line form of the bracketed list opened at `start`, and the index after it, when the list lost an
+    item, every item is a plain one-line `item,` and the result fits the line length."""
+    indent = _indent(lines[start])
+    items: list[str] = []
+    dropped = False
+    index = start + 1
+    while index < len(lines):
+        line = lines[index]
+        if line is _DROPPED:
+            dropped = True
+        elif _indent(line) == indent and line.strip()[:1] in ")]":
+            closing = line.strip()
+            break
+        elif _indent(line) == indent + 4 and line.endswith(",") and "#" not in line and _balanced(line):
+            items.append(line.strip()[:-1])
+        else:
+            return None
+        index += 1
+    else:
+        return None
+    text = lines[start] + ", ".join(items) + closing
+    if not dropped or len(text) > LINE_LENGTH:
+        return None
+    return text, index + 1
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += char in "([{"
+        depth -= char in ")]}"
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _region_end(lines: list[str], index: int) -> int:
+    """End (exclusive) of the statement at `index` with the block indented under it; a decorator's region runs
+    through the decorated definition."""
+    while lines[index].lstrip().startswith("@"):
+        index += 1
+    end = _block_end(lines, index)
+    while end > index + 1 and not lines[end - 1].strip():
+        end -= 1  # blank lines after the branch belong to what follows it
+    return end
+
+
+def _last(out: list[str]) -> str:
+    """The last line written so far (drop markers aside)."""
+    return next((line for line in reversed(out) if line is not _DROPPED), "")
+
+
+def _skip(lines: list[str], out: list[str], index: int, end: int) -> int:
+    if out and not _last(out).strip() and end < len(lines) and not lines[end].strip():
+        end += 1  # a dropped method: keep one blank line between its neighbours, not two
+    return end
+
+
+def _block_end(lines: list[str], index: int, indent: int | None = None) -> int:
+    """The first line after `index` whose indentation is `indent` or less (default: line `index`'s), blank lines
+    excepted."""
+    indent = _indent(lines[index]) if indent is None else indent
+    end = index + 1
+    while end < len(lines) and (not lines[end].strip() or _indent(lines[end]) > indent):
+        end += 1
+    return end
+
+
+def _dedent(block: list[str], indent: int) -> list[str]:
+    """An if-body moved out to the if's own indentation."""
+    widths = [_indent(line) for line in block if line.strip()]
+    if not widths:
+        return []
+    shift = min(widths) - indent
+    return [line[shift:] if line.strip() else line for line in block]
+
+
+def _ends_block(block: list[str], indent: int) -> bool:
+    """Whether the last statement of `block` at `indent` leaves the block (return or raise)."""
+    starts = [line.strip() for line in block if line.strip() and _indent(line) == indent]
+    return bool(starts) and (starts[-1] == "return" or starts[-1].startswith(("return ", "raise ")))
 
 
 @dataclass(frozen=True)
@@ -230,14 +362,46 @@ def select(glue: str, features: frozenset[str], op_namespace: str = OP_NAMESPACE
         for part in (definition, *lib.registrations.get(definition.name, [])):
             source = rename_ops("\n".join(specialise(part.lines, features)), op_namespace)
             chosen[part.name] = (part, source)
-            found = sorted(global_names(source))
+            found = [] if union_members(source) else sorted(global_names(source))
             pending.extend(found)
             for used in found:
                 referrer.setdefault(used, f"archspec.nn.{part.module}.{part.name}")
+    for name, (part, source) in list(chosen.items()):
+        members = union_members(source)
+        if members:
+            defined = set(chosen) | set(lib.imports) | set(dir(builtins))
+            kept = [member for member in members if global_names(member) <= defined]
+            if not kept:
+                raise RuntimeError(f"the file uses {name!r} but none of its members {members}")
+            comment = source.partition("  # ")[2]
+            chosen[name] = (part, f"{name} = {' | '.join(kept)}" + (f"  # {comment}" if comment else ""))
+            if len(kept) == 1:  # a union of one is that member: the file names it directly
+                del chosen[name]
+                word = re.compile(rf"(?<![\w.]){re.escape(name)}\b(?!\s*=)")
+                chosen = {key: (d, word.sub(kept[0], text)) for key, (d, text) in chosen.items()}
     ordered = sorted(chosen.values(), key=lambda item: item[0].order)
     return Selection(
         [(d.module, source) for d, source in ordered], render_imports(lib.imports[n] for n in needed_imports)
     )
+
+
+def union_members(source: str) -> list[str] | None:
+    """The members of a type alias `Name = A | B | ...` (an open union: a file keeps the members whose names it has
+    for other reasons, and needs none of the others), or None for any other definition."""
+    body = ast.parse(source).body
+    if len(body) != 1 or not isinstance(body[0], ast.Assign) or not isinstance(body[0].value, ast.BinOp):
+        return None
+    members: list[str] = []
+    pending: list[ast.expr] = [body[0].value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            pending += [node.right, node.left]
+        elif isinstance(node, ast.Name | ast.Attribute | ast.Subscript):
+            members.append(ast.unparse(node))
+        else:
+            return None
+    return members
 
 
 def global_names(source: str) -> set[str]:

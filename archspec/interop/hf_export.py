@@ -6,54 +6,49 @@ gpt2, bloom, falcon, gpt_neox; MoE: mixtral, qwen2_moe, qwen3_moe; MLA: deepseek
 `AutoModelForSeq2SeqLM` for T5 and `AutoModelForImageTextToText` for LLaVA (`auto_class` says which).
 
 Choosing the model type. A spec does not say which `transformers` family it came from, and nothing is guessed
-from its name: each family's config is written from the spec and read back with `spec_from_hf`; the first family
-whose config reads back as the *same* spec is the one, so a config is only ever written when it is exact. When no
-family reproduces the spec, the error names the fields that the closest family has no counterpart for.
+from its name: each family's config is written from the spec (the families' `to_config`, in
+`archspec.interop.families`) and read back with `spec_from_hf`; the first family whose config reads back as the
+*same* spec is the one, so a config is only ever written when it is exact. When no family reproduces the spec,
+the error names the fields that the closest family has no counterpart for.
 
-Tensor names and fused layouts are not tabulated twice: `hf.archspec_sources` (what loading uses) says where each
-archspec tensor comes from, and fused tensors (QKV, GLM's gate_up) are assembled by running its split functions
-on a tensor of element indices, which gives every part's position in the fused tensor exactly. Routed experts are
-written per expert (`experts.{e}.gate_proj.weight`, Mixtral's `block_sparse_moe.experts.{e}.w1.weight`), the hub
-layout that `save_pretrained` writes and `from_pretrained` fuses into 5.x's 3-D `gate_up_proj` / `down_proj`.
+Tensor names and fused layouts are not tabulated twice: `registry.archspec_sources` (what loading uses) says where
+each archspec tensor comes from, and fused tensors (QKV, GLM's gate_up) are assembled by running its split
+functions on a tensor of element indices, which gives every part's position in the fused tensor exactly. Routed
+experts are written per expert (`experts.{e}.gate_proj.weight`, Mixtral's `block_sparse_moe.experts.{e}.w1.weight`),
+the hub layout that `save_pretrained` writes and `from_pretrained` fuses into 5.x's 3-D `gate_up_proj` / `down_proj`.
 
-Memory. The files are streamed: each checkpoint tensor (a fused QKV, a transposed or dtype-cast copy) is made right
-before its bytes are written and released after, so writing needs about one tensor beyond the model; `export_hf`
-builds the model (or reads a run) directly in the dtype written, so there is never a float32 copy beside it.
+Memory. The files are streamed (`safetensors_writer.py`): each checkpoint tensor (a fused QKV, a transposed or
+dtype-cast copy) is made right before its bytes are written and released after, so writing needs about one tensor
+beyond the model; `export_hf` builds the model (or reads a run) directly in the dtype written, so there is never a
+float32 copy beside it.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import struct
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
 
-from archspec.interop.hf import SUPPORTED_MODEL_TYPES, Source, UnsupportedConfigError, archspec_sources, spec_from_hf
+from archspec.interop.convert import config_of, differences, flatten, spec_of
+from archspec.interop.errors import ExportError, NoCounterpart, UnsupportedConfigError
+from archspec.interop.family import SpecKind, spec_kind
+from archspec.interop.keys import Source
+from archspec.interop.registry import FAMILIES, FAMILY_OF, archspec_sources
+from archspec.interop.safetensors_writer import Lazy, write_safetensors
 from archspec.spec.errors import ArchspecError
-from archspec.spec.schema import (
-    GATED_ACTIVATIONS,
-    DynamicScaling,
-    LatentAttentionSpec,
-    LinearScaling,
-    Llama3Scaling,
-    MoESpec,
-    RelativeBiasSpec,
-    RopeSpec,
-    Spec,
-    ViTSpec,
-    YarnScaling,
-)
+from archspec.spec.schema import Spec
 
 __all__ = [
+    "DENSE_MODEL_TYPES",
     "EXPORTABLE_MODEL_TYPES",
+    "MLA_MODEL_TYPES",
+    "MOE_MODEL_TYPES",
     "ExportError",
     "auto_class",
     "export_dtype",
@@ -66,470 +61,22 @@ __all__ = [
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
 
-class ExportError(ArchspecError):
-    """A spec or model that no `transformers` model type expresses exactly."""
+def _of_kind(kind: SpecKind) -> tuple[str, ...]:
+    """The model types export tries for a spec of `kind` (each is then checked by reading it back), in order."""
+    return tuple(model_type for family in FAMILIES if family.kind == kind for model_type in family.model_types)
+
+
+EXPORTABLE_MODEL_TYPES = tuple(FAMILY_OF)
+DENSE_MODEL_TYPES = _of_kind("dense")
+MOE_MODEL_TYPES = _of_kind("moe")
+MLA_MODEL_TYPES = _of_kind("mla")
 
 
 # =================================================================================================== config
-def _rope_parameters(spec: Spec, with_fraction: bool = False) -> dict[str, Any]:
-    position = spec.position
-    assert isinstance(position, RopeSpec)
-    params: dict[str, Any] = {"rope_type": "default", "rope_theta": position.theta}
-    if with_fraction:
-        params["partial_rotary_factor"] = position.fraction
-    scaling = position.scaling
-    if isinstance(scaling, LinearScaling | DynamicScaling):
-        params |= {"rope_type": scaling.kind, "factor": scaling.factor}
-    elif isinstance(scaling, Llama3Scaling):
-        params |= {
-            "rope_type": "llama3",
-            "factor": scaling.factor,
-            "low_freq_factor": scaling.low_freq_factor,
-            "high_freq_factor": scaling.high_freq_factor,
-            "original_max_position_embeddings": scaling.original_context,
-        }
-    elif isinstance(scaling, YarnScaling):
-        params |= {
-            "rope_type": "yarn",
-            "factor": scaling.factor,
-            "original_max_position_embeddings": scaling.original_context,
-            "beta_fast": scaling.beta_fast,
-            "beta_slow": scaling.beta_slow,
-            "truncate": scaling.truncate,
-        }
-        for key in ("mscale", "mscale_all_dim", "attention_factor"):
-            if getattr(scaling, key) is not None:
-                params[key] = getattr(scaling, key)
-    return params
-
-
-def _needs(condition: bool, field: str) -> None:
-    """Early exit for a family that obviously cannot express the spec (the round trip would catch it too)."""
-    if not condition:
-        raise _NoCounterpart(field)
-
-
-class _NoCounterpart(Exception):
-    def __init__(self, field: str) -> None:
-        super().__init__(field)
-        self.field = field
-
-
-def _hf_name(table: dict[str, str], value: str, field: str) -> str:
-    if value not in table:
-        raise _NoCounterpart(field)
-    return table[value]
-
-
-_GATED_HF = {"swiglu": "silu", "geglu": "gelu", "geglu-tanh": "gelu_pytorch_tanh", "reglu": "relu"}
-_PLAIN_HF = {"gelu-tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
-
-
-def _tokens(spec: Spec) -> dict[str, Any]:
-    return {"bos_token_id": spec.tokens.bos, "eos_token_id": spec.tokens.eos, "pad_token_id": spec.tokens.pad}
-
-
-def _llama(spec: Spec, model_type: str) -> dict[str, Any]:
-    _needs(spec.attention.kind == "mha", "attention.kind")
-    _needs(isinstance(spec.position, RopeSpec), "position.kind")
-    _needs(spec.mlp.activation in GATED_ACTIVATIONS, "mlp.activation")
-    attn = spec.attention
-    # LlamaConfig refuses hidden_size % num_attention_heads != 0 even with an explicit head_dim
-    _needs(model_type != "llama" or spec.d_model % attn.heads == 0, "d_model")
-    config: dict[str, Any] = {
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.d_model,
-        "num_hidden_layers": spec.n_layers,
-        "num_attention_heads": attn.heads,
-        "num_key_value_heads": spec.kv_heads,
-        "head_dim": spec.head_dim,
-        "intermediate_size": spec.mlp.d_ff,
-        "hidden_act": _GATED_HF[spec.mlp.activation],
-        "max_position_embeddings": spec.context_length,
-        "rms_norm_eps": spec.norm.eps,
-        "tie_word_embeddings": spec.embeddings.tied,
-        "rope_parameters": _rope_parameters(spec, with_fraction=model_type in ("glm", "glm4")),
-    }
-    if model_type in ("llama", "qwen3", "glm", "glm4"):
-        config["attention_bias"] = attn.bias.q
-    if model_type == "llama":
-        config["mlp_bias"] = spec.mlp.bias
-    if model_type == "mistral":
-        config["sliding_window"] = attn.window
-    if model_type in ("qwen2", "qwen3"):
-        windows = [spec.window_for_layer(i) for i in range(spec.n_layers)]
-        sliding = [i for i, w in enumerate(windows) if w is not None]
-        config["use_sliding_window"] = bool(sliding)
-        config["sliding_window"] = attn.window
-        config["max_window_layers"] = sliding[0] if sliding else spec.n_layers
-        config["layer_types"] = ["sliding_attention" if w is not None else "full_attention" for w in windows]
-    return config
-
-
-def _gpt2(spec: Spec, model_type: str) -> dict[str, Any]:
-    attn = spec.attention
-    config: dict[str, Any] = {
-        "vocab_size": spec.vocab_size,
-        "n_embd": spec.d_model,
-        "n_layer": spec.n_layers,
-        "n_head": attn.heads,
-        "n_positions": spec.context_length,
-        "n_inner": spec.mlp.d_ff,
-        "activation_function": _hf_name(_PLAIN_HF, spec.mlp.activation, "mlp.activation"),
-        "layer_norm_epsilon": spec.norm.eps,
-        "tie_word_embeddings": spec.embeddings.tied,
-        "scale_attn_weights": attn.scale is None,
-        "resid_pdrop": 0.0,  # archspec has no dropout
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-    }
-    return config
-
-
-def _bloom(spec: Spec, model_type: str) -> dict[str, Any]:
-    return {
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.d_model,
-        "n_layer": spec.n_layers,
-        "n_head": spec.attention.heads,
-        "seq_length": spec.context_length,
-        "layer_norm_epsilon": spec.norm.eps,
-        "apply_residual_connection_post_layernorm": spec.block.residual_from_norm,
-        "tie_word_embeddings": spec.embeddings.tied,
-    }
-
-
-def _falcon(spec: Spec, model_type: str) -> dict[str, Any]:
-    _needs(isinstance(spec.position, RopeSpec), "position.kind")
-    heads, kv_heads, block = spec.attention.heads, spec.kv_heads, spec.block
-    old_layout = kv_heads in (1, heads) and not (block.kind == "parallel" and block.parallel_norms == 2)
-    config: dict[str, Any] = {
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.d_model,
-        "num_hidden_layers": spec.n_layers,
-        "num_attention_heads": heads,
-        "num_kv_heads": kv_heads,
-        "new_decoder_architecture": not old_layout,
-        "multi_query": kv_heads == 1,
-        "parallel_attn": block.kind == "parallel",
-        "num_ln_in_parallel_attn": None if old_layout else block.parallel_norms,
-        "bias": spec.attention.bias.q,
-        "alibi": False,
-        "ffn_hidden_size": spec.mlp.d_ff,
-        "activation": _hf_name(_PLAIN_HF, spec.mlp.activation, "mlp.activation"),
-        "layer_norm_epsilon": spec.norm.eps,
-        "max_position_embeddings": spec.context_length,
-        "rope_parameters": _rope_parameters(spec),
-        "tie_word_embeddings": spec.embeddings.tied,
-    }
-    return config
-
-
-def _gpt_neox(spec: Spec, model_type: str) -> dict[str, Any]:
-    _needs(isinstance(spec.position, RopeSpec), "position.kind")
-    return {
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.d_model,
-        "num_hidden_layers": spec.n_layers,
-        "num_attention_heads": spec.attention.heads,
-        "intermediate_size": spec.mlp.d_ff,
-        "hidden_act": _hf_name(_PLAIN_HF, spec.mlp.activation, "mlp.activation"),
-        "layer_norm_eps": spec.norm.eps,
-        "use_parallel_residual": spec.block.kind == "parallel",
-        "attention_bias": spec.attention.bias.q,
-        "max_position_embeddings": spec.context_length,
-        "rope_parameters": _rope_parameters(spec, with_fraction=True),
-        "tie_word_embeddings": spec.embeddings.tied,
-    }
-
-
-def _moe_common(spec: Spec) -> MoESpec:
-    _needs(spec.attention.kind == "mha", "attention.kind")
-    moe = spec.moe
-    _needs(moe is not None, "moe")
-    assert moe is not None
-    return moe
-
-
-def _mixtral(spec: Spec, model_type: str) -> dict[str, Any]:
-    """Mistral's attention, every layer a softmax top-k MoE renormalised, experts as wide as intermediate_size."""
-    moe = _moe_common(spec)
-    _needs(not moe.shared_experts, "moe.shared_experts")
-    config = _llama(spec, "mistral")
-    config |= {
-        "intermediate_size": moe.d_ff,
-        "num_local_experts": moe.experts,
-        "num_experts_per_tok": moe.top_k,
-        "router_aux_loss_coef": moe.router.aux_loss_coef,
-        "router_jitter_noise": moe.router.jitter,
-    }
-    return config
-
-
-def _qwen_moe(spec: Spec, model_type: str) -> dict[str, Any]:
-    """Qwen2-MoE (gated shared expert, q/k/v bias) and Qwen3-MoE (qk-norm, no shared expert). A layer is sparse
-    iff it is not in mlp_only_layers (decoder_sparse_step 1 keeps that the only rule)."""
-    moe = _moe_common(spec)
-    shared = model_type == "qwen2_moe"
-    if shared:
-        _needs(moe.shared_experts == 1 and moe.shared_gate, "moe.shared_experts")
-    else:
-        _needs(not moe.shared_experts, "moe.shared_experts")
-    _needs(spec.attention.window is None, "attention.window")  # type: ignore[union-attr]
-    config = _llama(spec, "qwen2" if shared else "qwen3")
-    for key in ("use_sliding_window", "sliding_window", "max_window_layers", "layer_types"):
-        config.pop(key, None)
-    if shared:
-        config.pop("attention_bias", None)
-        config["qkv_bias"] = spec.attention.bias.q  # type: ignore[union-attr]
-        config["shared_expert_intermediate_size"] = moe.shared_d_ff
-    config |= {
-        "num_experts": moe.experts,
-        "num_experts_per_tok": moe.top_k,
-        "moe_intermediate_size": moe.d_ff,
-        "norm_topk_prob": moe.router.renormalize,
-        "router_aux_loss_coef": moe.router.aux_loss_coef,
-        "decoder_sparse_step": 1,
-        "mlp_only_layers": [layer for layer in range(spec.n_layers) if not spec.is_moe_layer(layer)],
-    }
-    return config
-
-
-def _deepseek(spec: Spec, model_type: str) -> dict[str, Any]:
-    """DeepSeek-V2 (softmax router, greedy or group-limited) and V3 (sigmoid router with a correction bias).
-
-    RoPE: archspec rotates the rope dims as stored, in the spec's pairing, which is what transformers does for V2
-    (complex pairs) and V3 (rope_interleave: interleaved pairs, else halves); no permutation either way.
-    """
-    attn = spec.attention
-    _needs(isinstance(attn, LatentAttentionSpec), "attention.kind")
-    _needs(isinstance(spec.position, RopeSpec), "position.kind")
-    _needs(spec.mlp.activation in GATED_ACTIVATIONS, "mlp.activation")
-    # DeepseekV2Config refuses hidden_size % num_attention_heads != 0 (V3's does not check it)
-    _needs(model_type != "deepseek_v2" or spec.d_model % attn.heads == 0, "d_model")
-    moe = spec.moe
-    _needs(moe is not None, "moe")
-    assert isinstance(attn, LatentAttentionSpec) and moe is not None and isinstance(spec.position, RopeSpec)
-    _needs(moe.layers is None, "moe.layers")
-    # transformers always builds the shared-expert MLP (n_shared_experts x moe_intermediate_size wide): with none,
-    # its zero-width weights would be missing from the checkpoint
-    _needs(moe.shared_experts > 0, "moe.shared_experts")
-    router = moe.router
-    config: dict[str, Any] = {
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.d_model,
-        "num_hidden_layers": spec.n_layers,
-        "num_attention_heads": attn.heads,
-        "num_key_value_heads": attn.heads,
-        "q_lora_rank": attn.q_rank,
-        "kv_lora_rank": attn.kv_rank,
-        "qk_nope_head_dim": attn.nope_dim,
-        "qk_rope_head_dim": attn.rope_dim,
-        "v_head_dim": attn.v_dim,
-        "attention_bias": attn.bias,
-        "intermediate_size": spec.mlp.d_ff,
-        "hidden_act": _GATED_HF[spec.mlp.activation],
-        "max_position_embeddings": spec.context_length,
-        "rms_norm_eps": spec.norm.eps,
-        "tie_word_embeddings": spec.embeddings.tied,
-        "rope_parameters": _rope_parameters(spec),
-        "n_routed_experts": moe.experts,
-        "num_experts_per_tok": moe.top_k,
-        "moe_intermediate_size": moe.d_ff,
-        "n_shared_experts": moe.shared_experts,
-        "first_k_dense_replace": moe.dense_layers,
-        "routed_scaling_factor": router.scale,
-        # DeepSeek's own config.json keys for the balance loss (transformers keeps them but computes no aux loss)
-        "aux_loss_alpha": router.aux_loss_coef,
-        "seq_aux": router.aux_loss == "sequence",
-    }
-    grouped = router.groups > 1
-    if model_type == "deepseek_v2":
-        config |= {
-            "topk_method": "group_limited_greedy" if grouped else "greedy",
-            "n_group": router.groups if grouped else None,
-            "topk_group": router.top_groups if grouped else None,
-        }
-    else:
-        config |= {
-            "n_group": router.groups,
-            "topk_group": router.top_groups,
-            "norm_topk_prob": router.renormalize,
-            "rope_interleave": spec.position.pairing == "interleaved",
-        }
-    return config
-
-
-def _t5(spec: Spec, model_type: str) -> dict[str, Any]:
-    """T5 v1.0 (tied head scaled by d_model^-0.5) and v1.1 (untied, unscaled). transformers 5.x reads a
-    `tie_word_embeddings: false` config as v1.1's unscaled head and keeps a separate lm_head when its values differ
-    from `shared` (hf.py's `_from_t5` reads the same key back)."""
-    _needs(spec.structure == "encoder-decoder", "structure")
-    _needs(isinstance(spec.position, RelativeBiasSpec), "position.kind")
-    assert isinstance(spec.position, RelativeBiasSpec)
-    activation = spec.mlp.activation
-    if activation in GATED_ACTIVATIONS:
-        proj = "gated-" + _hf_name(_T5_GATED_HF, activation, "mlp.activation")
-    else:
-        proj = _hf_name(_PLAIN_HF, activation, "mlp.activation")
-    return {
-        "vocab_size": spec.vocab_size,
-        "d_model": spec.d_model,
-        "d_kv": spec.head_dim,
-        "d_ff": spec.mlp.d_ff,
-        "num_layers": spec.n_layers,
-        "num_decoder_layers": spec.n_decoder_layers,
-        "num_heads": spec.attention.heads,
-        "relative_attention_num_buckets": spec.position.buckets,
-        "relative_attention_max_distance": spec.position.max_distance,
-        "layer_norm_epsilon": spec.norm.eps,
-        "feed_forward_proj": proj,
-        "n_positions": spec.context_length,
-        "tie_word_embeddings": spec.embeddings.scale_head,
-        "is_encoder_decoder": True,
-        "dropout_rate": 0.0,  # archspec has no dropout
-        "decoder_start_token_id": spec.tokens.decoder_start,
-    }
-
-
-_T5_GATED_HF = {"geglu-tanh": "gelu", "swiglu": "silu", "reglu": "relu"}  # T5's "gated-gelu" is gelu_new
-_VISION_HF = {**_PLAIN_HF, "quick-gelu": "quick_gelu"}
-
-
-def _llava(spec: Spec, model_type: str) -> dict[str, Any]:
-    """LLaVA: a llama / mistral / qwen2 text config (the first that reads back as the text part), a CLIP vision
-    config and the projector / splice keys."""
-    from archspec.interop.hf_llava import TEXT_MODEL_TYPES
-
-    vision = spec.vision
-    _needs(vision is not None, "vision")
-    assert vision is not None
-    _needs(isinstance(vision.tower, ViTSpec), "vision.tower.kind")
-    _needs(vision.pooling is None, "vision.pooling")
-    _needs(vision.projector.kind == "mlp" and vision.projector.depth == 2, "vision.projector")
-    tower = vision.tower
-    assert isinstance(tower, ViTSpec)
-    text_spec = spec.model_copy(update={"vision": None})
-    text_config = None
-    for text_type in TEXT_MODEL_TYPES:
-        try:
-            candidate = _candidate_config(text_spec, text_type)
-            if not _differences(text_spec, spec_from_hf(candidate, name=spec.name)):
-                text_config = candidate
-                break
-        except (_NoCounterpart, ArchspecError, AttributeError, KeyError, TypeError, ValueError):
-            continue
-    if text_config is None:  # the read-back of the whole config names what the text model lacks
-        text_config = _candidate_config(text_spec, TEXT_MODEL_TYPES[0])
-    text_config.pop("architectures", None)
-    return {
-        "text_config": text_config,
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_size": tower.width,
-            "intermediate_size": tower.d_ff,
-            "num_hidden_layers": tower.depth,
-            "num_attention_heads": tower.heads,
-            "num_channels": tower.channels,
-            "image_size": tower.image_size,
-            "patch_size": tower.patch_size,
-            "hidden_act": _hf_name(_VISION_HF, tower.activation, "vision.tower.activation"),
-            "layer_norm_eps": tower.norm_eps,
-        },
-        "image_token_index": vision.image_token,
-        "image_seq_length": vision.tokens_per_image,
-        "projector_hidden_act": _hf_name(_VISION_HF, vision.projector.activation, "vision.projector.activation"),
-        "multimodal_projector_bias": vision.projector.bias,
-        "vision_feature_layer": vision.feature_layer,
-        "vision_feature_select_strategy": "default" if vision.feature_select == "patches" else "full",
-        "tie_word_embeddings": spec.embeddings.tied,
-    }
-
-
-_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "glm": "GlmForCausalLM",
-    "glm4": "Glm4ForCausalLM",
-    "gpt2": "GPT2LMHeadModel",
-    "bloom": "BloomForCausalLM",
-    "falcon": "FalconForCausalLM",
-    "gpt_neox": "GPTNeoXForCausalLM",
-    "mixtral": "MixtralForCausalLM",
-    "qwen2_moe": "Qwen2MoeForCausalLM",
-    "qwen3_moe": "Qwen3MoeForCausalLM",
-    "deepseek_v2": "DeepseekV2ForCausalLM",
-    "deepseek_v3": "DeepseekV3ForCausalLM",
-    "t5": "T5ForConditionalGeneration",
-    "llava": "LlavaForConditionalGeneration",
-}
-_WRITERS = {
-    "llama": _llama,
-    "mistral": _llama,
-    "qwen2": _llama,
-    "qwen3": _llama,
-    "glm": _llama,
-    "glm4": _llama,
-    "gpt2": _gpt2,
-    "bloom": _bloom,
-    "falcon": _falcon,
-    "gpt_neox": _gpt_neox,
-    "mixtral": _mixtral,
-    "qwen2_moe": _qwen_moe,
-    "qwen3_moe": _qwen_moe,
-    "deepseek_v2": _deepseek,
-    "deepseek_v3": _deepseek,
-    "t5": _t5,
-    "llava": _llava,
-}
-EXPORTABLE_MODEL_TYPES = tuple(t for t in _WRITERS if t in SUPPORTED_MODEL_TYPES)
-DENSE_MODEL_TYPES = EXPORTABLE_MODEL_TYPES[:10]
-MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
-MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
-
-
 def auto_class(model_type: str) -> str:
     """The `transformers` auto class whose `from_pretrained` loads an exported `model_type` directory."""
-    return {"t5": "AutoModelForSeq2SeqLM", "llava": "AutoModelForImageTextToText"}.get(
-        model_type, "AutoModelForCausalLM"
-    )
-
-
-def _families(spec: Spec) -> tuple[str, ...]:
-    """The model types that could express the spec's kind of model (each is then checked by reading it back)."""
-    if spec.structure == "encoder-decoder":
-        return ("t5",)
-    if spec.vision is not None:
-        return ("llava",)
-    if spec.attention.kind == "mla":
-        return MLA_MODEL_TYPES
-    if spec.moe is not None:
-        return MOE_MODEL_TYPES
-    return DENSE_MODEL_TYPES
-
-
-def _candidate_config(spec: Spec, model_type: str) -> dict[str, Any]:
-    config = {"model_type": model_type, "architectures": [_ARCHITECTURES[model_type]]}
-    config |= _WRITERS[model_type](spec, model_type)
-    config |= _tokens(spec)
-    return config
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat |= _flatten(value, f"{prefix}{key}.")
-        return flat
-    return {prefix.rstrip("."): data}
-
-
-def _differences(spec: Spec, other: Spec) -> list[str]:
-    ours, theirs = _flatten(spec.model_dump(mode="json")), _flatten(other.model_dump(mode="json"))
-    skip = {"name", "description"}
-    return sorted(k for k in ours.keys() | theirs.keys() if k not in skip and ours.get(k) != theirs.get(k))
+    family = FAMILY_OF.get(model_type)
+    return family.auto_class if family is not None else "AutoModelForCausalLM"
 
 
 def hf_config(spec: Spec, model_type: str | None = None) -> dict[str, Any]:
@@ -537,7 +84,7 @@ def hf_config(spec: Spec, model_type: str | None = None) -> dict[str, Any]:
 
     Raises `ExportError` naming the spec fields that have no counterpart when none does.
     """
-    if model_type is not None and model_type not in _WRITERS:
+    if model_type is not None and model_type not in FAMILY_OF:
         raise ExportError(
             f"model_type {model_type!r} cannot be exported; exportable: {', '.join(EXPORTABLE_MODEL_TYPES)}"
         )
@@ -546,27 +93,26 @@ def hf_config(spec: Spec, model_type: str | None = None) -> dict[str, Any]:
             f"spec '{spec.name}': structure = 'glm' (a prefix-bidirectional LM) has no counterpart in the model "
             f"types save_hf writes ({', '.join(EXPORTABLE_MODEL_TYPES)}): transformers' glm/glm4 are causal"
         )
-    candidates = (model_type,) if model_type else _families(spec)
+    candidates = (model_type,) if model_type else _of_kind(spec_kind(spec))
     misses: list[tuple[int, str, list[str]]] = []
     for candidate in candidates:
+        family = FAMILY_OF[candidate]
         try:
-            config = _candidate_config(spec, candidate)
-            back = spec_from_hf(config, name=spec.name)
-        except _NoCounterpart as miss:  # ranked after families that got as far as the round trip
+            config = config_of(family, candidate, spec)
+            back = spec_of(family, config, config, name=spec.name)
+        except NoCounterpart as miss:  # ranked after families that got as far as the round trip
             misses.append((100, candidate, [miss.field]))
             continue
         except (UnsupportedConfigError, ArchspecError, AttributeError, KeyError, TypeError, ValueError) as exc:
             misses.append((1000, candidate, [str(exc)]))
             continue
-        differences = _differences(spec, back)
-        if not differences:
+        found = differences(spec, back)
+        if not found:
             return config
-        misses.append((len(differences), candidate, differences))
-    count, closest, fields = min(misses, key=lambda miss: miss[0])
-    detail = "; ".join(
-        f"{field} = {_value(spec, field)!r}" if field in _flatten(spec.model_dump(mode="json")) else field
-        for field in fields
-    )
+        misses.append((len(found), candidate, found))
+    _, closest, fields = min(misses, key=lambda miss: miss[0])
+    values = flatten(spec.model_dump(mode="json"))
+    detail = "; ".join(f"{field} = {values[field]!r}" if field in values else field for field in fields)
     where = f"model_type {closest!r}" if model_type else f"the closest, {closest!r},"
     raise ExportError(
         f"spec '{spec.name}' has no exact transformers counterpart: {where} has none for {detail}"
@@ -574,31 +120,14 @@ def hf_config(spec: Spec, model_type: str | None = None) -> dict[str, Any]:
     )
 
 
-def _value(spec: Spec, field: str) -> Any:
-    return _flatten(spec.model_dump(mode="json")).get(field)
-
-
 # ================================================================================================== weights
-class _Lazy(NamedTuple):
-    """One checkpoint tensor, described by its shape and dtype (for the safetensors header) and made only when it is
-    written: a fused QKV, a transposed or dtype-cast copy exists only while it is being written."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    make: Callable[[], torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-
 def hf_state_dict(model: nn.Module, model_type: str) -> dict[str, torch.Tensor]:
     """The model's tensors under `model_type`'s checkpoint names, fused tensors assembled (the inverse of
     `load_hf_weights`; a tied head is left out, as `transformers` writes it)."""
     return {name: lazy.make() for name, lazy in _hf_tensors(model, model_type).items()}
 
 
-def _hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = None) -> dict[str, _Lazy]:
+def _hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = None) -> dict[str, Lazy]:
     """`hf_state_dict`'s tensors, not made yet: each in `dtype` (floating-point ones; None: the model's), contiguous."""
     spec: Spec = model.spec  # type: ignore[assignment]
     state = model.state_dict()
@@ -611,23 +140,23 @@ def _hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = N
     def target(tensor: torch.Tensor) -> torch.dtype:
         return dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
 
-    tensors: dict[str, _Lazy] = {}
+    tensors: dict[str, Lazy] = {}
     fused: dict[str, list[tuple[Source, torch.Tensor]]] = defaultdict(list)
     for key in keys:
         source, tensor = sources[key], state[key].detach()
         if source.stack:
             for index, name in enumerate(source.stack):
                 part = tensor[index]
-                tensors[name] = _Lazy(tuple(part.shape), target(part), partial(_plain, part, False, target(part)))
+                tensors[name] = Lazy(tuple(part.shape), target(part), partial(_plain, part, False, target(part)))
         elif source.split is not None:
             fused[source.name].append((source, tensor))
         else:
             shape = tuple(tensor.t().shape if source.transpose else tensor.shape)
             make = partial(_plain, tensor, source.transpose, target(tensor))
-            tensors[source.name] = _Lazy(shape, target(tensor), make)
+            tensors[source.name] = Lazy(shape, target(tensor), make)
     for name, parts in fused.items():
         kind = target(parts[0][1])
-        tensors[name] = _Lazy(_fused_shape(name, parts), kind, partial(_fuse, name, parts, kind))
+        tensors[name] = Lazy(_fused_shape(name, parts), kind, partial(_fuse, name, parts, kind))
     return tensors
 
 
@@ -707,76 +236,8 @@ def save_hf(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    _write_safetensors(tensors, out, max_shard_bytes)
+    write_safetensors(tensors, out, max_shard_bytes)
     return out
-
-
-def _write_safetensors(tensors: dict[str, _Lazy], out: Path, max_shard_bytes: int) -> None:
-    for stale in [*out.glob("model*.safetensors"), out / "model.safetensors.index.json"]:
-        stale.unlink(missing_ok=True)
-    total = sum(t.nbytes for t in tensors.values())
-    if total <= max_shard_bytes:
-        _write_file(out / "model.safetensors", tensors)
-        return
-    shards: list[dict[str, _Lazy]] = [{}]
-    size = 0
-    for name, tensor in tensors.items():
-        if shards[-1] and size + tensor.nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor
-        size += tensor.nbytes
-    weight_map: dict[str, str] = {}
-    for number, shard in enumerate(shards, start=1):
-        file = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        _write_file(out / file, shard)
-        weight_map |= dict.fromkeys(shard, file)
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
-_SAFETENSORS_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-
-def _write_file(path: Path, tensors: dict[str, _Lazy]) -> None:
-    """One safetensors file, streamed: the header from the shapes, then each tensor made, written and released
-    (`safetensors.torch.save_file` would hold the bytes of the whole file at once)."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, lazy in tensors.items():
-        header[name] = {
-            "dtype": _SAFETENSORS_DTYPES[lazy.dtype],
-            "shape": list(lazy.shape),
-            "data_offsets": [offset, offset + lazy.nbytes],
-        }
-        offset += lazy.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    with open(path, "wb") as file:
-        file.write(struct.pack("<Q", len(encoded)))
-        file.write(encoded)
-        for name, lazy in tensors.items():
-            tensor = lazy.make().cpu()
-            if tuple(tensor.shape) != lazy.shape or tensor.dtype != lazy.dtype or not tensor.is_contiguous():
-                raise ExportError(
-                    f"{name}: made as {tuple(tensor.shape)} {tensor.dtype}, not {lazy.shape} {lazy.dtype}"
-                )
-            if tensor.numel():
-                file.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
-            del tensor
 
 
 # ====================================================================================================== export
@@ -822,7 +283,7 @@ def export_hf(
     casts a float32 checkpoint into the model's tensors as it reads them). `save_hf` then writes tensor by tensor:
     peak memory is the checkpoint's size plus about its largest tensor (`benchmarks/export_memory.py`).
     """
-    from archspec.compiler import build
+    from archspec.builder import build
     from archspec.spec.loader import load_spec
 
     target = export_dtype(dtype) if dtype is not None else torch.float32
@@ -868,7 +329,7 @@ def _largest_first(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _uninitialised(model: nn.Module) -> nn.Module:
     """A meta-device model given uninitialised CPU tensors (every one is then read from a checkpoint), the tied head
     tied again and the computed buffers (RoPE frequencies, ALiBi slopes) computed."""
-    from archspec.compiler import materialize_buffers
+    from archspec.builder import materialize_buffers
 
     model.to_empty(device="cpu")
     if model.spec.embeddings.tied:  # type: ignore[union-attr]

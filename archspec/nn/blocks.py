@@ -5,72 +5,99 @@ pre-norm (GPT-2, LLaMA)      post-norm (GPT, BERT)          parallel (GPT-J, Neo
 x = x + attn(n1(x))          x = n1(x + attn(x))            x = x + attn(n1(x)) + mlp(n2(x))
 x = x + mlp(n2(x))           x = n2(x + mlp(x))             (n2 is n1 when the norm is shared)
 
-sandwich (GLM-4-0414): pre-norm with a norm on each sublayer output: x = x + n3(attn(n1(x))), ...
+sandwich (GLM-4-0414)                 deepnorm (DeepNet, GLM-130B)
+x = x + n3(attn(n1(x)))               x = n1(alpha * x + attn(x))
+x = x + n4(mlp(n2(x)))                x = n2(alpha * x + mlp(x))
 ```
-Absent optional norms are `nn.Identity`, so the forward passes read the same for every variant. `attn` is any
-attention with `Attention`'s call signature (`Attention`, MLA's `LatentAttention`).
+`attn` is any attention with `Attention`'s call (`Attention`, MLA's `LatentAttention`). `mlp` is an MLP or a
+mixture of experts; an MoE returns its router statistics with its output, and the block returns them too.
 """
 
 import torch
 from torch import nn
 
+from archspec.nn.attend import AttentionFn
 from archspec.nn.cache import LayerKVCache
+from archspec.nn.moe import RouterStats
+from archspec.nn.positions import Context
 
-Rope = tuple[torch.Tensor, torch.Tensor] | None
+Output = torch.Tensor | tuple[torch.Tensor, RouterStats]  # x, or (x, its MoE's router statistics)
 
 
 class PreNormBlock(nn.Module):
-    """x + attn(norm(x)), then x + mlp(norm(x)); `residual_from_norm` adds to the normed input instead (BLOOM)."""
+    """x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(
         self,
-        attn: nn.Module,
-        mlp: nn.Module,
         attn_norm: nn.Module,
+        attn: nn.Module,
         mlp_norm: nn.Module,
-        attn_out_norm: nn.Module | None = None,
-        mlp_out_norm: nn.Module | None = None,
-        residual_from_norm: bool = False,
+        mlp: nn.Module,
+        residual_from_norm: bool = False,  # add to the normed input instead (BLOOM's option)  # emit-if: residual_from_norm
     ) -> None:
         super().__init__()
         self.attn_norm, self.attn = attn_norm, attn
-        self.attn_out_norm = attn_out_norm or nn.Identity()
         self.mlp_norm, self.mlp = mlp_norm, mlp
-        self.mlp_out_norm = mlp_out_norm or nn.Identity()
-        self.residual_from_norm = residual_from_norm
+        self.residual_from_norm = residual_from_norm  # emit-if: residual_from_norm
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: Rope,
-        mask: torch.Tensor | None,
-        cache: LayerKVCache | None,
-        positions: torch.Tensor,
-    ) -> torch.Tensor:
+        self, x: torch.Tensor, context: Context, attend: AttentionFn, cache: LayerKVCache | None = None
+    ) -> Output:
         h = self.attn_norm(x)
-        x = (h if self.residual_from_norm else x) + self.attn_out_norm(self.attn(h, rope, mask, cache, positions))
+        if self.residual_from_norm:  # emit-when: residual_from_norm
+            x = h  # the residual starts from the normed input
+        x = x + self.attn(h, context, attend, cache)
         h = self.mlp_norm(x)
-        return (h if self.residual_from_norm else x) + self.mlp_out_norm(self.mlp(h))
+        if self.residual_from_norm:  # emit-when: residual_from_norm
+            x = h
+        out = self.mlp(h)
+        if isinstance(out, tuple):  # emit-if: moe
+            return x + out[0], out[1]
+        return x + out
+
+
+class SandwichBlock(nn.Module):
+    """Pre-norm with a norm on each sublayer's output too: x + out_norm(f(norm(x))) (GLM-4-0414)."""
+
+    def __init__(
+        self,
+        attn_norm: nn.Module,
+        attn: nn.Module,
+        attn_out_norm: nn.Module,
+        mlp_norm: nn.Module,
+        mlp: nn.Module,
+        mlp_out_norm: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.attn_norm, self.attn, self.attn_out_norm = attn_norm, attn, attn_out_norm
+        self.mlp_norm, self.mlp, self.mlp_out_norm = mlp_norm, mlp, mlp_out_norm
+
+    def forward(
+        self, x: torch.Tensor, context: Context, attend: AttentionFn, cache: LayerKVCache | None = None
+    ) -> Output:
+        x = x + self.attn_out_norm(self.attn(self.attn_norm(x), context, attend, cache))
+        out = self.mlp(self.mlp_norm(x))
+        if isinstance(out, tuple):  # emit-if: moe
+            return x + self.mlp_out_norm(out[0]), out[1]
+        return x + self.mlp_out_norm(out)
 
 
 class PostNormBlock(nn.Module):
     """norm(x + attn(x)), then norm(x + mlp(x)): the original Transformer and GPT layout."""
 
-    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module) -> None:
+    def __init__(self, attn: nn.Module, attn_norm: nn.Module, mlp: nn.Module, mlp_norm: nn.Module) -> None:
         super().__init__()
         self.attn, self.attn_norm = attn, attn_norm
         self.mlp, self.mlp_norm = mlp, mlp_norm
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: Rope,
-        mask: torch.Tensor | None,
-        cache: LayerKVCache | None,
-        positions: torch.Tensor,
-    ) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn(x, rope, mask, cache, positions))
-        return self.mlp_norm(x + self.mlp(x))
+        self, x: torch.Tensor, context: Context, attend: AttentionFn, cache: LayerKVCache | None = None
+    ) -> Output:
+        x = self.attn_norm(x + self.attn(x, context, attend, cache))
+        out = self.mlp(x)
+        if isinstance(out, tuple):  # emit-if: moe
+            return self.mlp_norm(x + out[0]), out[1]
+        return self.mlp_norm(x + out)
 
 
 class ParallelBlock(nn.Module):
@@ -80,23 +107,29 @@ class ParallelBlock(nn.Module):
     """
 
     def __init__(
-        self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module | None = None
+        self,
+        attn_norm: nn.Module,
+        attn: nn.Module,
+        mlp: nn.Module,
+        mlp_norm: nn.Module | None = None,  # emit-if: two_parallel_norms
     ) -> None:
         super().__init__()
         self.attn, self.attn_norm = attn, attn_norm
-        self.mlp, self.mlp_norm = mlp, mlp_norm
+        self.mlp = mlp
+        self.mlp_norm = mlp_norm  # emit-if: two_parallel_norms
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: Rope,
-        mask: torch.Tensor | None,
-        cache: LayerKVCache | None,
-        positions: torch.Tensor,
-    ) -> torch.Tensor:
+        self, x: torch.Tensor, context: Context, attend: AttentionFn, cache: LayerKVCache | None = None
+    ) -> Output:
         h = self.attn_norm(x)
-        h_mlp = h if self.mlp_norm is None else self.mlp_norm(x)
-        return x + self.attn(h, rope, mask, cache, positions) + self.mlp(h_mlp)
+        if self.mlp_norm is not None:  # emit-when: two_parallel_norms
+            out = self.mlp(self.mlp_norm(x))
+        else:
+            out = self.mlp(h)  # one norm shared by both sublayers
+        x = x + self.attn(h, context, attend, cache)
+        if isinstance(out, tuple):  # emit-if: moe
+            return x + out[0], out[1]
+        return x + out
 
 
 class DeepNormBlock(nn.Module):
@@ -114,7 +147,7 @@ class DeepNormBlock(nn.Module):
     """
 
     def __init__(
-        self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module, mlp_norm: nn.Module, alpha: float
+        self, attn: nn.Module, attn_norm: nn.Module, mlp: nn.Module, mlp_norm: nn.Module, alpha: float
     ) -> None:
         super().__init__()
         self.attn, self.attn_norm = attn, attn_norm
@@ -122,12 +155,10 @@ class DeepNormBlock(nn.Module):
         self.alpha = alpha
 
     def forward(
-        self,
-        x: torch.Tensor,
-        rope: Rope,
-        mask: torch.Tensor | None,
-        cache: LayerKVCache | None,
-        positions: torch.Tensor,
-    ) -> torch.Tensor:
-        x = self.attn_norm(self.alpha * x + self.attn(x, rope, mask, cache, positions))
-        return self.mlp_norm(self.alpha * x + self.mlp(x))
+        self, x: torch.Tensor, context: Context, attend: AttentionFn, cache: LayerKVCache | None = None
+    ) -> Output:
+        x = self.attn_norm(self.alpha * x + self.attn(x, context, attend, cache))
+        out = self.mlp(x)
+        if isinstance(out, tuple):  # emit-if: moe
+            return self.mlp_norm(self.alpha * x + out[0]), out[1]
+        return self.mlp_norm(self.alpha * x + out)

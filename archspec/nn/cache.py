@@ -8,46 +8,36 @@ import torch
 
 
 class LayerKVCache:
-    """Keys and values of one attention layer: [batch, kv_heads, max_len, head_dim] each."""
+    """Keys and values of one attention layer, [batch, kv_heads, max_len, head_dim] each (zeros to begin with)."""
 
-    def __init__(
-        self,
-        batch: int,
-        kv_heads: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        value_dim: int | None = None,
-    ) -> None:
-        self.keys = torch.zeros(batch, kv_heads, max_len, head_dim, dtype=dtype, device=device)
-        self.values = torch.zeros(batch, kv_heads, max_len, value_dim or head_dim, dtype=dtype, device=device)
-        self.visible: int | None = None  # set by the model per call: slots `update` returns (None: all)
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
 
     def update(
-        self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+        self, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new keys/values at `positions` ([seq]) and return the first `visible` slots (default all).
-
-        When the new keys are all that is visible (a prompt's first chunk), they are returned as they are: the
-        same numbers as the slots just written, without attention reading them back through a strided view.
-        """
+        """Write the new keys/values at `positions` ([seq]); return the first `visible` slots."""
         self.keys.index_copy_(2, positions, keys)
         self.values.index_copy_(2, positions, values)
-        if self.visible is None:
-            return self.keys, self.values
-        if self.visible == keys.shape[2]:
+        if visible == keys.shape[2]:  # only the new ones: the same numbers, without a strided read
             return keys, values
-        return self.keys[:, :, : self.visible], self.values[:, :, : self.visible]
+        return self.keys[:, :, :visible], self.values[:, :, :visible]
 
 
 class KVCache:
     """The caches of every layer plus how many positions have been written."""
 
     def __init__(self, layers: list[LayerKVCache]) -> None:
-        self.layers = layers
-        self.length = 0
+        self.layers, self.length = layers, 0
 
-    @property
+    @property  # emit-if: library|encoder_decoder
     def max_len(self) -> int:
         return self.layers[0].keys.shape[2]
+
+
+class EncoderDecoderCache(KVCache):
+    """The decoder's self-attention caches, plus the cross-attention keys/values of the encoder output."""
+
+    def __init__(self, layers: list[LayerKVCache]) -> None:
+        super().__init__(layers)
+        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None

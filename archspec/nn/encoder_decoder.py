@@ -19,20 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archspec.nn.attention import (
-    FLEX_CPU_SHORTEST,
-    Attention,
-    FlexPattern,
-    ToeplitzBias,
-    causal_block_mask,
-    distance_table,
-    full_block_mask,
-    relative_bias_score_mod,
-)
-from archspec.nn.cache import KVCache, LayerKVCache
-from archspec.nn.masks import additive_mask, causal_mask
+from archspec.nn.attend import AttentionFn, MaskedAttention, ToeplitzBias, distance_table, unmasked_attention
+from archspec.nn.attention import Attention
+from archspec.nn.cache import EncoderDecoderCache, LayerKVCache
+from archspec.nn.flex import FLEX_CPU_SHORTEST, FlexPattern, causal_block_mask, full_block_mask, relative_bias_score_mod
+from archspec.nn.generate import generate
+from archspec.nn.masks import additive_mask, causal, render
 from archspec.nn.models import LMOutput
-from archspec.nn.positions import RelativePositionBias
+from archspec.nn.positions import Context, RelativePositionBias
 
 
 @dataclass
@@ -57,15 +51,12 @@ class CrossAttention(Attention):
         return k, v
 
     def forward(  # type: ignore[override]
-        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None
+        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], attend: AttentionFn
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
         q = self.q(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         k, v = kv
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.kv_heads != self.heads
-        )
-        return self.o(out.transpose(1, 2).reshape(batch, seq, -1))
+        return self.o(attend(q, k, v, self.scale).transpose(1, 2).reshape(batch, seq, -1))
 
 
 class CrossAttentionBlock(nn.Module):
@@ -76,12 +67,12 @@ class CrossAttentionBlock(nn.Module):
 
     def __init__(
         self,
-        attn: Attention,
-        cross_attn: CrossAttention,
-        mlp: nn.Module,
         attn_norm: nn.Module,
+        attn: Attention,
         cross_norm: nn.Module,
+        cross_attn: CrossAttention,
         mlp_norm: nn.Module,
+        mlp: nn.Module,
     ) -> None:
         super().__init__()
         self.attn_norm, self.attn = attn_norm, attn
@@ -91,33 +82,25 @@ class CrossAttentionBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | None,
+        context: Context,
+        attend: AttentionFn,
         cache: LayerKVCache | None,
-        positions: torch.Tensor,
         cross_kv: tuple[torch.Tensor, torch.Tensor],
-        cross_mask: torch.Tensor | None,
+        cross_attend: AttentionFn,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), None, mask, cache, positions)
-        x = x + self.cross_attn(self.cross_norm(x), cross_kv, cross_mask)
+        x = x + self.attn(self.attn_norm(x), context, attend, cache)
+        x = x + self.cross_attn(self.cross_norm(x), cross_kv, cross_attend)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class Stack(nn.Module):
     """The layers of one side (encoder or decoder), its relative-bias table and its final norm."""
 
-    def __init__(self, layers: list[nn.Module], position_bias: nn.Module, final_norm: nn.Module) -> None:
+    def __init__(self, layers: list[nn.Module], position_bias: RelativePositionBias, final_norm: nn.Module) -> None:
         super().__init__()
         self.position_bias = position_bias
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm
-
-
-class EncoderDecoderCache(KVCache):
-    """The decoder's self-attention caches, plus the cross-attention keys/values of the encoder output."""
-
-    def __init__(self, layers: list[LayerKVCache]) -> None:
-        super().__init__(layers)
-        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -132,14 +115,11 @@ class EncoderDecoderLM(nn.Module):
     """An encoder-decoder LM. `model(input_ids, decoder_input_ids=...)` gives decoder logits; with `labels=` the
     decoder input defaults to the labels shifted right behind the decoder start token, and the loss is returned.
 
-    `head_scale` multiplies the decoder output before the head (T5 v1.0: d_model^-0.5 with the tied head).
-    `eos_token_id` / `pad_token_id` are generate()'s defaults (`archspec.build` passes the spec's `tokens`).
+    `eos_token_id` / `pad_token_id` are generate()'s defaults (the spec's `tokens`).
 
     On CPU each stack's relative bias reaches SDPA as a view of a [heads, 2 seq - 1] table by distance
     (`ToeplitzBias`; no [heads, seq, seq] tensor) for the encoder without padding mask and the decoder without
-    cache, and as a tensor otherwise. `attn_backend` (an attribute) = "flex" computes it inside FlexAttention
-    (`FlexPattern`) in those cases instead; flex is fused only under `torch.compile` and has no backward on CPU,
-    where training and sequences under `FLEX_CPU_SHORTEST` tokens keep the default ("sdpa") path.
+    cache, and as a tensor otherwise.
     """
 
     def __init__(
@@ -148,35 +128,31 @@ class EncoderDecoderLM(nn.Module):
         encoder: Stack,
         decoder: Stack,
         lm_head: nn.Linear,
-        *,
-        kv_heads: int,
-        head_dim: int,
         decoder_start: int,
-        head_scale: float | None = None,
-        tied: bool = False,
+        head_scale: float | None = None,  # times the decoder output (T5 v1.0: d_model^-0.5)  # emit-if: head_scale
+        tied: bool = False,  # emit-if: library
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
-        attn_backend: str = "sdpa",
     ) -> None:
         super().__init__()
         self.embed = embed
         self.encoder = encoder
         self.decoder = decoder
         self.lm_head = lm_head
-        if tied:
+        if tied:  # emit-when: tied
             self.lm_head.weight = self.embed.weight
-        self.kv_heads, self.head_dim = kv_heads, head_dim
         self.decoder_start = decoder_start
-        self.head_scale = head_scale
+        self.head_scale = head_scale  # emit-if: head_scale
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
-        self.attn_backend = attn_backend
+        self.attn_backend = "sdpa"  # emit-if: library
 
-    def _flex(self, device: torch.device, seq: int) -> bool:
-        """Whether relative biases go through FlexAttention (see the class docstring and `flex_block_size`)."""
+    def _flex(self, device: torch.device, seq: int) -> bool:  # emit-if: library
+        """Whether relative biases go through FlexAttention (`attn_backend = "flex"`): fused only under
+        torch.compile, and on CPU forward-only and for sequences of at least FLEX_CPU_SHORTEST tokens."""
         cpu_flex = not torch.is_grad_enabled() and seq >= FLEX_CPU_SHORTEST
         return self.attn_backend == "flex" and (device.type != "cpu" or cpu_flex)
 
-    @staticmethod
+    @staticmethod  # emit-if: library
     def _score_mod(bias: RelativePositionBias) -> Callable[..., torch.Tensor]:
         return relative_bias_score_mod(bias.table.weight, bias.bidirectional, bias.buckets, bias.max_distance)
 
@@ -211,18 +187,20 @@ class EncoderDecoderLM(nn.Module):
         """Encoder output [batch, source, d_model]; `attention_mask` (1 = token, 0 = padding) hides padded keys."""
         x = self.embed(input_ids)
         seq = input_ids.shape[1]
-        positions = torch.arange(seq, device=input_ids.device)
-        mask: torch.Tensor | FlexPattern | ToeplitzBias
-        if attention_mask is None and self._flex(x.device, seq):
-            mask = FlexPattern(full_block_mask(seq, seq, x.device), self._score_mod(self.encoder.position_bias))
-        elif attention_mask is None and x.device.type == "cpu":
-            mask = ToeplitzBias(self.encoder.position_bias.by_distance(seq, seq).to(x.dtype))
+        context = Context(torch.arange(seq, device=input_ids.device), seq, rows=input_ids.shape[0])
+        bias = self.encoder.position_bias
+        attend: AttentionFn
+        if attention_mask is None and x.device.type == "cpu":
+            attend = ToeplitzBias(bias.by_distance(seq, seq).to(x.dtype))
         else:
-            mask = self.encoder.position_bias(positions, positions).to(x.dtype)
+            mask = bias(context.positions, context.positions).to(x.dtype)
             if attention_mask is not None:
                 mask = mask + padding_bias(attention_mask, x.dtype)
+            attend = MaskedAttention(mask)
+        if attention_mask is None and self._flex(x.device, seq):  # emit-if: library
+            attend = FlexPattern(full_block_mask(seq, seq, x.device), self._score_mod(bias))
         for layer in self.encoder.layers:
-            x = layer(x, None, mask, None, positions)
+            x = layer(x, context, attend)
         return self.encoder.final_norm(x)
 
     def decode(
@@ -241,18 +219,21 @@ class EncoderDecoderLM(nn.Module):
         past = cache.length if cache is not None else 0
         device = decoder_input_ids.device
         positions = torch.arange(past, past + seq, device=device)
-        key_positions = torch.arange(cache.max_len, device=device) if cache is not None else positions
+        keys = cache.max_len if cache is not None else seq
         x = self.embed(decoder_input_ids)
-        mask: torch.Tensor | FlexPattern | ToeplitzBias
-        if cache is None and self._flex(x.device, seq):
-            mask = FlexPattern(causal_block_mask(seq, seq, None, device), self._score_mod(self.decoder.position_bias))
-        elif cache is None and device.type == "cpu":
-            table = distance_table(self.decoder.position_bias.by_distance(seq, seq), True)
-            mask = ToeplitzBias(table.to(x.dtype), causal=True)
+        context = Context(positions, keys, rows=decoder_input_ids.shape[0])  # keys: the whole static cache
+        bias = self.decoder.position_bias
+        attend: AttentionFn
+        if cache is None and device.type == "cpu":
+            attend = ToeplitzBias(distance_table(bias.by_distance(seq, seq), True).to(x.dtype), causal=True)
         else:
-            bias = self.decoder.position_bias(positions, key_positions)
-            mask = additive_mask(causal_mask(positions, key_positions), bias, x.dtype)
-        cross_mask = padding_bias(attention_mask, x.dtype) if attention_mask is not None else None
+            key_positions = torch.arange(keys, device=device)
+            attend = MaskedAttention(additive_mask(render(causal, context), bias(positions, key_positions), x.dtype))
+        if cache is None and self._flex(x.device, seq):  # emit-if: library
+            attend = FlexPattern(causal_block_mask(seq, seq, None, device), self._score_mod(bias))
+        cross_attend = unmasked_attention
+        if attention_mask is not None:
+            cross_attend = MaskedAttention(padding_bias(attention_mask, x.dtype))
         if cache is not None and cache.cross is not None:
             cross_kv = cache.cross
         else:
@@ -261,28 +242,21 @@ class EncoderDecoderLM(nn.Module):
                 cache.cross = cross_kv
         for index, layer in enumerate(self.decoder.layers):
             layer_cache = cache.layers[index] if cache is not None else None
-            x = layer(x, mask, layer_cache, positions, cross_kv[index], cross_mask)
+            x = layer(x, context, attend, layer_cache, cross_kv[index], cross_attend)
         if cache is not None:
             cache.length = past + seq
         if logits_to_keep > 0:
             x = x[:, -logits_to_keep:]
         x = self.decoder.final_norm(x)
-        if self.head_scale is not None:
+        if self.head_scale is not None:  # emit-when: head_scale
             x = x * self.head_scale
         return self.lm_head(x)
 
-    def new_cache(
-        self, batch: int, max_len: int, dtype: torch.dtype | None = None, device: torch.device | None = None
-    ) -> EncoderDecoderCache:
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> EncoderDecoderCache:
         """An empty static cache of the decoder for `batch` sequences of up to `max_len` target positions."""
-        reference = self.embed.weight
-        layers = [
-            LayerKVCache(
-                batch, self.kv_heads, max_len, self.head_dim, dtype or reference.dtype, device or reference.device
-            )
-            for _ in self.decoder.layers
-        ]
-        return EncoderDecoderCache(layers)
+        weight = self.embed.weight
+        dtype, layers = dtype or weight.dtype, self.decoder.layers
+        return EncoderDecoderCache([layer.attn.new_cache(batch, max_len, dtype, weight.device) for layer in layers])
 
     @torch.no_grad()
     def generate(
@@ -297,10 +271,8 @@ class EncoderDecoderLM(nn.Module):
         """Run the encoder once, then decode greedily (by default) from the decoder start token with a KV cache.
 
         Returns the decoder sequences [batch, 1 + new] (start token first), as `transformers` does; the options are
-        those of `archspec.nn.generate.generate`.
+        those of `generate`.
         """
-        from archspec.nn.generate import generate
-
         options.setdefault("eos_token_id", self.eos_token_id)
         options.setdefault("pad_token_id", self.pad_token_id)
         encoder_output = self.encode(input_ids, attention_mask)

@@ -18,71 +18,70 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
-    use_cache: bool = True,
-    model_kwargs: dict[str, object] | None = None,
-    compile: bool = False,
+    use_cache: bool = True,  # emit-if: library
+    compile: bool = False,  # emit-if: library
+    **model_inputs: torch.Tensor,
 ) -> torch.Tensor:
-    """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]) and return [batch, seq + n].
-
-    Rows that produced `eos_token_id` are padded with `pad_token_id` (or eos) afterwards, and decoding stops
-    early once every row has finished, as `transformers`' generate does. `use_cache=False` recomputes the whole
-    sequence at each step (the reference the cache is tested against). `model_kwargs` go to every forward call
-    (GLM's `prefix_lengths`). `compile=True` runs the decode steps through one `torch.compile`d step
-    (CUDA graphs on GPU) that takes the position as a tensor, with a static cache kept on the model for reuse.
-    """
-    model_kwargs = model_kwargs or {}
+    """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]); return [batch, seq + n]. Rows
+    past `eos_token_id` get `pad_token_id` (or eos), as in `transformers`; `model_inputs` go to every forward."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     batch, seq = input_ids.shape
     total = seq + max_new_tokens
-    context_length = getattr(model, "context_length", None)
-    if context_length is not None and getattr(model, "pos_embed", None) is not None and total > context_length:
-        raise ValueError(f"prompt + max_new_tokens = {total} exceeds the learned position table ({context_length})")
-    stop = torch.tensor(
-        [eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []), device=input_ids.device
-    )
+    table = getattr(model, "pos_embed", None)  # emit-if: learned_positions
+    if table is not None and total > table.num_embeddings:  # emit-if: learned_positions
+        raise ValueError(
+            f"prompt + max_new_tokens = {total} exceeds the learned position table ({table.num_embeddings})"
+        )
+    stops = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    stop = torch.tensor(stops, dtype=torch.long, device=input_ids.device)
     pad = pad_token_id if pad_token_id is not None else (int(stop[0]) if len(stop) else 0)
-    step_fn = _compiled_step(model, input_ids.device) if compile and use_cache else None
-    if step_fn is not None:
-        cache = _reusable_cache(model, batch, total)
-    else:
-        cache = model.new_cache(batch, total) if use_cache else None  # type: ignore[operator]
+    cache = model.new_cache(batch, total)  # type: ignore[operator]
+    step_fn = None  # emit-if: library
+    if compile and use_cache:  # emit-if: library
+        # one compiled step for every position (CUDA graphs on GPU)
+        step_fn = _compiled_step(model, input_ids.device)
+        cache = _reusable_cache(model, batch, total) if step_fn is not None else cache
+    if not use_cache:  # emit-if: library
+        cache = None  # each step recomputes the whole sequence: the reference the cache is tested against
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
     # Only the last position's logits are needed (`logits_to_keep=1`): the head is not run over the whole prompt.
-    logits = model(input_ids, cache=cache, logits_to_keep=1, **model_kwargs).logits[:, -1]
+    logits = model(input_ids, cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]
     for step in range(max_new_tokens):
-        next_token = _pick(logits, do_sample, temperature, top_k, top_p, generator)
+        next_token = sample(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(dim=-1)
         if len(stop):
             next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)
             finished = finished | torch.isin(next_token, stop)
         tokens = torch.cat((tokens, next_token[:, None]), dim=1)
         if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
             break
-        step_input = next_token[:, None] if cache is not None else tokens
-        if step_fn is not None and cache is not None:
+        if cache is None:  # emit-if: library
+            logits = model(tokens, logits_to_keep=1, **model_inputs).logits[:, -1]
+            continue
+        if step_fn is not None:  # emit-if: library
             positions = torch.full((1,), cache.length, dtype=torch.long, device=input_ids.device)
-            logits = step_fn(model, step_input, cache, positions, model_kwargs)
+            logits = step_fn(model, next_token[:, None], cache, positions, model_inputs)
             cache.length += 1
-        else:
-            logits = model(step_input, cache=cache, logits_to_keep=1, **model_kwargs).logits[:, -1]
+            continue
+        logits = model(next_token[:, None], cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]
     return tokens
 
 
-def _decode_step(
+def _decode_step(  # emit-if: library
     model: torch.nn.Module,
     token: torch.Tensor,
     cache: KVCache,
     positions: torch.Tensor,
-    model_kwargs: dict[str, object],
+    model_inputs: dict[str, torch.Tensor],
 ) -> torch.Tensor:
-    return model(token, cache=cache, positions=positions, logits_to_keep=1, **model_kwargs).logits[:, -1]
+    return model(token, cache=cache, positions=positions, logits_to_keep=1, **model_inputs).logits[:, -1]
 
 
-_COMPILED_STEPS: dict[str, object] = {}
+_COMPILED_STEPS: dict[str, object] = {}  # emit-if: library
 
 
-def _compiled_step(model: torch.nn.Module, device: torch.device):  # noqa: ANN202
+def _compiled_step(model: torch.nn.Module, device: torch.device):  # noqa: ANN202  # emit-if: library
     """The compiled decode step (one per compile mode), or None for models whose forward needs the sequence
     length as a number (dynamic NTK RoPE) and so cannot take positions as a tensor."""
     rotary = getattr(model, "rotary", None)
@@ -94,7 +93,7 @@ def _compiled_step(model: torch.nn.Module, device: torch.device):  # noqa: ANN20
     return _COMPILED_STEPS[mode]
 
 
-def _reusable_cache(model: torch.nn.Module, batch: int, total: int) -> KVCache:
+def _reusable_cache(model: torch.nn.Module, batch: int, total: int) -> KVCache:  # emit-if: library
     """A static cache for compiled decoding, kept on the model and reused by calls of the same shape.
 
     Its tensors get fixed addresses (what CUDA graphs replay against), so reuse avoids a recompile per call.
@@ -113,16 +112,10 @@ def _reusable_cache(model: torch.nn.Module, batch: int, total: int) -> KVCache:
     return cache
 
 
-def _pick(
-    logits: torch.Tensor,
-    do_sample: bool,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    generator: torch.Generator | None,
+def sample(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
 ) -> torch.Tensor:
-    if not do_sample:
-        return logits.argmax(dim=-1)
+    """One token per row drawn from softmax(logits / temperature), restricted to the top-k and the top-p mass."""
     logits = logits.float() / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1, None]

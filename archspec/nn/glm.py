@@ -7,8 +7,13 @@ position), and its position inside its span (0 in part A, 1, 2, ... in part B). 
 with RoPE: half of each head rotates by the first id, the other half by the second.
 """
 
+from functools import partial
+
 import torch
 from torch import nn
+
+from archspec.nn.positions import Context, Rope
+from archspec.nn.rope import HalfPairs, apply_rotary
 
 
 def glm_positions(positions: torch.Tensor, prefix_lengths: torch.Tensor | None, batch: int) -> torch.Tensor:
@@ -26,8 +31,8 @@ def glm_positions(positions: torch.Tensor, prefix_lengths: torch.Tensor | None, 
 
 
 class BlockRotaryEmbedding(nn.Module):
-    """cos/sin of 2-D RoPE for half pairing: frequencies [0, r/4) turn with the position id, [r/4, r/2) with the
-    block position id, each set being a full RoPE of width r/2 (inv_freq = theta^(-2k/(r/2))).
+    """The `Rope` of 2-D positions, half pairing: frequencies [0, r/4) turn with the position id, [r/4, r/2) with
+    the block position id, each set being a full RoPE of width r/2 (inv_freq = theta^(-2k/(r/2))).
 
     In half pairing dim k rotates with dim k + r/2, so one head's layout is [pos-half a, block-half a, pos-half b,
     block-half b]. ChatGLM-6B stores [pos rope (r/2) | block rope (r/2)] per head instead: importing its q/k
@@ -36,13 +41,15 @@ class BlockRotaryEmbedding(nn.Module):
 
     def __init__(self, inv_freq: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
+        inv_freq = inv_freq.to(torch.get_default_device(), torch.float32)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [2, batch, seq] (position ids, block position ids); returns cos, sin [batch, seq, r]."""
-        del seq_len  # no dynamic scaling
+    def forward(self, context: Context) -> Rope:
+        """The tables of the call's [rows, queries] 2-D positions (its prefixes: `glm_positions`)."""
+        position_ids, block_ids = glm_positions(context.positions, context.prefix_lengths, context.rows)
         freqs = torch.cat(
-            (positions[0][..., None].float() * self.inv_freq, positions[1][..., None].float() * self.inv_freq), -1
+            (position_ids[..., None].float() * self.inv_freq, block_ids[..., None].float() * self.inv_freq), -1
         )
-        angles = torch.cat((freqs, freqs), dim=-1)
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        angles = HalfPairs().angles(freqs)
+        cos, sin = angles.cos().to(context.dtype), angles.sin().to(context.dtype)
+        return partial(apply_rotary, cos=cos, sin=sin, pairing=HalfPairs())

@@ -1,33 +1,86 @@
-"""Attention masks as boolean tensors (True = may attend), built once per forward and shared by the layers."""
+"""Which keys a query may see, as small predicates that compose: causal, sliding window, prefix (GLM).
+
+A predicate has FlexAttention's `mask_mod` signature, `(batch, head, query, key) -> bool`, on index tensors that
+broadcast: `render` evaluates it over a [batch, 1, queries, keys] grid for SDPA, and the same function is a
+FlexAttention mask_mod. Positions are absolute (the key at cache slot j has position j).
+"""
+
+from collections.abc import Callable
 
 import torch
 
+from archspec.nn.positions import Context
 
-def causal_mask(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int | None = None) -> torch.Tensor:
-    """[queries, keys] mask: key j is visible to query i iff j <= i, and i - j < window when a window is set.
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (b, h, q, kv) -> seen
 
-    A window of w lets a query see itself and the w - 1 keys before it (Mistral's convention).
-    """
-    distance = query_positions[:, None] - key_positions[None, :]
-    allowed = distance >= 0
-    if window is not None:
-        allowed = allowed & (distance < window)
-    return allowed
+
+def causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """A query sees itself and the keys before it."""
+    return kv <= q
+
+
+def sliding_window(window: int) -> MaskMod:
+    """A query sees the keys less than `window` positions back: itself and the window - 1 before (Mistral)."""
+
+    def within(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return q - kv < window
+
+    return within
+
+
+def prefix(lengths: torch.Tensor) -> MaskMod:  # emit-if: prefix_lm
+    """Row b's first lengths[b] keys are seen by every query of the row (GLM's bidirectional part A)."""
+
+    def in_prefix(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return kv < lengths[b]
+
+    return in_prefix
+
+
+def and_masks(*mods: MaskMod) -> MaskMod:
+    """A key is visible when every predicate says so."""
+
+    def both(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        visible = mods[0](b, h, q, kv)
+        for mod in mods[1:]:
+            visible = visible & mod(b, h, q, kv)
+        return visible
+
+    return both
+
+
+def or_masks(*mods: MaskMod) -> MaskMod:  # emit-if: prefix_lm
+    """A key is visible when any predicate says so."""
+
+    def either(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        visible = mods[0](b, h, q, kv)
+        for mod in mods[1:]:
+            visible = visible | mod(b, h, q, kv)
+        return visible
+
+    return either
+
+
+def causal_pattern(window: int | None = None, prefix_lengths: torch.Tensor | None = None) -> MaskMod:
+    """Causal attention, within `window` when set, plus each row's prefix when `prefix_lengths` is given."""
+    mod = causal if window is None else and_masks(causal, sliding_window(window))
+    if prefix_lengths is not None:  # emit-if: prefix_lm
+        mod = or_masks(mod, prefix(prefix_lengths))
+    return mod
+
+
+def render(mod: MaskMod, context: Context) -> torch.Tensor:
+    """The predicate over the call's [rows or 1, 1, queries, keys] grid: SDPA's boolean mask (True: may attend)."""
+    device = context.positions.device
+    b = torch.arange(context.rows, device=device)[:, None, None, None]
+    h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=device)
+    q = context.positions[None, None, :, None]
+    kv = torch.arange(context.keys, device=device)[None, None, None, :]
+    visible = mod(b, h, q, kv)  # batch 1 unless a predicate reads the row; 4-D: CPU SDPA is slow with 2-D masks
+    return visible.expand(visible.shape[0], 1, context.positions.shape[0], context.keys)
 
 
 def additive_mask(allowed: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """Boolean mask plus an optional float bias ([heads, q, k]) as one float mask for SDPA (-inf where masked)."""
     masked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
     return masked if bias is None else bias.to(dtype) + masked
-
-
-def prefix_mask(
-    query_positions: torch.Tensor, key_positions: torch.Tensor, prefix_lengths: torch.Tensor, window: int | None = None
-) -> torch.Tensor:
-    """[batch, 1, queries, keys] mask of a prefix LM (GLM): key j is visible to query i iff j <= i or j < prefix.
-
-    The first `prefix_lengths[b]` tokens of row b (part A) see each other in both directions; later tokens (part B)
-    see part A and the part-B tokens up to themselves. Prefix length 0 is the causal mask.
-    """
-    in_prefix = key_positions[None, :] < prefix_lengths[:, None]
-    return (causal_mask(query_positions, key_positions, window)[None] | in_prefix[:, None, :])[:, None]

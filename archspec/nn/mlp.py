@@ -5,20 +5,26 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+Activation = Callable[[torch.Tensor], torch.Tensor]  # elementwise: F.silu, F.gelu, ...
+
 
 class MLP(nn.Module):
-    """down(act(up x)), or gated: down(act(gate x) * up x) (SwiGLU, GeGLU, ReGLU)."""
+    """down(act(up x)): GPT-2, BLOOM, Falcon, T5 v1.0, the vision towers."""
 
-    def __init__(
-        self, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool, bias: bool
-    ) -> None:
+    def __init__(self, up: nn.Linear, down: nn.Linear, activation: Activation) -> None:
         super().__init__()
-        self.activation = activation
-        self.gate = nn.Linear(d_model, d_ff, bias=bias) if gated else None
-        self.up = nn.Linear(d_model, d_ff, bias=bias)
-        self.down = nn.Linear(d_ff, d_model, bias=bias)
+        self.up, self.down, self.activation = up, down, activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate is None:
-            return self.down(self.activation(self.up(x)))
+        return self.down(self.activation(self.up(x)))
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate x) * up x): SwiGLU (LLaMA), GeGLU (T5 v1.1), ReGLU."""
+
+    def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear, activation: Activation) -> None:
+        super().__init__()
+        self.gate, self.up, self.down, self.activation = gate, up, down, activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.activation(self.gate(x)) * self.up(x))

@@ -11,10 +11,13 @@ scaling factor. Losses: load balancing (token- or sequence-level) and the router
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from archspec.nn.mlp import Activation
 
 
 def _can_grouped_mm(*tensors: torch.Tensor) -> bool:
@@ -22,19 +25,15 @@ def _can_grouped_mm(*tensors: torch.Tensor) -> bool:
     bfloat16 or float16, each a row- or column-major matrix (stack) whose every stride but the contiguous
     dimension's is a multiple of 16 bytes (the kernel's requirement). A size-1 dimension does not make its stride
     exempt: x [tokens, 1] has strides (1, 1), and its row stride of 1 element is not aligned."""
-    if not hasattr(torch, "_grouped_mm"):
-        return False
-    for t in tensors:
-        if t.is_cuda:
-            if t.dtype != torch.bfloat16:
-                return False
-        elif t.device.type != "cpu" or t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            return False
-        strides = t.stride()
-        inner = t.ndim - 1 if strides[-1] == 1 else t.ndim - 2  # the matrix's contiguous dimension
-        if strides[inner] != 1 or any(s * t.element_size() % 16 for d, s in enumerate(strides) if d != inner):
-            return False
-    return True
+    return hasattr(torch, "_grouped_mm") and all(_grouped_mm_operand(t) for t in tensors)
+
+
+def _grouped_mm_operand(t: torch.Tensor) -> bool:
+    dtypes = (torch.bfloat16,) if t.is_cuda else (torch.float32, torch.bfloat16, torch.float16)
+    strides = t.stride()
+    inner = t.ndim - 1 if strides[-1] == 1 else t.ndim - 2  # the matrix's contiguous dimension
+    aligned = all(s * t.element_size() % 16 == 0 for d, s in enumerate(strides) if d != inner)
+    return t.device.type in ("cpu", "cuda") and t.dtype in dtypes and strides[inner] == 1 and aligned
 
 
 @torch.library.custom_op("archspec::grouped_linear", mutates_args=())
@@ -96,12 +95,52 @@ def _grouped_linear_setup(ctx, inputs, output) -> None:  # noqa: ANN001
 grouped_linear.register_autograd(_grouped_linear_backward, setup_context=_grouped_linear_setup)
 
 
+def softmax_scores(logits: torch.Tensor) -> torch.Tensor:
+    """Expert scores that sum to one per token (Mixtral, Qwen-MoE, DeepSeek-V2)."""
+    return logits.softmax(dim=-1)
+
+
+def sigmoid_scores(logits: torch.Tensor) -> torch.Tensor:
+    """Independent expert scores in (0, 1) (DeepSeek-V3)."""
+    return logits.sigmoid()
+
+
+def best_expert(group: torch.Tensor) -> torch.Tensor:
+    """A group's score: its best expert's (DeepSeek-V2)."""
+    return group.max(dim=-1).values
+
+
+def best_two_summed(group: torch.Tensor) -> torch.Tensor:
+    """A group's score: its best two experts' summed (DeepSeek-V3)."""
+    return group.topk(2, dim=-1).values.sum(dim=-1)
+
+
+SCORINGS = {"softmax": softmax_scores, "sigmoid": sigmoid_scores}
+GROUP_SCORES = {"max": best_expert, "top2-sum": best_two_summed}
+
+
+class GroupLimit:
+    """Group-limited routing: the experts form `groups` groups, each scored by `score`, and a token may only use
+    the experts of its `top_groups` best groups (the others' choice scores become -inf)."""
+
+    def __init__(self, groups: int, top_groups: int, score: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.groups, self.top_groups, self.score = groups, top_groups, score
+
+    def __call__(self, choice: torch.Tensor) -> torch.Tensor:
+        size = choice.shape[-1] // self.groups
+        group_scores = self.score(choice.view(-1, self.groups, size))
+        best = group_scores.topk(self.top_groups, dim=-1).indices
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, best, True)
+        return choice.masked_fill(~keep.repeat_interleave(size, dim=1), float("-inf"))
+
+
 class Router(nn.Module):
     """Scores experts per token and picks the top-k. Returns (weights [T, k], experts [T, k], logits [T, E]).
 
-    The correction bias (DeepSeek-V3) shifts which experts are *selected*; the weights always come from the
-    unbiased scores. With groups, each group is scored (its best expert, or its best two summed) and only the
-    experts of the top_groups best groups can be selected.
+    Logits are computed in float32 at least (bf16 and fp16 inputs are upcast). `scoring` maps them to scores;
+    the top-k weights are the scores of the chosen experts, renormalised to sum to one when `renormalize`, times
+    `scale`. The correction bias (DeepSeek-V3) shifts which experts are *selected*; the weights always come from
+    the unbiased scores. `group_limit` restricts the choice to the best groups of experts.
     """
 
     def __init__(
@@ -109,39 +148,31 @@ class Router(nn.Module):
         d_model: int,
         experts: int,
         top_k: int,
-        scoring: str = "softmax",
+        scoring: Callable[[torch.Tensor], torch.Tensor],
         renormalize: bool = True,
         scale: float = 1.0,
-        groups: int = 1,
-        top_groups: int = 1,
-        group_score: str = "max",
-        correction_bias: bool = False,
+        group_limit: GroupLimit | None = None,  # emit-if: group_limited
+        correction_bias: torch.Tensor | None = None,  # emit-if: correction_bias
     ) -> None:
         super().__init__()
-        self.experts, self.top_k = experts, top_k
-        self.scoring, self.renormalize, self.scale = scoring, renormalize, scale
-        self.groups, self.top_groups, self.group_score = groups, top_groups, group_score
+        self.top_k, self.scoring, self.renormalize, self.scale = top_k, scoring, renormalize, scale
+        self.group_limit = group_limit  # emit-if: group_limited
         self.weight = nn.Parameter(torch.empty(experts, d_model))
-        self.correction_bias: torch.Tensor | None
-        if correction_bias:
-            self.register_buffer("correction_bias", torch.zeros(experts))
-        else:
-            self.correction_bias = None
+        self.register_buffer("correction_bias", correction_bias)  # emit-if: correction_bias
+
+    @property
+    def experts(self) -> int:
+        return self.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least: bf16/fp16 up, float64 kept
         logits = F.linear(x.to(dtype), self.weight.to(dtype))
-        scores = logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
-        choice = scores if self.correction_bias is None else scores + self.correction_bias
-        if self.groups > 1:
-            grouped = choice.view(-1, self.groups, self.experts // self.groups)
-            if self.group_score == "max":
-                group_scores = grouped.max(dim=-1).values
-            else:
-                group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
-            best_groups = group_scores.topk(self.top_groups, dim=-1).indices
-            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(1, best_groups, True)
-            choice = choice.masked_fill(~keep.repeat_interleave(self.experts // self.groups, dim=1), float("-inf"))
+        scores = self.scoring(logits)
+        choice = scores
+        if self.correction_bias is not None:  # emit-if: correction_bias
+            choice = choice + self.correction_bias
+        if self.group_limit is not None:  # emit-if: group_limited
+            choice = self.group_limit(choice)
         experts = choice.topk(self.top_k, dim=-1).indices
         weights = scores.gather(1, experts)
         if self.renormalize:
@@ -150,11 +181,9 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate, up, down."""
+    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down."""
 
-    def __init__(
-        self, experts: int, d_model: int, d_ff: int, activation: Callable[[torch.Tensor], torch.Tensor], gated: bool
-    ) -> None:
+    def __init__(self, experts: int, d_model: int, d_ff: int, activation: Activation, gated: bool) -> None:
         super().__init__()
         self.activation = activation
         self.gate = nn.Parameter(torch.empty(experts, d_ff, d_model)) if gated else None
@@ -164,42 +193,50 @@ class Experts(nn.Module):
     def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """x_sorted: token rows grouped by expert; offsets: cumulative row count per expert."""
         up = grouped_linear(x_sorted, self.up, offsets)
-        if self.gate is not None:
+        if self.gate is not None:  # emit-when: gated_experts
             hidden = self.activation(grouped_linear(x_sorted, self.gate, offsets)) * up
         else:
             hidden = self.activation(up)
         return grouped_linear(hidden, self.down, offsets)
 
 
+@dataclass
+class RouterStats:
+    """What one MoE layer's router decided for the tokens of a call: its logits [T, E] and the chosen experts
+    [T, k], for the balance and z losses; `rows`: the sequences the T tokens come from."""
+
+    logits: torch.Tensor
+    selected: torch.Tensor
+    rows: int = 1  # emit-if: sequence_aux_loss
+
+
 class MoE(nn.Module):
     """y = sum_k w_k * expert_k(x) [+ shared(x), optionally gated by sigmoid(shared_gate x)].
 
-    After each forward, `router_logits` [T, E] and `selected` [T, k] are kept for the router losses (read by the
-    model when it computes the training loss).
+    Returns (y, RouterStats): the router's logits and choices go back to the model with the output (for the
+    training losses), nothing is kept on the module.
     """
 
     def __init__(
         self,
         router: Router,
         experts: Experts,
-        shared: nn.Module | None = None,
-        shared_gate: nn.Linear | None = None,
-        jitter: float = 0.0,
+        shared: nn.Module | None = None,  # emit-if: shared_experts
+        shared_gate: nn.Linear | None = None,  # emit-if: shared_gate
+        jitter: float = 0.0,  # emit-if: router_jitter
     ) -> None:
         super().__init__()
         self.router, self.experts = router, experts
-        self.shared, self.shared_gate = shared, shared_gate
-        self.jitter = jitter
-        self.router_logits: torch.Tensor | None = None
-        self.selected: torch.Tensor | None = None
+        self.shared = shared  # emit-if: shared_experts
+        self.shared_gate = shared_gate  # emit-if: shared_gate
+        self.jitter = jitter  # emit-if: router_jitter
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterStats]:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        if self.training and self.jitter > 0:
+        if self.training and self.jitter > 0:  # emit-if: router_jitter
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
         weights, selected, logits = self.router(x)
-        self.router_logits, self.selected = logits, selected
         top_k = selected.shape[1]
         flat = selected.flatten()
         order = flat.argsort(stable=True)
@@ -212,44 +249,65 @@ class MoE(nn.Module):
         rows = self.experts(x.index_select(0, token_of_row), counts.cumsum(0))
         rows = rows * weights.flatten().index_select(0, order)[:, None].to(rows.dtype)
         out = torch.zeros_like(x).index_add_(0, token_of_row, rows)
-        if self.shared is not None:
+        if self.shared is not None:  # emit-if: shared_experts
             shared = self.shared(x)
-            if self.shared_gate is not None:
+            if self.shared_gate is not None:  # emit-if: shared_gate
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
             out = out + shared
-        return out.view(shape)
+        stats = RouterStats(logits, selected)
+        stats.rows = shape[0]  # emit-if: sequence_aux_loss
+        return out.view(shape), stats
 
 
-def load_balancing_loss(logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int) -> torch.Tensor:
+class TokenBalancingLoss:
     """Switch-Transformer balance loss over all tokens of all MoE layers: E * sum_e f_e * P_e.
 
     f_e is the fraction of (token, slot) selections that went to expert e times top_k (so sum_e f_e = top_k, as
     in transformers' Mixtral), P_e the mean softmax probability of expert e. Minimal (= top_k) when uniform.
     """
-    probs = torch.cat([logit.softmax(dim=-1) for logit in logits])
-    chosen = torch.cat(selected)
-    fraction = F.one_hot(chosen, experts).to(probs.dtype).mean(dim=0)  # [k, E]: per slot
-    return experts * (fraction * probs.mean(dim=0)).sum()
+
+    def __call__(self, stats: list[RouterStats]) -> torch.Tensor:
+        probs = torch.cat([layer.logits.softmax(dim=-1) for layer in stats])
+        chosen = torch.cat([layer.selected for layer in stats])
+        experts = probs.shape[-1]
+        fraction = F.one_hot(chosen, experts).to(probs.dtype).mean(dim=0)  # [k, E]: per slot
+        return experts * (fraction * probs.mean(dim=0)).sum()
 
 
-def sequence_balancing_loss(
-    logits: list[torch.Tensor], selected: list[torch.Tensor], experts: int, batch: int, scoring: str
-) -> torch.Tensor:
+class SequenceBalancingLoss:
     """DeepSeek-V3's complementary sequence-wise balance loss, averaged over layers and sequences:
-    sum_e f_e * P_e with f_e = E / (k T) * #selections of e in the sequence and P_e = mean_t of the normalised scores.
-    """
-    losses = []
-    for logit, chosen in zip(logits, selected, strict=True):
-        scores = logit.softmax(dim=-1) if scoring == "softmax" else logit.sigmoid()
-        scores = scores / scores.sum(dim=-1, keepdim=True)
-        scores = scores.view(batch, -1, experts)
-        tokens, top_k = scores.shape[1], chosen.shape[-1]
-        counts = F.one_hot(chosen.view(batch, -1), experts).to(scores.dtype).sum(dim=1)  # [batch, E]
-        fraction = counts * experts / (top_k * tokens)
-        losses.append((fraction * scores.mean(dim=1)).sum(dim=-1).mean())
-    return torch.stack(losses).mean()
+    sum_e f_e * P_e with f_e = E / (k T) * #selections of e in the sequence and P_e = mean_t of the normalised
+    scores (`scoring`: the router's)."""
+
+    def __init__(self, scoring: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.scoring = scoring
+
+    def __call__(self, stats: list[RouterStats]) -> torch.Tensor:
+        losses = []
+        for layer in stats:
+            experts = layer.logits.shape[-1]
+            scores = self.scoring(layer.logits)
+            scores = (scores / scores.sum(dim=-1, keepdim=True)).view(layer.rows, -1, experts)
+            tokens, top_k = scores.shape[1], layer.selected.shape[-1]
+            counts = F.one_hot(layer.selected.view(layer.rows, -1), experts).to(scores.dtype).sum(dim=1)
+            fraction = counts * experts / (top_k * tokens)  # [rows, E]
+            losses.append((fraction * scores.mean(dim=1)).sum(dim=-1).mean())
+        return torch.stack(losses).mean()
 
 
-def router_z_loss(logits: list[torch.Tensor]) -> torch.Tensor:
+def router_z_loss(stats: list[RouterStats]) -> torch.Tensor:
     """mean over tokens (of all MoE layers) of logsumexp(router logits)^2: keeps the logits small (ST-MoE)."""
-    return torch.cat(logits).logsumexp(dim=-1).pow(2).mean()
+    return torch.cat([layer.logits for layer in stats]).logsumexp(dim=-1).pow(2).mean()
+
+
+class RouterLoss:
+    """The training loss's router terms: a balance loss and the z-loss, with their coefficients."""
+
+    def __init__(
+        self, balance: Callable[[list[RouterStats]], torch.Tensor], aux_coef: float = 0.0, z_coef: float = 0.0
+    ) -> None:
+        self.balance, self.aux_coef, self.z_coef = balance, aux_coef, z_coef
+
+    def __call__(self, stats: list[RouterStats]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(balance loss, z-loss), unweighted; the model adds aux_coef and z_coef times them to its loss."""
+        return self.balance(stats), router_z_loss(stats)

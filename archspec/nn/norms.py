@@ -5,12 +5,7 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 (float64 inputs in float64) and cast back *before*
-    the weight multiply.
-
-    That cast order is LLaMA's and T5's (and what their half-precision checkpoints were trained with), which is
-    why this is not `torch.nn.RMSNorm`. Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
-    """
+    """w * x / sqrt(mean(x^2) + eps) in at least float32, cast back *before* the weight multiply (LLaMA's order)."""
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()

@@ -1,8 +1,25 @@
-"""Position schemes that are not rotary: ALiBi biases and learned absolute positions."""
+"""Where a call's queries are (`Context`), and the position schemes that are not rotary: ALiBi, T5's relative bias."""
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+Rope = Callable[[torch.Tensor], torch.Tensor]  # turns q or k [batch, heads, queries, head_dim] by their positions
+
+
+@dataclass
+class Context:
+    """One call as every layer sees it: `rows` sequences' queries at `positions` over the keys 0 .. keys - 1."""
+
+    positions: torch.Tensor
+    keys: int
+    at_end: bool = True  # False: a compiled decoding step reads its whole static cache  # emit-if: library
+    rows: int = 1
+    dtype: torch.dtype = torch.float32  # the activations' (of RoPE tables and biases)  # emit-if: rope|distance_bias
+    rope: Rope | None = None  # emit-if: rope
+    prefix_lengths: torch.Tensor | None = None  # [rows]: GLM's bidirectional prefixes  # emit-if: prefix_lm
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -17,7 +34,7 @@ def alibi_slopes(heads: int) -> torch.Tensor:
     if closest != heads:
         extra_base = 2.0 ** (-(2.0 ** -(math.log2(2 * closest) - 3)))
         slopes += [extra_base**power for power in range(1, 2 * (heads - closest), 2)]
-    return torch.tensor(slopes, dtype=torch.float32)
+    return torch.tensor(slopes, dtype=torch.float32, device="cpu")
 
 
 def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
@@ -36,6 +53,37 @@ def alibi_by_distance(slopes: torch.Tensor, seq: int) -> torch.Tensor:
     """
     distance = torch.arange(1 - seq, seq, device=slopes.device, dtype=torch.float32)
     return slopes[:, None].float() * distance[None, :]
+
+
+class Alibi(torch.nn.Module):
+    """ALiBi's bias as a model computes it: slope_h * key position, added to the scaled scores (BLOOM). Falcon-RW
+    rounds the product to bfloat16 (`bfloat16`, as it was trained) and divides it by sqrt(head_dim) (`divisor`):
+    its bias joins q.k before the softmax scale."""
+
+    def __init__(
+        self,
+        slopes: torch.Tensor,
+        divisor: float = 1.0,
+        bfloat16: bool = False,  # emit-if: alibi_bfloat16
+    ) -> None:
+        super().__init__()
+        self.register_buffer("slopes", slopes.to(torch.get_default_device()), persistent=False)
+        self.divisor = divisor
+        self.bfloat16 = bfloat16  # emit-if: alibi_bfloat16
+
+    def by_key(self, keys: int, dtype: torch.dtype) -> torch.Tensor:
+        """[heads, 1, keys] in `dtype`: the bias of keys 0 .. keys - 1 for every query."""
+        positions = torch.arange(keys, device=self.slopes.device)
+        if self.bfloat16:  # emit-when: alibi_bfloat16
+            return (self.slopes.bfloat16()[:, None, None] * positions).to(dtype) / self.divisor  # bf16 x int64: bf16
+        return alibi_bias(self.slopes, positions).to(dtype) / self.divisor
+
+    def by_distance(self, seq: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """[heads, 2 seq - 1] in `dtype` by distance key - query (`alibi_by_distance`); None where rounding makes
+        the bias depend on the key position itself (bfloat16 products)."""
+        if self.bfloat16:  # emit-if: alibi_bfloat16
+            return None
+        return alibi_by_distance(self.slopes, seq).to(dtype) / self.divisor
 
 
 def relative_position_buckets(
@@ -64,13 +112,14 @@ def relative_position_buckets(
 class RelativePositionBias(torch.nn.Module):
     """T5's learned bias per head and distance bucket, added to the attention scores: [heads, queries, keys].
 
-    One table per stack; the bias it gives is computed once per forward and shared by every layer of the stack.
+    `table`: [buckets, heads]. One table per stack; the bias it gives is computed once per forward and shared by
+    every layer of the stack.
     """
 
-    def __init__(self, heads: int, buckets: int, max_distance: int, bidirectional: bool) -> None:
+    def __init__(self, table: torch.nn.Embedding, max_distance: int, bidirectional: bool) -> None:
         super().__init__()
-        self.buckets, self.max_distance, self.bidirectional = buckets, max_distance, bidirectional
-        self.table = torch.nn.Embedding(buckets, heads)
+        self.buckets, self.max_distance, self.bidirectional = table.num_embeddings, max_distance, bidirectional
+        self.table = table
 
     def forward(self, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
         relative = key_positions[None, :] - query_positions[:, None]

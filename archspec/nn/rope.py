@@ -2,19 +2,23 @@
 
 Each head's first `rotary_dim` dims rotate in pairs by angle `position * inv_freq[k]`; the rest pass through.
 Two pairings exist: *half* pairs dim k with k + r/2 (GPT-NeoX, LLaMA in HF layout), *interleaved* pairs 2k with
-2k+1 (GPT-J, GLM). The frequency functions below follow the formulas of each scaling's paper and are computed in
-float32 in the same order as the reference implementations, so the tables match bit for bit.
+2k+1 (GPT-J, GLM). The frequency functions below follow the formulas of each scaling's paper and are computed on
+the CPU in float32 in the same order as the reference implementations, so the tables match bit for bit on every
+device.
 """
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
 
+from archspec.nn.positions import Context, Rope
+
 
 def rope_frequencies(rotary_dim: int, theta: float) -> torch.Tensor:
     """inv_freq[k] = theta^(-2k / rotary_dim), k = 0 .. rotary_dim/2 - 1."""
-    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float32) / rotary_dim
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").to(torch.float32) / rotary_dim
     return 1.0 / (theta**exponents)
 
 
@@ -29,7 +33,7 @@ def dynamic_ntk_theta(theta: float, factor: float, seq_len: int, context_length:
     Evaluated in float32 (a 0-d tensor), as the reference does with the length as a tensor: in Python floats the
     base would differ by a float32 rounding, and some frequencies by one ulp.
     """
-    length = torch.tensor(max(seq_len, context_length), dtype=torch.float32)
+    length = torch.tensor(max(seq_len, context_length), dtype=torch.float32, device="cpu")
     return theta * ((factor * length / context_length) - (factor - 1)) ** (rotary_dim / (rotary_dim - 2))
 
 
@@ -76,8 +80,8 @@ def yarn_scaled_frequencies(
     low, high = max(low, 0), min(high, rotary_dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
-    ramp = torch.clamp((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
-    position_freqs = theta ** (torch.arange(0, rotary_dim, 2).to(torch.float32) / rotary_dim)
+    ramp = torch.clamp((torch.arange(rotary_dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low), 0, 1)
+    position_freqs = theta ** (torch.arange(0, rotary_dim, 2, device="cpu").to(torch.float32) / rotary_dim)
     extrapolation = 1 - ramp
     return (1.0 / (factor * position_freqs)) * (1 - extrapolation) + (1.0 / position_freqs) * extrapolation
 
@@ -98,56 +102,74 @@ def yarn_attention_factor(
     return yarn_mscale(factor)
 
 
-class RotaryEmbedding(nn.Module):
-    """cos/sin tables for the given positions, already laid out for the pairing (half or interleaved).
+class HalfPairs:
+    """Dim k rotates with dim k + r/2 (GPT-NeoX; LLaMA in transformers' layout). A pairing lays the frequencies out
+    over the rotated dims (`angles`) and turns each pair by 90 degrees: (x1, x2) -> (-x2, x1) (`rotated`)."""
 
-    `dynamic_ntk = (theta, factor, context_length)` recomputes the frequencies when the sequence grows past the
-    context length (dynamic NTK scaling); otherwise the frequencies are a fixed buffer.
-    """
+    def angles(self, freqs: torch.Tensor) -> torch.Tensor:
+        return torch.cat((freqs, freqs), dim=-1)
+
+    def rotated(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class InterleavedPairs:
+    """Dim 2k rotates with dim 2k + 1 (GPT-J, GLM, DeepSeek's MLA)."""
+
+    def angles(self, freqs: torch.Tensor) -> torch.Tensor:
+        return freqs.repeat_interleave(2, dim=-1)
+
+    def rotated(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+Pairs = HalfPairs | InterleavedPairs  # which dims of a head rotate together
+
+
+class RotaryEmbedding(nn.Module):
+    """A call's `Rope`: angles position * inv_freq (float32, computed on the CPU), laid out for the pairing."""
 
     def __init__(
         self,
         inv_freq: torch.Tensor,
-        attention_factor: float = 1.0,
-        interleaved: bool = False,
-        dynamic_ntk: tuple[float, float, int] | None = None,
+        pairing: Pairs,
+        attention_factor: float = 1.0,  # emit-if: rope_attention_factor
+        dynamic_ntk: tuple[float, float, int] | None = None,  # emit-if: dynamic_ntk
     ) -> None:
         super().__init__()
-        self.register_buffer("inv_freq", inv_freq.to(torch.float32), persistent=False)
-        self.rotary_dim = 2 * inv_freq.shape[0]
-        self.attention_factor = attention_factor
-        self.interleaved = interleaved
-        self.dynamic_ntk = dynamic_ntk
+        self.register_buffer("inv_freq", inv_freq.to(torch.get_default_device(), torch.float32), persistent=False)
+        self.pairing = pairing
+        self.attention_factor = attention_factor  # emit-if: rope_attention_factor
+        self.dynamic_ntk = dynamic_ntk  # (theta, factor, context_length)  # emit-if: dynamic_ntk
 
-    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [..., S] integer positions; seq_len: the largest position + 1 (for dynamic NTK)."""
+    def forward(self, context: Context) -> Rope:
         inv_freq = self.inv_freq
-        if self.dynamic_ntk is not None and seq_len > self.dynamic_ntk[2]:  # emit-if: dynamic_ntk
+        if self.dynamic_ntk is not None and context.keys > self.dynamic_ntk[2]:  # emit-if: dynamic_ntk
             theta, factor, context_length = self.dynamic_ntk
-            scaled_theta = dynamic_ntk_theta(theta, factor, seq_len, context_length, self.rotary_dim)
-            inv_freq = rope_frequencies(self.rotary_dim, scaled_theta).to(inv_freq.device)
-        freqs = positions[..., None].float() * inv_freq
-        if self.interleaved:
-            angles = freqs.repeat_interleave(2, dim=-1)
-        else:
-            angles = torch.cat((freqs, freqs), dim=-1)
+            rotary_dim = 2 * inv_freq.shape[0]
+            scaled_theta = dynamic_ntk_theta(theta, factor, context.keys, context_length, rotary_dim)
+            inv_freq = rope_frequencies(rotary_dim, scaled_theta).to(inv_freq.device)
+        angles = self.pairing.angles(context.positions[..., None].float() * inv_freq)
         cos, sin = angles.cos(), angles.sin()
-        if self.attention_factor != 1.0:
+        if self.attention_factor != 1.0:  # emit-if: rope_attention_factor
+            # YaRN's temperature
             cos, sin = cos * self.attention_factor, sin * self.attention_factor
-        return cos.to(dtype), sin.to(dtype)
+        return partial(apply_rotary, cos=cos.to(context.dtype), sin=sin.to(context.dtype), pairing=self.pairing)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: Pairs) -> torch.Tensor:
     """Rotate the first cos.shape[-1] dims of x ([batch, heads, seq, head_dim]); cos/sin: [(batch,) seq, r]."""
-    rotary_dim = cos.shape[-1]
     cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
-    # a rotary fraction: the other dims pass through (no slices otherwise; an fx trace cannot tell, and slices)
-    partial = isinstance(rotary_dim, torch.fx.Proxy) or rotary_dim < x.shape[-1]
-    x_rot = x[..., :rotary_dim] if partial else x
-    if interleaved:
-        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
-    else:
-        half = rotary_dim // 2
-        rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    out = x_rot * cos + rotated * sin
-    return torch.cat((out, x[..., rotary_dim:]), dim=-1) if partial else out
+    if _rotates_part(cos.shape[-1], x.shape[-1]):  # emit-if: partial_rotary
+        rotary_dim = cos.shape[-1]
+        turned = x[..., :rotary_dim]
+        return torch.cat((turned * cos + pairing.rotated(turned) * sin, x[..., rotary_dim:]), dim=-1)
+    return x * cos + pairing.rotated(x) * sin
+
+
+def _rotates_part(rotary_dim: int, head_dim: int) -> bool:  # emit-if: partial_rotary
+    """Whether only part of each head rotates (a rotary fraction: GPT-NeoX, GLM, MLA's rope dims)."""
+    if isinstance(rotary_dim, torch.fx.Proxy):  # emit-if: library
+        return True  # a trace cannot tell: slice, which is exact either way
+    return rotary_dim < head_dim

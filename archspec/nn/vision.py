@@ -19,22 +19,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from archspec.nn.activations import ACTIVATIONS, quick_gelu
+from archspec.nn.attend import unmasked_attention
+from archspec.nn.mlp import Activation
+from archspec.nn.positions import Context
 
 VISION_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {**ACTIVATIONS, "quick-gelu": quick_gelu}
 
 
 class PatchEmbedding(nn.Module):
-    """Non-overlapping patch_size x patch_size patches, each mapped linearly to `width` (a strided convolution),
-    an optional learned class token in front, plus learned absolute position embeddings.
+    """Non-overlapping patches, each mapped linearly to the tower's width (`proj`: a strided convolution), an
+    optional learned class token in front, plus learned absolute position embeddings (`positions`).
 
     Patches are numbered in reading order (row by row), so token 1 + r * grid + c is patch (r, c).
     """
 
-    def __init__(self, channels: int, width: int, patch_size: int, grid: int, class_token: bool, bias: bool) -> None:
+    def __init__(self, proj: nn.Conv2d, positions: nn.Embedding, class_token: bool) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size, bias=bias)
+        self.proj = proj
+        width = proj.out_channels
         self.class_embedding = nn.Parameter(torch.randn(width) * width**-0.5) if class_token else None
-        self.positions = nn.Embedding(grid * grid + int(class_token), width)
+        self.positions = positions
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.proj(pixel_values.to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)
@@ -73,10 +77,11 @@ class VisionTower(nn.Module):
     def hidden_states(self, pixel_values: torch.Tensor, up_to: int) -> list[torch.Tensor]:
         """The embeddings and the outputs of blocks 1..up_to."""
         x = self.pre_norm(self.embed(pixel_values))
-        everything = torch.ones(1, 1, dtype=torch.bool, device=x.device)  # bidirectional attention
+        tokens = x.shape[1]
+        context = Context(torch.arange(tokens, device=x.device), tokens, rows=x.shape[0])
         states = [x]
         for layer in self.layers[:up_to]:
-            x = layer(x, None, everything, None, None)
+            x = layer(x, context, unmasked_attention)  # bidirectional attention
             states.append(x)
         return states
 
@@ -92,15 +97,12 @@ class VisionTower(nn.Module):
 
 class Projector(nn.Module):
     """layers[0](x), then activation and the next layer for each further layer: LLaVA-1.5's two-layer GELU MLP
-    (depth 2) or a single linear map (depth 1), from the tower's width to the LM's."""
+    (two layers) or a single linear map, from the tower's width to the LM's."""
 
-    def __init__(
-        self, in_dim: int, out_dim: int, depth: int, activation: Callable[[torch.Tensor], torch.Tensor], bias: bool
-    ) -> None:
+    def __init__(self, layers: list[nn.Linear], activation: Activation) -> None:
         super().__init__()
         self.activation = activation
-        dims = [in_dim] + [out_dim] * depth
-        self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers[0](x)

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from archspec.nn.cache import KVCache
+from archspec.nn.generate import generate
 from archspec.nn.models import DecoderLM, LMOutput
 from archspec.nn.vision import PatchPool, Projector, placeholder_mismatch, splice_image_tokens
 
@@ -103,8 +104,6 @@ class VisionLanguageLM(DecoderLM):
         and from then on the KV cache holds them (without a cache every step splices them again)."""
         if pixel_values is None and image_features is None:
             return super().generate(input_ids, max_new_tokens, **options)
-        from archspec.nn.generate import generate
-
         options.setdefault("eos_token_id", self.eos_token_id)
         options.setdefault("pad_token_id", self.pad_token_id)
         step = _WithImages(self, self.image_tokens(pixel_values, image_features))
@@ -116,7 +115,7 @@ class _WithImages:
 
     def __init__(self, model: VisionLanguageLM, image_tokens: torch.Tensor) -> None:
         self.model, self.image_tokens = model, image_tokens
-        self.context_length, self.pos_embed = model.context_length, model.pos_embed
+        self.pos_embed = model.pos_embed  # emit-if: learned_positions
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.model.new_cache(batch, max_len)

@@ -231,6 +231,8 @@ def _structure_issues(spec: Spec, problem: Callable[..., None]) -> None:
             problem("attention.window", "sliding windows are not supported in encoder-decoder models")
         if spec.attention.kind != "mha":
             problem("attention.kind", f"encoder-decoder attention is mha, not {spec.attention.kind}")
+        if getattr(spec.attention, "inverse_layer_scale", False):
+            problem("attention.inverse_layer_scale", "implemented for decoders only (GPT-2's option)")
         if spec.moe is not None:
             problem("moe", "mixture of experts is not implemented for encoder-decoder models")
         if spec.embeddings.norm:

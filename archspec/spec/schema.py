@@ -113,6 +113,10 @@ class AttentionSpec(Section):
     scale: float | None = Field(
         None, gt=0, description="Multiplier of q.k before the softmax. Default: head_dim ** -0.5."
     )
+    inverse_layer_scale: bool = Field(
+        False,
+        description="Layer i (from 0) divides its scale by i + 1 (GPT-2's scale_attn_by_inverse_layer_idx).",
+    )
 
 
 class LatentAttentionSpec(Section):
@@ -220,7 +224,18 @@ class RopeSpec(Section):
 
 
 class AlibiSpec(Section):
+    """ALiBi (Press et al. 2022, https://arxiv.org/abs/2108.12409): a per-head linear bias by key position."""
+
     kind: Literal["alibi"]
+    scaled: bool = Field(
+        False,
+        description="The bias joins q.k before the softmax scale, i.e. is divided by sqrt(head_dim) (Falcon-RW); "
+        "false: added to the scaled scores (BLOOM).",
+    )
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Precision of slope x key position: bfloat16 in Falcon-RW, which was trained so.",
+    )
 
 
 class LearnedPositionSpec(Section):

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archspec.nn.masks import additive_mask, causal_mask
-from archspec.nn.positions import alibi_bias, alibi_slopes
+from archspec.nn.masks import additive_mask, causal_pattern, render
+from archspec.nn.positions import Context, alibi_bias, alibi_slopes
 
 from .strategies import seeds
 
@@ -36,7 +36,7 @@ def test_common_key_offset_leaves_attention_unchanged(heads, queries, keys, offs
     slopes = alibi_slopes(heads).double()
     query_positions = torch.arange(max(keys - queries, 0), max(keys - queries, 0) + queries)
     key_positions = torch.arange(keys)
-    allowed = causal_mask(query_positions, key_positions, window)
+    allowed = render(causal_pattern(window), Context(query_positions, keys))[0, 0].clone()  # [queries, keys]
     allowed[:, 0] |= ~allowed.any(-1)  # a query past every key: give it one key so the row is not all -inf
     scores = torch.randn(heads, queries, keys, generator=generator, dtype=torch.float64)
     plain = probabilities(scores, alibi_bias(slopes, key_positions), allowed)

@@ -7,14 +7,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from archspec.nn.attention import Attention, ChunkedWindow, ToeplitzBias, distance_table
-from archspec.nn.masks import additive_mask, causal_mask
-from archspec.nn.positions import alibi_bias, alibi_slopes
-from archspec.nn.rope import RotaryEmbedding, rope_frequencies
+from archspec.nn.attend import ChunkedWindow, MaskedAttention, ToeplitzBias, causal_attention, distance_table
+from archspec.nn.attention import Attention
+from archspec.nn.masks import additive_mask, causal, causal_pattern, render
+from archspec.nn.norms import RMSNorm
+from archspec.nn.positions import Context, alibi_bias, alibi_slopes
+from archspec.nn.rope import HalfPairs, InterleavedPairs, RotaryEmbedding, rope_frequencies
 
 from .strategies import randomize_, seeds
 
-TOL = dict(rtol=1e-7, atol=1e-9)  # float64 throughout; RMSNorm (qk_norm) rounds through float32: see test_norms
+TOL = dict(rtol=1e-7, atol=1e-9)  # float64 throughout
 
 
 @st.composite
@@ -32,6 +34,39 @@ def gqa_shapes(draw):
         scale=draw(st.one_of(st.none(), st.floats(0.1, 2.0))),
         rope_interleaved=draw(st.booleans()),
     )
+
+
+def attention(
+    d_model: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    bias: tuple[bool, bool, bool, bool] = (False, False, False, False),
+    qk_norm_eps: float | None = None,
+    scale: float | None = None,
+) -> Attention:
+    """An `Attention` with its projections (and per-head RMSNorms of q and k) made as the compiler makes them."""
+    q_bias, k_bias, v_bias, o_bias = bias
+    norms = {}
+    if qk_norm_eps is not None:
+        norms = dict(q_norm=RMSNorm(head_dim, qk_norm_eps), k_norm=RMSNorm(head_dim, qk_norm_eps))
+    return Attention(
+        heads,
+        kv_heads,
+        head_dim,
+        q=nn.Linear(d_model, heads * head_dim, bias=q_bias),
+        k=nn.Linear(d_model, kv_heads * head_dim, bias=k_bias),
+        v=nn.Linear(d_model, kv_heads * head_dim, bias=v_bias),
+        o=nn.Linear(heads * head_dim, d_model, bias=o_bias),
+        scale=scale,
+        **norms,
+    )
+
+
+def window_mask(seq: int, window: int) -> torch.Tensor:
+    """[seq, seq] causal sliding-window mask (True = may attend): query i sees keys i - window + 1 .. i."""
+    distance = torch.arange(seq)[:, None] - torch.arange(seq)[None, :]
+    return (distance >= 0) & (distance < window)
 
 
 def inputs(d_model: int, batch: int, seq: int, seed: int) -> torch.Tensor:
@@ -60,9 +95,11 @@ def test_gqa_equals_mha_with_repeated_kv_weights(shape, batch, seq, mask_kind, w
     g = h is the MHA case (nothing repeated) and g = 1 the MQA case; masks cover SDPA's is_causal fast path, a
     boolean sliding-window mask and an additive ALiBi mask; RoPE and qk-norm are applied before the grouping.
     """
+    shape = dict(shape)
+    pairing = InterleavedPairs() if shape.pop("rope_interleaved") else HalfPairs()
     group = shape["heads"] // shape["kv_heads"]
-    gqa = randomize_(Attention(**shape).double(), seed)
-    mha = Attention(**{**shape, "kv_heads": shape["heads"]}).double()
+    gqa = randomize_(attention(**shape).double(), seed)
+    mha = attention(**{**shape, "kv_heads": shape["heads"]}).double()
     state = dict(gqa.state_dict())
     for name in ("k.weight", "k.bias", "v.weight", "v.bias"):
         if name in state:
@@ -70,19 +107,18 @@ def test_gqa_equals_mha_with_repeated_kv_weights(shape, batch, seq, mask_kind, w
     mha.load_state_dict(state)
 
     positions = torch.arange(seq)
-    rope = None
+    context = Context(positions, seq, rows=batch, dtype=torch.float64)
     if use_rope:
-        rotary = RotaryEmbedding(rope_frequencies(shape["head_dim"], 10000.0), interleaved=shape["rope_interleaved"])
-        rope = rotary(positions, seq, torch.float64)
-    mask = None
+        rotary = RotaryEmbedding(rope_frequencies(shape["head_dim"], 10000.0), pairing)
+        context.rope = rotary(context)
+    attend = causal_attention
     if mask_kind == "window":
-        mask = causal_mask(positions, positions, window)
+        attend = MaskedAttention(render(causal_pattern(window), context))
     elif mask_kind == "alibi":
-        mask = additive_mask(
-            causal_mask(positions, positions), alibi_bias(alibi_slopes(shape["heads"]), positions), torch.float64
-        )
+        bias = alibi_bias(alibi_slopes(shape["heads"]), positions)
+        attend = MaskedAttention(additive_mask(render(causal, context), bias, torch.float64))
     x = inputs(shape["d_model"], batch, seq, seed)
-    torch.testing.assert_close(gqa(x, rope, mask), mha(x, rope, mask), **TOL)
+    torch.testing.assert_close(gqa(x, context, attend), mha(x, context, attend), **TOL)
 
 
 @given(
@@ -96,7 +132,7 @@ def test_gqa_equals_mha_with_repeated_kv_weights(shape, batch, seq, mask_kind, w
 def test_mha_equals_torch_multihead_attention(heads, head_dim, bias, batch, seq, seed):
     """Attention(kv_heads = heads) == torch.nn.MultiheadAttention with the same weights and a causal mask."""
     d_model = heads * head_dim
-    ours = randomize_(Attention(d_model, heads, heads, head_dim, bias=tuple(bias)).double(), seed)
+    ours = randomize_(attention(d_model, heads, heads, head_dim, bias=tuple(bias)).double(), seed)
     reference = nn.MultiheadAttention(d_model, heads, bias=True, batch_first=True, dtype=torch.float64)
     with torch.no_grad():
         reference.in_proj_weight.copy_(torch.cat((ours.q.weight, ours.k.weight, ours.v.weight)))
@@ -108,9 +144,10 @@ def test_mha_equals_torch_multihead_attention(heads, head_dim, bias, batch, seq,
         reference.out_proj.weight.copy_(ours.o.weight)
         reference.out_proj.bias.copy_(ours.o.bias if ours.o.bias is not None else torch.zeros(d_model))
     x = inputs(d_model, batch, seq, seed)
-    blocked = ~causal_mask(torch.arange(seq), torch.arange(seq))  # True = may NOT attend, torch's convention
+    blocked = torch.ones(seq, seq, dtype=torch.bool).triu(1)  # True = may NOT attend, torch's convention
     expected, _ = reference(x, x, x, attn_mask=blocked, need_weights=False)
-    torch.testing.assert_close(ours(x), expected, **TOL)
+    context = Context(torch.arange(seq), seq, rows=batch, dtype=torch.float64)
+    torch.testing.assert_close(ours(x, context, causal_attention), expected, **TOL)
 
 
 @given(
@@ -136,8 +173,7 @@ def test_mask_free_window_paths_equal_the_masked_softmax_and_its_gradient(
 
     q, k, v = leaf(heads), leaf(kv_heads), leaf(kv_heads)
     grad_out = torch.randn(2, heads, seq, head_dim, generator=generator, dtype=torch.float64)
-    positions = torch.arange(seq)
-    mask = causal_mask(positions, positions, window)
+    mask = window_mask(seq, window)
     table = torch.zeros(1, 2 * seq - 1, dtype=torch.float64)
 
     def attention_and_grads(attend) -> list[torch.Tensor]:

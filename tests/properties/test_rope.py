@@ -13,7 +13,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import archspec
-from archspec.nn.rope import RotaryEmbedding, apply_rotary
+from archspec.nn.positions import Context
+from archspec.nn.rope import HalfPairs, InterleavedPairs, RotaryEmbedding, apply_rotary
 
 from .strategies import STATIC_SCALINGS, seeds, specs
 
@@ -30,9 +31,13 @@ def tables(
     rotary = archspec.build(spec).rotary
     assert rotary is not None
     # Known bug (test_fuzz.test_dynamic_rope_with_two_rotary_dims_beyond_context): d / (d - 2) with d = 2.
-    assume(not (rotary.dynamic_ntk is not None and rotary.rotary_dim == 2 and seq_len > spec.context_length))
-    cos, sin = rotary(rotary_positions, seq_len, torch.float64)
-    return rotary, cos, sin
+    assume(not (rotary.dynamic_ntk is not None and rotary_dim(rotary) == 2 and seq_len > spec.context_length))
+    rope = rotary(Context(rotary_positions, seq_len, dtype=torch.float64))
+    return rotary, rope.keywords["cos"], rope.keywords["sin"]  # the call's tables: a partial of apply_rotary
+
+
+def rotary_dim(rotary: RotaryEmbedding) -> int:
+    return 2 * rotary.inv_freq.shape[0]
 
 
 def vectors(head_dim: int, count: int, seed: int) -> torch.Tensor:
@@ -48,8 +53,8 @@ def tolerance(scale: float) -> float:
 def test_scores_depend_only_on_relative_position(spec, m, n, shift, seq_len, seed):
     rotary, cos, sin = tables(spec, torch.tensor([m, n, m + shift, n + shift]), seq_len)
     q, k = vectors(spec.head_dim, 2, seed).unbind(2)
-    rq = apply_rotary(q[:, :, None].expand(1, 1, 4, -1), cos, sin, rotary.interleaved)[0, 0]
-    rk = apply_rotary(k[:, :, None].expand(1, 1, 4, -1), cos, sin, rotary.interleaved)[0, 0]
+    rq = apply_rotary(q[:, :, None].expand(1, 1, 4, -1), cos, sin, rotary.pairing)[0, 0]
+    rk = apply_rotary(k[:, :, None].expand(1, 1, 4, -1), cos, sin, rotary.pairing)[0, 0]
     before, after = rq[0] @ rk[1], rq[2] @ rk[3]
     scale = max(rotary.attention_factor, 1.0) ** 2 * float(q.norm() * k.norm())
     assert abs(before - after) <= tolerance(scale), (float(before), float(after))
@@ -60,9 +65,9 @@ def test_rotation_preserves_norms_up_to_attention_factor(spec, m, seq_len, seed)
     """|rope(q)[:r]| = attention_factor * |q[:r]| (attention_factor is 1 except for YaRN); q[r:] passes through."""
     rotary, cos, sin = tables(spec, torch.tensor([m]), seq_len)
     q = vectors(spec.head_dim, 1, seed)
-    rotated = apply_rotary(q, cos, sin, rotary.interleaved)
+    rotated = apply_rotary(q, cos, sin, rotary.pairing)
     r = spec.rotary_dim
-    assert r == rotary.rotary_dim
+    assert r == rotary_dim(rotary)
     expected = rotary.attention_factor * q[..., :r].norm()
     assert abs(rotated[..., :r].norm() - expected) <= tolerance(float(expected)), (
         float(rotated[..., :r].norm()),
@@ -80,12 +85,12 @@ def test_interleaved_pairing_is_half_pairing_with_permuted_dims(spec, m, seed):
     """
     rotary = archspec.build(spec).rotary
     assert rotary is not None
-    r = rotary.rotary_dim
-    half = RotaryEmbedding(rotary.inv_freq, rotary.attention_factor, interleaved=False)
-    inter = RotaryEmbedding(rotary.inv_freq, rotary.attention_factor, interleaved=True)
-    where = torch.tensor(m)
+    r = rotary_dim(rotary)
+    half = RotaryEmbedding(rotary.inv_freq, HalfPairs(), rotary.attention_factor)
+    inter = RotaryEmbedding(rotary.inv_freq, InterleavedPairs(), rotary.attention_factor)
+    context = Context(torch.tensor(m), 1, dtype=torch.float64)
     x = vectors(spec.head_dim, len(m), seed)
     perm = torch.cat((torch.arange(0, r, 2), torch.arange(1, r, 2), torch.arange(r, spec.head_dim)))
-    via_inter = apply_rotary(x, *inter(where, 1, torch.float64), interleaved=True)[..., perm]
-    via_half = apply_rotary(x[..., perm], *half(where, 1, torch.float64), interleaved=False)
+    via_inter = inter(context)(x)[..., perm]
+    via_half = half(context)(x[..., perm])
     torch.testing.assert_close(via_inter, via_half, rtol=0, atol=1e-12)

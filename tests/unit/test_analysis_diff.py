@@ -79,6 +79,8 @@ def test_keys_only_one_spec_has_are_absent_on_the_other() -> None:
         "position.block_positions": (False, ABSENT),
         "position.scaling.kind": ("linear", ABSENT),
         "position.scaling.factor": (2.0, ABSENT),
+        "position.scaled": (ABSENT, False),
+        "position.precision": (ABSENT, "float32"),
     }
     document = diff_json(diff)
     theta = next(f for f in document["fields"] if f["path"] == "position.theta")

@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 import archspec
 from archspec.analysis import AnalysisError, analyse, flop_counts, kv_cache, param_counts
 from archspec.analysis.metrics import DTYPE_BYTES, attended_keys
-from archspec.nn.masks import causal_mask
+from archspec.nn.attend import AttentionPaths, MaskedAttention
+from archspec.nn.positions import Context
 from archspec.spec.schema import Activation, BlockSpec, NormSpec
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.yaml"))
@@ -102,7 +103,10 @@ def tiny_spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def numel(model: torch.nn.Module) -> int:
+def numel(model: torch.nn.Module | None) -> int:
+    """Parameters of a module (none when the model has no such part: None)."""
+    if model is None:
+        return 0
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
 
 
@@ -267,8 +271,11 @@ def test_full_count_exceeds_causal_count_by_the_masked_pairs() -> None:
 @pytest.mark.parametrize("window", [None, 1, 2, 5, 7, 8, 30])
 @pytest.mark.parametrize("length", [1, 2, 7, 8, 9])
 def test_causal_keys_are_the_pairs_the_model_mask_allows(window: int | None, length: int) -> None:
-    positions = torch.arange(length)
-    allowed = causal_mask(positions, positions, window)
+    # the mask the model's attention paths give a layer with this window (the masked path of a compiled step)
+    (attend,) = AttentionPaths(windows=(window,))(Context(torch.arange(length), length, at_end=False))
+    assert isinstance(attend, MaskedAttention)
+    allowed = attend.mask
+    assert allowed.dtype == torch.bool and allowed.shape == (1, 1, length, length)
     assert attended_keys(length, window) == int(allowed.sum())
     assert attended_keys(length, window, "full") == length * length
 

@@ -1,4 +1,5 @@
-"""The mask-free attention paths (archspec.nn.attention) against SDPA with the materialised mask or bias."""
+"""The mask-free attention paths (archspec.nn.attend, archspec.nn.flex) against SDPA with the materialised mask or
+bias (built here by plain comparisons of positions, independently of archspec.nn.masks)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,17 @@ import torch.nn.functional as F
 from tiny import shrink
 
 import archspec
-from archspec.nn.attention import (
+from archspec.nn.attend import ChunkedWindow, MaskedAttention, ToeplitzBias, distance_table
+from archspec.nn.flex import (
     FLEX_CPU_SHORTEST,
-    ChunkedWindow,
     FlexPattern,
-    ToeplitzBias,
     alibi_score_mod,
     causal_block_mask,
-    distance_table,
     full_block_mask,
     relative_bias_score_mod,
 )
-from archspec.nn.masks import additive_mask, causal_mask, prefix_mask
-from archspec.nn.positions import RelativePositionBias, alibi_bias, alibi_by_distance, alibi_slopes
+from archspec.nn.masks import additive_mask
+from archspec.nn.positions import Context, RelativePositionBias, alibi_bias, alibi_by_distance, alibi_slopes
 
 # Eager FlexAttention (unfused, materialises the scores) is the reference behaviour these tests check; the
 # deprecation is torch's own, raised inside torch.compile's imports.
@@ -35,6 +34,23 @@ def qkv(seq: int, heads: int = 4, kv_heads: int = 2, dim: int = 8, batch: int = 
     q = torch.randn(batch, heads, seq, dim, generator=generator)
     k, v = (torch.randn(batch, kv_heads, seq, dim, generator=generator) for _ in range(2))
     return q, k, v
+
+
+def causal_mask(query_positions, key_positions, window=None):
+    """[queries, keys]: key j visible to query i iff j <= i (and i - j < window when set), the reference."""
+    distance = query_positions[:, None] - key_positions[None, :]
+    allowed = distance >= 0
+    return allowed & (distance < window) if window is not None else allowed
+
+
+def prefix_mask(query_positions, key_positions, prefix_lengths, window=None):
+    """[batch, 1, queries, keys]: the causal mask, plus row b's first prefix_lengths[b] keys for every query."""
+    in_prefix = key_positions[None, :] < prefix_lengths[:, None]
+    return (causal_mask(query_positions, key_positions, window)[None] | in_prefix[:, None, :])[:, None]
+
+
+def relative_bias(heads, buckets, max_distance, bidirectional):
+    return RelativePositionBias(torch.nn.Embedding(buckets, heads), max_distance, bidirectional)
 
 
 def sdpa(q, k, v, mask, scale):
@@ -81,7 +97,7 @@ def test_toeplitz_alibi_equals_the_materialised_bias(window):
 def test_toeplitz_relative_bias_equals_the_materialised_bias_and_its_gradient(bidirectional):
     seq = 29
     q, k, v = (t.requires_grad_() for t in qkv(seq, heads=3, kv_heads=3, dim=7))
-    relative = RelativePositionBias(3, buckets=12, max_distance=20, bidirectional=bidirectional)
+    relative = relative_bias(3, buckets=12, max_distance=20, bidirectional=bidirectional)
     torch.nn.init.normal_(relative.table.weight)
     positions = torch.arange(seq)
 
@@ -163,18 +179,23 @@ def test_compiled_flex_on_cpu_is_right_for_sequences_shorter_than_a_block(seq):
 def test_models_keep_short_sequences_off_flex_on_cpu():
     model = tiny("chatglm-6b")
     model.attn_backend = "flex"
-    positions = torch.arange(FLEX_CPU_SHORTEST - 1)
+
+    def attends(seq):
+        return model.attention(Context(torch.arange(seq), seq, prefix_lengths=torch.tensor([3])))
+
     with torch.no_grad():
-        short = model._masks(positions, len(positions), torch.float32, torch.tensor([3]))
-        long = model._masks(torch.arange(FLEX_CPU_SHORTEST), FLEX_CPU_SHORTEST, torch.float32, torch.tensor([3]))
-    assert all(isinstance(mask, torch.Tensor) for mask in short.values())
-    assert all(isinstance(mask, FlexPattern) for mask in long.values())
+        short, long = attends(FLEX_CPU_SHORTEST - 1), attends(FLEX_CPU_SHORTEST)
+    assert len(short) == len(long) == len(model.layers)
+    assert all(isinstance(attend, MaskedAttention) for attend in short)
+    positions = torch.arange(FLEX_CPU_SHORTEST - 1)
+    assert torch.equal(short[0].mask, prefix_mask(positions, positions, torch.tensor([3])))
+    assert all(isinstance(attend, FlexPattern) for attend in long)
 
 
 def test_flex_relative_bias_equals_sdpa():
     seq = 40
     q, k, v = qkv(seq, heads=3, kv_heads=3)
-    relative = RelativePositionBias(3, buckets=32, max_distance=128, bidirectional=True)
+    relative = relative_bias(3, buckets=32, max_distance=128, bidirectional=True)
     torch.nn.init.normal_(relative.table.weight)
     positions = torch.arange(seq)
     with torch.no_grad():

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import archspec
 from archspec.nn.blocks import DeepNormBlock
+from archspec.nn.positions import Context
 
 
 def spec(block: object, n_layers: int = 2, d_model: int = 32, d_ff: int = 48) -> archspec.Spec:
@@ -60,11 +61,13 @@ def test_block_computes_norm_of_alpha_x_plus_sublayer():
     block = model.layers[0]
     alpha = (2 * 4) ** (1 / 4)
     x = torch.randn(2, 5, 32)
-    rope = model.rotary(torch.arange(5), 5, x.dtype)
+    context = Context(torch.arange(5), 5, rows=2, dtype=x.dtype)
+    context.rope = model.rotary(context)
+    attend = model.attention(context)[0]  # the attention function the model gives layer 0 for this call
     with torch.no_grad():
-        h = block.attn_norm(alpha * x + block.attn(x, rope, None, None, torch.arange(5)))
+        h = block.attn_norm(alpha * x + block.attn(x, context, attend))
         expected = block.mlp_norm(alpha * h + block.mlp(h))
-        torch.testing.assert_close(block(x, rope, None, None, torch.arange(5)), expected)
+        torch.testing.assert_close(block(x, context, attend), expected)
 
 
 def test_init_gains():

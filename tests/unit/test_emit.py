@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from tiny import import_emitted, shrink
 
 import archspec
@@ -31,10 +32,10 @@ from archspec.emit import (
     generated_path,
     is_stale,
     module_name,
-    unsupported,
     write_generated,
 )
 from archspec.spec import SpecError, spec_from_dict
+from archspec.spec.loader import SpecYamlLoader
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
@@ -344,7 +345,7 @@ every family is also tested on `archspec.build` models, which run the same code.
 def real_specs() -> dict[str, dict[str, Any]]:
     """Every spec in specs/ that the emitter supports, shrunk by tests/tiny.py (the shared test fixture)."""
     specs = {f"specs/{path.stem}": archspec.load_spec(path) for path in SPECS}
-    return {key: shrink(spec).model_dump(exclude_none=True) for key, spec in specs.items() if unsupported(spec) is None}
+    return {key: shrink(spec).model_dump(exclude_none=True) for key, spec in specs.items()}
 
 
 def distinct(cases: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
@@ -375,6 +376,7 @@ for case in torch.load(sys.argv[1], weights_only=False):
     try:
         spec = importlib.util.spec_from_file_location(case["module"], case["path"])
         module = importlib.util.module_from_spec(spec)
+        sys.modules[case["module"]] = module  # as an import registers it (dataclasses resolve annotations there)
         spec.loader.exec_module(module)
         model = getattr(module, case["class"])()
         assert type(model) is module.Model
@@ -390,7 +392,9 @@ for case in torch.load(sys.argv[1], weights_only=False):
             compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
             kwargs, logits = case["calls"][case["compile"]]
             with torch.no_grad():
-                result["compiled"] = (compiled(case["ids"], **kwargs).logits - logits).abs().max().item()
+                # relative: compiled, a window or bias runs another exact algorithm (no chunk loop in a graph)
+                difference = (compiled(case["ids"], **kwargs).logits - logits).abs().max()
+                result["compiled"] = (difference / logits.abs().max()).item()
     except Exception as error:  # reported per case by the parent
         result["error"] = f"{type(error).__name__}: {error}"
 json.dump(results, open(sys.argv[2], "w"))
@@ -517,7 +521,7 @@ def test_emitted_file_matches_build_without_archspec(run_results: dict[str, Any]
     assert result["logits"] <= 1e-6
     assert result["generate"] == expected["generate"]
     if key in COMPILED:
-        assert result["compiled"] <= 1e-6
+        assert result["compiled"] <= 1e-6  # of the logit scale
 
 
 def test_emitted_files_import_only_torch_and_stdlib(run_results: dict[str, Any]) -> None:
@@ -558,53 +562,63 @@ def _source(key: str) -> str:
 
 def test_llama_file_has_no_alibi_or_layernorm() -> None:
     src = _source("llama3")
-    absent_code = ("alibi_bias", "def alibi_slopes", "additive_mask", "LayerNorm", "ParallelBlock", "PostNormBlock")
-    for absent in (*absent_code, "class MoE", "_router_losses", "load_balancing_loss", "RelativePositionBias"):
-        assert absent not in src
+    absent_code = ("alibi", "additive_mask", "LayerNorm", "ParallelBlock", "PostNormBlock", "window", "prefix_l")
+    for absent in (*absent_code, "class MoE", "RouterLoss", "router", "RelativePositionBias", "InterleavedPairs"):
+        assert absent not in src, absent
     for present in ("class RMSNorm", "llama3_scaled_frequencies", "def apply_rotary", "class PreNormBlock"):
         assert present in src
-    assert "emit-if" not in src and not re.search(r"^\s*(from|import) archspec", src, re.MULTILINE)
+    for leftover in ("emit-if", "emit-when", "flex", "Flex", "fx.Proxy", "_compiled_step", "use_cache"):
+        assert leftover not in src, leftover
+    assert not re.search(r"^\s*(from|import) archspec", src, re.MULTILINE)
 
 
 def test_bloom_file_has_no_rope() -> None:
     src = _source("bloom")
-    for absent in ("apply_rotary", "RotaryEmbedding", "rope_frequencies", "class RMSNorm", "dynamic_ntk_theta"):
-        assert absent not in src
-    for present in ("def alibi_slopes", "def alibi_bias", "nn.LayerNorm", "embed_norm="):
-        assert present in src
+    for absent in ("apply_rotary", "RotaryEmbedding", "rope_frequencies", "class RMSNorm", "dynamic_ntk", "Rope"):
+        assert absent not in src, absent
+    for absent in ("def causal_attention", "ChunkedWindow", "window"):  # ALiBi never takes the plain causal path
+        assert absent not in src, absent
+    for present in ("def alibi_slopes", "def alibi_bias", "nn.LayerNorm", "embed_norm=", "class ToeplitzBias"):
+        assert present in src, present
 
 
 def test_qk_norm_and_dynamic_code_only_when_used() -> None:
-    assert "self.q_norm = RMSNorm" in _source("qwen3")
-    assert "self.q_norm = RMSNorm" not in _source("mistral")
+    assert "q_norm=RMSNorm" in _source("qwen3") and "self.q_norm(q)" in _source("qwen3")
+    assert "q_norm" not in _source("mistral")
     assert "dynamic_ntk_theta" in _source("dynamic-ntk")
-    assert "dynamic_ntk_theta" not in _source("mistral")
+    assert "dynamic_ntk" not in _source("mistral")
 
 
 def test_window_and_distance_bias_code_only_when_used() -> None:
-    """ChunkedWindow only in files with a sliding window; ToeplitzBias with a window or ALiBi; MLA files carry no
+    """ChunkedWindow only in files with a sliding window; ToeplitzBias with ALiBi (a compiled window without ALiBi
+    takes the mask path in an emitted file: its Toeplitz path is archspec's CPU-compile speed-up); MLA files carry no
     unused standard Attention class."""
     llama, mistral, bloom, mla = _source("llama3"), _source("mistral"), _source("bloom"), _source("mla-no-q-rank")
-    for absent in ("class ChunkedWindow", "class ToeplitzBias", "def distance_table", "cpu_whole"):
+    for absent in ("class ChunkedWindow", "class ToeplitzBias", "def distance_table", "windows"):
         assert absent not in llama
-    for present in ("class ChunkedWindow", "class ToeplitzBias", "masks[window] = ChunkedWindow(window)"):
-        assert present in mistral
+    for present in ("class ChunkedWindow", "return ChunkedWindow(window)", "windows=(5, 5)", "sliding_window("):
+        assert present in mistral, present
+    assert "class ToeplitzBias" not in mistral
     assert "class ToeplitzBias" in bloom and "class ChunkedWindow" not in bloom
     assert "class LatentAttention" in mla and "class Attention(" not in mla
 
 
 def test_moe_and_mla_code_only_when_used() -> None:
     dense, moe, mla = _source("qwen3"), _source("moe-softmax"), _source("mla-no-q-rank")
-    for absent in ("class MoE", "grouped_linear", "custom_op", "class LatentAttention", "yarn_mscale"):
-        assert absent not in dense
+    for absent in ("class MoE", "grouped_linear", "custom_op", "class LatentAttention", "yarn_mscale", "RouterStats"):
+        assert absent not in dense, absent
     assert "class LatentAttention" not in moe and "class LatentAttention" in mla
     for src in (moe, mla):
-        assert "class MoE" in src and "_router_losses" in src and "register_autograd" in src
+        assert "class MoE" in src and "class RouterLoss" in src and "register_autograd" in src
         assert "archspec::" not in src and "torch.ops.archspec" not in src  # the ops live in the file's namespace
     assert '@torch.library.custom_op("tiny_moe_ops::grouped_linear"' in moe
-    assert "sequence_balancing_loss(" in _source("mla-moe-sigmoid-groups")
-    assert "make_block(moe=index >= 1)" in _source("mla-moe-sigmoid-groups")
-    assert "make_block(moe=index in (0,))" in mla
+    assert "sigmoid_scores" not in moe and "SequenceBalancingLoss" not in moe and "GroupLimit" not in moe
+    grouped = _source("mla-moe-sigmoid-groups")
+    for present in ("class SequenceBalancingLoss", "def sigmoid_scores", "class GroupLimit", "def best_two_summed"):
+        assert present in grouped, present
+    assert "TokenBalancingLoss" not in grouped and "def softmax_scores" not in grouped
+    assert "[make_dense_block()] + [make_moe_block()]" in grouped
+    assert "[make_moe_block()] + [make_dense_block()]" in mla
 
 
 def test_structure_code_only_when_used() -> None:
@@ -612,21 +626,21 @@ def test_structure_code_only_when_used() -> None:
     only in the files that use them."""
     llama, t5, glm_2d, glm_1d = _source("llama3"), _source("t5-v1.0"), _source("glm-2d"), _source("glm-1d")
     vit, external = _source("vlm-vit-pooled"), _source("vlm-external-mla")
-    for absent in ("prefix_mask", "glm_positions", "BlockRotaryEmbedding", "inputs_embeds", "VisionTower", "DeepNorm"):
+    for absent in ("prefix_l", "glm_positions", "BlockRotaryEmbedding", "inputs_embeds", "VisionTower", "DeepNorm"):
         assert absent not in llama
-    for absent in ("apply_rotary", "class DecoderLM", "prefix_mask", "VisionTower", "grouped_linear"):
-        assert absent not in t5
+    for absent in ("apply_rotary", "class DecoderLM", "prefix_l", "VisionTower", "grouped_linear", "AttentionPaths"):
+        assert absent not in t5, absent
     for present in ("class EncoderDecoderLM", "class RelativePositionBias", "class CrossAttention"):
         assert present in t5
-    assert "head_scale=48**-0.5" in t5 and "head_scale" not in _source("t5-v1.1").split("class TinyT5V1_1")[1]
-    for present in ("def prefix_mask", "def glm_positions", "class BlockRotaryEmbedding", "class DeepNormBlock"):
-        assert present in glm_2d
-    assert "prefix_lm=True" in glm_2d and "block_positions=True" in glm_2d and "alpha=2.0" in glm_2d
-    assert "def prefix_mask" in glm_1d and "glm_positions" not in glm_1d and "BlockRotaryEmbedding" not in glm_1d
-    assert "alpha=(2 * 2) ** 0.25" not in glm_1d and f"alpha={(2 * 2) ** 0.25!r}" in glm_1d  # the spec's resolved value
+    assert "head_scale=0.14433756729740643" in t5 and "head_scale" not in _source("t5-v1.1")
+    for present in ("def prefix(", "def or_masks", "def glm_positions", "class BlockRotaryEmbedding", "DeepNormBlock"):
+        assert present in glm_2d, present
+    assert "prefix_lm=True" in glm_2d and "alpha=2.0" in glm_2d
+    assert "def prefix(" in glm_1d and "glm_positions" not in glm_1d and "BlockRotaryEmbedding" not in glm_1d
+    assert f"alpha={(2 * 2) ** 0.25!r}" in glm_1d  # the spec's resolved value
     for src in (vit, external):
         assert "class VisionLanguageLM" in src and "inputs_embeds" in src and "def splice_image_tokens" in src
-    assert "class VisionTower" in vit and "def quick_gelu" in vit and "PatchPool(grid=4, side=2)" in vit
+    assert "class VisionTower" in vit and "def quick_gelu" in vit and "PatchPool(4, 2)" in vit
     assert "class VisionTower" not in external and "vision_tower=None" in external and "pooling=None" in external
 
 
@@ -672,28 +686,21 @@ def test_emitted_moe_file_imports_beside_archspec_and_generate_defaults_to_spec_
     assert hasattr(torch.ops.tiny_moe_ops, "grouped_linear") and hasattr(torch.ops.archspec, "grouped_linear")
 
 
-def test_config_literal_gives_the_spec_back() -> None:
+def header_spec(source: str) -> archspec.Spec:
+    """The spec an emitted file's docstring quotes (its YAML block, indented under the first paragraph)."""
+    docstring = ast.get_docstring(ast.parse(source))
+    assert docstring is not None
+    block = docstring.split("do not edit by hand.\n\n", 1)[1].split("\n\nOnly torch", 1)[0]
+    text = "\n".join(line.removeprefix("    ") for line in block.split("\n"))
+    return spec_from_dict(yaml.load(text, Loader=SpecYamlLoader))
+
+
+def test_header_yaml_gives_the_spec_back() -> None:
     for data in TINY.values():
         spec = spec_from_dict(data)
-        tree = ast.parse(emit_source(spec))
-        (config,) = [n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "CONFIG"]  # type: ignore[attr-defined]
-        assert spec_from_dict(ast.literal_eval(config.value)) == spec
+        assert header_spec(emit_source(spec)) == spec
 
 
-def test_options_the_emitter_does_not_handle_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A schema field the glue does not read must keep its default, or emit refuses instead of dropping it."""
-    from archspec.emit import source
-
-    spec = spec_from_dict(TINY["qwen3"])
-    assert unsupported(spec) is None
-    monkeypatch.setitem(source.HANDLED, "attention", source.HANDLED["attention"] - {"qk_norm"})  # type: ignore[operator]
-    assert unsupported(spec) == "field 'attention.qk_norm' (not handled by the emitter yet)"
-    with pytest.raises(NotImplementedError, match="attention.qk_norm"):
-        emit_source(spec)
-    assert unsupported(spec_from_dict(TINY["llama3"])) is None  # qk_norm at its default: fine
-
-
-# ------------------------------------------------------------------------------------- determinism
 def test_deterministic_across_calls_and_hash_seeds() -> None:
     specs = [spec_from_dict(data) for data in TINY.values()]
     first = [emit_source(spec) for spec in specs]
@@ -752,14 +759,12 @@ def test_values_assigned_after_validation_are_revalidated() -> None:
         "\x00\x07\t\u2028 ünïcödé 🦙",
     ],
 )
-def test_descriptions_are_emitted_as_exact_string_literals(description: str, tmp_path: Path) -> None:
+def test_descriptions_are_quoted_exactly_in_the_header(description: str, tmp_path: Path) -> None:
     spec = spec_from_dict({**TINY["gpt2"], "description": description})
     src = emit_source(spec)
     tree = ast.parse(src)
-    assert [type(node).__name__ for node in tree.body[:1]] == ["Expr"]  # the docstring, untouched
-    config = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "CONFIG")  # type: ignore[attr-defined]
-    assert ast.literal_eval(config.value)["description"] == description
-    assert description not in ast.get_docstring(tree)  # type: ignore[operator]
+    assert [type(node).__name__ for node in tree.body[:1]] == ["Expr"]  # one docstring: nothing escaped from it
+    assert header_spec(src).description == description
     path = tmp_path / "described.py"
     path.write_text(src)
     fmt = _ruff("format", "--check", "--diff", str(path))
@@ -819,8 +824,6 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
 def test_generated_directory_is_current(spec_path: Path) -> None:
     spec = archspec.load_spec(spec_path)
-    if unsupported(spec) is not None:
-        pytest.skip(f"emit does not support {spec_path.name} yet: {unsupported(spec)}")
     assert not is_stale(spec, REPO / "generated"), (
         f"{generated_path(spec, REPO / 'generated')} is stale: run `archspec build {spec_path.relative_to(REPO)}`"
     )

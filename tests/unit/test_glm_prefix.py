@@ -17,8 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import archspec
+from archspec.nn.attend import MaskedAttention
 from archspec.nn.glm import glm_positions
-from archspec.nn.masks import prefix_mask
+from archspec.nn.masks import causal_pattern, render
+from archspec.nn.positions import Context
 
 VOCAB, SEQ = 61, 12
 
@@ -134,10 +136,16 @@ def test_prefix_zero_is_the_causal_decoder_with_the_same_weights(block):
 
 
 def test_full_prefix_is_bidirectional_attention():
-    mask = prefix_mask(torch.arange(5), torch.arange(5), torch.tensor([5, 2]))
-    assert mask.shape == (2, 1, 5, 5)
-    assert mask[0].all()
-    assert torch.equal(mask[1, 0], torch.tril(torch.ones(5, 5, dtype=torch.bool)) | (torch.arange(5) < 2))
+    lengths = torch.tensor([5, 2])
+    context = Context(torch.arange(5), 5, rows=2, prefix_lengths=lengths)
+    expected = torch.tril(torch.ones(5, 5, dtype=torch.bool)) | (torch.arange(5) < 2)
+    # the predicate rendered for SDPA, and the attention function the model gives every layer for that call
+    (attend,) = set(model(False).attention(context))
+    assert isinstance(attend, MaskedAttention)
+    for mask in (render(causal_pattern(prefix_lengths=lengths), context), attend.mask):
+        assert mask.shape == (2, 1, 5, 5)
+        assert mask[0].all()
+        assert torch.equal(mask[1, 0], expected)
 
 
 def test_glm_two_d_position_ids():

@@ -9,21 +9,26 @@ from hypothesis import strategies as st
 
 import archspec
 from archspec.nn.activations import ACTIVATIONS
-from archspec.nn.mlp import MLP
+from archspec.nn.mlp import GatedMLP
 from archspec.nn.moe import (
     Experts,
+    GroupLimit,
     MoE,
     Router,
+    RouterStats,
+    SequenceBalancingLoss,
+    TokenBalancingLoss,
     _can_grouped_mm,
+    best_expert,
     grouped_linear,
-    load_balancing_loss,
     router_z_loss,
-    sequence_balancing_loss,
+    sigmoid_scores,
+    softmax_scores,
 )
 
 
-def _router(**options) -> Router:
-    router = Router(d_model=8, **options)
+def _router(scoring=softmax_scores, **options) -> Router:
+    router = Router(d_model=8, scoring=scoring, **options)
     torch.nn.init.normal_(router.weight)
     return router
 
@@ -48,7 +53,7 @@ def test_without_renormalisation_weights_are_the_probabilities_times_scale():
 
 
 def test_group_limited_routing_only_uses_the_best_groups():
-    router = _router(experts=8, top_k=3, groups=4, top_groups=2, group_score="max", renormalize=False)
+    router = _router(experts=8, top_k=3, group_limit=GroupLimit(4, 2, score=best_expert), renormalize=False)
     x = torch.randn(50, 8)
     _, experts, logits = router(x)
     probs = logits.softmax(-1)
@@ -58,7 +63,7 @@ def test_group_limited_routing_only_uses_the_best_groups():
 
 
 def test_correction_bias_changes_selection_but_not_weights():
-    router = _router(experts=8, top_k=2, scoring="sigmoid", correction_bias=True, renormalize=False)
+    router = _router(experts=8, top_k=2, scoring=sigmoid_scores, correction_bias=torch.zeros(8), renormalize=False)
     x = torch.randn(30, 8)
     _, unbiased_experts, _ = router(x)
     router.correction_bias[3] = 10.0  # expert 3 always selected now
@@ -95,12 +100,19 @@ def test_grouped_mm_path_equals_a_loop_with_gradients():
     assert actual[1][1].abs().max() == 0
 
 
+def _gated_mlp(d_model: int, d_ff: int, activation) -> GatedMLP:
+    def linear(d_in: int, d_out: int) -> torch.nn.Linear:
+        return torch.nn.Linear(d_in, d_out, bias=False)
+
+    return GatedMLP(linear(d_model, d_ff), linear(d_model, d_ff), linear(d_ff, d_model), activation)
+
+
 def _moe(experts: int, top_k: int, shared: bool = False) -> MoE:
     activation = ACTIVATIONS["silu"]
     moe = MoE(
         _router(experts=experts, top_k=top_k),
         Experts(experts, 8, 12, activation, gated=True),
-        shared=MLP(8, 6, activation, gated=True, bias=False) if shared else None,
+        shared=_gated_mlp(8, 6, activation) if shared else None,
     )
     for param in moe.experts.parameters():
         torch.nn.init.normal_(param, std=0.3)
@@ -128,24 +140,44 @@ def test_grouped_dispatch_equals_the_token_loop(experts, data, tokens, shared):
     torch.manual_seed(experts * 100 + tokens)
     moe = _moe(experts, top_k, shared)
     x = torch.randn(tokens, 8)
-    torch.testing.assert_close(moe(x), _reference_moe(moe, x), rtol=1e-5, atol=1e-5)
+    y, stats = moe(x)
+    torch.testing.assert_close(y, _reference_moe(moe, x), rtol=1e-5, atol=1e-5)
+    # The router's decisions come back with the output (for the losses): its logits and the top-k experts.
+    logits = x @ moe.router.weight.T
+    torch.testing.assert_close(stats.logits, logits)
+    assert torch.equal(stats.selected.sort().values, logits.softmax(-1).topk(top_k).indices.sort().values)
+
+
+def test_router_statistics_come_back_with_the_output_and_keep_the_sequences():
+    """A [batch, seq, d] input: the output keeps its shape, the statistics hold one row per token (batch-major)
+    and the number of sequences (for the sequence-wise balance loss); nothing is kept on the module."""
+    moe = _moe(experts=4, top_k=2)
+    x = torch.randn(3, 5, 8)
+    y, stats = moe(x)
+    assert y.shape == x.shape and isinstance(stats, RouterStats)
+    assert stats.rows == 3 and stats.logits.shape == (15, 4) and stats.selected.shape == (15, 2)
+    torch.testing.assert_close(stats.logits[5:10], x[1] @ moe.router.weight.T)
+    again, _ = moe(x[1:2])
+    torch.testing.assert_close(again[0], y[1], rtol=1e-6, atol=1e-6)
+    assert not any(isinstance(value, torch.Tensor) for value in vars(moe).values())
 
 
 def test_single_expert_top1_equals_the_dense_mlp():
     moe = _moe(experts=1, top_k=1)
-    dense = MLP(8, 12, ACTIVATIONS["silu"], gated=True, bias=False)
+    dense = _gated_mlp(8, 12, ACTIVATIONS["silu"])
     with torch.no_grad():
         dense.gate.weight.copy_(moe.experts.gate[0])
         dense.up.weight.copy_(moe.experts.up[0])
         dense.down.weight.copy_(moe.experts.down[0])
     x = torch.randn(7, 8)
-    torch.testing.assert_close(moe(x), dense(x))
+    torch.testing.assert_close(moe(x)[0], dense(x))
 
 
 def test_losses_against_direct_formulas():
     torch.manual_seed(0)
     logits = [torch.randn(12, 4), torch.randn(12, 4)]
     selected = [lg.topk(2).indices for lg in logits]
+    stats = [RouterStats(lg, sel) for lg, sel in zip(logits, selected, strict=True)]
     # Switch loss: E * sum_e (share of selections of e per slot) * (mean probability of e), over all rows.
     all_logits, all_selected = torch.cat(logits), torch.cat(selected)
     probs = all_logits.softmax(-1).mean(0)
@@ -153,9 +185,9 @@ def test_losses_against_direct_formulas():
     for row in all_selected:
         for slot, e in enumerate(row):
             share[slot, e] += 1 / all_selected.shape[0]
-    torch.testing.assert_close(load_balancing_loss(logits, selected, 4), 4 * (share * probs).sum())
+    torch.testing.assert_close(TokenBalancingLoss()(stats), 4 * (share * probs).sum())
     expected_z = torch.stack([torch.log(torch.exp(row).sum()) ** 2 for row in all_logits]).mean()
-    torch.testing.assert_close(router_z_loss(logits), expected_z)
+    torch.testing.assert_close(router_z_loss(stats), expected_z)
     # Sequence-level: per layer and sequence (batch 3 x 4 tokens), f_e = E/(kT) * count, P_e = mean normalised score.
     per = []
     for lg, sel in zip(logits, selected, strict=True):
@@ -163,9 +195,8 @@ def test_losses_against_direct_formulas():
             scores = lg[b * 4 : (b + 1) * 4].softmax(-1)
             counts = torch.stack([(sel[b * 4 : (b + 1) * 4] == e).sum() for e in range(4)]).float()
             per.append((counts * 4 / (2 * 4) * scores.mean(0)).sum())
-    torch.testing.assert_close(
-        sequence_balancing_loss(logits, selected, 4, batch=3, scoring="softmax"), torch.stack(per).mean()
-    )
+    by_sequence = [RouterStats(lg, sel, rows=3) for lg, sel in zip(logits, selected, strict=True)]
+    torch.testing.assert_close(SequenceBalancingLoss(softmax_scores)(by_sequence), torch.stack(per).mean())
 
 
 TINY_MOE = dict(
@@ -185,9 +216,19 @@ TINY_MOE = dict(
 def test_loss_includes_router_terms_with_their_coefficients():
     model = archspec.build(archspec.spec_from_dict(TINY_MOE))
     ids = torch.randint(0, 64, (2, 10))
+    routed = []  # what each MoE layer's forward returned as its router statistics, layer by layer
+    for module in model.modules():
+        if isinstance(module, MoE):
+            module.register_forward_hook(lambda _module, _inputs, output: routed.append(output[1]))
     out = model(ids, labels=ids)
     ce = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     torch.testing.assert_close(out.loss, ce + 0.01 * out.aux_loss + 0.001 * out.z_loss)
+    # The model's router terms are those of every MoE layer's statistics (2 layers x 20 tokens, 4 experts, top 2).
+    assert len(routed) == 2
+    logits, selected = torch.cat([s.logits for s in routed]), torch.cat([s.selected for s in routed])
+    share = torch.stack([(selected[:, slot, None] == torch.arange(4)).float().mean(0) for slot in range(2)])
+    torch.testing.assert_close(out.aux_loss, 4 * (share * logits.softmax(-1).mean(0)).sum())
+    torch.testing.assert_close(out.z_loss, logits.logsumexp(-1).square().mean())
 
 
 def test_training_steps_reduce_the_loss():

@@ -215,5 +215,5 @@ def test_llava_spec_builds_on_meta_with_the_published_layout() -> None:
     spec = archspec.load_spec("specs/llava-1.5-7b.yaml")
     model = archspec.build(spec, device="meta")
     assert spec.vision.tokens_per_image == 576
-    assert model.vision_tower.feature_layers == [23] and model.vision_tower.drop_class_token
+    assert list(model.vision_tower.feature_layers) == [23] and model.vision_tower.drop_class_token
     assert [tuple(layer.weight.shape) for layer in model.projector.layers] == [(4096, 1024), (4096, 4096)]

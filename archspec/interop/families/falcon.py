@@ -1,0 +1,127 @@
+"""Falcon (`falcon`): RoPE, LayerNorm, parallel attention and MLP, multi-query or grouped fused QKV.
+
+Matched against transformers 5.25.0 `models/falcon/configuration_falcon.py` and `modeling_falcon.py`. Three
+layouts: Falcon-7B (multi-query, one norm for the parallel branches), multi-head Falcon, and the new decoder
+architecture of Falcon-40B/180B (grouped kv heads, `ln_attn` / `ln_mlp`). `alibi=True` (falcon-rw) is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archspec.interop.errors import UnsupportedConfigError
+from archspec.interop.families.common import (
+    BLOOM_FALCON_LAYER,
+    PLAIN_TO_HF,
+    Getter,
+    fused_qkv,
+    hf_name,
+    needs,
+    plain_activation,
+    read_rope,
+    rope_parameters,
+)
+from archspec.interop.family import Family
+from archspec.interop.keys import KeyMap
+from archspec.spec.schema import RopeSpec, Spec
+
+DEFAULTS: dict[str, Any] = dict(
+    num_ln_in_parallel_attn=None,
+    layer_norm_epsilon=1e-5,
+    alibi=False,
+    new_decoder_architecture=False,
+    multi_query=True,
+    parallel_attn=True,
+    bias=False,
+    max_position_embeddings=2048,
+    ffn_hidden_size=None,
+    activation="gelu",
+    tie_word_embeddings=True,
+    rope_theta=10000.0,
+    bos_token_id=11,
+    eos_token_id=11,
+)
+
+
+def to_spec(get: Getter, model_type: str) -> dict[str, Any]:
+    if get("alibi"):
+        raise UnsupportedConfigError(
+            "falcon with alibi=True (falcon-rw) is not supported: its eager path counts ALiBi twice"
+        )
+    hidden, heads = get.require("hidden_size"), get.require("num_attention_heads")
+    new_arch = bool(get("new_decoder_architecture"))
+    if new_arch:
+        kv_heads = get.config.get("num_kv_heads") or heads
+    else:
+        kv_heads = 1 if get("multi_query") else heads
+    if get("parallel_attn") or new_arch:
+        norms = (get("num_ln_in_parallel_attn") or 2) if new_arch else 1
+        block: dict[str, Any] = {"kind": "parallel", "parallel_norms": norms}
+    else:
+        block = {"kind": "pre-norm"}
+    return {
+        "vocab_size": get.require("vocab_size"),
+        "d_model": hidden,
+        "n_layers": get.require("num_hidden_layers"),
+        "context_length": get("max_position_embeddings"),
+        "attention": {"heads": heads, "kv_heads": kv_heads, "bias": bool(get("bias"))},
+        "position": read_rope(get, fraction=1.0),
+        "norm": {"kind": "layernorm", "eps": get("layer_norm_epsilon")},
+        "block": block,
+        "mlp": {
+            "activation": plain_activation(get("activation")),
+            "d_ff": get("ffn_hidden_size") or 4 * hidden,
+            "bias": bool(get("bias")),
+        },
+        "embeddings": {"tied": bool(get("tie_word_embeddings"))},
+    }
+
+
+def to_config(spec: Spec, model_type: str) -> dict[str, Any]:
+    needs(isinstance(spec.position, RopeSpec), "position.kind")
+    heads, kv_heads, block = spec.attention.heads, spec.kv_heads, spec.block
+    old_layout = kv_heads in (1, heads) and not (block.kind == "parallel" and block.parallel_norms == 2)
+    return {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": heads,
+        "num_kv_heads": kv_heads,
+        "new_decoder_architecture": not old_layout,
+        "multi_query": kv_heads == 1,
+        "parallel_attn": block.kind == "parallel",
+        "num_ln_in_parallel_attn": None if old_layout else block.parallel_norms,
+        "bias": spec.attention.bias.q,
+        "alibi": False,
+        "ffn_hidden_size": spec.mlp.d_ff,
+        "activation": hf_name(PLAIN_TO_HF, spec.mlp.activation, "mlp.activation"),
+        "layer_norm_epsilon": spec.norm.eps,
+        "max_position_embeddings": spec.context_length,
+        "rope_parameters": rope_parameters(spec),
+        "tie_word_embeddings": spec.embeddings.tied,
+    }
+
+
+def key_map(spec: Spec, model_type: str) -> KeyMap:
+    """Falcon's norms depend on its layout: two (`ln_attn`, `ln_mlp`), one shared, or pre-norm's two."""
+    if spec.block.kind == "parallel" and spec.block.parallel_norms == 2:
+        norms = {"attn_norm": "ln_attn", "mlp_norm": "ln_mlp"}
+    elif spec.block.kind == "parallel":
+        norms = {"attn_norm": "input_layernorm"}
+    else:
+        norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+    top = {"embed": "transformer.word_embeddings", "final_norm": "transformer.ln_f", "lm_head": "lm_head"}
+    layer = {**norms, **BLOOM_FALCON_LAYER}
+    return KeyMap(top, "transformer.h.{i}.", layer, fused_qkv("self_attention"), base_prefix="transformer.")
+
+
+FAMILY = Family(
+    name="falcon",
+    model_types=("falcon",),
+    architectures={"falcon": "FalconForCausalLM"},
+    defaults={"falcon": DEFAULTS},
+    to_spec=to_spec,
+    to_config=to_config,
+    key_map=key_map,
+    kind="dense",
+)

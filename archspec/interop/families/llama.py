@@ -1,0 +1,154 @@
+"""Llama, Mistral, Qwen2 and Qwen3: pre-norm RMSNorm decoders with a gated MLP, RoPE and Llama's checkpoint names.
+
+Matched against transformers 5.25.0 `models/{llama,mistral,qwen2,qwen3}/configuration_*.py` and `modeling_*.py`.
+The four differ only in which projections carry a bias, Qwen3's qk-norm and their windows: Mistral one
+`sliding_window` on every layer, the Qwen families theirs per layer (`common.sliding_layers`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archspec.interop.errors import UnsupportedConfigError
+from archspec.interop.families.common import (
+    LLAMA_LAYER,
+    Getter,
+    llama_key_map,
+    llama_like,
+    llama_like_config,
+    needs,
+    sliding_layers,
+)
+from archspec.interop.family import Family
+from archspec.interop.keys import KeyMap
+from archspec.spec.schema import Spec
+
+# Class defaults of the transformers 5.25 config classes, for keys a config.json may leave out
+# (tests/parity/test_hf_config_defaults.py imports every class's defaults written out and left out, and compares).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(
+        rms_norm_eps=1e-6,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "mistral": dict(
+        rms_norm_eps=1e-6,
+        max_position_embeddings=131072,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        num_key_value_heads=8,
+        sliding_window=4096,
+        rope_theta=10000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "qwen2": dict(
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        num_key_value_heads=32,
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=28,
+        rope_theta=10000.0,
+    ),
+    "qwen3": dict(
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        num_key_value_heads=32,
+        head_dim=128,
+        attention_bias=False,
+        use_sliding_window=False,
+        sliding_window=4096,
+        max_window_layers=28,
+        rope_theta=10000.0,
+    ),
+}
+
+
+# ============================================================================================ config -> spec
+def _from_llama(get: Getter) -> dict[str, Any]:
+    params = get.config.get("rope_parameters") or get.config.get("rope_scaling") or {}
+    if float(params.get("partial_rotary_factor", get.config.get("partial_rotary_factor", 1.0))) != 1.0:
+        raise UnsupportedConfigError("llama with partial_rotary_factor != 1 (transformers applies it inconsistently)")
+    flag = bool(get("attention_bias"))
+    return llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": flag})
+
+
+def _from_mistral(get: Getter) -> dict[str, Any]:
+    data = llama_like(get, bias={"q": False, "k": False, "v": False, "o": False})
+    if get("sliding_window") is not None:
+        data["attention"]["window"] = get("sliding_window")
+    return data
+
+
+def _from_qwen2(get: Getter) -> dict[str, Any]:
+    data = llama_like(get, bias={"q": True, "k": True, "v": True, "o": False})
+    sliding_layers(get, data, lambda layer: layer >= get("max_window_layers"))
+    return data
+
+
+def _from_qwen3(get: Getter) -> dict[str, Any]:
+    flag = bool(get("attention_bias"))
+    data = llama_like(get, bias={"q": flag, "k": flag, "v": flag, "o": flag}, qk_norm=True)
+    sliding_layers(get, data, lambda layer: layer >= get("max_window_layers"))
+    return data
+
+
+_READERS = {"llama": _from_llama, "mistral": _from_mistral, "qwen2": _from_qwen2, "qwen3": _from_qwen3}
+
+
+def to_spec(get: Getter, model_type: str) -> dict[str, Any]:
+    return _READERS[model_type](get)
+
+
+# ============================================================================================ spec -> config
+def to_config(spec: Spec, model_type: str) -> dict[str, Any]:
+    config = llama_like_config(spec)
+    attn = spec.attention
+    if model_type == "llama":
+        # LlamaConfig refuses hidden_size % num_attention_heads != 0 even with an explicit head_dim
+        needs(spec.d_model % attn.heads == 0, "d_model")
+        config |= {"attention_bias": attn.bias.q, "mlp_bias": spec.mlp.bias}
+    elif model_type == "mistral":
+        config["sliding_window"] = attn.window
+    else:
+        if model_type == "qwen3":
+            config["attention_bias"] = attn.bias.q
+        windows = [spec.window_for_layer(i) for i in range(spec.n_layers)]
+        sliding = [i for i, w in enumerate(windows) if w is not None]
+        config["use_sliding_window"] = bool(sliding)
+        config["sliding_window"] = attn.window
+        config["max_window_layers"] = sliding[0] if sliding else spec.n_layers
+        config["layer_types"] = ["sliding_attention" if w is not None else "full_attention" for w in windows]
+    return config
+
+
+def key_map(spec: Spec, model_type: str) -> KeyMap:
+    return llama_key_map(LLAMA_LAYER)
+
+
+FAMILY = Family(
+    name="llama",
+    model_types=("llama", "mistral", "qwen2", "qwen3"),
+    architectures={
+        "llama": "LlamaForCausalLM",
+        "mistral": "MistralForCausalLM",
+        "qwen2": "Qwen2ForCausalLM",
+        "qwen3": "Qwen3ForCausalLM",
+    },
+    defaults=DEFAULTS,
+    to_spec=to_spec,
+    to_config=to_config,
+    key_map=key_map,
+    kind="dense",
+)

@@ -1,0 +1,118 @@
+"""Checkpoint names: where each archspec tensor sits in a `transformers` checkpoint.
+
+Each family module builds a `KeyMap` from the spec (archspec module -> HF module, per model and per layer);
+`tensor_sources` turns it into one `Source` per archspec state-dict key. Loading (`weights.py`) reads those sources
+and export (`hf_export.py`) writes them, so a family's names are written down once, in its own module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from archspec.spec.schema import Spec
+
+Split = Callable[[torch.Tensor], torch.Tensor]
+"""Cuts one part (q, k, v, gate, up) out of a fused tensor."""
+
+FusedPart = Callable[[Spec, str], Split]
+"""A family's fused layouts: the split of one part, given the spec (head counts fix where QKV's rows sit)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one archspec tensor comes from: an HF tensor name, optionally a part of a fused tensor."""
+
+    name: str
+    split: Split | None = None
+    transpose: bool = False  # GPT-2 Conv1D stores [in, out]
+    stack: tuple[str, ...] = ()  # per-expert tensors stacked into one [experts, ...] tensor (`name` is the first)
+    alternative: Source | None = None  # another layout of the same tensor (5.x fused experts vs hub per-expert)
+
+
+@dataclass(frozen=True)
+class ExpertNames:
+    """The hub's per-expert names of routed experts: `{module}.{e}.{parts[part]}.weight` for gate, up and down."""
+
+    module: str = "mlp.experts"
+    parts: dict[str, str] = field(default_factory=lambda: {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"})
+
+
+@dataclass
+class KeyMap:
+    """A family's names: archspec module path -> HF module path, per model and per layer (`{i}`)."""
+
+    top: dict[str, str]
+    layer_prefix: str
+    layer: dict[str, str]
+    fused: dict[str, tuple[str, str]] = field(default_factory=dict)  # archspec module -> (hf module, part)
+    conv1d: frozenset[str] = frozenset()
+    aliases: dict[str, str] = field(default_factory=dict)  # alternative HF names found in real checkpoints
+    experts: ExpertNames = field(default_factory=ExpertNames)
+    params: dict[str, str] = field(default_factory=dict)  # "archspec module.param" -> HF parameter name
+    ignored: frozenset[str] = frozenset()  # checkpoint tensors that hold no weights of their own
+    base_prefix: str = ""  # the base model's prefix, which old hub files leave out ("model.", "transformer.")
+
+
+def split_rows(spec: Spec, part: str) -> Split:
+    """The fused layouts of row-stacked tensors (weight [out, in] or bias [out]), the default of every family.
+
+    gate / up: GLM's gate_up_proj, rows [0:I] gate and [I:2I] up. q / k / v: rows as [kv_heads, group + 2,
+    head_dim], each group's query heads, then its key, then its value. That one layout serves BLOOM, NeoX and
+    multi-head Falcon ([heads, 3, head_dim], group = 1), Falcon-7B multi-query ([q_0 .. q_{h-1}, k, v],
+    kv_heads = 1) and Falcon-40B's new architecture.
+    """
+    if part in ("gate", "up"):
+        return lambda t: t.chunk(2, dim=0)[0 if part == "gate" else 1]
+    index = "qkv".index(part)
+    heads, kv_heads, head_dim = spec.attention.heads, spec.kv_heads, spec.head_dim
+    group = heads // kv_heads
+
+    def grouped(t: torch.Tensor) -> torch.Tensor:
+        rows = t.reshape(kv_heads, group + 2, head_dim, *t.shape[1:])
+        picked = rows[:, :group] if part == "q" else rows[:, group + index - 1]
+        return picked.reshape(-1, *t.shape[1:])
+
+    return grouped
+
+
+def tensor_sources(names: KeyMap, split: Callable[[str], Split], spec: Spec, keys: Iterable[str]) -> dict[str, Source]:
+    """For each archspec state-dict key, the HF tensor it comes from (`split(part)`: the family's fused layouts)."""
+    sources: dict[str, Source] = {}
+    for key in keys:
+        module, _, param = key.rpartition(".")
+        layer_match = re.fullmatch(r"layers\.(\d+)\.(.+)", module)
+        if layer_match:
+            prefix, inner = names.layer_prefix.format(i=layer_match.group(1)), layer_match.group(2)
+            table = names.layer
+        else:
+            prefix, inner, table = "", module, names.top
+        if layer_match and inner == "mlp.experts":
+            sources[key] = _expert_source(names.experts, spec, prefix, param)
+        elif inner in table:
+            hf_module = table[inner]
+            hf_param = names.params.get(f"{inner}.{param}", param)
+            sources[key] = Source(
+                f"{prefix}{hf_module}.{hf_param}", transpose=hf_module in names.conv1d and param == "weight"
+            )
+        elif inner in names.fused:
+            hf_module, part = names.fused[inner]
+            transpose = hf_module in names.conv1d and param == "weight"
+            sources[key] = Source(f"{prefix}{hf_module}.{param}", split(part), transpose)
+    return sources
+
+
+def _expert_source(experts: ExpertNames, spec: Spec, prefix: str, part: str) -> Source:
+    """Stacked per-expert tensors (hub layout), or transformers 5.x's fused gate_up_proj / down_proj."""
+    assert spec.moe is not None
+    stacked = tuple(f"{prefix}{experts.module}.{e}.{experts.parts[part]}.weight" for e in range(spec.moe.experts))
+    if part == "down":
+        fused = Source(f"{prefix}mlp.experts.down_proj")
+    else:
+        fused = Source(
+            f"{prefix}mlp.experts.gate_up_proj", split=lambda t: t.chunk(2, dim=1)[0 if part == "gate" else 1]
+        )
+    return Source(stacked[0], stack=stacked, alternative=fused)

@@ -1,0 +1,322 @@
+"""How one call of a model computes each layer's attention: an attention function per layer, chosen once per call.
+
+Every layer calls `attend(q, k, v, scale)` with q [batch, heads, queries, dim] and k, v [batch, kv_heads, keys,
+dim] (GQA: query head h reads key/value head h // (heads / kv_heads), SDPA's `enable_gqa`, no repeated K/V). Which
+function that is depends on the call, and `AttentionPaths` decides it from the layer's pattern (causal, a sliding
+window, ALiBi, GLM's prefix) and the call (a whole sequence, a cached chunk, one decoding step, the device):
+
+* `causal_attention`: SDPA's `is_causal` fast path for a sequence attending to itself, and no mask at all for one
+  query at the end of the keys (a decoding step sees every key); `unmasked_attention`: every query sees every key;
+* `MaskedAttention`: SDPA with a mask rendered from the predicates of `archspec.nn.masks` (and a bias);
+* `ToeplitzBias`: a bias that depends on key - query only (ALiBi, with -inf for causal or window masking) read by
+  SDPA as a zero-copy view of a [heads, 2 seq - 1] table: no [seq, seq] tensor (CPU, whole sequences);
+* `ChunkedWindow`: a sliding window as one SDPA call over chunks of queries, each over its own span of keys
+  (CPU, whole sequences): work ~ seq x window instead of seq^2 / 2.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archspec.nn.flex import FLEX_CPU_SHORTEST, FlexPattern, alibi_score_mod, causal_block_mask
+from archspec.nn.masks import additive_mask, and_masks, causal, or_masks, prefix, render, sliding_window
+from archspec.nn.positions import Alibi, Context
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]  # attend(q, k, v, scale)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Queries at the end of the keys: SDPA's is_causal for a sequence attending to itself, no mask for one query."""
+    gqa = k.shape[1] != q.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, is_causal=_several(q.shape[2]), scale=scale, enable_gqa=gqa)
+
+
+def unmasked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Every query sees every key (an encoder, cross-attention, a vision tower)."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _several(queries: int) -> bool:
+    """A function: `queries` is a SymInt when compiled dynamic (a Proxy in an fx trace, of several queries)."""
+    if isinstance(queries, torch.fx.Proxy):  # emit-if: library
+        return True
+    return True if queries > 1 else False  # noqa: SIM210 (an `if`, which dynamo specialises, not bool(SymInt))
+
+
+class MaskedAttention:
+    """SDPA with a mask broadcastable to [batch, heads, queries, keys]: boolean (True = may attend) or additive."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        gqa = k.shape[1] != q.shape[1]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, scale=scale, enable_gqa=gqa)
+
+
+class ToeplitzBias:
+    """Attention of a whole sequence with an additive bias that depends on key - query only.
+
+    `table` [heads, 2 seq - 1] holds the bias of distance key - query at index key - query + seq - 1 (-inf where
+    masked). With the queries in reverse order, q' = seq - 1 - q, the bias of (q', k) is table[q' + k]: a Hankel
+    pattern, which a view with strides (1, 1) over the table expresses without copying. SDPA's CPU kernel reads
+    the mask through its strides, so the [heads, seq, seq] bias is never built; each query row is computed as
+    with the materialised bias (the keys keep their order), and the rows are put back in order.
+
+    `causal` (keys after the query are -inf in the table): the queries go in chunks of `chunk`, each over the keys
+    it can see only, so the hidden half of the score matrix is not computed. Each chunk is an ordinary SDPA call:
+    differentiable.
+    """
+
+    def __init__(
+        self,
+        table: torch.Tensor,
+        causal: bool = False,
+        window: int | None = None,  # a chunk's keys start window - 1 before its first query  # emit-if: window
+        chunk: int = 384,
+    ) -> None:
+        self.table = table.contiguous()
+        self.causal, self.chunk = causal, chunk
+        self.window = window  # emit-if: window
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        heads, width = self.table.shape
+        seq = q.shape[2]
+        gqa = k.shape[1] != q.shape[1]
+        # One call over every key when compiling (a loop over chunks would make the graph depend on the length).
+        chunked = self.causal and not torch.compiler.is_compiling()
+        outs = []
+        for start in range(0, seq, self.chunk) if chunked else [0]:
+            end = min(start + self.chunk, seq) if chunked else seq
+            first = 0
+            if chunked and self.window is not None:  # emit-if: window
+                first = max(0, start - self.window + 1)
+            # bias of reversed query q' (query end - 1 - q') and key first + j: table[seq - end + first + q' + j]
+            bias = self.table.as_strided(
+                (1, heads, end - start, end - first), (heads * width, width, 1, 1), seq - end + first
+            )
+            out = F.scaled_dot_product_attention(
+                q[:, :, start:end].flip(2),
+                k[:, :, first:end],
+                v[:, :, first:end],
+                attn_mask=bias,
+                scale=scale,
+                enable_gqa=gqa,
+            )
+            outs.append(out.flip(2))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def distance_table(
+    bias: torch.Tensor,
+    causal: bool,
+    window: int | None = None,  # emit-if: window
+) -> torch.Tensor:
+    """A [heads, 2 seq - 1] bias by distance (index key - query + seq - 1) with -inf where causal attention hides
+    the key."""
+    seq = (bias.shape[-1] + 1) // 2
+    distance = torch.arange(1 - seq, seq, device=bias.device)
+    hidden = distance > 0 if causal else torch.zeros_like(distance, dtype=torch.bool)
+    if window is not None:  # and keys window or more positions back  # emit-if: window
+        hidden = hidden | (distance <= -window)
+    return bias.masked_fill(hidden, float("-inf"))
+
+
+class ChunkedWindow:
+    """Causal sliding-window attention of a whole sequence (queries = keys = positions 0 .. seq-1), work ~ seq x
+    window instead of seq^2 / 2, and no [seq, seq] mask.
+
+    The first `window` queries see every earlier key: one causal SDPA call. Later queries go in chunks of `chunk`:
+    the chunk starting at s sees keys s - window + 1 .. s + chunk - 1, and its query j sees keys j .. j + window - 1
+    of that span. The pattern depends on key - query only, so one [chunk, chunk + window - 1] mask serves every
+    chunk, and the overlapping key spans are one `unfold` view of the keys with the chunks as heads: a single SDPA
+    call covers them all without copying a key. Differentiable (SDPA and unfold have gradients). Query heads that
+    share a key/value head (GQA) are stacked along the queries of their chunk, so each key is read once per group.
+
+    `chunk` trades wasted scores (chunk - 1 per query) against per-chunk overhead; by default 64 queries for
+    inference and 256 with gradients (measured on CPU at window 1024: the backward pays more per chunk).
+    """
+
+    def __init__(self, window: int, chunk: int | None = None) -> None:
+        if window < 1:
+            raise ValueError(f"ChunkedWindow needs a window of at least 1 key, got {window}")
+        self.window, self.chunk = window, chunk
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        seq, window = q.shape[2], self.window
+        head = min(window, seq)
+        parts = [
+            F.scaled_dot_product_attention(
+                q[:, :, :head],
+                k[:, :, :head],
+                v[:, :, :head],
+                is_causal=True,
+                scale=scale,
+                enable_gqa=k.shape[1] != q.shape[1],
+            )
+        ]
+        chunk = self.chunk or max(16, min(256, window // 4) if q.requires_grad else min(64, window // 16))
+        full = (seq - head) // chunk
+        if full:
+            parts.append(self._chunks(q, k, v, scale, head, chunk, full))
+        if head + full * chunk < seq:
+            parts.append(self._chunks(q, k, v, scale, head + full * chunk, seq - head - full * chunk, 1))
+        return torch.cat(parts, dim=2)
+
+    def _chunks(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: int, chunk: int, count: int
+    ) -> torch.Tensor:
+        """Queries start .. start + count * chunk (start >= window) in `count` chunks of `chunk`."""
+        batch, heads, _, dim = q.shape
+        kv_heads, span = k.shape[1], chunk + self.window - 1
+        group = heads // kv_heads
+        first = start - self.window + 1  # the oldest key of the first chunk
+
+        def spans(x: torch.Tensor) -> torch.Tensor:  # [b, kv_heads, seq, d] -> [b * kv_heads, count, span, d], a view
+            x = x[:, :, first : first + (count - 1) * chunk + span].reshape(batch * kv_heads, -1, dim)
+            return x.unfold(1, span, chunk).transpose(-1, -2)
+
+        # [b, kv_heads * group, count * chunk, d] -> [b * kv_heads, count, group * chunk, d]: a chunk's queries of
+        # the heads that read the same keys, one after the other
+        queries = q[:, :, start : start + count * chunk].reshape(batch, kv_heads, group, count, chunk, dim)
+        queries = queries.permute(0, 1, 3, 2, 4, 5).reshape(batch * kv_heads, count, group * chunk, dim)
+        query = torch.arange(chunk, device=q.device)[:, None]
+        key = torch.arange(span, device=q.device)
+        visible = (key >= query) & (key < query + self.window)
+        out = F.scaled_dot_product_attention(
+            queries, spans(k), spans(v), attn_mask=visible.repeat(group, 1), scale=scale
+        )
+        out = out.reshape(batch, kv_heads, count, group, chunk, dim).permute(0, 1, 3, 2, 4, 5)
+        return out.reshape(batch, heads, count * chunk, dim)
+
+
+class AttentionPaths(nn.Module):
+    """Each layer's causal attention function for one call, as its pattern and the call allow (alike layers share)."""
+
+    def __init__(
+        self,
+        layers: int = 0,  # emit-if: !window
+        windows: tuple[int | None, ...] = (),  # each layer's sliding window, None: full  # emit-if: window
+        alibi: Alibi | None = None,  # emit-if: alibi
+    ) -> None:
+        super().__init__()
+        self.layers = layers  # emit-if: !window
+        self.windows = windows  # emit-if: window
+        self.alibi = alibi  # emit-if: alibi
+        self.backend = "sdpa"  # or "flex": whole sequences through FlexAttention  # emit-if: library
+
+    def forward(self, context: Context) -> list[AttentionFn]:
+        if isinstance(context.keys, torch.fx.Proxy):  # emit-if: library
+            return self._traced(context)
+        if self.windows:  # emit-when: window
+            made = {window: self._function(context, window) for window in set(self.windows)}
+            return [made[window] for window in self.windows]
+        return [self._function(context)] * self.layers  # emit-if: !window
+
+    def _function(
+        self,
+        context: Context,
+        window: int | None = None,  # emit-if: window
+    ) -> AttentionFn:
+        if not context.at_end:  # emit-if: library
+            return MaskedAttention(self._mask(context, window))  # a compiled step over the whole static cache
+        seq, keys = context.positions.shape[0], context.keys
+        whole = seq == keys  # a sequence attending to itself: queries = keys = positions 0 .. seq - 1
+        if context.prefix_lengths is not None:  # emit-if: prefix_lm
+            whole = False  # a bidirectional prefix: no causal shortcut, no bias by distance
+        if window is not None and window < keys:  # emit-if: window
+            return self._windowed(context, window, whole)
+        if self.alibi is not None:  # emit-when: alibi
+            return self._biased(context, whole)
+        if whole or seq == 1:
+            return causal_attention
+        if self.backend == "flex" and self._flex_applies(context):  # emit-if: library
+            return self._flex(context, None)
+        return MaskedAttention(self._mask(context))
+
+    def _windowed(self, context: Context, window: int, whole: bool) -> AttentionFn:  # emit-if: window
+        """A sliding window shorter than the keys. A whole sequence on CPU needs no [seq, seq] mask: chunks of
+        queries over their own spans of keys (`ChunkedWindow`), or, when compiling or with ALiBi, a bias by
+        distance read as a Toeplitz view (`ToeplitzBias`)."""
+        if self.backend == "flex" and self._flex_applies(context):  # emit-if: library
+            return self._flex(context, window)
+        if whole and context.positions.device.type == "cpu":
+            if self.alibi is not None:  # emit-when: alibi,!alibi_bfloat16
+                bias = self.alibi.by_distance(context.keys, context.dtype)
+                if bias is not None:  # emit-when: !alibi_bfloat16
+                    return ToeplitzBias(distance_table(bias, True, window), causal=True, window=window)
+            if not torch.compiler.is_compiling():  # a loop over chunks: eager only
+                return ChunkedWindow(window)
+            if self.backend == "sdpa":  # emit-if: library
+                # compiled: the window as a bias by distance, one SDPA call per chunk of queries
+                no_bias = torch.zeros(1, 2 * context.keys - 1, device=context.positions.device)
+                table = distance_table(no_bias, True, window)
+                return ToeplitzBias(table.to(context.dtype), causal=True, window=window)
+        return MaskedAttention(self._mask(context, window))
+
+    def _biased(self, context: Context, whole: bool) -> AttentionFn:  # emit-if: alibi
+        """ALiBi: a whole sequence on CPU reads the bias as a Toeplitz view."""
+        if self.backend == "flex" and self._flex_applies(context):  # emit-if: library
+            return self._flex(context, None)
+        if whole and context.positions.device.type == "cpu":  # emit-if: !alibi_bfloat16
+            bias = self.alibi.by_distance(context.keys, context.dtype)
+            if bias is not None:  # emit-when: !alibi_bfloat16
+                return ToeplitzBias(distance_table(bias, True), causal=True)
+        return MaskedAttention(self._mask(context))
+
+    def _mask(
+        self,
+        context: Context,
+        window: int | None = None,  # emit-if: window
+    ) -> torch.Tensor:
+        pattern = causal
+        if window is not None:  # emit-if: window
+            pattern = and_masks(pattern, sliding_window(window))
+        if context.prefix_lengths is not None:  # emit-if: prefix_lm
+            pattern = or_masks(pattern, prefix(context.prefix_lengths))
+        mask = render(pattern, context)
+        if self.alibi is not None:  # emit-when: alibi
+            mask = additive_mask(mask, self.alibi.by_key(context.keys, context.dtype), context.dtype)
+        return mask
+
+    def _flex_applies(self, context: Context) -> bool:  # emit-if: library
+        """FlexAttention serves whole sequences (a prefix or not), on CPU without gradients and from
+        `FLEX_CPU_SHORTEST` tokens (see `flex.flex_block_size`)."""
+        seq, device = context.positions.shape[0], context.positions.device
+        if seq != context.keys or (self.alibi is not None and self.alibi.bfloat16):  # its score_mod is BLOOM's
+            return False
+        return device.type != "cpu" or (not torch.is_grad_enabled() and seq >= FLEX_CPU_SHORTEST)
+
+    def _flex(self, context: Context, window: int | None) -> AttentionFn:  # emit-if: library
+        seq, device = context.positions.shape[0], context.positions.device
+        score_mod = None if self.alibi is None else alibi_score_mod(self.alibi.slopes / self.alibi.divisor)
+        block_mask = causal_block_mask(seq, seq, window, device, prefix_lengths=context.prefix_lengths)
+        return FlexPattern(block_mask, score_mod)
+
+    def _traced(self, context: Context) -> list[AttentionFn]:  # emit-if: library
+        """An fx trace (lengths are Proxies) is of the no-cache forward: queries = keys, every window assumed
+        shorter than the sequence, plain masks only (the other paths branch on lengths in Python)."""
+        windows = self.windows or (None,) * self.layers
+        made = {window: MaskedAttention(self._mask(context, window)) for window in set(windows)}
+        if self.alibi is None and context.prefix_lengths is None:
+            made[None] = causal_attention
+        return [made[window] for window in windows]
+
+
+class LayerScaledPaths(AttentionPaths):
+    """`AttentionPaths` whose layer i divides its q.k scale by i + 1 (GPT-2's scale_attn_by_inverse_layer_idx)."""
+
+    def forward(self, context: Context) -> list[AttentionFn]:
+        return [LayerScaled(attend, index + 1) for index, attend in enumerate(super().forward(context))]
+
+
+class LayerScaled:
+    """An attention function with the scale divided by `divisor` (as GPT-2 divides its scaling)."""
+
+    def __init__(self, attend: AttentionFn, divisor: int) -> None:
+        self.attend, self.divisor = attend, divisor
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        return self.attend(q, k, v, scale / self.divisor)
