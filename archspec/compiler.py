@@ -44,6 +44,7 @@ class _Compiler:
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
         self.features: set[str] = set()
+        self.varying: set[str] = set()
 
     def plan(self) -> Plan:
         spec = self.spec
@@ -52,7 +53,7 @@ class _Compiler:
         if spec.block.kind == "deepnorm":
             self.features.add("deepnorm")
             beta = spec.block.beta or 1.0
-        return Plan(spec.name, model, frozenset(self.features), deepnorm_beta=beta)
+        return Plan(spec.name, model, frozenset(self.features), frozenset(self.varying), deepnorm_beta=beta)
 
     # ------------------------------------------------------------------------------------------- numbers
     def linear(self, d_in: int, d_out: int, bias: bool) -> Call:
@@ -407,6 +408,8 @@ class _Compiler:
             tower.d_ff, bias, d_model=width, activation=self.activation(tower.activation, "VISION_ACTIVATIONS")
         )
         block = call("PreNormBlock", attn_norm=norm(), attn=attn, mlp_norm=norm(), mlp=mlp)
+        if "residual_from_norm" in self.features:  # the decoder's pre-norm blocks differ from the tower's
+            self.varying.add("residual_from_norm")
         patches = call("nn.Conv2d", tower.channels, width, kernel_size=tower.patch_size, stride=tower.patch_size,
                        bias=tower.patch_bias)  # fmt: skip
         embed = call("PatchEmbedding", proj=patches, positions=self.embedding(grid * grid + int(tower.class_token), width),

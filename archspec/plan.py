@@ -100,18 +100,21 @@ class Plan:
     """What `archspec.build(spec)` instantiates and `archspec.emit_source(spec)` prints.
 
     `model`: the root call (DecoderLM, EncoderDecoderLM, VisionLanguageLM). `features`: the facts the emitter
-    specialises copied components on (see FEATURES). `init_std`: the normal init of matrices and embeddings;
+    specialises copied components on (see FEATURES). `varying`: features that some instances of a shared class have
+    and others lack (a BLOOM-style decoder's blocks next to a CLIP tower's plain pre-norm blocks): their `emit-when`
+    conditions stay in the file as plain `if`s. `init_std`: the normal init of matrices and embeddings;
     `deepnorm_beta`: DeepNet's gain for value, output and MLP matrices (None: not a DeepNorm model)."""
 
     name: str
     model: Call
     features: frozenset[str]
+    varying: frozenset[str] = frozenset()
     init_std: float = 0.02
     deepnorm_beta: float | None = None
 
     def __post_init__(self) -> None:
-        unknown = self.features - FEATURES.keys()
-        if unknown or "library" in self.features:
+        unknown = (self.features | self.varying) - FEATURES.keys()
+        if unknown or "library" in self.features | self.varying:
             raise ValueError(f"unknown plan features: {sorted(unknown)} (known: {sorted(FEATURES)})")
 
     def calls(self) -> Iterator[tuple[str, Call]]:

@@ -212,11 +212,14 @@ class AttentionPaths(nn.Module):
         return self._biased(context, whole)
 
     def _biased(self, context: Context, whole: bool) -> AttentionFn:
-        """ALiBi: a whole sequence on CPU reads the bias as a Toeplitz view."""
+        """ALiBi: a whole sequence on CPU reads the bias by distance as a Toeplitz view, anything else gets it as a
+        mask (so does bfloat16 ALiBi, whose rounding depends on the key position, not only the distance)."""
         if whole and context.positions.device.type == "cpu":
             bias = self.alibi.by_distance(context.keys, context.dtype)
-            return ToeplitzBias(distance_table(bias, True), causal=True)
-        return MaskedAttention(self._mask(context))
+            table = distance_table(bias, True)
+            return ToeplitzBias(table, causal=True)
+        mask = self._mask(context)
+        return MaskedAttention(mask)
 
     def _mask(self, context: Context) -> torch.Tensor:
         pattern = causal

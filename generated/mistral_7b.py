@@ -256,7 +256,7 @@ class AttentionPaths(nn.Module):
 
     def _windowed(self, context: Context, window: int, whole: bool) -> AttentionFn:
         """A sliding window shorter than the keys. A whole sequence on CPU needs no [seq, seq] mask: chunks of
-        queries over their own spans of keys (`ChunkedWindow`), or, when compiling or with ALiBi, a bias by
+        queries over their own spans of keys (`ChunkedWindow`), or, when compiling, the window as a bias by
         distance read as a Toeplitz view (`ToeplitzBias`)."""
         if whole and context.positions.device.type == "cpu":
             if not torch.compiler.is_compiling():  # a loop over chunks: eager only

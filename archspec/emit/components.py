@@ -157,9 +157,10 @@ def holds(expression: str, features: frozenset[str]) -> bool:
     return any(all(one(term) for term in alternative.split(",")) for alternative in expression.split("|"))
 
 
-def specialise(lines: Iterable[str], features: frozenset[str]) -> list[str]:
+def specialise(lines: Iterable[str], features: frozenset[str], varying: frozenset[str] = frozenset()) -> list[str]:
     """Drop archspec imports and specialise the `# emit-if:` / `# emit-when:` markers to `features`
-    (see `archspec.nn`'s docstring for what each marker means)."""
+    (see `archspec.nn`'s docstring for what each marker means). A `varying` feature holds for some instances of
+    a class and not others: its code is kept, and an `emit-when` condition naming it stays a plain `if`."""
     pending = list(lines)
     out: list[str] = []
     index = 0
@@ -180,7 +181,11 @@ def specialise(lines: Iterable[str], features: frozenset[str]) -> list[str]:
         kind, expression = marker.groups()
         if _last(out).rstrip().endswith("= ("):  # `ruff format` wrapped a long marked assignment
             raise RuntimeError(f"an emit marker inside a wrapped statement (shorten the line): {_last(out).strip()}")
-        keep = holds(expression, features)
+        keep = holds(expression, features | varying)
+        if kind == "when" and any(term.removeprefix("!") in varying for term in re.split(r"[,|]", expression)):
+            out.append(line[: marker.start()].rstrip())  # decided per instance, at run time
+            index += 1
+            continue
         if kind == "if":
             if keep:
                 out.append(line[: marker.start()].rstrip())
@@ -277,9 +282,12 @@ def _balanced(text: str) -> bool:
 
 def _region_end(lines: list[str], index: int) -> int:
     """End (exclusive) of the statement at `index` with the block indented under it; a decorator's region runs
-    through the decorated definition."""
+    through the decorated definition, a bracketed list's through its closing line."""
     while lines[index].lstrip().startswith("@"):
         index += 1
+    if MARKER.sub("", lines[index]).rstrip().endswith(("(", "[")):  # a signature (or call) laid out one item per line
+        indent = _indent(lines[index])
+        index = next(i for i in range(index + 1, len(lines)) if _indent(lines[i]) <= indent and lines[i].strip())
     end = _block_end(lines, index)
     while end > index + 1 and not lines[end - 1].strip():
         end -= 1  # blank lines after the branch belong to what follows it
@@ -318,7 +326,7 @@ def _dedent(block: list[str], indent: int) -> list[str]:
 
 def _ends_block(block: list[str], indent: int) -> bool:
     """Whether the last statement of `block` at `indent` leaves the block (return or raise)."""
-    starts = [line.strip() for line in block if line.strip() and _indent(line) == indent]
+    starts = [line.strip() for line in block if line.strip()[:1] not in ("", ")", "]") and _indent(line) == indent]
     return bool(starts) and (starts[-1] == "return" or starts[-1].startswith(("return ", "raise ")))
 
 
@@ -337,8 +345,11 @@ def rename_ops(source: str, namespace: str) -> str:
     return OP_REFERENCE.sub(namespace, source)
 
 
-def select(glue: str, features: frozenset[str], op_namespace: str = OP_NAMESPACE) -> Selection:
-    """The components `glue` uses, transitively, specialised to `features`, and the imports they all need.
+def select(
+    glue: str, features: frozenset[str], varying: frozenset[str] = frozenset(), op_namespace: str = OP_NAMESPACE
+) -> Selection:
+    """The components `glue` uses, transitively, specialised to `features` (and `varying`, see `specialise`), and
+    the imports they all need.
 
     Custom operators are registered under `op_namespace` (see `rename_ops`)."""
     lib = library()
@@ -360,7 +371,7 @@ def select(glue: str, features: frozenset[str], op_namespace: str = OP_NAMESPACE
         if definition.name in chosen:
             continue
         for part in (definition, *lib.registrations.get(definition.name, [])):
-            source = rename_ops("\n".join(specialise(part.lines, features)), op_namespace)
+            source = rename_ops("\n".join(specialise(part.lines, features, varying)), op_namespace)
             chosen[part.name] = (part, source)
             found = [] if union_members(source) else sorted(global_names(source))
             pending.extend(found)

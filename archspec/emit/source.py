@@ -97,7 +97,7 @@ def emit_source(spec: Spec) -> str:
     glue, selection = "", None
     for _ in range(3):  # printing drops arguments the specialised signatures lack: print, select, until stable
         printed = Printer(plan, class_name(spec.name), signatures).file_glue()
-        selection = select(printed, plan.features, op_namespace=namespace)
+        selection = select(printed, plan.features, plan.varying, op_namespace=namespace)
         signatures = _signatures(selection.sources)
         if printed == glue:
             break

@@ -13,9 +13,10 @@ features (`archspec.plan.FEATURES`):
 * a line ending in `# emit-if: EXPR` is kept (without the marker) when EXPR holds, else dropped with the block
   indented under it. EXPR is a feature, `!feature`, features joined by `,` (all) or `|` (any); `library` is the
   feature of archspec's own models only (FlexAttention, fx tracing, compiled decoding): never emitted;
-* an `if` line ending in `# emit-when: EXPR` is a condition that holds exactly when EXPR does (for the model's
-  single instance of that class): when EXPR holds only its body is kept, dedented; else only its `else:` body,
-  or nothing. Statements after a kept `return` in the same block are dropped as unreachable.
+* an `if` line ending in `# emit-when: EXPR` is a condition that holds exactly when EXPR does (for every instance
+  of that class in the model): when EXPR holds only its body is kept, dedented; else only its `else:` body, or
+  nothing. Statements after a kept `return` in the same block are dropped as unreachable. Where instances differ
+  (the plan's `varying` features) the `if` stays as it is.
 
 Keep components importing only torch, the standard library and each other.
 """

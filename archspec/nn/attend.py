@@ -226,10 +226,14 @@ class AttentionPaths(nn.Module):
         whole = seq == keys  # a sequence attending to itself: queries = keys = positions 0 .. seq - 1
         if context.prefix_lengths is not None:  # emit-if: prefix_lm
             whole = False  # a bidirectional prefix: no causal shortcut, no bias by distance
+        if self.alibi is not None:  # emit-when: alibi
+            return self._biased(
+                context,
+                whole,
+                window,  # emit-if: window
+            )
         if window is not None and window < keys:  # emit-if: window
             return self._windowed(context, window, whole)
-        if self.alibi is not None:  # emit-when: alibi
-            return self._biased(context, whole)
         if whole or seq == 1:
             return causal_attention
         if self.backend == "flex" and self._flex_applies(context):  # emit-if: library
@@ -238,15 +242,11 @@ class AttentionPaths(nn.Module):
 
     def _windowed(self, context: Context, window: int, whole: bool) -> AttentionFn:  # emit-if: window
         """A sliding window shorter than the keys. A whole sequence on CPU needs no [seq, seq] mask: chunks of
-        queries over their own spans of keys (`ChunkedWindow`), or, when compiling or with ALiBi, a bias by
+        queries over their own spans of keys (`ChunkedWindow`), or, when compiling, the window as a bias by
         distance read as a Toeplitz view (`ToeplitzBias`)."""
         if self.backend == "flex" and self._flex_applies(context):  # emit-if: library
             return self._flex(context, window)
         if whole and context.positions.device.type == "cpu":
-            if self.alibi is not None:  # emit-when: alibi,!alibi_bfloat16
-                bias = self.alibi.by_distance(context.keys, context.dtype)
-                if bias is not None:  # emit-when: !alibi_bfloat16
-                    return ToeplitzBias(distance_table(bias, True, window), causal=True, window=window)
             if not torch.compiler.is_compiling():  # a loop over chunks: eager only
                 return ChunkedWindow(window)
             if self.backend == "sdpa":  # emit-if: library
@@ -256,15 +256,37 @@ class AttentionPaths(nn.Module):
                 return ToeplitzBias(table.to(context.dtype), causal=True, window=window)
         return MaskedAttention(self._mask(context, window))
 
-    def _biased(self, context: Context, whole: bool) -> AttentionFn:  # emit-if: alibi
-        """ALiBi: a whole sequence on CPU reads the bias as a Toeplitz view."""
+    def _biased(  # emit-if: alibi
+        self,
+        context: Context,
+        whole: bool,
+        window: int | None = None,  # emit-if: window
+    ) -> AttentionFn:
+        """ALiBi: a whole sequence on CPU reads the bias by distance as a Toeplitz view, anything else gets it as a
+        mask (so does bfloat16 ALiBi, whose rounding depends on the key position, not only the distance)."""
         if self.backend == "flex" and self._flex_applies(context):  # emit-if: library
-            return self._flex(context, None)
+            return self._flex(
+                context,
+                window,  # emit-if: window
+            )
         if whole and context.positions.device.type == "cpu":  # emit-if: !alibi_bfloat16
             bias = self.alibi.by_distance(context.keys, context.dtype)
             if bias is not None:  # emit-when: !alibi_bfloat16
-                return ToeplitzBias(distance_table(bias, True), causal=True)
-        return MaskedAttention(self._mask(context))
+                table = distance_table(
+                    bias,
+                    True,
+                    window,  # emit-if: window
+                )
+                return ToeplitzBias(
+                    table,
+                    causal=True,
+                    window=window,  # emit-if: window
+                )
+        mask = self._mask(
+            context,
+            window,  # emit-if: window
+        )
+        return MaskedAttention(mask)
 
     def _mask(
         self,

@@ -188,9 +188,13 @@ def decoder_dicts(
             attention["window_layers"] = draw(st.lists(st.integers(0, n_layers - 1), max_size=n_layers, unique=True))
     if draw(st.booleans()):
         attention["scale"] = draw(st.floats(0.05, 2.0))
+    if n_layers > 1 and draw(st.booleans()):
+        attention["inverse_layer_scale"] = True
 
     if rope:
         position: dict[str, Any] | str = draw(rope_position(head_dim, scalings))
+    elif position_kind == "alibi":
+        position = draw(alibi_position())
     else:
         position = draw(st.sampled_from([position_kind, {"kind": position_kind}]))  # shorthand or full
 
@@ -209,6 +213,15 @@ def decoder_dicts(
     }
     spec.update(draw(descriptions_and_tokens(spec["vocab_size"])))
     return spec
+
+
+def alibi_position() -> st.SearchStrategy[dict[str, Any] | str]:
+    """BLOOM's ALiBi (shorthand or full) or Falcon-RW's: scaled with q.k and/or rounded to bfloat16."""
+    full = st.fixed_dictionaries(
+        {"kind": st.just("alibi")},
+        optional={"scaled": st.booleans(), "precision": st.sampled_from(["float32", "bfloat16"])},
+    )
+    return st.one_of(st.just("alibi"), full)
 
 
 names = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,12}\Z")

@@ -204,6 +204,9 @@ def test_flex_relative_bias_equals_sdpa():
         torch.testing.assert_close(FlexPattern(None, score_mod)(q, k, v, 1.0), expected, rtol=1e-5, atol=1e-5)
 
 
+FALCON_RW_ALIBI = {"kind": "alibi", "scaled": True, "precision": "bfloat16"}
+
+
 def tiny(name: str, **updates) -> torch.nn.Module:
     spec = shrink(archspec.load_spec(f"specs/{name}.yaml"))
     data = spec.model_dump(mode="json")
@@ -218,8 +221,14 @@ def tiny(name: str, **updates) -> torch.nn.Module:
 
 @pytest.mark.parametrize(
     "name, updates",
-    [("mistral-7b", {"attention": {"window": 20}, "context_length": 256}), ("bloom-560m", {}), ("t5-small", {})],
-    ids=["window", "alibi", "t5"],
+    [
+        ("mistral-7b", {"attention": {"window": 20}, "context_length": 256}),
+        ("bloom-560m", {}),
+        ("bloom-560m", {"attention": {"window": 20}}),
+        ("bloom-560m", {"attention": {"window": 20}, "position": FALCON_RW_ALIBI}),
+        ("t5-small", {}),
+    ],
+    ids=["window", "alibi", "alibi-window", "bfloat16-alibi-window", "t5"],
 )
 def test_model_paths_agree(name, updates):
     """The default inference path (chunked windows, Toeplitz views), the grad-enabled path (windows in chunks of

@@ -280,9 +280,11 @@ TINY: dict[str, dict[str, Any]] = {
         moe={"experts": 4, "top_k": 2, "d_ff": 24, "layers": [1]},
     ),
     # LLaVA-like with every tower option away from CLIP's: two feature layers (the embeddings and the last block)
-    # concatenated, class token kept, no pre/post norm, patch bias, 1 channel, linear projector, gelu-tanh.
+    # concatenated, class token kept, no pre/post norm, patch bias, 1 channel, linear projector, gelu-tanh; the text
+    # blocks take BLOOM's residual from the normed input, the tower's pre-norm blocks do not (one class, two uses).
     "vlm-vit-options": tiny(
         "tiny-vlm-vit",
+        block={"kind": "pre-norm", "residual_from_norm": True},
         vision={
             "tower": {
                 "kind": "vit",
