@@ -253,6 +253,16 @@ def _router(name: str, **values) -> dict:
         pytest.param(
             lambda: _changed("t5-base", attention={"scale": None}), "attention.scale", id="t5-scaled-attention"
         ),
+        pytest.param(  # BLOOM's ALiBi is float32, Falcon-RW's bfloat16 is also divided by sqrt(head_dim)
+            lambda: _changed("bloom-176b", position={"precision": "bfloat16"}),
+            "position.precision = 'bfloat16'",
+            id="unscaled-bfloat16-alibi",
+        ),
+        pytest.param(
+            lambda: _changed("llama3-70b", attention={"inverse_layer_scale": True}),
+            "attention.inverse_layer_scale = True",
+            id="llama-inverse-layer-scale",
+        ),
         pytest.param(
             lambda: _changed("t5-base", embeddings={"scale_head": False}), "embeddings.", id="t5-tied-unscaled"
         ),

@@ -137,7 +137,6 @@ def test_untied_head_in_a_checkpoint_for_a_tied_spec_is_an_error(tmp_path):
     ("config", "message"),
     [
         ({"model_type": "whisper"}, "not supported"),
-        (T.FalconConfig(**SMALL, alibi=True).to_dict(), "alibi"),
         (
             T.LlamaConfig(
                 **SMALL,

@@ -97,6 +97,18 @@ CONFIGS = {
     "gpt2": T.GPT2Config(
         vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
     ),
+    # layer i's scale is head_dim^-0.5 / (i + 1); reorder_and_upcast_attn changes only eager's float32 rounding
+    "gpt2-inverse-layer-scale": T.GPT2Config(
+        vocab_size=128,
+        n_embd=48,
+        n_layer=3,
+        n_head=3,
+        n_positions=32,
+        scale_attn_by_inverse_layer_idx=True,
+        reorder_and_upcast_attn=True,
+        bos_token_id=0,
+        eos_token_id=0,
+    ),
     "gpt2-odd-inner": T.GPT2Config(
         vocab_size=101,
         n_embd=48,
@@ -132,6 +144,18 @@ CONFIGS = {
         bias=True,
     ),
     "falcon-sequential-mha": T.FalconConfig(**SMALL, multi_query=False, parallel_attn=False, bias=True),
+    # Falcon-RW: ALiBi rounded to bfloat16 and divided by sqrt(head_dim), no RoPE. 20 heads: slopes 2^(-k/2) that
+    # bfloat16 rounds (below 16 heads every slope is a power of two), and 4 past the power of two
+    "falcon-rw-alibi-20-heads": T.FalconConfig(
+        vocab_size=128,
+        hidden_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=20,
+        multi_query=False,
+        parallel_attn=False,
+        bias=True,
+        alibi=True,
+    ),
     "gpt-neox-parallel": T.GPTNeoXConfig(**SMALL, intermediate_size=256),
     "gpt-neox-sequential-half-rotary": T.GPTNeoXConfig(
         **SMALL, intermediate_size=160, use_parallel_residual=False, rotary_pct=0.5, tie_word_embeddings=True

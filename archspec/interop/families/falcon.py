@@ -2,14 +2,16 @@
 
 Matched against transformers 5.25.0 `models/falcon/configuration_falcon.py` and `modeling_falcon.py`. Three
 layouts: Falcon-7B (multi-query, one norm for the parallel branches), multi-head Falcon, and the new decoder
-architecture of Falcon-40B/180B (grouped kv heads, `ln_attn` / `ln_mlp`). `alibi=True` (falcon-rw) is refused.
+architecture of Falcon-40B/180B (grouped kv heads, `ln_attn` / `ln_mlp`). `alibi=True` (Falcon-RW) adds ALiBi
+once, through the attention mask, after the q.k scale: slopes * key position rounded to bfloat16 (whatever the
+model's dtype), divided by sqrt(head_dim); RoPE is then not applied. That is `position: {kind: alibi, scaled: true,
+precision: bfloat16}`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from archspec.interop.errors import UnsupportedConfigError
 from archspec.interop.families.common import (
     BLOOM_FALCON_LAYER,
     PLAIN_TO_HF,
@@ -23,7 +25,9 @@ from archspec.interop.families.common import (
 )
 from archspec.interop.family import Family
 from archspec.interop.keys import KeyMap
-from archspec.spec.schema import RopeSpec, Spec
+from archspec.spec.schema import AlibiSpec, RopeSpec, Spec
+
+FALCON_ALIBI: dict[str, Any] = {"kind": "alibi", "scaled": True, "precision": "bfloat16"}
 
 DEFAULTS: dict[str, Any] = dict(
     num_ln_in_parallel_attn=None,
@@ -44,10 +48,6 @@ DEFAULTS: dict[str, Any] = dict(
 
 
 def to_spec(get: Getter, model_type: str) -> dict[str, Any]:
-    if get("alibi"):
-        raise UnsupportedConfigError(
-            "falcon with alibi=True (falcon-rw) is not supported: its eager path counts ALiBi twice"
-        )
     hidden, heads = get.require("hidden_size"), get.require("num_attention_heads")
     new_arch = bool(get("new_decoder_architecture"))
     if new_arch:
@@ -65,7 +65,7 @@ def to_spec(get: Getter, model_type: str) -> dict[str, Any]:
         "n_layers": get.require("num_hidden_layers"),
         "context_length": get("max_position_embeddings"),
         "attention": {"heads": heads, "kv_heads": kv_heads, "bias": bool(get("bias"))},
-        "position": read_rope(get, fraction=1.0),
+        "position": dict(FALCON_ALIBI) if get("alibi") else read_rope(get, fraction=1.0),
         "norm": {"kind": "layernorm", "eps": get("layer_norm_epsilon")},
         "block": block,
         "mlp": {
@@ -78,7 +78,8 @@ def to_spec(get: Getter, model_type: str) -> dict[str, Any]:
 
 
 def to_config(spec: Spec, model_type: str) -> dict[str, Any]:
-    needs(isinstance(spec.position, RopeSpec), "position.kind")
+    alibi = isinstance(spec.position, AlibiSpec)
+    needs(isinstance(spec.position, RopeSpec) or (alibi and spec.position.scaled), "position.kind")
     heads, kv_heads, block = spec.attention.heads, spec.kv_heads, spec.block
     old_layout = kv_heads in (1, heads) and not (block.kind == "parallel" and block.parallel_norms == 2)
     return {
@@ -92,12 +93,12 @@ def to_config(spec: Spec, model_type: str) -> dict[str, Any]:
         "parallel_attn": block.kind == "parallel",
         "num_ln_in_parallel_attn": None if old_layout else block.parallel_norms,
         "bias": spec.attention.bias.q,
-        "alibi": False,
+        "alibi": alibi,
         "ffn_hidden_size": spec.mlp.d_ff,
         "activation": hf_name(PLAIN_TO_HF, spec.mlp.activation, "mlp.activation"),
         "layer_norm_epsilon": spec.norm.eps,
         "max_position_embeddings": spec.context_length,
-        "rope_parameters": rope_parameters(spec),
+        **({} if alibi else {"rope_parameters": rope_parameters(spec)}),
         "tie_word_embeddings": spec.embeddings.tied,
     }
 

@@ -2,13 +2,15 @@
 
 Matched against transformers 5.25.0 `models/gpt2/configuration_gpt2.py` and `modeling_gpt2.py`: `c_attn` fuses
 q | k | v along its last dim (Conv1D), so its parts are column blocks, and every Conv1D weight is transposed.
+`scale_attn_by_inverse_layer_idx` divides layer i's q.k scale by i + 1 (`attention.inverse_layer_scale`).
+`reorder_and_upcast_attn` is read and dropped: transformers applies it only on its eager path, where it computes
+the same scores in float32 with the scale folded into the matmul (a rounding difference, not a different model).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from archspec.interop.errors import UnsupportedConfigError
 from archspec.interop.families.common import PLAIN_TO_HF, Getter, hf_name, plain_activation
 from archspec.interop.family import Family
 from archspec.interop.keys import KeyMap, Split, split_rows
@@ -22,14 +24,13 @@ DEFAULTS: dict[str, Any] = dict(
     tie_word_embeddings=True,
     scale_attn_weights=True,
     scale_attn_by_inverse_layer_idx=False,
+    reorder_and_upcast_attn=False,
     bos_token_id=50256,
     eos_token_id=50256,
 )
 
 
 def to_spec(get: Getter, model_type: str) -> dict[str, Any]:
-    if get("scale_attn_by_inverse_layer_idx"):
-        raise UnsupportedConfigError("gpt2 with scale_attn_by_inverse_layer_idx is not supported")
     hidden, heads = get.require("n_embd"), get.require("n_head")
     activation = get("activation_function")
     return {
@@ -37,7 +38,12 @@ def to_spec(get: Getter, model_type: str) -> dict[str, Any]:
         "d_model": hidden,
         "n_layers": get.require("n_layer"),
         "context_length": get("n_positions"),
-        "attention": {"heads": heads, "bias": True, **({} if get("scale_attn_weights") else {"scale": 1.0})},
+        "attention": {
+            "heads": heads,
+            "bias": True,
+            **({} if get("scale_attn_weights") else {"scale": 1.0}),
+            **({"inverse_layer_scale": True} if get("scale_attn_by_inverse_layer_idx") else {}),
+        },
         "position": "learned",
         "norm": {"kind": "layernorm", "eps": get("layer_norm_epsilon")},
         "block": "pre-norm",
@@ -59,6 +65,8 @@ def to_config(spec: Spec, model_type: str) -> dict[str, Any]:
         "layer_norm_epsilon": spec.norm.eps,
         "tie_word_embeddings": spec.embeddings.tied,
         "scale_attn_weights": attn.scale is None,
+        "scale_attn_by_inverse_layer_idx": attn.inverse_layer_scale,
+        "reorder_and_upcast_attn": False,
         "resid_pdrop": 0.0,  # archspec has no dropout
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
