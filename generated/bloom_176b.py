@@ -37,6 +37,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import and_masks
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (b, h, q, kv) -> seen
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]  # attend(q, k, v, scale)
@@ -46,12 +47,33 @@ Activation = Callable[[torch.Tensor], torch.Tensor]  # elementwise: F.silu, F.ge
 # ------------------------------------------------------------------------------------------------------------ positions
 @dataclass
 class Context:
-    """One call as every layer sees it: `rows` sequences' queries at `positions` over the keys 0 .. keys - 1."""
+    """One call as every layer sees it: `rows` sequences' queries at cache slots `positions` over the keys in slots
+    0 .. keys - 1; padded or packed rows add `key_mask` (False: padding), `documents` and their `position_ids`."""
 
     positions: torch.Tensor
     keys: int
     rows: int = 1
     dtype: torch.dtype = torch.float32  # the activations' (of RoPE tables and biases)
+    key_mask: torch.Tensor | None = None  # [rows, keys] bool
+    documents: torch.Tensor | None = None  # [rows, keys]
+    position_ids: torch.Tensor | None = None
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """[rows, n] positions of a padding mask (1: token): each row counts its tokens from 0, pads at 0 (as
+    transformers' generate and BLOOM's ALiBi do)."""
+    mask = mask.long()
+    return (mask.cumsum(-1) - 1) * mask
+
+
+def packed_documents(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """[rows, seq] document of each token where positions restart (not the previous + 1: as transformers detects
+    packing); None when every row is one document (checked eagerly; a compiled graph always gets them)."""
+    first = position_ids[:, :1] - 1
+    documents = (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+    if not torch.compiler.is_compiling() and not bool(documents[:, -1].any()):
+        return None
+    return documents
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -70,12 +92,13 @@ def alibi_slopes(heads: int) -> torch.Tensor:
 
 
 def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-    """bias[h, j] = slope_h * j, broadcast over queries: [heads, 1, keys].
+    """bias[h, j] = slope_h * j, broadcast over queries: [heads, 1, keys] ([rows, heads, 1, keys] for key positions
+    [rows, keys]).
 
     Softmax is shift-invariant per query row, so slope * j equals the paper's slope * (j - i); using the key
     position alone is what BLOOM computes, which keeps the logits bit-comparable.
     """
-    return (slopes[:, None] * key_positions[None, :].float())[:, None, :]
+    return slopes[:, None, None] * key_positions[..., None, None, :].float()
 
 
 def alibi_by_distance(slopes: torch.Tensor, seq: int) -> torch.Tensor:
@@ -97,9 +120,12 @@ class Alibi(torch.nn.Module):
         self.register_buffer("slopes", slopes.to(torch.get_default_device()), persistent=False)
         self.divisor = divisor
 
-    def by_key(self, keys: int, dtype: torch.dtype) -> torch.Tensor:
-        """[heads, 1, keys] in `dtype`: the bias of keys 0 .. keys - 1 for every query."""
+    def by_key(self, keys: int, dtype: torch.dtype, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[heads, 1, keys] in `dtype`: the bias of keys 0 .. keys - 1 for every query; with a padding mask
+        ([rows, keys]) [rows, heads, 1, keys] by each row's own token positions."""
         positions = torch.arange(keys, device=self.slopes.device)
+        if key_mask is not None:
+            positions = positions_from_mask(key_mask)
         return alibi_bias(self.slopes, positions).to(dtype) / self.divisor
 
     def by_distance(self, seq: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -112,6 +138,25 @@ class Alibi(torch.nn.Module):
 def causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
     """A query sees itself and the keys before it."""
     return kv <= q
+
+
+def padding(key_mask: torch.Tensor) -> MaskMod:
+    """Row b's padded keys (key_mask[b, kv] False) are hidden; a query still sees its own slot, so that a padded
+    query's softmax has a key (its output is never read)."""
+
+    def real(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return key_mask[b, kv] | (kv == q)
+
+    return real
+
+
+def same_document(documents: torch.Tensor) -> MaskMod:
+    """Packed rows: a query sees only the keys of its own document (documents[b, slot]: the document index)."""
+
+    def same(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return documents[b, q] == documents[b, kv]
+
+    return same
 
 
 def render(mod: MaskMod, context: Context) -> torch.Tensor:
@@ -209,6 +254,11 @@ class AttentionPaths(nn.Module):
     def _function(self, context: Context) -> AttentionFn:
         seq, keys = context.positions.shape[0], context.keys
         whole = seq == keys  # a sequence attending to itself: queries = keys = positions 0 .. seq - 1
+        if context.key_mask is not None or context.documents is not None:
+            mask = self._mask(  # padded keys or packed documents: a mask per row
+                context,
+            )
+            return MaskedAttention(mask)
         return self._biased(context, whole)
 
     def _biased(self, context: Context, whole: bool) -> AttentionFn:
@@ -221,10 +271,20 @@ class AttentionPaths(nn.Module):
         mask = self._mask(context)
         return MaskedAttention(mask)
 
-    def _mask(self, context: Context) -> torch.Tensor:
+    def _pattern(self, context: Context) -> MaskMod:
+        """Which keys each query of the call sees, as one predicate composed of the mask predicates."""
         pattern = causal
+        if context.key_mask is not None:
+            pattern = and_masks(pattern, padding(context.key_mask))
+        if context.documents is not None:
+            pattern = and_masks(pattern, same_document(context.documents))
+        return pattern
+
+    def _mask(self, context: Context) -> torch.Tensor:
+        pattern = self._pattern(context)
         mask = render(pattern, context)
-        mask = additive_mask(mask, self.alibi.by_key(context.keys, context.dtype), context.dtype)
+        bias = self.alibi.by_key(context.keys, context.dtype, context.key_mask)
+        mask = additive_mask(mask, bias, context.dtype)
         return mask
 
 
@@ -334,19 +394,30 @@ class DecoderLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
     ) -> LMOutput:
         """`labels` [batch, seq]: the next-token loss (shifted inside; -100 is ignored). `logits_to_keep` > 0: the
-        logits of the last that many positions only (decoding needs the last one). The queries continue the cache."""
+        logits of the last that many positions only (decoding needs the last one). The queries continue the cache.
+
+        `attention_mask` [batch, past + seq] (1: token, 0: padding, left or right, as in transformers): padded keys
+        are never attended, padded positions are out of the loss. `position_ids` [batch, seq] (default: the slots);
+        without a mask or cache, positions restarting in a row mark packed documents, as `document_ids` [batch,
+        past + seq] do: no attention and no loss across documents."""
         batch, seq = input_ids.shape
         past = cache.length if cache is not None else 0
         positions = torch.arange(past, past + seq, device=input_ids.device)
         keys = past + seq
         x = self.embed(input_ids)
         x = self.embed_norm(x)
-        context = Context(positions, keys, rows=batch, dtype=x.dtype)
+        context = Context(positions, keys, rows=batch, dtype=x.dtype, position_ids=position_ids)
+        context.key_mask, context.documents = self._masks(
+            attention_mask, position_ids, document_ids, cache, batch, keys
+        )
         attends = self.attention(context)
         for index, layer in enumerate(self.layers):
             x = layer(x, context, attends[index], cache.layers[index] if cache is not None else None)
@@ -359,8 +430,39 @@ class DecoderLM(nn.Module):
             return LMOutput(logits=logits)
         # Shift the labels, not the logits (as transformers does): no copy of the [batch, seq, vocab] logits.
         shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+        if attention_mask is not None:  # a padded position neither predicts nor is predicted
+            real = attention_mask[:, -seq:].bool()
+            shifted = shifted.masked_fill(~(real & F.pad(real[:, 1:], (0, 1), value=False)), -100)
+        if context.documents is not None:  # nor does a document predict the next one's first token
+            same = context.documents[:, -seq:]
+            shifted = shifted.masked_fill(F.pad(same[:, 1:] != same[:, :-1], (0, 1), value=False), -100)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
         return LMOutput(logits=logits, loss=loss)
+
+    def _masks(
+        self,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        document_ids: torch.Tensor | None,
+        cache: KVCache | None,
+        batch: int,
+        keys: int,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The call's key mask and documents ([batch, keys] each, or None where no key needs hiding)."""
+        for name, given in (("attention_mask", attention_mask), ("document_ids", document_ids)):
+            if given is not None and tuple(given.shape) != (batch, keys):
+                raise ValueError(f"{name} must be [batch, past + seq] = [{batch}, {keys}], got {list(given.shape)}")
+        key_mask = documents = None
+        if attention_mask is not None:
+            key_mask = attention_mask.bool()
+            right_padded = bool((key_mask[:, 1:] <= key_mask[:, :-1]).all())  # (or not padded)
+            if cache is None and not torch.compiler.is_compiling() and right_padded:
+                key_mask = None  # no padding, or right padding only: causal attention is exact for every token
+        if document_ids is not None:
+            documents = document_ids
+        elif position_ids is not None and attention_mask is None and cache is None:
+            documents = packed_documents(position_ids.expand(batch, -1))
+        return key_mask, documents
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty static cache for `batch` sequences of up to `max_len` positions (in the weights' dtype)."""
@@ -414,10 +516,13 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
     **model_inputs: torch.Tensor,
 ) -> torch.Tensor:
     """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]); return [batch, seq + n]. Rows
-    past `eos_token_id` get `pad_token_id` (or eos), as in `transformers`; `model_inputs` go to every forward."""
+    past `eos_token_id` get `pad_token_id` (or eos), as in `transformers`; `model_inputs` go to every forward.
+    `attention_mask` [batch, seq] (0: padding): prompts of different lengths, left-padded; each row's positions
+    count its own tokens (as transformers' generate computes them) and its pads stay hidden at every step."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     batch, seq = input_ids.shape
@@ -428,8 +533,17 @@ def generate(
     cache = model.new_cache(batch, total)  # type: ignore[operator]
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    prompt = dict(model_inputs)
+    mask = position = None  # the padding mask of every slot, the next position per row
+    if attention_mask is not None:
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("generate needs prompts padded on the left: some row's last token is padding")
+        mask = F.pad(attention_mask.bool(), (0, max_new_tokens), value=True)  # every slot the call fills
+        positions = positions_from_mask(attention_mask)
+        prompt |= {"attention_mask": mask[:, :seq], "position_ids": positions}
+        position = positions[:, -1:] + 1  # of the next token, per row
     # Only the last position's logits are needed (`logits_to_keep=1`): the head is not run over the whole prompt.
-    logits = model(input_ids, cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]
+    logits = model(input_ids, cache=cache, logits_to_keep=1, **prompt).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = sample(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(dim=-1)
         if len(stop):
@@ -438,7 +552,11 @@ def generate(
         tokens = torch.cat((tokens, next_token[:, None]), dim=1)
         if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
             break
-        logits = model(next_token[:, None], cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]
+        inputs = dict(model_inputs)
+        if mask is not None:
+            inputs |= {"attention_mask": mask[:, : cache.length + 1], "position_ids": position}
+            position = position + 1
+        logits = model(next_token[:, None], cache=cache, logits_to_keep=1, **inputs).logits[:, -1]
     return tokens
 
 

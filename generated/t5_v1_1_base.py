@@ -57,7 +57,8 @@ class RMSNorm(nn.Module):
 # ------------------------------------------------------------------------------------------------------------ positions
 @dataclass
 class Context:
-    """One call as every layer sees it: `rows` sequences' queries at `positions` over the keys 0 .. keys - 1."""
+    """One call as every layer sees it: `rows` sequences' queries at cache slots `positions` over the keys in slots
+    0 .. keys - 1; padded or packed rows add `key_mask` (False: padding), `documents` and their `position_ids`."""
 
     positions: torch.Tensor
     keys: int
@@ -588,7 +589,9 @@ def generate(
     **model_inputs: torch.Tensor,
 ) -> torch.Tensor:
     """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]); return [batch, seq + n]. Rows
-    past `eos_token_id` get `pad_token_id` (or eos), as in `transformers`; `model_inputs` go to every forward."""
+    past `eos_token_id` get `pad_token_id` (or eos), as in `transformers`; `model_inputs` go to every forward.
+    `attention_mask` [batch, seq] (0: padding): prompts of different lengths, left-padded; each row's positions
+    count its own tokens (as transformers' generate computes them) and its pads stay hidden at every step."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     batch, seq = input_ids.shape
@@ -599,8 +602,9 @@ def generate(
     cache = model.new_cache(batch, total)  # type: ignore[operator]
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    prompt = dict(model_inputs)
     # Only the last position's logits are needed (`logits_to_keep=1`): the head is not run over the whole prompt.
-    logits = model(input_ids, cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]
+    logits = model(input_ids, cache=cache, logits_to_keep=1, **prompt).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = sample(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(dim=-1)
         if len(stop):
@@ -609,7 +613,8 @@ def generate(
         tokens = torch.cat((tokens, next_token[:, None]), dim=1)
         if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
             break
-        logits = model(next_token[:, None], cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]
+        inputs = dict(model_inputs)
+        logits = model(next_token[:, None], cache=cache, logits_to_keep=1, **inputs).logits[:, -1]
     return tokens
 
 

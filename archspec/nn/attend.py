@@ -19,9 +19,19 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import and_masks, create_block_mask, or_masks
 
 from archspec.nn.flex import FLEX_CPU_SHORTEST, FlexPattern, alibi_score_mod, causal_block_mask
-from archspec.nn.masks import additive_mask, and_masks, causal, or_masks, prefix, render, sliding_window
+from archspec.nn.masks import (
+    MaskMod,
+    additive_mask,
+    causal,
+    padding,
+    prefix,
+    render,
+    same_document,
+    sliding_window,
+)
 from archspec.nn.positions import Alibi, Context
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]  # attend(q, k, v, scale)
@@ -226,6 +236,14 @@ class AttentionPaths(nn.Module):
         whole = seq == keys  # a sequence attending to itself: queries = keys = positions 0 .. seq - 1
         if context.prefix_lengths is not None:  # emit-if: prefix_lm
             whole = False  # a bidirectional prefix: no causal shortcut, no bias by distance
+        if context.key_mask is not None or context.documents is not None:  # emit-if: !encoder_decoder
+            if self.backend == "flex" and self._flex_applies(context):  # emit-if: library
+                return self._flex_padded(context, window)
+            mask = self._mask(  # padded keys or packed documents: a mask per row
+                context,
+                window,  # emit-if: window
+            )
+            return MaskedAttention(mask)
         if self.alibi is not None:  # emit-when: alibi
             return self._biased(
                 context,
@@ -288,19 +306,40 @@ class AttentionPaths(nn.Module):
         )
         return MaskedAttention(mask)
 
-    def _mask(
+    def _pattern(
         self,
         context: Context,
         window: int | None = None,  # emit-if: window
-    ) -> torch.Tensor:
+    ) -> MaskMod:
+        """Which keys each query of the call sees, as one predicate composed of the mask predicates."""
         pattern = causal
         if window is not None:  # emit-if: window
             pattern = and_masks(pattern, sliding_window(window))
         if context.prefix_lengths is not None:  # emit-if: prefix_lm
             pattern = or_masks(pattern, prefix(context.prefix_lengths))
+        if context.key_mask is not None:  # emit-if: !encoder_decoder
+            pattern = and_masks(pattern, padding(context.key_mask))
+        if context.documents is not None:  # emit-if: !encoder_decoder
+            pattern = and_masks(pattern, same_document(context.documents))
+        return pattern
+
+    def _mask(
+        self,
+        context: Context,
+        window: int | None = None,  # emit-if: window
+    ) -> torch.Tensor:
+        pattern = self._pattern(
+            context,
+            window,  # emit-if: window
+        )
         mask = render(pattern, context)
         if self.alibi is not None:  # emit-when: alibi
-            mask = additive_mask(mask, self.alibi.by_key(context.keys, context.dtype), context.dtype)
+            bias = self.alibi.by_key(
+                context.keys,
+                context.dtype,
+                context.key_mask,  # emit-if: !encoder_decoder
+            )
+            mask = additive_mask(mask, bias, context.dtype)
         return mask
 
     def _flex_applies(self, context: Context) -> bool:  # emit-if: library
@@ -313,9 +352,17 @@ class AttentionPaths(nn.Module):
 
     def _flex(self, context: Context, window: int | None) -> AttentionFn:  # emit-if: library
         seq, device = context.positions.shape[0], context.positions.device
-        score_mod = None if self.alibi is None else alibi_score_mod(self.alibi.slopes / self.alibi.divisor)
         block_mask = causal_block_mask(seq, seq, window, device, prefix_lengths=context.prefix_lengths)
-        return FlexPattern(block_mask, score_mod)
+        return FlexPattern(block_mask, self._score_mod())
+
+    def _flex_padded(self, context: Context, window: int | None) -> AttentionFn:  # emit-if: library
+        """Padded keys or packed documents on the flex backend: a block mask per row, built from the predicate."""
+        seq, device = context.positions.shape[0], context.positions.device
+        block_mask = create_block_mask(self._pattern(context, window), context.rows, None, seq, seq, device)
+        return FlexPattern(block_mask, self._score_mod())
+
+    def _score_mod(self) -> Callable[..., torch.Tensor] | None:  # emit-if: library
+        return None if self.alibi is None else alibi_score_mod(self.alibi.slopes / self.alibi.divisor)
 
     def _traced(self, context: Context) -> list[AttentionFn]:  # emit-if: library
         """An fx trace (lengths are Proxies) is of the no-cache forward: queries = keys, every window assumed

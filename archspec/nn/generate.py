@@ -1,8 +1,10 @@
 """Decoding loops: greedy by default, optional temperature / top-k / top-p sampling, with a static KV cache."""
 
 import torch
+import torch.nn.functional as F
 
 from archspec.nn.cache import KVCache
+from archspec.nn.positions import positions_from_mask
 
 
 @torch.no_grad()
@@ -18,12 +20,15 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,  # emit-if: !encoder_decoder
     use_cache: bool = True,  # emit-if: library
     compile: bool = False,  # emit-if: library
     **model_inputs: torch.Tensor,
 ) -> torch.Tensor:
     """Append up to `max_new_tokens` tokens to each row of `input_ids` ([batch, seq]); return [batch, seq + n]. Rows
-    past `eos_token_id` get `pad_token_id` (or eos), as in `transformers`; `model_inputs` go to every forward."""
+    past `eos_token_id` get `pad_token_id` (or eos), as in `transformers`; `model_inputs` go to every forward.
+    `attention_mask` [batch, seq] (0: padding): prompts of different lengths, left-padded; each row's positions
+    count its own tokens (as transformers' generate computes them) and its pads stay hidden at every step."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     batch, seq = input_ids.shape
@@ -46,8 +51,17 @@ def generate(
         cache = None  # each step recomputes the whole sequence: the reference the cache is tested against
     tokens = input_ids
     finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+    prompt = dict(model_inputs)
+    mask = position = None  # the padding mask of every slot, the next position per row  # emit-if: !encoder_decoder
+    if attention_mask is not None:  # emit-if: !encoder_decoder
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("generate needs prompts padded on the left: some row's last token is padding")
+        mask = F.pad(attention_mask.bool(), (0, max_new_tokens), value=True)  # every slot the call fills
+        positions = positions_from_mask(attention_mask)
+        prompt |= {"attention_mask": mask[:, :seq], "position_ids": positions}
+        position = positions[:, -1:] + 1  # of the next token, per row
     # Only the last position's logits are needed (`logits_to_keep=1`): the head is not run over the whole prompt.
-    logits = model(input_ids, cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]
+    logits = model(input_ids, cache=cache, logits_to_keep=1, **prompt).logits[:, -1]
     for step in range(max_new_tokens):
         next_token = sample(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(dim=-1)
         if len(stop):
@@ -56,15 +70,25 @@ def generate(
         tokens = torch.cat((tokens, next_token[:, None]), dim=1)
         if step == max_new_tokens - 1 or (len(stop) and bool(finished.all())):
             break
+        inputs = dict(model_inputs)
         if cache is None:  # emit-if: library
-            logits = model(tokens, logits_to_keep=1, **model_inputs).logits[:, -1]
+            if mask is not None:
+                inputs |= {"attention_mask": mask[:, : tokens.shape[1]]}
+                inputs |= {"position_ids": positions_from_mask(mask[:, : tokens.shape[1]])}
+            logits = model(tokens, logits_to_keep=1, **inputs).logits[:, -1]
             continue
         if step_fn is not None:  # emit-if: library
-            positions = torch.full((1,), cache.length, dtype=torch.long, device=input_ids.device)
-            logits = step_fn(model, next_token[:, None], cache, positions, model_inputs)
+            if mask is not None:  # emit-if: !encoder_decoder
+                inputs |= {"attention_mask": mask, "position_ids": position}
+                position = position + 1
+            slot = torch.full((1,), cache.length, dtype=torch.long, device=input_ids.device)
+            logits = step_fn(model, next_token[:, None], cache, slot, inputs)
             cache.length += 1
             continue
-        logits = model(next_token[:, None], cache=cache, logits_to_keep=1, **model_inputs).logits[:, -1]
+        if mask is not None:  # emit-if: !encoder_decoder
+            inputs |= {"attention_mask": mask[:, : cache.length + 1], "position_ids": position}
+            position = position + 1
+        logits = model(next_token[:, None], cache=cache, logits_to_keep=1, **inputs).logits[:, -1]
     return tokens
 
 

@@ -46,6 +46,11 @@ class BlockRotaryEmbedding(nn.Module):
 
     def forward(self, context: Context) -> Rope:
         """The tables of the call's [rows, queries] 2-D positions (its prefixes: `glm_positions`)."""
+        if context.position_ids is not None:  # a row's prefix is counted in slots, so its positions are the slots
+            raise ValueError(
+                "2-D block positions follow from the slots and prefix_lengths: position_ids (and left-padded "
+                "generation) are not supported; pad on the right"
+            )
         position_ids, block_ids = glm_positions(context.positions, context.prefix_lengths, context.rows)
         freqs = torch.cat(
             (position_ids[..., None].float() * self.inv_freq, block_ids[..., None].float() * self.inv_freq), -1

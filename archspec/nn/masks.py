@@ -8,6 +8,7 @@ FlexAttention mask_mod. Positions are absolute (the key at cache slot j has posi
 from collections.abc import Callable
 
 import torch
+from torch.nn.attention.flex_attention import and_masks, or_masks
 
 from archspec.nn.positions import Context
 
@@ -37,28 +38,23 @@ def prefix(lengths: torch.Tensor) -> MaskMod:  # emit-if: prefix_lm
     return in_prefix
 
 
-def and_masks(*mods: MaskMod) -> MaskMod:
-    """A key is visible when every predicate says so."""
+def padding(key_mask: torch.Tensor) -> MaskMod:  # emit-if: !encoder_decoder
+    """Row b's padded keys (key_mask[b, kv] False) are hidden; a query still sees its own slot, so that a padded
+    query's softmax has a key (its output is never read)."""
 
-    def both(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        visible = mods[0](b, h, q, kv)
-        for mod in mods[1:]:
-            visible = visible & mod(b, h, q, kv)
-        return visible
+    def real(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return key_mask[b, kv] | (kv == q)
 
-    return both
+    return real
 
 
-def or_masks(*mods: MaskMod) -> MaskMod:  # emit-if: prefix_lm
-    """A key is visible when any predicate says so."""
+def same_document(documents: torch.Tensor) -> MaskMod:  # emit-if: !encoder_decoder
+    """Packed rows: a query sees only the keys of its own document (documents[b, slot]: the document index)."""
 
-    def either(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        visible = mods[0](b, h, q, kv)
-        for mod in mods[1:]:
-            visible = visible | mod(b, h, q, kv)
-        return visible
+    def same(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return documents[b, q] == documents[b, kv]
 
-    return either
+    return same
 
 
 def causal_pattern(window: int | None = None, prefix_lengths: torch.Tensor | None = None) -> MaskMod:

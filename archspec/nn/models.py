@@ -10,7 +10,7 @@ from archspec.nn.attend import AttentionPaths
 from archspec.nn.cache import KVCache
 from archspec.nn.generate import generate
 from archspec.nn.moe import RouterLoss, RouterStats
-from archspec.nn.positions import Context
+from archspec.nn.positions import Context, packed_documents
 
 
 @dataclass
@@ -61,6 +61,9 @@ class DecoderLM(nn.Module):
         self,
         input_ids: torch.Tensor,
         *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         labels: torch.Tensor | None = None,
         logits_to_keep: int = 0,
@@ -69,7 +72,12 @@ class DecoderLM(nn.Module):
         inputs_embeds: torch.Tensor | None = None,  # the embeddings with images spliced in  # emit-if: vision
     ) -> LMOutput:
         """`labels` [batch, seq]: the next-token loss (shifted inside; -100 is ignored). `logits_to_keep` > 0: the
-        logits of the last that many positions only (decoding needs the last one). The queries continue the cache."""
+        logits of the last that many positions only (decoding needs the last one). The queries continue the cache.
+
+        `attention_mask` [batch, past + seq] (1: token, 0: padding, left or right, as in transformers): padded keys
+        are never attended, padded positions are out of the loss. `position_ids` [batch, seq] (default: the slots);
+        without a mask or cache, positions restarting in a row mark packed documents, as `document_ids` [batch,
+        past + seq] do: no attention and no loss across documents."""
         batch, seq = input_ids.shape
         explicit = positions is not None  # emit-if: library
         if positions is None:  # emit-when: !library
@@ -84,7 +92,7 @@ class DecoderLM(nn.Module):
         if inputs_embeds is not None:  # emit-if: vision
             x = inputs_embeds
         if self.pos_embed is not None:  # emit-when: learned_positions
-            x = x + self.pos_embed(positions)
+            x = x + self.pos_embed(positions if position_ids is None else position_ids)
         if self.embed_norm is not None:  # emit-when: embed_norm
             x = self.embed_norm(x)
         context = Context(
@@ -93,6 +101,10 @@ class DecoderLM(nn.Module):
             rows=batch,
             dtype=x.dtype,  # emit-if: rope|distance_bias
             prefix_lengths=prefix_lengths,  # emit-if: prefix_lm
+            position_ids=position_ids,
+        )
+        context.key_mask, context.documents = self._masks(
+            attention_mask, position_ids, document_ids, cache, batch, keys
         )
         context.at_end = not explicit  # emit-if: library
         if self.rotary is not None:  # emit-when: rope
@@ -114,12 +126,43 @@ class DecoderLM(nn.Module):
             return LMOutput(logits=logits)
         # Shift the labels, not the logits (as transformers does): no copy of the [batch, seq, vocab] logits.
         shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
+        if attention_mask is not None:  # a padded position neither predicts nor is predicted
+            real = attention_mask[:, -seq:].bool()
+            shifted = shifted.masked_fill(~(real & F.pad(real[:, 1:], (0, 1), value=False)), -100)
+        if context.documents is not None:  # nor does a document predict the next one's first token
+            same = context.documents[:, -seq:]
+            shifted = shifted.masked_fill(F.pad(same[:, 1:] != same[:, :-1], (0, 1), value=False), -100)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)
         if self.router_loss is not None:  # emit-when: moe
-            aux, z = self.router_loss(routers)
+            aux, z = self.router_loss(routers, None if attention_mask is None else attention_mask[:, -seq:].bool())
             total = loss + self.router_loss.aux_coef * aux + self.router_loss.z_coef * z
             return LMOutput(logits=logits, loss=total, aux_loss=aux, z_loss=z)
         return LMOutput(logits=logits, loss=loss)
+
+    def _masks(
+        self,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        document_ids: torch.Tensor | None,
+        cache: KVCache | None,
+        batch: int,
+        keys: int,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The call's key mask and documents ([batch, keys] each, or None where no key needs hiding)."""
+        for name, given in (("attention_mask", attention_mask), ("document_ids", document_ids)):
+            if given is not None and tuple(given.shape) != (batch, keys):
+                raise ValueError(f"{name} must be [batch, past + seq] = [{batch}, {keys}], got {list(given.shape)}")
+        key_mask = documents = None
+        if attention_mask is not None:
+            key_mask = attention_mask.bool()
+            right_padded = bool((key_mask[:, 1:] <= key_mask[:, :-1]).all())  # (or not padded)
+            if cache is None and not torch.compiler.is_compiling() and right_padded:
+                key_mask = None  # no padding, or right padding only: causal attention is exact for every token
+        if document_ids is not None:
+            documents = document_ids
+        elif position_ids is not None and attention_mask is None and cache is None:
+            documents = packed_documents(position_ids.expand(batch, -1))
+        return key_mask, documents
 
     @property  # emit-if: library
     def attn_backend(self) -> str:

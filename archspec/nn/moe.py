@@ -266,9 +266,10 @@ class TokenBalancingLoss:
     in transformers' Mixtral), P_e the mean softmax probability of expert e. Minimal (= top_k) when uniform.
     """
 
-    def __call__(self, stats: list[RouterStats]) -> torch.Tensor:
-        probs = torch.cat([layer.logits.softmax(dim=-1) for layer in stats])
-        chosen = torch.cat([layer.selected for layer in stats])
+    def __call__(self, stats: list[RouterStats], real: torch.Tensor | None = None) -> torch.Tensor:
+        """`real` [rows, seq] bool: the tokens that count (padding does not, as in transformers' balance loss)."""
+        probs = torch.cat([_real(layer.logits, real).softmax(dim=-1) for layer in stats])
+        chosen = torch.cat([_real(layer.selected, real) for layer in stats])
         experts = probs.shape[-1]
         fraction = F.one_hot(chosen, experts).to(probs.dtype).mean(dim=0)  # [k, E]: per slot
         return experts * (fraction * probs.mean(dim=0)).sum()
@@ -282,32 +283,47 @@ class SequenceBalancingLoss:
     def __init__(self, scoring: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.scoring = scoring
 
-    def __call__(self, stats: list[RouterStats]) -> torch.Tensor:
+    def __call__(self, stats: list[RouterStats], real: torch.Tensor | None = None) -> torch.Tensor:
+        """`real` [rows, seq] bool: the tokens that count in each sequence (padding does not)."""
         losses = []
         for layer in stats:
             experts = layer.logits.shape[-1]
             scores = self.scoring(layer.logits)
             scores = (scores / scores.sum(dim=-1, keepdim=True)).view(layer.rows, -1, experts)
-            tokens, top_k = scores.shape[1], layer.selected.shape[-1]
-            counts = F.one_hot(layer.selected.view(layer.rows, -1), experts).to(scores.dtype).sum(dim=1)
-            fraction = counts * experts / (top_k * tokens)  # [rows, E]
-            losses.append((fraction * scores.mean(dim=1)).sum(dim=-1).mean())
+            weight = torch.ones(scores.shape[:2], dtype=scores.dtype, device=scores.device)
+            if real is not None:
+                weight = real.to(scores.dtype)
+            tokens, top_k = weight.sum(dim=1, keepdim=True), layer.selected.shape[-1]
+            chosen = F.one_hot(layer.selected.view(layer.rows, -1, top_k), experts).to(scores.dtype)  # [r, t, k, E]
+            counts = (chosen * weight[..., None, None]).sum(dim=(1, 2))  # [rows, E]
+            fraction = counts * experts / (top_k * tokens)
+            mean_scores = (scores * weight[..., None]).sum(dim=1) / tokens
+            losses.append((fraction * mean_scores).sum(dim=-1).mean())
         return torch.stack(losses).mean()
 
 
-def router_z_loss(stats: list[RouterStats]) -> torch.Tensor:
-    """mean over tokens (of all MoE layers) of logsumexp(router logits)^2: keeps the logits small (ST-MoE)."""
-    return torch.cat([layer.logits for layer in stats]).logsumexp(dim=-1).pow(2).mean()
+def router_z_loss(stats: list[RouterStats], real: torch.Tensor | None = None) -> torch.Tensor:
+    """mean over (real) tokens of all MoE layers of logsumexp(router logits)^2: keeps the logits small (ST-MoE)."""
+    return torch.cat([_real(layer.logits, real) for layer in stats]).logsumexp(dim=-1).pow(2).mean()
+
+
+def _real(per_token: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """The rows of a [tokens, ...] router tensor whose tokens are real (`real` [rows, seq]; None: all)."""
+    return per_token if real is None else per_token[real.flatten()]
 
 
 class RouterLoss:
     """The training loss's router terms: a balance loss and the z-loss, with their coefficients."""
 
     def __init__(
-        self, balance: Callable[[list[RouterStats]], torch.Tensor], aux_coef: float = 0.0, z_coef: float = 0.0
+        self,
+        balance: Callable[[list[RouterStats], torch.Tensor | None], torch.Tensor],
+        aux_coef: float = 0.0,
+        z_coef: float = 0.0,
     ) -> None:
         self.balance, self.aux_coef, self.z_coef = balance, aux_coef, z_coef
 
-    def __call__(self, stats: list[RouterStats]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(balance loss, z-loss), unweighted; the model adds aux_coef and z_coef times them to its loss."""
-        return self.balance(stats), router_z_loss(stats)
+    def __call__(self, stats: list[RouterStats], real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(balance loss, z-loss) over the `real` tokens ([rows, seq] bool; None: all), unweighted; the model adds
+        aux_coef and z_coef times them to its loss."""
+        return self.balance(stats, real), router_z_loss(stats, real)

@@ -11,7 +11,8 @@ Rope = Callable[[torch.Tensor], torch.Tensor]  # turns q or k [batch, heads, que
 
 @dataclass
 class Context:
-    """One call as every layer sees it: `rows` sequences' queries at `positions` over the keys 0 .. keys - 1."""
+    """One call as every layer sees it: `rows` sequences' queries at cache slots `positions` over the keys in slots
+    0 .. keys - 1; padded or packed rows add `key_mask` (False: padding), `documents` and their `position_ids`."""
 
     positions: torch.Tensor
     keys: int
@@ -20,6 +21,26 @@ class Context:
     dtype: torch.dtype = torch.float32  # the activations' (of RoPE tables and biases)  # emit-if: rope|distance_bias
     rope: Rope | None = None  # emit-if: rope
     prefix_lengths: torch.Tensor | None = None  # [rows]: GLM's bidirectional prefixes  # emit-if: prefix_lm
+    key_mask: torch.Tensor | None = None  # [rows, keys] bool  # emit-if: !encoder_decoder
+    documents: torch.Tensor | None = None  # [rows, keys]  # emit-if: !encoder_decoder
+    position_ids: torch.Tensor | None = None  # emit-if: !encoder_decoder
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:  # emit-if: !encoder_decoder
+    """[rows, n] positions of a padding mask (1: token): each row counts its tokens from 0, pads at 0 (as
+    transformers' generate and BLOOM's ALiBi do)."""
+    mask = mask.long()
+    return (mask.cumsum(-1) - 1) * mask
+
+
+def packed_documents(position_ids: torch.Tensor) -> torch.Tensor | None:  # emit-if: !encoder_decoder
+    """[rows, seq] document of each token where positions restart (not the previous + 1: as transformers detects
+    packing); None when every row is one document (checked eagerly; a compiled graph always gets them)."""
+    first = position_ids[:, :1] - 1
+    documents = (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+    if not torch.compiler.is_compiling() and not bool(documents[:, -1].any()):
+        return None
+    return documents
 
 
 def alibi_slopes(heads: int) -> torch.Tensor:
@@ -38,12 +59,13 @@ def alibi_slopes(heads: int) -> torch.Tensor:
 
 
 def alibi_bias(slopes: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-    """bias[h, j] = slope_h * j, broadcast over queries: [heads, 1, keys].
+    """bias[h, j] = slope_h * j, broadcast over queries: [heads, 1, keys] ([rows, heads, 1, keys] for key positions
+    [rows, keys]).
 
     Softmax is shift-invariant per query row, so slope * j equals the paper's slope * (j - i); using the key
     position alone is what BLOOM computes, which keeps the logits bit-comparable.
     """
-    return (slopes[:, None] * key_positions[None, :].float())[:, None, :]
+    return slopes[:, None, None] * key_positions[..., None, None, :].float()
 
 
 def alibi_by_distance(slopes: torch.Tensor, seq: int) -> torch.Tensor:
@@ -71,11 +93,15 @@ class Alibi(torch.nn.Module):
         self.divisor = divisor
         self.bfloat16 = bfloat16  # emit-if: alibi_bfloat16
 
-    def by_key(self, keys: int, dtype: torch.dtype) -> torch.Tensor:
-        """[heads, 1, keys] in `dtype`: the bias of keys 0 .. keys - 1 for every query."""
+    def by_key(self, keys: int, dtype: torch.dtype, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[heads, 1, keys] in `dtype`: the bias of keys 0 .. keys - 1 for every query; with a padding mask
+        ([rows, keys]) [rows, heads, 1, keys] by each row's own token positions."""
         positions = torch.arange(keys, device=self.slopes.device)
+        if key_mask is not None:
+            positions = positions_from_mask(key_mask)
         if self.bfloat16:  # emit-when: alibi_bfloat16
-            return (self.slopes.bfloat16()[:, None, None] * positions).to(dtype) / self.divisor  # bf16 x int64: bf16
+            product = self.slopes.bfloat16()[:, None, None] * positions[..., None, None, :]  # bf16 x int64: bf16
+            return product.to(dtype) / self.divisor
         return alibi_bias(self.slopes, positions).to(dtype) / self.divisor
 
     def by_distance(self, seq: int, dtype: torch.dtype) -> torch.Tensor | None:

@@ -150,7 +150,8 @@ class RotaryEmbedding(nn.Module):
             rotary_dim = 2 * inv_freq.shape[0]
             scaled_theta = dynamic_ntk_theta(theta, factor, context.keys, context_length, rotary_dim)
             inv_freq = rope_frequencies(rotary_dim, scaled_theta).to(inv_freq.device)
-        angles = self.pairing.angles(context.positions[..., None].float() * inv_freq)
+        positions = context.positions if context.position_ids is None else context.position_ids  # [(rows,) queries]
+        angles = self.pairing.angles(positions[..., None].float() * inv_freq)
         cos, sin = angles.cos(), angles.sin()
         if self.attention_factor != 1.0:  # emit-if: rope_attention_factor
             # YaRN's temperature

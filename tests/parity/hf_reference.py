@@ -57,11 +57,12 @@ LOSS_RELATIVE_TOLERANCE = 1e-6  # a cross-entropy computed from float32 logits (
 
 
 def make_reference(
-    config: transformers.PretrainedConfig, directory: Path, seed: int = 0
+    config: transformers.PretrainedConfig, directory: Path, seed: int = 0, scale: float = 0.1
 ) -> transformers.PreTrainedModel:
     """A tiny model from `config` with every parameter re-randomised, saved to `directory`; float32, eager.
 
     HF initialises biases to 0 and norm weights to 1: left alone, a missing bias or norm weight would go unnoticed.
+    `scale`: the standard deviation of matrices and biases (larger: attention patterns weigh more in the logits).
     """
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
@@ -81,7 +82,7 @@ def make_reference(
             elif "embed" in name or "wte" in name or "wpe" in name or "word_embeddings.weight" in name:
                 param.copy_(noise * 0.3)
             else:
-                param.copy_(noise * 0.1)
+                param.copy_(noise * scale)
         for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):  # DeepSeek-V3's selection bias: zero at init
                 buffer.copy_(0.5 * torch.randn(buffer.shape, generator=generator))
@@ -98,8 +99,8 @@ class Reference(NamedTuple):
     float64: transformers.PreTrainedModel  # load_reference: float64, sdpa where supported
 
 
-def saved_reference(name: str, config: transformers.PretrainedConfig, directory: Path) -> Reference:
-    float32 = make_reference(config, directory)
+def saved_reference(name: str, config: transformers.PretrainedConfig, directory: Path, scale: float = 0.1) -> Reference:
+    float32 = make_reference(config, directory, scale=scale)
     return Reference(name, directory, float32, load_reference(directory))
 
 

@@ -182,7 +182,14 @@ def test_aux_loss_matches_transformers(name, dtype, tmp_path):
     with torch.no_grad():
         expected = hf_model(ids, labels=ids, output_router_logits=True)
         actual = model(ids, labels=ids)
+        # padded tokens do not count: transformers' load_balancing_loss_func with the attention mask
+        mask = torch.ones_like(ids)
+        mask[1, :5] = 0
+        padded_expected = hf_model(ids, attention_mask=mask, labels=ids, output_router_logits=True).aux_loss
+        padded = model(ids, attention_mask=mask, labels=ids).aux_loss
     assert actual.aux_loss.dtype == expected.aux_loss.dtype == dtype
     tolerance = RELATIVE_TOLERANCE if dtype == torch.float64 else LOSS_RELATIVE_TOLERANCE
     assert abs(actual.aux_loss - expected.aux_loss) <= tolerance * expected.aux_loss
+    assert abs(padded - padded_expected) <= tolerance * padded_expected
+    assert abs(padded - actual.aux_loss) > 1e-6 * actual.aux_loss  # the mask changed it
     assert_loss_matches(expected.loss, actual.loss)

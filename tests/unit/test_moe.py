@@ -199,6 +199,26 @@ def test_losses_against_direct_formulas():
     torch.testing.assert_close(SequenceBalancingLoss(softmax_scores)(by_sequence), torch.stack(per).mean())
 
 
+def test_losses_over_real_tokens_equal_the_losses_without_the_padding():
+    """With a padding mask the router losses are those of the real tokens alone: the token-wise losses over the
+    remaining tokens, the sequence-wise loss over each sequence's own real tokens."""
+    torch.manual_seed(1)
+    logits = [torch.randn(12, 4), torch.randn(12, 4)]
+    stats = [RouterStats(lg, lg.topk(2).indices, rows=3) for lg in logits]
+    real = torch.ones(3, 4, dtype=torch.bool)
+    real[1, :2] = False
+    kept = [RouterStats(layer.logits[real.flatten()], layer.selected[real.flatten()]) for layer in stats]
+    torch.testing.assert_close(TokenBalancingLoss()(stats, real), TokenBalancingLoss()(kept))
+    torch.testing.assert_close(router_z_loss(stats, real), router_z_loss(kept))
+    per = []
+    for layer in stats:
+        for b in range(3):
+            rows = slice(b * 4, (b + 1) * 4)
+            alone = RouterStats(layer.logits[rows][real[b]], layer.selected[rows][real[b]], rows=1)
+            per.append(SequenceBalancingLoss(softmax_scores)([alone]))
+    torch.testing.assert_close(SequenceBalancingLoss(softmax_scores)(stats, real), torch.stack(per).mean())
+
+
 TINY_MOE = dict(
     name="tiny-moe",
     vocab_size=64,
