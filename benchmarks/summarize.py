@@ -165,6 +165,22 @@ def attention_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def padding_table(records: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| model | dtype | documents (tokens; padded) | archspec padded | archspec packed | hf padded | hf packed | padded: archspec / hf | packed: archspec / hf | archspec packed / padded | where |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in _latest(records, ("family", "size", "dtype", "real_tokens", "device", "gpu")):
+        tokens, q = r["real_tokens"], r["ratios"]
+        lines.append(
+            f"| {r['family']}-{r['size']} | {r['dtype']} | {len(r['document_lengths'])} ({tokens}; {r['padded_tokens']}) | "
+            + " | ".join(_speed(r, n, tokens) for n in ("archspec-padded", "archspec-packed", "hf-padded", "hf-packed"))
+            + f" | {_ratio(q, 'archspec-padded / hf-padded')} | {_ratio(q, 'archspec-packed / hf-packed')}"
+            + f" | {_ratio(q, 'archspec-packed / archspec-padded')} | {_where(r)} |"
+        )
+    return lines
+
+
 TABLES = {
     "train_step": ("Training step (forward + backward), tokens/s", train_table),
     "decode": ("Greedy decode, prompt 128 + 128 new tokens, tokens/s (whole `generate` call)", decode_table),
@@ -173,6 +189,10 @@ TABLES = {
     "attention": (
         "Attention patterns, one call (forward, no grad; `window-train`: forward + backward)",
         attention_table,
+    ),
+    "padding": (
+        "Documents of different lengths, training step: padded batch vs one packed row, real tokens/s",
+        padding_table,
     ),
     "export_memory": ("`archspec export-hf` peak memory (target: at most 1.3x the checkpoint written)", export_table),
 }

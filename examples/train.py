@@ -10,7 +10,10 @@
 
 Tokens are the file's bytes (0..255) unless `--tokenizer tokenizer.json` (the `tokenizers` library) is given.
 Every rank draws its own random windows of the text, seeded by (seed, step, data-parallel rank), so a resumed run
-sees exactly the batches the uninterrupted run would have. `--out` receives `spec.yaml`, `step-N/` checkpoints
+sees exactly the batches the uninterrupted run would have. `--pack` splits the text into documents (at blank lines,
+or `--document-separator`) and packs whole documents into each row, positions restarting at each: no token attends
+to or predicts across a document boundary (`model(ids, position_ids=...)`; see `benchmarks/padding.py` for packed
+against padded throughput). `--out` receives `spec.yaml`, `step-N/` checkpoints
 (torch.distributed.checkpoint: model, optimizer) and `log.jsonl`; `archspec.interop.hf_export.export_hf(out_dir, hf_dir)`
 turns the newest checkpoint into a transformers model.
 """
@@ -60,20 +63,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", help="a tokenizers tokenizer.json instead of bytes")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pack",
+        action="store_true",
+        help="rows packed with whole documents (attention and loss stay within each) instead of windows of the text",
+    )
+    parser.add_argument(
+        "--document-separator", default="\n\n", help="what separates documents in the text (--pack; a blank line)"
+    )
     return parser.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------------------------- data
 def load_tokens(path: str, spec: archspec.Spec, tokenizer: str | None, console: Console) -> torch.Tensor:
+    return tokenize(Path(path).read_bytes(), spec, tokenizer, console)
+
+
+def load_documents(
+    path: str, spec: archspec.Spec, tokenizer: str | None, console: Console, separator: str
+) -> list[torch.Tensor]:
+    """The file's documents (split at `separator`, empty ones dropped), each tokenised on its own."""
+    pieces = [piece for piece in Path(path).read_bytes().split(separator.encode()) if piece.strip()]
+    return [
+        tokenize(piece, spec, tokenizer, console if index == 0 else Console(quiet=True))
+        for index, piece in enumerate(pieces)
+    ]
+
+
+def tokenize(data: bytes, spec: archspec.Spec, tokenizer: str | None, console: Console) -> torch.Tensor:
     if tokenizer:
         from tokenizers import Tokenizer
 
-        ids = Tokenizer.from_file(tokenizer).encode(Path(path).read_text(encoding="utf-8")).ids
+        ids = Tokenizer.from_file(tokenizer).encode(data.decode("utf-8")).ids
         tokens = torch.tensor(ids, dtype=torch.long)
         if int(tokens.max()) >= spec.vocab_size:
             raise SystemExit(f"tokenizer ids reach {int(tokens.max())} but the spec's vocab_size is {spec.vocab_size}")
         return tokens
-    tokens = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8).long()
+    tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
     if spec.vocab_size < 256:
         console.print(
             f"[yellow]vocab_size {spec.vocab_size} < 256: byte values >= {spec.vocab_size} are clamped to "
@@ -88,6 +114,25 @@ def get_batch(tokens: torch.Tensor, batch: int, seq: int, seed: int, step: int, 
     generator = torch.Generator().manual_seed(hash((seed, step, data_rank)) % 2**63)
     starts = torch.randint(0, len(tokens) - seq, (batch,), generator=generator)
     return torch.stack([tokens[s : s + seq] for s in starts.tolist()])
+
+
+def get_packed_batch(
+    documents: list[torch.Tensor], batch: int, seq: int, seed: int, step: int, data_rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of `seq` tokens packed with whole documents from a random one on (the last cut at the row's end), and
+    their positions, restarting at 0 at each document: the model attends within documents only."""
+    generator = torch.Generator().manual_seed(hash((seed, step, data_rank)) % 2**63)
+    firsts = torch.randint(0, len(documents), (batch,), generator=generator).tolist()
+    rows, positions = [], []
+    for first in firsts:
+        parts: list[torch.Tensor] = []
+        index = first
+        while sum(len(part) for part in parts) < seq:
+            parts.append(documents[index % len(documents)])
+            index += 1
+        rows.append(torch.cat(parts)[:seq])
+        positions.append(torch.cat([torch.arange(len(part)) for part in parts])[:seq])
+    return torch.stack(rows), torch.stack(positions)
 
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
@@ -155,9 +200,15 @@ def main(argv: list[str] | None = None) -> list[float]:
     spec = archspec.load_spec(args.spec)
     if args.seq > spec.context_length:
         raise SystemExit(f"--seq {args.seq} exceeds the spec's context_length {spec.context_length}")
-    tokens = load_tokens(args.text, spec, args.tokenizer, console)
-    if len(tokens) <= args.seq:
-        raise SystemExit(f"{args.text} has {len(tokens)} tokens: fewer than --seq {args.seq} + 1")
+    if args.pack:
+        documents = load_documents(args.text, spec, args.tokenizer, console, args.document_separator)
+        if not documents:
+            raise SystemExit(f"{args.text} has no documents (separated by {args.document_separator!r})")
+        console.print(f"{len(documents)} documents, {sum(map(len, documents))} tokens, packed into rows of {args.seq}")
+    else:
+        tokens = load_tokens(args.text, spec, args.tokenizer, console)
+        if len(tokens) <= args.seq:
+            raise SystemExit(f"{args.text} has {len(tokens)} tokens: fewer than --seq {args.seq} + 1")
 
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     model = archspec.build(spec, device=device, dtype=getattr(torch, args.dtype))
@@ -211,8 +262,13 @@ def main(argv: list[str] | None = None) -> list[float]:
             began = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args)
-            ids = get_batch(tokens, args.batch, args.seq, args.seed, step, data_rank).to(device)
-            loss = model(ids, labels=ids).loss
+            if args.pack:
+                ids, positions = get_packed_batch(documents, args.batch, args.seq, args.seed, step, data_rank)
+                ids, positions = ids.to(device), positions.to(device)
+                loss = model(ids, position_ids=positions, labels=ids).loss  # restarting positions: documents
+            else:
+                ids = get_batch(tokens, args.batch, args.seq, args.seed, step, data_rank).to(device)
+                loss = model(ids, labels=ids).loss
             loss.backward()
             clip_grad_norm(model, args.grad_clip)
             optimizer.step()

@@ -86,6 +86,27 @@ def test_run_directory_exports_to_transformers(inputs, tmp_path):
         assert (hf_model(ids).logits - model.eval()(ids).logits).abs().max().item() <= 1e-5
 
 
+def test_packed_rows_hold_whole_documents_with_restarting_positions():
+    import torch
+
+    train = _train_module()
+    documents = [torch.arange(n) + 10 * n for n in (3, 5, 2)]
+    ids, positions = train.get_packed_batch(documents, batch=4, seq=7, seed=0, step=0, data_rank=0)
+    assert ids.shape == positions.shape == (4, 7)
+    for row, where in zip(ids, positions, strict=True):
+        starts = (where == 0).nonzero().flatten().tolist()
+        assert starts[0] == 0
+        for begin, end in zip(starts, [*starts[1:], 7], strict=True):  # each piece is a document's beginning
+            length = end - begin
+            assert any(torch.equal(row[begin:end], d[:length]) for d in documents)
+            assert torch.equal(where[begin:end], torch.arange(length))
+
+
+def test_pack_trains_on_documents(inputs, tmp_path):
+    losses = _train_module().main(_args(inputs, tmp_path / "packed", 6, "--pack"))
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+
 def test_small_vocab_is_clamped_with_a_message(inputs, tmp_path, capsys):
     spec = archspec.load_spec(inputs / "tiny.yaml").model_copy(update={"vocab_size": 128})
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))

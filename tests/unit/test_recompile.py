@@ -69,3 +69,29 @@ def test_compiled_decode_step_serves_every_position(monkeypatch: pytest.MonkeyPa
     with torch.compiler.set_stance("fail_on_recompile"):
         compiled = model.generate(second, 7, compile=True)
     torch.testing.assert_close(compiled, model.generate(second, 7))
+
+
+@pytest.mark.parametrize("name", ["llama3.1-8b", "bloom-560m", "gpt2"], ids=["rope", "alibi", "learned"])
+def test_compiled_decode_step_with_left_padding(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate(compile=True, attention_mask=...): the padding mask and each row's positions are tensors of the one
+    step graph (no recompile from the second step on, nor for another mask); the tokens equal eager generate's and
+    each prompt's alone. Weights perturbed: a default-initialised tiny model's greedy tokens hardly depend on
+    what it attends to."""
+    model = tiny(name).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))
+    torch._dynamo.reset()
+    step = torch.compile(generation._decode_step, backend="eager", fullgraph=True, dynamic=False)
+    monkeypatch.setitem(generation._COMPILED_STEPS, "default", step)
+    ids = torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # the first prompt is 4 tokens, left-padded
+    compiled = model.generate(ids, 6, attention_mask=mask, compile=True)
+    torch.testing.assert_close(compiled, model.generate(ids, 6, attention_mask=mask))
+    torch.testing.assert_close(compiled[0, 3:], model.generate(ids[:1, 3:], 6)[0])
+    other = mask.clone()
+    other[1, :2] = 0
+    with torch.compiler.set_stance("fail_on_recompile"):
+        again = model.generate(ids, 6, attention_mask=other, compile=True)
+    torch.testing.assert_close(again, model.generate(ids, 6, attention_mask=other))
