@@ -176,3 +176,38 @@ def test_meta_build_then_load(reference):
 def test_parameter_count_equals_transformers(reference):
     model = _archspec(reference.directory)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in reference.float64.parameters())
+
+
+def _left_padded(ids: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first row shortened by `pad` text tokens at its end and left-padded (token 0), with its mask."""
+    shorter = torch.cat((torch.zeros(pad, dtype=torch.long), ids[0, :-pad]))
+    mask = torch.ones_like(ids)
+    mask[0, :pad] = 0
+    return torch.stack((shorter, ids[1])), mask
+
+
+def test_left_padded_logits_and_generation_with_images_match_transformers(reference):
+    """A left-padded row with its image among rows of other lengths: logits at real positions and 6 greedy tokens
+    equal transformers' (positions cumsum(mask) - 1 in both, as their generate computes them), and the padded
+    row's logits and tokens equal the row alone. (These tiny LLaVAs' greedy tokens repeat: the logits carry the
+    check.)"""
+    model = _archspec(reference.directory)
+    ids, pixels = _inputs(reference.float64.config, seed=13)
+    ids, mask = _left_padded(ids, pad=4)
+    positions = (mask.cumsum(-1) - 1) * mask
+    with torch.no_grad():
+        expected = reference.float64(input_ids=ids, pixel_values=pixels, attention_mask=mask, position_ids=positions)
+        actual = model(ids, pixel_values=pixels, attention_mask=mask, position_ids=positions).logits
+        alone = model(ids[:1, 4:], pixel_values=pixels[:1]).logits
+        real = mask.bool()
+        assert_matches(expected.logits[real], actual[real])
+        assert_matches(alone[0], actual[0, 4:])
+        generated = reference.float64.generate(input_ids=ids, pixel_values=pixels, attention_mask=mask,
+                                               max_new_tokens=6, do_sample=False)  # fmt: skip
+    batched = model.generate(ids, max_new_tokens=6, pixel_values=pixels, attention_mask=mask)
+    assert torch.equal(batched, generated)
+    assert torch.equal(batched[0, 4:], model.generate(ids[:1, 4:], max_new_tokens=6, pixel_values=pixels[:1])[0])
+    with torch.no_grad():  # the pads matter here: seen, they change the row (so a broken mask fails this test)
+        one_document = torch.zeros_like(ids)  # (else the restarting positions would mark each pad a document)
+        unmasked = model(ids, pixel_values=pixels, position_ids=positions, document_ids=one_document).logits
+    assert (unmasked[0, 4:] - alone[0]).abs().max() > 1e-3
