@@ -252,3 +252,30 @@ def test_model_paths_agree(name, updates):
             torch.testing.assert_close(chunked, reference[:, seq - 10 :], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(default, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(flex, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name, updates",
+    [("llama3.1-8b", {}), ("mistral-7b", {"attention": {"window": 12}}), ("bloom-560m", {})],
+    ids=["rope", "window", "alibi"],
+)
+def test_flex_padding_and_documents_equal_the_sdpa_masks(name, updates):
+    """attn_backend="flex": a left-padded batch and packed documents go through one FlexAttention block mask built
+    from the same predicates as the SDPA masks, with the same logits at every real position."""
+    model = tiny(name, **updates)
+    seq = 40
+    ids = torch.randint(0, 128, (2, seq))
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    positions = torch.cat((torch.arange(17), torch.arange(seq - 17)))[None].expand(2, -1)
+    with torch.no_grad():
+        sdpa_padded = model(ids, attention_mask=mask).logits
+        sdpa_packed = model(ids, position_ids=positions).logits
+        model.attn_backend = "flex"
+        flex_padded = model(ids, attention_mask=mask).logits
+        flex_packed = model(ids, position_ids=positions).logits
+        padded_call = Context(torch.arange(seq), seq, rows=2, key_mask=mask.bool())
+        assert all(isinstance(attend, FlexPattern) for attend in model.attention(padded_call))
+    real = mask.bool()
+    torch.testing.assert_close(flex_padded[real], sdpa_padded[real], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(flex_packed, sdpa_packed, rtol=1e-4, atol=1e-4)
