@@ -470,21 +470,27 @@ class TokenBalancingLoss:
 
     def __call__(self, stats: list[RouterStats], real: torch.Tensor | None = None) -> torch.Tensor:
         """`real` [rows, seq] bool: the tokens that count (padding does not, as in transformers' balance loss)."""
-        probs = torch.cat([_real(layer.logits, real).softmax(dim=-1) for layer in stats])
-        chosen = torch.cat([_real(layer.selected, real) for layer in stats])
+        probs = torch.cat([layer.logits.softmax(dim=-1) for layer in stats])
+        chosen = torch.cat([layer.selected for layer in stats])
         experts = probs.shape[-1]
-        fraction = F.one_hot(chosen, experts).to(probs.dtype).mean(dim=0)  # [k, E]: per slot
-        return experts * (fraction * probs.mean(dim=0)).sum()
+        weight = _token_weights(real, len(stats), probs)  # [tokens of all layers, 1]
+        fraction = (F.one_hot(chosen, experts).to(probs.dtype) * weight[..., None]).sum(dim=0) / weight.sum()  # [k, E]
+        return experts * (fraction * ((probs * weight).sum(dim=0) / weight.sum())).sum()
 
 
 def router_z_loss(stats: list[RouterStats], real: torch.Tensor | None = None) -> torch.Tensor:
     """mean over (real) tokens of all MoE layers of logsumexp(router logits)^2: keeps the logits small (ST-MoE)."""
-    return torch.cat([_real(layer.logits, real) for layer in stats]).logsumexp(dim=-1).pow(2).mean()
+    logits = torch.cat([layer.logits for layer in stats])
+    weight = _token_weights(real, len(stats), logits)[:, 0]
+    return (logits.logsumexp(dim=-1).pow(2) * weight).sum() / weight.sum()
 
 
-def _real(per_token: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
-    """The rows of a [tokens, ...] router tensor whose tokens are real (`real` [rows, seq]; None: all)."""
-    return per_token if real is None else per_token[real.flatten()]
+def _token_weights(real: torch.Tensor | None, layers: int, like: torch.Tensor) -> torch.Tensor:
+    """[tokens of all layers, 1]: 1 for a real token, 0 for padding (`real` [rows, seq] bool; None: all real).
+    Weights rather than a selection keep the shapes fixed (one compiled graph, whatever the mask)."""
+    if real is None:
+        return torch.ones(like.shape[0], 1, dtype=like.dtype, device=like.device)
+    return real.flatten().repeat(layers)[:, None].to(like.dtype)
 
 
 class RouterLoss:

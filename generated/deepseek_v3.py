@@ -605,12 +605,17 @@ class SequenceBalancingLoss:
 
 def router_z_loss(stats: list[RouterStats], real: torch.Tensor | None = None) -> torch.Tensor:
     """mean over (real) tokens of all MoE layers of logsumexp(router logits)^2: keeps the logits small (ST-MoE)."""
-    return torch.cat([_real(layer.logits, real) for layer in stats]).logsumexp(dim=-1).pow(2).mean()
+    logits = torch.cat([layer.logits for layer in stats])
+    weight = _token_weights(real, len(stats), logits)[:, 0]
+    return (logits.logsumexp(dim=-1).pow(2) * weight).sum() / weight.sum()
 
 
-def _real(per_token: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
-    """The rows of a [tokens, ...] router tensor whose tokens are real (`real` [rows, seq]; None: all)."""
-    return per_token if real is None else per_token[real.flatten()]
+def _token_weights(real: torch.Tensor | None, layers: int, like: torch.Tensor) -> torch.Tensor:
+    """[tokens of all layers, 1]: 1 for a real token, 0 for padding (`real` [rows, seq] bool; None: all real).
+    Weights rather than a selection keep the shapes fixed (one compiled graph, whatever the mask)."""
+    if real is None:
+        return torch.ones(like.shape[0], 1, dtype=like.dtype, device=like.device)
+    return real.flatten().repeat(layers)[:, None].to(like.dtype)
 
 
 class RouterLoss:

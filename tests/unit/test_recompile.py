@@ -95,3 +95,20 @@ def test_compiled_decode_step_with_left_padding(name: str, monkeypatch: pytest.M
     with torch.compiler.set_stance("fail_on_recompile"):
         again = model.generate(ids, 6, attention_mask=other, compile=True)
     torch.testing.assert_close(again, model.generate(ids, 6, attention_mask=other))
+
+
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "bloom-560m"], ids=["moe", "alibi"])
+def test_padded_and_packed_training_forwards_compile_to_one_graph(name: str) -> None:
+    """fullgraph=True: the padding mask, the packed documents and the router losses over real tokens have fixed
+    shapes (weights, not selections) and no data-dependent branch while compiling; the losses equal eager's."""
+    model = tiny(name)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    ids = torch.randint(0, 128, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    positions = torch.cat((torch.arange(4), torch.arange(5)))[None].expand(2, -1)
+    for options in ({"attention_mask": mask}, {"position_ids": positions}):
+        torch.testing.assert_close(
+            compiled(ids, labels=ids, **options).loss, model(ids, labels=ids, **options).loss, rtol=1e-6, atol=1e-6
+        )
