@@ -105,7 +105,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing:
 
 
 def glm_positions(positions: torch.Tensor, prefix_lengths: torch.Tensor | None, batch: int) -> torch.Tensor:
-    """[2, batch, seq] GLM position ids of absolute positions `positions` ([seq]) for prefixes of `prefix_lengths`.
+    """[2, batch, seq] GLM position ids of token positions `positions` ([seq], or [batch, seq] per row) for
+    prefixes of `prefix_lengths`.
 
     position id = min(i, P - 1) (part B sits at the last prefix position: ChatGLM's [gMASK]);
     block position id = max(i - P + 1, 0) (0 in part A, then 1, 2, ...). P = 0 counts as P = 1.
@@ -113,8 +114,9 @@ def glm_positions(positions: torch.Tensor, prefix_lengths: torch.Tensor | None, 
     if prefix_lengths is None:
         prefix_lengths = torch.zeros(batch, dtype=torch.long, device=positions.device)
     last = (prefix_lengths.clamp(min=1) - 1)[:, None]
-    position_ids = torch.minimum(positions[None, :], last)
-    block_ids = (positions[None, :] - last).clamp(min=0)
+    positions = positions.expand(batch, -1)
+    position_ids = torch.minimum(positions, last)
+    block_ids = (positions - last).clamp(min=0)
     return torch.stack((position_ids, block_ids))
 
 
@@ -134,12 +136,8 @@ class BlockRotaryEmbedding(nn.Module):
 
     def forward(self, context: Context) -> Rope:
         """The tables of the call's [rows, queries] 2-D positions (its prefixes: `glm_positions`)."""
-        if context.position_ids is not None:  # a row's prefix is counted in slots, so its positions are the slots
-            raise ValueError(
-                "2-D block positions follow from the slots and prefix_lengths: position_ids (and left-padded "
-                "generation) are not supported; pad on the right"
-            )
-        position_ids, block_ids = glm_positions(context.positions, context.prefix_lengths, context.rows)
+        positions = context.positions if context.position_ids is None else context.position_ids  # [(rows,) seq]
+        position_ids, block_ids = glm_positions(positions, context.prefix_lengths, context.rows)
         freqs = torch.cat(
             (position_ids[..., None].float() * self.inv_freq, block_ids[..., None].float() * self.inv_freq), -1
         )
@@ -154,11 +152,13 @@ def causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) 
     return kv <= q
 
 
-def prefix(lengths: torch.Tensor) -> MaskMod:
-    """Row b's first lengths[b] keys are seen by every query of the row (GLM's bidirectional part A)."""
+def prefix(lengths: torch.Tensor, key_mask: torch.Tensor | None = None) -> MaskMod:
+    """Row b's first lengths[b] tokens are seen by every query of the row (GLM's bidirectional part A); with a
+    padding mask ([rows, keys]) counted from the row's first token, not its first slot."""
+    positions = None if key_mask is None else positions_from_mask(key_mask)
 
     def in_prefix(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        return kv < lengths[b]
+        return (kv if positions is None else positions[b, kv]) < lengths[b]
 
     return in_prefix
 
@@ -243,7 +243,7 @@ class AttentionPaths(nn.Module):
         """Which keys each query of the call sees, as one predicate composed of the mask predicates."""
         pattern = causal
         if context.prefix_lengths is not None:
-            pattern = or_masks(pattern, prefix(context.prefix_lengths))
+            pattern = or_masks(pattern, prefix(context.prefix_lengths, context.key_mask))
         if context.key_mask is not None:
             pattern = and_masks(pattern, padding(context.key_mask))
         if context.documents is not None:

@@ -125,11 +125,13 @@ def causal(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) 
     return kv <= q
 
 
-def prefix(lengths: torch.Tensor) -> MaskMod:
-    """Row b's first lengths[b] keys are seen by every query of the row (GLM's bidirectional part A)."""
+def prefix(lengths: torch.Tensor, key_mask: torch.Tensor | None = None) -> MaskMod:
+    """Row b's first lengths[b] tokens are seen by every query of the row (GLM's bidirectional part A); with a
+    padding mask ([rows, keys]) counted from the row's first token, not its first slot."""
+    positions = None if key_mask is None else positions_from_mask(key_mask)
 
     def in_prefix(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        return kv < lengths[b]
+        return (kv if positions is None else positions[b, kv]) < lengths[b]
 
     return in_prefix
 
@@ -214,7 +216,7 @@ class AttentionPaths(nn.Module):
         """Which keys each query of the call sees, as one predicate composed of the mask predicates."""
         pattern = causal
         if context.prefix_lengths is not None:
-            pattern = or_masks(pattern, prefix(context.prefix_lengths))
+            pattern = or_masks(pattern, prefix(context.prefix_lengths, context.key_mask))
         if context.key_mask is not None:
             pattern = and_masks(pattern, padding(context.key_mask))
         if context.documents is not None:

@@ -316,7 +316,7 @@ class AttentionPaths(nn.Module):
         if window is not None:  # emit-if: window
             pattern = and_masks(pattern, sliding_window(window))
         if context.prefix_lengths is not None:  # emit-if: prefix_lm
-            pattern = or_masks(pattern, prefix(context.prefix_lengths))
+            pattern = or_masks(pattern, prefix(context.prefix_lengths, context.key_mask))
         if context.key_mask is not None:  # emit-if: !encoder_decoder
             pattern = and_masks(pattern, padding(context.key_mask))
         if context.documents is not None:  # emit-if: !encoder_decoder

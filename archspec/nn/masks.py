@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch.nn.attention.flex_attention import and_masks, or_masks
 
-from archspec.nn.positions import Context
+from archspec.nn.positions import Context, positions_from_mask
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (b, h, q, kv) -> seen
 
@@ -29,11 +29,13 @@ def sliding_window(window: int) -> MaskMod:
     return within
 
 
-def prefix(lengths: torch.Tensor) -> MaskMod:  # emit-if: prefix_lm
-    """Row b's first lengths[b] keys are seen by every query of the row (GLM's bidirectional part A)."""
+def prefix(lengths: torch.Tensor, key_mask: torch.Tensor | None = None) -> MaskMod:  # emit-if: prefix_lm
+    """Row b's first lengths[b] tokens are seen by every query of the row (GLM's bidirectional part A); with a
+    padding mask ([rows, keys]) counted from the row's first token, not its first slot."""
+    positions = None if key_mask is None else positions_from_mask(key_mask)
 
     def in_prefix(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        return kv < lengths[b]
+        return (kv if positions is None else positions[b, kv]) < lengths[b]
 
     return in_prefix
 

@@ -1,8 +1,8 @@
 """Padding and packed documents, on whole decoders of every layout, position kind, norm and causal family.
 
 - A padded row's real positions give the logits of the row alone, for either padding side and any lengths (left
-  padding with the positions transformers' generate computes, `cumsum(mask) - 1`; GLM's 2-D positions count slots,
-  so GLM rows are padded on the right).
+  padding with the positions transformers' generate computes, `cumsum(mask) - 1`; GLM rows with any prefixes,
+  counted from each row's first token).
 - A row packed with documents (positions restarting at each, or explicit `document_ids`) gives each document's
   logits alone, and, without a router loss, its loss is the token-weighted mean of the documents' losses.
 - No information crosses a document boundary: the gradient of one document's logits with respect to the other
@@ -26,13 +26,9 @@ MAX_SEQ = 10
 CLOSE = dict(rtol=1e-10, atol=1e-10)
 
 
-def block_positions(spec) -> bool:
-    return bool(getattr(spec.position, "block_positions", False))
-
-
 @given(spec=specs(families=DECODERS, min_context=MAX_SEQ), data=st.data(), seed=seeds)
 def test_a_padded_row_gives_the_logits_of_the_row_alone(spec, data, seed):
-    side = "right" if spec.structure == "glm" else data.draw(st.sampled_from(("left", "right")), label="side")
+    side = data.draw(st.sampled_from(("left", "right")), label="side")
     lengths = data.draw(st.lists(st.integers(1, MAX_SEQ), min_size=2, max_size=3), label="lengths")
     width = max(lengths) + data.draw(st.integers(0, 2), label="extra padding")
     model = build64(spec, seed)
@@ -43,10 +39,15 @@ def test_a_padded_row_gives_the_logits_of_the_row_alone(spec, data, seed):
         where = slice(width - len(row), width) if side == "left" else slice(0, len(row))
         ids[index, where], mask[index, where] = row, 1
     options = {"position_ids": positions_from_mask(mask)} if side == "left" else {}
+    prefixes = None
+    if spec.structure == "glm":  # each row's bidirectional prefix, in its own tokens
+        prefixes = torch.tensor([data.draw(st.integers(0, length), label="prefix") for length in lengths])
+        options["prefix_lengths"] = prefixes
     with torch.no_grad():
         padded = model(ids, attention_mask=mask, **options).logits
         for index, row in enumerate(rows):
-            alone = model(row[None]).logits[0]
+            alone_options = {} if prefixes is None else {"prefix_lengths": prefixes[index : index + 1]}
+            alone = model(row[None], **alone_options).logits[0]
             torch.testing.assert_close(padded[index][mask[index].bool()], alone, **CLOSE)
 
 
@@ -96,9 +97,7 @@ def test_no_gradient_crosses_a_document_boundary(spec, data, seed):
         embeddings.append(output)
 
     model.embed.register_forward_hook(keep)
-    options = {"document_ids": document_ids}
-    if not block_positions(spec):  # GLM's 2-D positions are the slots'
-        options["position_ids"] = positions
+    options = {"document_ids": document_ids, "position_ids": positions}
     logits = model(ids, **options).logits
     ours = document_ids[0] == target
     weights = torch.randn(logits[:, ours].shape, generator=torch.Generator().manual_seed(seed), dtype=logits.dtype)

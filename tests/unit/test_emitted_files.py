@@ -79,12 +79,8 @@ def run_padded_workload(
     model.eval()
     half = ids.shape[1] // 2
     with torch.no_grad():
-        if getattr(
-            spec.position, "block_positions", False
-        ):  # 2-D positions: packed documents by their ids, right padding only
-            documents = (torch.arange(ids.shape[1]) >= half).long().expand_as(ids)
-            model(ids, document_ids=documents, **inputs)
-            return
+        documents = (torch.arange(ids.shape[1]) >= half).long().expand_as(ids)
+        model(ids, document_ids=documents, **inputs)
         restarting = torch.cat((torch.arange(half), torch.arange(ids.shape[1] - half)))
         model(ids, position_ids=restarting.expand_as(ids), labels=ids, **inputs)
     model.generate(ids, max_new_tokens=3, attention_mask=mask, **generate_inputs)

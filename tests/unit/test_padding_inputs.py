@@ -1,5 +1,6 @@
-"""What the padding inputs refuse, each with a message that says what to pass instead: masks of the wrong shape,
-right-padded prompts for generate, and `position_ids` for GLM's 2-D block positions (which count slots)."""
+"""What the padding inputs refuse, each with a message that says what to pass instead (masks of the wrong shape,
+right-padded prompts for generate), and GLM's prefix LMs padded on the left, which have no transformers reference:
+each row equals itself alone."""
 
 from __future__ import annotations
 
@@ -33,18 +34,25 @@ def test_generate_needs_left_padding() -> None:
         model.generate(ids, max_new_tokens=2, attention_mask=mask)
 
 
-def test_block_positions_refuse_position_ids_but_take_right_padding() -> None:
-    model = tiny("chatglm-6b")
-    ids = torch.randint(0, 100, (2, 6))
-    with pytest.raises(ValueError, match="pad on the right"):
-        model(ids, position_ids=torch.arange(6)[None].expand(2, -1))
-    mask = torch.ones_like(ids)
-    mask[0, :2] = 0
-    with pytest.raises(ValueError, match="pad on the right"):
-        model.generate(ids, max_new_tokens=2, attention_mask=mask)
-    mask = torch.ones_like(ids)
-    mask[1, 4:] = 0
+@pytest.mark.parametrize("name", ["chatglm-6b", "glm-130b"], ids=["2-d-positions", "1-d"])
+def test_glm_left_padded_rows_equal_each_row_alone(name: str) -> None:
+    """A prefix LM's `prefix_lengths` count each row's tokens: left-padded, the bidirectional prefix starts at the
+    row's first token and the 2-D positions count from it, so the row's logits and greedy tokens are its own."""
+    model = tiny(name)
     with torch.no_grad():
-        padded = model(ids, attention_mask=mask).logits
-        alone = model(ids[1:, :4]).logits
-    torch.testing.assert_close(padded[1, :4], alone[0], rtol=1e-5, atol=1e-5)
+        for parameter in model.parameters():  # tokens that depend on what is attended
+            parameter.add_(0.2 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)))
+    ids = torch.randint(0, 100, (2, 9), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    prefixes = torch.tensor([3, 6])
+    positions = (mask.cumsum(-1) - 1) * mask
+    with torch.no_grad():
+        padded = model(ids, attention_mask=mask, position_ids=positions, prefix_lengths=prefixes).logits
+        alone = model(ids[:1, 4:], prefix_lengths=prefixes[:1]).logits
+        unmasked = model(ids, position_ids=positions, document_ids=torch.zeros_like(ids), prefix_lengths=prefixes)
+    torch.testing.assert_close(padded[0, 4:], alone[0], rtol=1e-5, atol=1e-5)
+    assert (unmasked.logits[0, 4:] - alone[0]).abs().max() > 1e-3  # the pads would change the row
+    batched = model.generate(ids, max_new_tokens=5, attention_mask=mask, prefix_lengths=prefixes)
+    assert torch.equal(batched[0, 4:], model.generate(ids[:1, 4:], max_new_tokens=5, prefix_lengths=prefixes[:1])[0])
+    assert torch.equal(batched[1], model.generate(ids[1:], max_new_tokens=5, prefix_lengths=prefixes[1:])[0])
