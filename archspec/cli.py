@@ -25,6 +25,7 @@ from rich.table import Table
 
 from archspec.analysis.render import human_count
 from archspec.spec import ArchspecError, Spec, SpecError, load_spec, spec_from_dict
+from archspec.spec.describe import describe, describe_pattern, describe_scaling
 from archspec.spec.writer import spec_to_yaml
 
 if TYPE_CHECKING:
@@ -192,11 +193,15 @@ def summary_table(spec: Spec, model: nn.Module) -> Table:
         "context": str(spec.context_length),
         "attention": describe_attention(spec),
         "position": describe_position(spec),
-        "norm": f"{spec.norm.kind} (eps {spec.norm.eps:g}{', bias' if spec.norm.bias else ''})",
+        "norm": f"{spec.norm.kind} (eps {spec.norm.eps:g}{', bias' if spec.norm.bias else ''}"
+        + (", 1 + w)" if spec.norm.offset else ")"),
         "block": describe_block(spec),
         "mlp": f"{spec.mlp.activation}, d_ff {spec.mlp.d_ff}{', bias' if spec.mlp.bias else ''}",
         "moe": describe_moe(spec),
-        "embeddings": ("tied" if spec.embeddings.tied else "untied") + (", normed" if spec.embeddings.norm else ""),
+        "embeddings": ("tied" if spec.embeddings.tied else "untied")
+        + (", normed" if spec.embeddings.norm else "")
+        + "".join(f", {part}" for part in describe(spec)["embeddings"].split(", ")[1 + spec.embeddings.norm :]),
+        "layers pattern": describe_pattern(spec) if spec.layers is not None else None,
         "parameters": f"{human_count(total)} ({total:,})",  # the figure `archspec info` prints
     }
     for key, value in rows.items():
@@ -236,6 +241,8 @@ def describe_attention(spec: Spec) -> str:
         text += f", window {attn.window} ({layers})"
     if attn.scale is not None:
         text += f", scale {attn.scale:g}"
+    if attn.softcap is not None:
+        text += f", softcap {attn.softcap:g}"
     return text
 
 
@@ -263,7 +270,7 @@ def describe_position(spec: Spec) -> str:
     if position.pairing != "half":
         text += f", {position.pairing}"
     if position.scaling is not None:
-        text += f", {position.scaling.kind} scaling x{position.scaling.factor:g}"
+        text += f", {describe_scaling(position.scaling)} scaling"
     return text + ")"
 
 
@@ -273,6 +280,8 @@ def describe_block(spec: Spec) -> str:
         return f"parallel ({block.parallel_norms} norm{'s' if block.parallel_norms == 2 else ''})"
     if block.residual_from_norm:
         return f"{block.kind} (residual from norm)"
+    if block.residual_scale != 1.0:
+        return f"{block.kind} (residual x{block.residual_scale:g})"
     return block.kind
 
 

@@ -68,7 +68,7 @@ class _Compiler:
         norm = self.spec.norm
         match norm.kind:
             case "rmsnorm":
-                return call("RMSNorm", dim, eps=norm.eps)
+                return call("OffsetRMSNorm" if norm.offset else "RMSNorm", dim, eps=norm.eps)
             case "layernorm":
                 return call("nn.LayerNorm", dim, eps=norm.eps, bias=bool(norm.bias))
             case _:
@@ -89,7 +89,9 @@ class _Compiler:
             "lm_head": self.linear(d, spec.vocab_size, False),
             "attention": self.attention_paths(),
         }
-        if isinstance(position, RopeSpec):
+        if spec.layers is not None:
+            args |= self.layer_positions()
+        elif isinstance(position, RopeSpec):
             args["rotary"] = self.rotary()
         elif isinstance(position, LearnedPositionSpec):
             self.features.add("learned_positions")
@@ -107,10 +109,47 @@ class _Compiler:
         if spec.structure == "glm":
             self.features.add("prefix_lm")
             args["prefix_lm"] = True
+        args |= self.scalars()
         args |= self.tokens()
         if spec.vision is None:
             return Call("DecoderLM", tuple(args.items()))
         return Call("VisionLanguageLM", tuple((args | self.vision()).items()))
+
+    def layer_positions(self) -> dict[str, Value]:
+        """Positions where layer kinds may set their own: one rotary when every layer has the same, else one per
+        distinct RoPE and each layer's (None: NoPE)."""
+        spec = self.spec
+        positions = [spec.position_for_layer(index) for index in range(spec.n_layers)]
+        ropes: list[RopeSpec] = []
+        for position in positions:
+            if isinstance(position, RopeSpec) and position not in ropes:
+                ropes.append(position)
+        if not ropes:
+            return {}
+        if len(ropes) == 1 and all(isinstance(position, RopeSpec) for position in positions):
+            return {"rotary": self.rotary(ropes[0])}
+        self.features.add("layer_positions")
+        of_layer = tuple(ropes.index(p) if isinstance(p, RopeSpec) else None for p in positions)
+        rotaries = tuple(self.rotary(rope) for rope in ropes)
+        return {"layer_rotary": call("LayerRotary", rotaries=rotaries, of_layer=of_layer)}
+
+    def scalars(self) -> dict[str, Value]:
+        """The embedding and logit multipliers and the logit soft-cap (Gemma, Granite, Cohere)."""
+        embeddings, args = self.spec.embeddings, {}
+        if embeddings.scale is not None:
+            self.features.add("embed_scale")
+            if embeddings.scale == "sqrt-d-model":
+                self.features.add("embed_scale_in_dtype")
+                args |= {"embed_scale": self.spec.d_model**0.5, "embed_scale_in_dtype": True}
+            else:
+                args["embed_scale"] = embeddings.scale
+        if embeddings.logit_scale != 1.0:
+            self.features.add("logit_scale")
+            args["logit_scale"] = embeddings.logit_scale
+        if embeddings.logit_softcap is not None:
+            self.features.add("logit_softcap")
+            args["logit_softcap"] = embeddings.logit_softcap
+        return args
 
     def tokens(self) -> dict[str, Value]:
         eos = self.spec.tokens.eos
@@ -133,16 +172,23 @@ class _Compiler:
         block = spec.block
         match block.kind:
             case "pre-norm":
-                extra = {}
+                extra: dict[str, Value] = {}
                 if block.residual_from_norm:
                     self.features.add("residual_from_norm")
                     extra["residual_from_norm"] = True
+                if block.residual_scale != 1.0:
+                    self.features.add("residual_scale")
+                    extra["residual_scale"] = block.residual_scale
                 return call("PreNormBlock", attn_norm=self.norm(spec.d_model), attn=attn,
                             mlp_norm=self.norm(spec.d_model), mlp=mlp, **extra)  # fmt: skip
             case "sandwich":
                 d = spec.d_model
                 return call("SandwichBlock", attn_norm=self.norm(d), attn=attn, attn_out_norm=self.norm(d),
                             mlp_norm=self.norm(d), mlp=mlp, mlp_out_norm=self.norm(d))  # fmt: skip
+            case "output-norm":  # the sandwich without its input norms (OLMo 2)
+                d = spec.d_model
+                return call("SandwichBlock", attn_norm=call("nn.Identity"), attn=attn, attn_out_norm=self.norm(d),
+                            mlp_norm=call("nn.Identity"), mlp=mlp, mlp_out_norm=self.norm(d))  # fmt: skip
             case "post-norm":
                 return call("PostNormBlock", attn=attn, attn_norm=self.norm(spec.d_model), mlp=mlp,
                             mlp_norm=self.norm(spec.d_model))  # fmt: skip
@@ -172,13 +218,39 @@ class _Compiler:
             "v": self.linear(d, kv_heads * head_dim, attn.bias.v),
             "o": self.linear(heads * head_dim, d, attn.bias.o),
         }
-        if attn.qk_norm and not cross:  # per-head RMSNorm of q and k (Qwen3); cross-attention has none
-            self.features.add("qk_norm")
-            args |= {"q_norm": call("RMSNorm", head_dim, eps=spec.norm.eps)}
-            args |= {"k_norm": call("RMSNorm", head_dim, eps=spec.norm.eps)}
+        if attn.qk_norm is not None and not cross:  # cross-attention has none
+            args |= self.qk_norms(heads, kv_heads, head_dim)
         if attn.scale is not None:
             args["scale"] = attn.scale
         return Call("CrossAttention" if cross else "Attention", tuple(args.items()))
+
+    def qk_norms(self, heads: int, kv_heads: int, head_dim: int) -> dict[str, Value]:
+        """The norms of q and k, of the spec's norm kind: per head (one weight, or each head's own), or over the
+        whole projection; before RoPE or after it."""
+        qk_norm = self.spec.attention.qk_norm  # type: ignore[union-attr]
+        assert qk_norm is not None
+        self.features.add("qk_norm")
+        if qk_norm.over == "projection":
+            norms = {"q_norm": self.norm(heads * head_dim), "k_norm": self.norm(kv_heads * head_dim)}
+        elif qk_norm.per_head_weights:
+            norms = {"q_norm": self.head_norm(heads, head_dim), "k_norm": self.head_norm(kv_heads, head_dim)}
+        else:
+            norms = {"q_norm": self.norm(head_dim), "k_norm": self.norm(head_dim)}
+        placement = "projection" if qk_norm.over == "projection" else "rotated" if qk_norm.after_rope else "head"
+        self.features.add(f"qk_norm_{placement}")
+        if placement != "head":
+            self.features.add("qk_norm_placement")
+            norms["qk_norm_at"] = placement
+        return norms
+
+    def head_norm(self, heads: int, head_dim: int) -> Call:
+        """A weightless norm of each head with each head's own weight (Cohere)."""
+        norm = self.spec.norm
+        if norm.kind == "layernorm":
+            plain = call("nn.LayerNorm", head_dim, eps=norm.eps, elementwise_affine=False)
+        else:
+            plain = call("nn.RMSNorm", head_dim, eps=norm.eps, elementwise_affine=False)
+        return call("HeadNorm", plain, heads, head_dim)
 
     def latent_attention(self) -> Call:
         spec = self.spec
@@ -221,6 +293,9 @@ class _Compiler:
             args["layers"] = spec.n_layers
         if isinstance(spec.position, AlibiSpec):
             args["alibi"] = self.alibi(spec.position)
+        if isinstance(spec.attention, AttentionSpec) and spec.attention.softcap is not None:
+            self.features.add("softcap")
+            args["softcap"] = spec.attention.softcap
         if isinstance(spec.attention, AttentionSpec) and spec.attention.inverse_layer_scale:
             self.features.add("inverse_layer_scale")
             return Call("LayerScaledPaths", tuple(args.items()))
@@ -236,14 +311,16 @@ class _Compiler:
             args["bfloat16"] = True
         return Call("Alibi", tuple(args.items()))
 
-    def rotary(self) -> Call:
+    def rotary(self, position: RopeSpec | None = None) -> Call:
+        """The RotaryEmbedding of `position` (default: the spec's)."""
         spec = self.spec
-        position = spec.position
+        position = position or spec.position
         assert isinstance(position, RopeSpec)
         self.features.add("rope")
-        if spec.rotary_dim < spec.head_dim:
+        dim = spec.rotary_dim if position is spec.position else int(spec.head_dim * position.fraction)
+        if dim < spec.head_dim:
             self.features.add("partial_rotary")
-        dim, theta, scaling = spec.rotary_dim, position.theta, position.scaling
+        theta, scaling = position.theta, position.scaling
         if position.block_positions:  # GLM 2-D: two RoPEs of half the width (no scaling, checked by the rules)
             self.features.add("block_positions")
             return call("BlockRotaryEmbedding", inv_freq=call("rope_frequencies", dim // 2, theta))
@@ -271,6 +348,8 @@ class _Compiler:
                 beta_slow=scaling.beta_slow,
                 truncate=scaling.truncate,
             )
+        elif scaling is not None and scaling.kind == "longrope":  # short factors; the long ones below
+            args["inv_freq"] = call("longrope_frequencies", dim, theta, tuple(scaling.short_factor))
         else:
             assert scaling is None or isinstance(scaling, DynamicScaling)
             args["inv_freq"] = call("rope_frequencies", dim, theta)
@@ -290,6 +369,16 @@ class _Compiler:
         if isinstance(scaling, DynamicScaling):
             self.features.add("dynamic_ntk")
             args["dynamic_ntk"] = (theta, scaling.factor, spec.context_length)
+        if scaling is not None and scaling.kind == "longrope":
+            self.features |= {"rope_attention_factor", "longrope"}
+            args["attention_factor"] = call(
+                "longrope_attention_factor",
+                spec.context_length,
+                scaling.original_context,
+                explicit=scaling.attention_factor,
+            )
+            args["long_inv_freq"] = call("longrope_frequencies", dim, theta, tuple(scaling.long_factor))
+            args["original_context"] = scaling.original_context
         return Call("RotaryEmbedding", tuple(args.items()))
 
     # ----------------------------------------------------------------------------------------- MLP, MoE
@@ -408,8 +497,9 @@ class _Compiler:
             tower.d_ff, bias, d_model=width, activation=self.activation(tower.activation, "VISION_ACTIVATIONS")
         )
         block = call("PreNormBlock", attn_norm=norm(), attn=attn, mlp_norm=norm(), mlp=mlp)
-        if "residual_from_norm" in self.features:  # the decoder's pre-norm blocks differ from the tower's
-            self.varying.add("residual_from_norm")
+        # where the decoder's pre-norm blocks and attention differ from the tower's plain ones
+        self.varying |= self.features & {"residual_from_norm", "residual_scale", "qk_norm_head", "qk_norm_projection",
+                                         "qk_norm_rotated"}  # fmt: skip
         patches = call("nn.Conv2d", tower.channels, width, kernel_size=tower.patch_size, stride=tower.patch_size,
                        bias=tower.patch_bias)  # fmt: skip
         embed = call("PatchEmbedding", proj=patches, positions=self.embedding(grid * grid + int(tower.class_token), width),

@@ -125,13 +125,16 @@ class Plan:
 def walk(node: Call, path: str = "") -> Iterator[tuple[str, Call]]:
     """`node` and the calls below it, depth first, with dotted paths; a stack's kinds appear as `layers[kind]`."""
     yield path, node
-    for key, child in node.children():
-        where = f"{path}.{key}" if path else key
-        if isinstance(child, Layers):
-            for kind, block in child.kinds:
-                yield from walk(block, f"{where}[{kind}]")
-        else:
-            yield from walk(child, where)
+    for key, value in node.args:
+        where = f"{path}.{key or ''}" if path else key or ""
+        items = enumerate(value) if isinstance(value, tuple) else [(None, value)]
+        for index, child in items:  # a tuple of calls is a ModuleList: its items are .0, .1, ...
+            at = where if index is None else f"{where}.{index}"
+            if isinstance(child, Layers):
+                for kind, block in child.kinds:
+                    yield from walk(block, f"{at}[{kind}]")
+            elif isinstance(child, Call):
+                yield from walk(child, at)
 
 
 def component_names(node: Call) -> set[str]:
@@ -157,6 +160,7 @@ FEATURES: dict[str, str] = {
     "rope_attention_factor": "cos and sin scaled by YaRN's temperature",
     "partial_rotary": "only part of each head rotates",
     "dynamic_ntk": "dynamic NTK RoPE: frequencies recomputed past the context length",
+    "longrope": "LongRoPE: long per-frequency factors once a call's keys exceed the pre-training context",
     "block_positions": "GLM's 2-D positions (position id, block position id)",
     "alibi": "ALiBi biases",
     "alibi_bfloat16": "ALiBi's slope x position in bfloat16 (Falcon-RW)",
@@ -165,7 +169,18 @@ FEATURES: dict[str, str] = {
     "embed_norm": "a norm right after the token embedding",
     "window": "sliding-window attention in some layer",
     "distance_bias": "a bias by distance (ALiBi, or windows as -inf) read as a Toeplitz view on CPU",
-    "qk_norm": "per-head norms of queries and keys",
+    "qk_norm": "norms of queries and keys",
+    "qk_norm_head": "qk-norms of each head before RoPE",
+    "qk_norm_projection": "qk-norms over the whole q and k projections (OLMo 2)",
+    "qk_norm_rotated": "qk-norms of each head after RoPE (Hunyuan)",
+    "qk_norm_placement": "qk-norms placed other than per head before RoPE",
+    "layer_positions": "layers that differ in positions (own RoPE settings, or none)",
+    "softcap": "attention scores soft-capped before the mask (Gemma 2)",
+    "embed_scale": "token embeddings multiplied by a constant",
+    "embed_scale_in_dtype": "the embedding multiplier rounded to the activations' dtype (Gemma)",
+    "logit_scale": "logits multiplied by a constant",
+    "logit_softcap": "final logits soft-capped",
+    "residual_scale": "sublayer outputs multiplied by a constant before the residual add (Granite)",
     "prefix_lm": "GLM's bidirectional prefix",
     "residual_from_norm": "pre-norm blocks whose residual starts from the normed input (BLOOM's option)",
     "two_parallel_norms": "parallel blocks with a separate MLP norm",

@@ -45,9 +45,25 @@ def shrink(spec: archspec.Spec, *, layers: int = 2) -> archspec.Spec:
         attention["window"] = 5
     if attention.get("window_layers") is not None:
         attention["window_layers"] = [layer for layer in attention["window_layers"] if layer < layers] or [layers - 1]
+    if data.get("layers"):  # every kind within the first layers, windows of 5
+        pattern = list(dict.fromkeys(data["layers"]["pattern"]))
+        exceptions = {kind: [i for i in listed if i < layers] for kind, listed in data["layers"]["exceptions"].items()}
+        data["layers"].update(
+            pattern=pattern, exceptions={kind: listed for kind, listed in exceptions.items() if listed}
+        )
+        for kind in data["layers"]["kinds"].values():
+            if kind.get("window"):
+                kind["window"] = 5
+            scaling = (kind.get("position") or {}).get("scaling")
+            if scaling and "original_context" in scaling:
+                scaling["original_context"] = 16
+        layers = max(layers, len(pattern))
     scaling = (data["position"] or {}).get("scaling")
     if scaling and "original_context" in scaling:
         scaling["original_context"] = 16
+    if scaling and scaling.get("kind") == "longrope":  # one factor per frequency of the tiny heads
+        pairs = int(16 * data["position"]["fraction"]) // 2
+        scaling.update(short_factor=scaling["short_factor"][:pairs], long_factor=scaling["long_factor"][:pairs])
     data.update(name=f"{spec.name}-tiny", vocab_size=128, d_model=64, n_layers=layers, context_length=64)
     data["mlp"]["d_ff"] = 96
     data["tokens"] = {"bos": None, "eos": None, "pad": None, "decoder_start": data["tokens"].get("decoder_start")}

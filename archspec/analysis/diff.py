@@ -126,6 +126,7 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
     ("flops_train_per_token", "training FLOPs / token", "flops"),
     ("kv_bytes_per_token", "KV cache / token", "bytes"),
     ("kv_bytes_total", "KV cache (context x batch)", "bytes"),
+    ("kv_bytes_windowed", "KV cache, windows capped", "bytes"),
 )
 """The derived figures `diff` compares: (JSON key, label, unit)."""
 
@@ -157,6 +158,7 @@ def diff_specs(
         columns["flops_train_per_token"].append(a.flops.train_per_token)
         columns["kv_bytes_per_token"].append(a.kv.bytes_per_token)
         columns["kv_bytes_total"].append(a.kv.bytes_total)
+        columns["kv_bytes_windowed"].append(a.kv.bytes_windowed)
     figures = tuple(Figure(key, label, unit, tuple(columns[key])) for key, label, unit in FIGURES)
     return SpecDiff(
         names=tuple(labels) if labels is not None else tuple(spec.name for spec in specs),

@@ -34,9 +34,10 @@ FLOPs (multiply and add = 2 FLOPs)
 
 KV cache
     bytes per token = bytes(dtype) * sum over layers of (key width + value width); for ordinary attention
-    2 * n_layers * kv_heads * head_dim * bytes(dtype). Sliding-window layers are counted in full, because
-    archspec's static cache holds `max_len` positions in every layer (a rolling buffer could cap them at the
-    window). For a context and batch: bytes per token * context * batch.
+    2 * n_layers * kv_heads * head_dim * bytes(dtype). For a context and batch: bytes per token * context *
+    batch, which is what archspec's static cache allocates (`max_len` positions in every layer). What a cache
+    needs that keeps only each sliding layer's window (a rolling buffer) is counted too: a layer of window W
+    holds min(context, W) positions (NoPE and full layers: all of them).
 """
 
 from __future__ import annotations
@@ -165,10 +166,12 @@ def _leaf_params(node: Call) -> int:
             return _linear(node)
         case "nn.Embedding":
             return node.positional(0) * node.positional(1)
-        case "RMSNorm":
+        case "RMSNorm" | "OffsetRMSNorm":
             return node.positional(0)
         case "nn.LayerNorm":
-            return node.positional(0) * (1 + bool(node.get("bias", True)))
+            return node.positional(0) * (1 + bool(node.get("bias", True))) * bool(node.get("elementwise_affine", True))
+        case "HeadNorm":
+            return node.positional(1) * node.positional(2)
         case "nn.Conv2d":
             c_in, c_out, kernel = node.positional(0), node.positional(1), node["kernel_size"]
             return c_in * c_out * kernel * kernel + c_out * bool(node.get("bias", True))
@@ -199,7 +202,7 @@ def _kinds(layers: Layers) -> tuple[list[Call], list[int]]:
     return [layers.kind(name) for name in counts], list(counts.values())
 
 
-NORMS = ("RMSNorm", "nn.LayerNorm")
+NORMS = ("RMSNorm", "OffsetRMSNorm", "nn.LayerNorm")
 
 
 def block_params(block: Call) -> LayerParams:
@@ -405,6 +408,7 @@ class KVCacheFigures:
     bytes_per_token: int
     context: int
     batch: int
+    bytes_windowed: int = 0  # windows capped (see the module docstring)
 
     @property
     def bytes_total(self) -> int:
@@ -423,9 +427,16 @@ def kv_cache(spec: Spec, context: int | None = None, batch: int = 1, dtype: str 
             kv_elements_per_token(block["attn"]) + kv_elements_per_token(block["cross_attn"])
             for block in model["decoder"]["layers"].per_layer()
         )
+        windowed = elements * context
     else:
-        elements = sum(kv_elements_per_token(block["attn"]) for block in model["layers"].per_layer())
-    return KVCacheFigures(name, elements * DTYPE_BYTES[name], context, batch)
+        layers = model["layers"].per_layer()
+        elements = sum(kv_elements_per_token(block["attn"]) for block in layers)
+        windowed = sum(
+            kv_elements_per_token(block["attn"]) * min(context, window or context)
+            for block, window in zip(layers, layer_windows(model), strict=True)
+        )
+    size = DTYPE_BYTES[name]
+    return KVCacheFigures(name, elements * size, context, batch, windowed * size * batch)
 
 
 def check_context(spec: Spec, context: int | None) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 from archspec.analysis.diff import ABSENT, SpecDiff
 from archspec.analysis.metrics import Analysis, AnalysisError, LayerParams
-from archspec.spec.describe import describe
+from archspec.spec.describe import describe, describe_position
 
 JSON_VERSION = 1
 
@@ -114,16 +114,16 @@ def tables_markdown(tables: list[Table]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- info
-def layer_groups(analysis: Analysis) -> list[tuple[int, int, LayerParams, int | None]]:
-    """Runs of consecutive identical layers: (first, last, params, window)."""
+def layer_groups(analysis: Analysis) -> list[tuple[int, int, LayerParams, int | None, str]]:
+    """Runs of consecutive identical layers: (first, last, params, window, positions)."""
     spec, groups = analysis.spec, []
     for index, layer in enumerate(analysis.params.layers):
         window = spec.window_for_layer(index)
-        if groups and groups[-1][2] == layer and groups[-1][3] == window and groups[-1][1] == index - 1:
-            first, _, _, _ = groups[-1]
-            groups[-1] = (first, index, layer, window)
+        positions = describe_position(spec, spec.position_for_layer(index))
+        if groups and groups[-1][2:] == (layer, window, positions) and groups[-1][1] == index - 1:
+            groups[-1] = (groups[-1][0], index, layer, window, positions)
         else:
-            groups.append((index, index, layer, window))
+            groups.append((index, index, layer, window, positions))
     return groups
 
 
@@ -157,13 +157,15 @@ def info_tables(analysis: Analysis) -> list[Table]:
         add(["vision tower + projector / image", human_flops(f.vision_per_image), exact(f.vision_per_image)])
     add([f"KV cache / token ({kv.dtype})", human_bytes(kv.bytes_per_token), exact(kv.bytes_per_token)])
     add([f"KV cache @ {kv.context} x batch {kv.batch}", human_bytes(kv.bytes_total), exact(kv.bytes_total)])
+    if kv.bytes_windowed != kv.bytes_total:
+        add(["  keeping only each window", human_bytes(kv.bytes_windowed), exact(kv.bytes_windowed)])
 
-    layers = Table("per layer", ["layers", "attention", "mlp", "norms", "per layer", "window"], right={1, 2, 3, 4})
-    for first, last, layer, window in layer_groups(analysis):
+    columns = ["layers", "attention", "mlp", "norms", "per layer", "window", "positions"]
+    layers = Table("per layer", columns, right={1, 2, 3, 4})
+    for first, last, layer, window, positions in layer_groups(analysis):
         span = str(first) if first == last else f"{first}-{last} ({last - first + 1})"
-        layers.rows.append(
-            [span, exact(layer.attention), exact(layer.mlp), exact(layer.norms), exact(layer.total), str(window or "—")]
-        )
+        numbers = [exact(layer.attention), exact(layer.mlp), exact(layer.norms), exact(layer.total)]
+        layers.rows.append([span, *numbers, str(window or "—"), positions])
     layers.caption = (
         "FLOPs: 2 x matmul weights per token + attention q.k and weights.v over the keys each query sees "
         f"({'causal, windows capped' if f.count == 'causal' else 'every key'}), averaged over positions "
@@ -217,6 +219,7 @@ def info_json(analysis: Analysis) -> dict[str, Any]:
             "context": kv.context,
             "batch": kv.batch,
             "bytes": kv.bytes_total,
+            "bytes_windows_capped": kv.bytes_windowed,
         },
     }
 

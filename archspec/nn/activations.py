@@ -16,3 +16,9 @@ ACTIVATIONS = {
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """x * sigmoid(1.702 x): the sigmoid approximation of GELU that CLIP's towers were trained with."""
     return x * torch.sigmoid(1.702 * x)
+
+
+def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(x / cap): x bounded to (-cap, cap), nearly unchanged where |x| << cap (Gemma 2's logits and
+    attention scores)."""
+    return cap * torch.tanh(x / cap)

@@ -11,7 +11,9 @@ window, ALiBi, GLM's prefix) and the call (a whole sequence, a cached chunk, one
 * `ToeplitzBias`: a bias that depends on key - query only (ALiBi, with -inf for causal or window masking) read by
   SDPA as a zero-copy view of a [heads, 2 seq - 1] table: no [seq, seq] tensor (CPU, whole sequences);
 * `ChunkedWindow`: a sliding window as one SDPA call over chunks of queries, each over its own span of keys
-  (CPU, whole sequences): work ~ seq x window instead of seq^2 / 2.
+  (CPU, whole sequences): work ~ seq x window instead of seq^2 / 2;
+* `SoftCapped`: scores soft-capped before the mask (Gemma 2), which SDPA cannot do: the scores of a chunk of
+  queries at a time, [rows, heads, chunk, keys], never [seq, seq]; FlexAttention's `score_mod` on GPU.
 """
 
 from collections.abc import Callable
@@ -21,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import and_masks, create_block_mask, or_masks
 
-from archspec.nn.flex import FLEX_CPU_SHORTEST, FlexPattern, alibi_score_mod, causal_block_mask
+from archspec.nn.activations import soft_cap
+from archspec.nn.flex import FLEX_CPU_SHORTEST, FlexPattern, alibi_score_mod, causal_block_mask, softcap_score_mod
 from archspec.nn.masks import (
     MaskMod,
     additive_mask,
@@ -202,6 +205,28 @@ class ChunkedWindow:
         return out.reshape(batch, heads, count * chunk, dim)
 
 
+class SoftCapped:  # emit-if: softcap
+    """Attention whose scaled scores are soft-capped before the mask, cap * tanh(s / cap) (Gemma 2), with softmax
+    in float32 at least (as transformers' eager attention). The queries go in chunks of `chunk`, so the scores are
+    [rows, heads, chunk, keys] at a time; `pattern` says which keys each query sees."""
+
+    def __init__(self, pattern: MaskMod, context: Context, cap: float, chunk: int = 256) -> None:
+        self.pattern, self.context, self.cap, self.chunk = pattern, context, cap, chunk
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # GQA: the heads' keys
+        seq, wide = q.shape[2], torch.promote_types(q.dtype, torch.float32)
+        outs = []
+        for start in range(0, seq, self.chunk):
+            queries = q[:, :, start : start + self.chunk]
+            scores = soft_cap(queries @ k.transpose(-1, -2) * scale, self.cap)
+            seen = render(self.pattern, self.context, start, start + queries.shape[2])
+            scores = scores.masked_fill(~seen, float("-inf"))
+            outs.append(torch.softmax(scores.to(wide), dim=-1).to(q.dtype) @ v)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
 class AttentionPaths(nn.Module):
     """Each layer's causal attention function for one call, as its pattern and the call allow (alike layers share)."""
 
@@ -210,11 +235,13 @@ class AttentionPaths(nn.Module):
         layers: int = 0,  # emit-if: !window
         windows: tuple[int | None, ...] = (),  # each layer's sliding window, None: full  # emit-if: window
         alibi: Alibi | None = None,  # emit-if: alibi
+        softcap: float | None = None,  # cap * tanh(score / cap) before the mask  # emit-if: softcap
     ) -> None:
         super().__init__()
         self.layers = layers  # emit-if: !window
         self.windows = windows  # emit-if: window
         self.alibi = alibi  # emit-if: alibi
+        self.softcap = softcap  # emit-if: softcap
         self.backend = "sdpa"  # or "flex": whole sequences through FlexAttention  # emit-if: library
 
     def forward(self, context: Context) -> list[AttentionFn]:
@@ -230,6 +257,11 @@ class AttentionPaths(nn.Module):
         context: Context,
         window: int | None = None,  # emit-if: window
     ) -> AttentionFn:
+        if self.softcap is not None:  # emit-when: softcap
+            return self._softcapped(
+                context,
+                window,  # emit-if: window
+            )
         if not context.at_end:  # emit-if: library
             return MaskedAttention(self._mask(context, window))  # a compiled step over the whole static cache
         seq, keys = context.positions.shape[0], context.keys
@@ -258,7 +290,7 @@ class AttentionPaths(nn.Module):
             return self._flex(context, None)
         return MaskedAttention(self._mask(context))
 
-    def _windowed(self, context: Context, window: int, whole: bool) -> AttentionFn:  # emit-if: window
+    def _windowed(self, context: Context, window: int, whole: bool) -> AttentionFn:  # emit-if: window,!softcap
         """A sliding window shorter than the keys. A whole sequence on CPU needs no [seq, seq] mask: chunks of
         queries over their own spans of keys (`ChunkedWindow`), or, when compiling, the window as a bias by
         distance read as a Toeplitz view (`ToeplitzBias`)."""
@@ -306,6 +338,25 @@ class AttentionPaths(nn.Module):
         )
         return MaskedAttention(mask)
 
+    def _softcapped(  # emit-if: softcap
+        self,
+        context: Context,
+        window: int | None = None,  # emit-if: window
+    ) -> AttentionFn:
+        """Soft-capped scores: FlexAttention's score_mod for whole sequences where it runs (GPU, or the flex backend),
+        else the scores chunk by chunk (`SoftCapped`)."""
+        whole = context.at_end and context.positions.shape[0] == context.keys  # emit-if: library
+        flex = context.positions.device.type != "cpu" or self.backend == "flex"  # emit-if: library
+        if whole and flex and self._flex_applies(context):  # emit-if: library
+            pattern, device = self._pattern(context, window), context.positions.device
+            block_mask = create_block_mask(pattern, context.rows, None, context.keys, context.keys, device)
+            return FlexPattern(block_mask, softcap_score_mod(self.softcap))
+        pattern = self._pattern(
+            context,
+            window,  # emit-if: window
+        )
+        return SoftCapped(pattern, context, self.softcap)
+
     def _pattern(
         self,
         context: Context,
@@ -323,7 +374,7 @@ class AttentionPaths(nn.Module):
             pattern = and_masks(pattern, same_document(context.documents))
         return pattern
 
-    def _mask(
+    def _mask(  # emit-if: !softcap
         self,
         context: Context,
         window: int | None = None,  # emit-if: window
@@ -367,6 +418,8 @@ class AttentionPaths(nn.Module):
     def _traced(self, context: Context) -> list[AttentionFn]:  # emit-if: library
         """An fx trace (lengths are Proxies) is of the no-cache forward: queries = keys, every window assumed
         shorter than the sequence, plain masks only (the other paths branch on lengths in Python)."""
+        if self.softcap is not None:
+            raise NotImplementedError("an fx trace of soft-capped attention (its chunks depend on the length)")
         windows = self.windows or (None,) * self.layers
         made = {window: MaskedAttention(self._mask(context, window)) for window in set(windows)}
         if self.alibi is None and context.prefix_lengths is None:

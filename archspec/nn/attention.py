@@ -27,6 +27,7 @@ class Attention(nn.Module):
         o: nn.Linear,
         q_norm: nn.Module | None = None,  # emit-if: qk_norm
         k_norm: nn.Module | None = None,  # emit-if: qk_norm
+        qk_norm_at: str = "head",  # or "projection" (all of q, k: OLMo 2), "rotated" (Hunyuan)  # emit-if: qk_norm_placement
         scale: float | None = None,
     ) -> None:
         super().__init__()
@@ -34,6 +35,7 @@ class Attention(nn.Module):
         self.scale = head_dim**-0.5 if scale is None else scale
         self.q, self.k, self.v, self.o = q, k, v, o
         self.q_norm, self.k_norm = q_norm, k_norm  # emit-if: qk_norm
+        self.qk_norm_at = qk_norm_at  # emit-if: qk_norm_placement
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerKVCache:
         """An empty static cache for this layer's keys and values."""
@@ -44,14 +46,19 @@ class Attention(nn.Module):
         self, x: torch.Tensor, context: Context, attend: AttentionFn, cache: LayerKVCache | None = None
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = self.q(x).view(batch, seq, -1, self.head_dim)  # -1: under tensor parallelism a rank has its share
-        k = self.k(x).view(batch, seq, -1, self.head_dim)
-        v = self.v(x).view(batch, seq, -1, self.head_dim)
-        if self.q_norm is not None:  # emit-if: qk_norm
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.qk_norm_at == "projection":  # emit-when: qk_norm_projection
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(batch, seq, -1, self.head_dim)  # -1: under tensor parallelism a rank has its share
+        k = k.view(batch, seq, -1, self.head_dim)
+        v = v.view(batch, seq, -1, self.head_dim)
+        if self.q_norm is not None and self.qk_norm_at == "head":  # emit-when: qk_norm_head
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if context.rope is not None:  # emit-if: rope
             q, k = context.rope(q), context.rope(k)
+        if self.qk_norm_at == "rotated":  # emit-when: qk_norm_rotated
+            q, k = self.q_norm(q), self.k_norm(k)
         if cache is not None:
             k, v = cache.update(context.positions, k, v, context.keys)
         out = attend(q, k, v, self.scale)

@@ -5,9 +5,9 @@ pre-norm (GPT-2, LLaMA)      post-norm (GPT, BERT)          parallel (GPT-J, Neo
 x = x + attn(n1(x))          x = n1(x + attn(x))            x = x + attn(n1(x)) + mlp(n2(x))
 x = x + mlp(n2(x))           x = n2(x + mlp(x))             (n2 is n1 when the norm is shared)
 
-sandwich (GLM-4-0414)                 deepnorm (DeepNet, GLM-130B)
-x = x + n3(attn(n1(x)))               x = n1(alpha * x + attn(x))
-x = x + n4(mlp(n2(x)))                x = n2(alpha * x + mlp(x))
+sandwich (GLM-4-0414, Gemma 2/3)      deepnorm (DeepNet, GLM-130B)      output-norm (OLMo 2): sandwich
+x = x + n3(attn(n1(x)))               x = n1(alpha * x + attn(x))       with n1 = n2 = identity
+x = x + n4(mlp(n2(x)))                x = n2(alpha * x + mlp(x))        x = x + n3(attn(x))
 ```
 `attn` is any attention with `Attention`'s call (`Attention`, MLA's `LatentAttention`). `mlp` is an MLP or a
 mixture of experts; an MoE returns its router statistics with its output, and the block returns them too.
@@ -34,11 +34,13 @@ class PreNormBlock(nn.Module):
         mlp_norm: nn.Module,
         mlp: nn.Module,
         residual_from_norm: bool = False,  # add to the normed input instead (BLOOM's option)  # emit-if: residual_from_norm
+        residual_scale: float = 1.0,  # x + s * f(norm(x)) (Granite)  # emit-if: residual_scale
     ) -> None:
         super().__init__()
         self.attn_norm, self.attn = attn_norm, attn
         self.mlp_norm, self.mlp = mlp_norm, mlp
         self.residual_from_norm = residual_from_norm  # emit-if: residual_from_norm
+        self.residual_scale = residual_scale  # emit-if: residual_scale
 
     def forward(
         self, x: torch.Tensor, context: Context, attend: AttentionFn, cache: LayerKVCache | None = None
@@ -46,18 +48,27 @@ class PreNormBlock(nn.Module):
         h = self.attn_norm(x)
         if self.residual_from_norm:  # emit-when: residual_from_norm
             x = h  # the residual starts from the normed input
-        x = x + self.attn(h, context, attend, cache)
+        if self.residual_scale != 1.0:  # emit-when: residual_scale
+            x = x + self.attn(h, context, attend, cache) * self.residual_scale
+        else:
+            x = x + self.attn(h, context, attend, cache)
         h = self.mlp_norm(x)
         if self.residual_from_norm:  # emit-when: residual_from_norm
             x = h
         out = self.mlp(h)
         if isinstance(out, tuple):  # emit-if: moe
-            return x + out[0], out[1]
+            out, stats = out
+            if self.residual_scale != 1.0:  # emit-when: residual_scale
+                out = out * self.residual_scale
+            return x + out, stats
+        if self.residual_scale != 1.0:  # emit-when: residual_scale
+            out = out * self.residual_scale
         return x + out
 
 
 class SandwichBlock(nn.Module):
-    """Pre-norm with a norm on each sublayer's output too: x + out_norm(f(norm(x))) (GLM-4-0414)."""
+    """Pre-norm with a norm on each sublayer's output too: x + out_norm(f(norm(x))) (GLM-4-0414, Gemma 2 and 3).
+    With identities as the input norms it is OLMo 2's x + out_norm(f(x))."""
 
     def __init__(
         self,

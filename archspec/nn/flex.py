@@ -146,6 +146,17 @@ def alibi_score_mod(slopes: torch.Tensor) -> Callable[..., torch.Tensor]:
     return score_mod
 
 
+def softcap_score_mod(cap: float) -> Callable[..., torch.Tensor]:
+    """cap * tanh(score / cap) of the scaled score, before the mask (Gemma 2)."""
+
+    def score_mod(
+        score: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor
+    ) -> torch.Tensor:
+        return cap * torch.tanh(score / cap)
+
+    return score_mod
+
+
 def relative_bias_score_mod(
     weight: torch.Tensor, bidirectional: bool, buckets: int, max_distance: int
 ) -> Callable[..., torch.Tensor]:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archspec.nn.activations import soft_cap
 from archspec.nn.attend import AttentionPaths
 from archspec.nn.cache import KVCache
 from archspec.nn.generate import generate
@@ -34,17 +35,25 @@ class DecoderLM(nn.Module):
         final_norm: nn.Module,
         lm_head: nn.Linear,
         attention: AttentionPaths,
-        rotary: nn.Module | None = None,  # emit-if: rope
+        rotary: nn.Module | None = None,  # emit-if: rope,!layer_positions
+        layer_rotary: nn.Module | None = None,  # layers that differ in positions  # emit-if: layer_positions
         pos_embed: nn.Embedding | None = None,  # emit-if: learned_positions
         embed_norm: nn.Module | None = None,  # emit-if: embed_norm
         router_loss: RouterLoss | None = None,  # emit-if: moe
         tied: bool = False,  # emit-if: library
         prefix_lm: bool = False,  # emit-if: prefix_lm
+        embed_scale: float | None = None,  # emit-if: embed_scale
+        embed_scale_in_dtype: bool = False,  # the scale rounded to the activations' dtype  # emit-if: embed_scale_in_dtype
+        logit_scale: float = 1.0,  # emit-if: logit_scale
+        logit_softcap: float | None = None,  # emit-if: logit_softcap
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
     ) -> None:
         super().__init__()
         self.embed = embed
+        self.embed_scale, self.embed_scale_in_dtype = embed_scale, embed_scale_in_dtype  # emit-if: embed_scale
+        self.logit_scale = logit_scale  # emit-if: logit_scale
+        self.logit_softcap = logit_softcap  # emit-if: logit_softcap
         self.pos_embed = pos_embed  # emit-if: learned_positions
         self.embed_norm = embed_norm  # emit-if: embed_norm
         self.layers = nn.ModuleList(layers)
@@ -52,7 +61,8 @@ class DecoderLM(nn.Module):
         if tied:  # emit-when: tied
             self.lm_head.weight = self.embed.weight
         self.attention = attention
-        self.rotary = rotary  # emit-if: rope
+        self.rotary = rotary  # emit-if: rope,!layer_positions
+        self.layer_rotary = layer_rotary  # emit-if: layer_positions
         self.router_loss = router_loss  # emit-if: moe
         self.prefix_lm = prefix_lm  # emit-if: prefix_lm
         self.eos_token_id, self.pad_token_id = eos_token_id, pad_token_id  # generate()'s defaults
@@ -89,6 +99,11 @@ class DecoderLM(nn.Module):
             # position: the whole static cache under a mask, its shape fixed; the caller advances cache.length
             keys = cache.max_len  # type: ignore[union-attr]
         x = self.embed(input_ids)
+        if self.embed_scale is not None:  # emit-when: embed_scale
+            scale = self.embed_scale
+            if self.embed_scale_in_dtype:  # emit-when: embed_scale_in_dtype
+                scale = torch.tensor(scale, dtype=x.dtype)  # rounded as the activations are (Gemma)
+            x = x * scale
         if inputs_embeds is not None:  # emit-if: vision
             x = inputs_embeds
         if self.pos_embed is not None:  # emit-when: learned_positions
@@ -107,11 +122,15 @@ class DecoderLM(nn.Module):
             attention_mask, position_ids, document_ids, cache, batch, keys
         )
         context.at_end = not explicit  # emit-if: library
-        if self.rotary is not None:  # emit-when: rope
+        if self.rotary is not None:  # emit-when: rope,!layer_positions
             context.rope = self.rotary(context)
+        if self.layer_rotary is not None:  # emit-if: layer_positions
+            ropes = self.layer_rotary(context)
         attends = self.attention(context)
         routers: list[RouterStats] = []  # emit-if: moe
         for index, layer in enumerate(self.layers):
+            if self.layer_rotary is not None:  # emit-when: layer_positions
+                context.rope = ropes[index]
             x = layer(x, context, attends[index], cache.layers[index] if cache is not None else None)
             if isinstance(x, tuple):  # emit-if: moe
                 x, stats = x
@@ -122,6 +141,10 @@ class DecoderLM(nn.Module):
         if labels is None and logits_to_keep > 0:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.final_norm(x))
+        if self.logit_scale != 1.0:  # emit-when: logit_scale
+            logits = logits * self.logit_scale
+        if self.logit_softcap is not None:  # emit-when: logit_softcap
+            logits = soft_cap(logits, self.logit_softcap)
         if labels is None:
             return LMOutput(logits=logits)
         # Shift the labels, not the logits (as transformers does): no copy of the [batch, seq, vocab] logits.

@@ -102,6 +102,21 @@ def yarn_attention_factor(
     return yarn_mscale(factor)
 
 
+def longrope_frequencies(rotary_dim: int, theta: float, factors: tuple[float, ...]) -> torch.Tensor:
+    """LongRoPE (Ding et al. 2024, https://arxiv.org/abs/2402.13753): inv_freq[k] = 1 / (factor[k] theta^(2k/r)),
+    each frequency stretched by its own searched factor (Phi-3's short_factor / long_factor)."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.int64, device="cpu").to(torch.float32) / rotary_dim
+    return 1.0 / (torch.tensor(factors, dtype=torch.float32, device="cpu") * theta**exponents)
+
+
+def longrope_attention_factor(context_length: int, original_context: int, explicit: float | None = None) -> float:
+    """Multiplier of cos and sin: the explicit value, else sqrt(1 + ln(s) / ln(L0)), s = L / L0 (1 when s <= 1)."""
+    if explicit is not None:
+        return explicit
+    factor = context_length / original_context
+    return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original_context))
+
+
 class HalfPairs:
     """Dim k rotates with dim k + r/2 (GPT-NeoX; LLaMA in transformers' layout). A pairing lays the frequencies out
     over the rotated dims (`angles`) and turns each pair by 90 degrees: (x1, x2) -> (-x2, x1) (`rotated`)."""
@@ -136,12 +151,17 @@ class RotaryEmbedding(nn.Module):
         pairing: Pairs,
         attention_factor: float = 1.0,  # emit-if: rope_attention_factor
         dynamic_ntk: tuple[float, float, int] | None = None,  # emit-if: dynamic_ntk
+        long_inv_freq: torch.Tensor | None = None,  # emit-if: longrope
+        original_context: int = 0,  # emit-if: longrope
     ) -> None:
         super().__init__()
         self.register_buffer("inv_freq", inv_freq.to(torch.get_default_device(), torch.float32), persistent=False)
         self.pairing = pairing
         self.attention_factor = attention_factor  # emit-if: rope_attention_factor
         self.dynamic_ntk = dynamic_ntk  # (theta, factor, context_length)  # emit-if: dynamic_ntk
+        long_inv_freq = None if long_inv_freq is None else long_inv_freq.to(self.inv_freq)  # emit-if: longrope
+        self.register_buffer("long_inv_freq", long_inv_freq, persistent=False)  # emit-if: longrope
+        self.original_context = original_context  # LongRoPE's long factors past it  # emit-if: longrope
 
     def forward(self, context: Context) -> Rope:
         inv_freq = self.inv_freq
@@ -150,6 +170,10 @@ class RotaryEmbedding(nn.Module):
             rotary_dim = 2 * inv_freq.shape[0]
             scaled_theta = dynamic_ntk_theta(theta, factor, context.keys, context_length, rotary_dim)
             inv_freq = rope_frequencies(rotary_dim, scaled_theta).to(inv_freq.device)
+        if self.long_inv_freq is not None and context.keys > self.original_context:  # emit-if: longrope
+            # LongRoPE: the long factors once the call's keys (cache included) exceed the pre-training context, as
+            # transformers switches by the largest position id + 1; cached keys keep the table of their call
+            inv_freq = self.long_inv_freq
         positions = context.positions if context.position_ids is None else context.position_ids  # [(rows,) queries]
         angles = self.pairing.angles(positions[..., None].float() * inv_freq)
         cos, sin = angles.cos(), angles.sin()
@@ -157,6 +181,20 @@ class RotaryEmbedding(nn.Module):
             # YaRN's temperature
             cos, sin = cos * self.attention_factor, sin * self.attention_factor
         return partial(apply_rotary, cos=cos.to(context.dtype), sin=sin.to(context.dtype), pairing=self.pairing)
+
+
+class LayerRotary(nn.Module):  # emit-if: layer_positions
+    """Each layer's `Rope` where layers differ in positions (Gemma 3's local and global RoPE; NoPE layers, whose
+    entry is None): one rotary per kind, each computed once per call."""
+
+    def __init__(self, rotaries: list[RotaryEmbedding], of_layer: tuple[int | None, ...]) -> None:
+        super().__init__()
+        self.rotaries = nn.ModuleList(rotaries)
+        self.of_layer = of_layer  # each layer's index into rotaries, None: no positions
+
+    def forward(self, context: Context) -> list[Rope | None]:
+        ropes = [rotary(context) for rotary in self.rotaries]
+        return [None if index is None else ropes[index] for index in self.of_layer]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: Pairs) -> torch.Tensor:

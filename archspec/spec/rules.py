@@ -7,7 +7,7 @@ calls it from its validator.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from archspec.spec.errors import SpecIssue
 
@@ -60,30 +60,9 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
     if block.parallel_norms == 2 and block.kind != "parallel":
         problem("block.parallel_norms", f"only meaningful for parallel blocks, not {block.kind}")
 
-    position = spec.position
-    if position.kind == "rope" and attn.kind == "mha" and attn.head_dim is not None:
-        rotary = int(attn.head_dim * position.fraction)
-        if rotary == 0 or rotary % 2:
-            problem(
-                "position.fraction",
-                f"head_dim {attn.head_dim} x fraction {position.fraction} gives {rotary} rotary dims; need an even number > 0",
-                "rotary dims rotate in pairs",
-            )
-        scaling = position.scaling
-        if getattr(scaling, "kind", None) == "dynamic" and rotary <= 2:
-            problem(
-                "position.scaling",
-                f"dynamic NTK needs more than 2 rotary dims (has {rotary})",
-                "its theta formula has the exponent d / (d - 2)",
-            )
-        if getattr(scaling, "kind", None) == "llama3" and scaling.high_freq_factor <= scaling.low_freq_factor:
-            problem(
-                "position.scaling.high_freq_factor",
-                f"must exceed low_freq_factor ({scaling.low_freq_factor})",
-                "the two bound the band that is smoothly interpolated",
-            )
-    if attn.kind == "mha" and attn.qk_norm and spec.norm.kind != "rmsnorm":
-        problem("attention.qk_norm", "qk_norm uses RMSNorm per head; the spec's norm is layernorm")
+    if spec.position.kind == "rope" and attn.kind == "mha" and attn.head_dim is not None:
+        _rope_issues(spec.position, attn.head_dim, "position", problem)
+    _modern_issues(spec, problem)
     _structure_issues(spec, problem)
     if spec.vision is not None:
         _vision_issues(spec, problem)
@@ -92,6 +71,99 @@ def consistency_issues(spec: Spec) -> list[SpecIssue]:
     if not issues:  # sizes are only meaningful once the shape of the model is consistent
         issues.extend(_size_issues(spec))
     return issues
+
+
+def _rope_issues(position: Any, head_dim: int, path: str, problem: Callable[..., None]) -> None:
+    """A RoPE section's own rules (the spec's position, or a layer kind's), reported under `path`."""
+    rotary = int(head_dim * position.fraction)
+    if rotary == 0 or rotary % 2:
+        problem(
+            f"{path}.fraction",
+            f"head_dim {head_dim} x fraction {position.fraction} gives {rotary} rotary dims; need an even number > 0",
+            "rotary dims rotate in pairs",
+        )
+    scaling = position.scaling
+    if getattr(scaling, "kind", None) == "dynamic" and rotary <= 2:
+        problem(
+            f"{path}.scaling",
+            f"dynamic NTK needs more than 2 rotary dims (has {rotary})",
+            "its theta formula has the exponent d / (d - 2)",
+        )
+    if getattr(scaling, "kind", None) == "llama3" and scaling.high_freq_factor <= scaling.low_freq_factor:
+        problem(
+            f"{path}.scaling.high_freq_factor",
+            f"must exceed low_freq_factor ({scaling.low_freq_factor})",
+            "the two bound the band that is smoothly interpolated",
+        )
+    if getattr(scaling, "kind", None) == "longrope":
+        _longrope_issues(scaling, rotary, f"{path}.scaling", problem)
+
+
+def _longrope_issues(scaling: Any, rotary: int, path: str, problem: Callable[..., None]) -> None:
+    """LongRoPE divides each of the rotary_dim / 2 frequencies by its own factor: one factor per frequency."""
+    for name in ("short_factor", "long_factor"):
+        factors = getattr(scaling, name)
+        if rotary > 0 and len(factors) != rotary // 2:
+            problem(
+                f"{path}.{name}",
+                f"has {len(factors)} factors; {rotary} rotary dims have {rotary // 2} frequencies",
+                "one factor per frequency: rotary_dim / 2 = int(head_dim x fraction) / 2",
+            )
+
+
+def _modern_issues(spec: Spec, problem: Callable[..., None]) -> None:
+    """Rules of the options of today's dense families: layer kinds, qk-norm forms, scalars and soft-caps."""
+    attn, norm, decoder = spec.attention, spec.norm, spec.structure == "decoder"
+    if norm.offset and norm.kind != "rmsnorm":
+        problem("norm.offset", "the (1 + w) weight is Gemma's RMSNorm", "use kind: rmsnorm, or drop offset")
+    qk_norm = getattr(attn, "qk_norm", None)
+    if qk_norm is not None and qk_norm.per_head_weights and qk_norm.over != "head":
+        problem("attention.qk_norm.per_head_weights", "per-head weights need over: head")
+    if getattr(attn, "softcap", None) is not None and spec.position.kind == "alibi":
+        problem("attention.softcap", "soft-capped scores with ALiBi are not implemented", "drop one of the two")
+    if spec.block.residual_scale != 1.0 and spec.block.kind != "pre-norm":
+        problem("block.residual_scale", f"implemented for pre-norm blocks, not {spec.block.kind}")
+    options = {
+        "layers": spec.layers is not None,
+        "attention.softcap": getattr(attn, "softcap", None) is not None,
+        "embeddings.scale": spec.embeddings.scale is not None,
+        "embeddings.logit_scale": spec.embeddings.logit_scale != 1.0,
+        "embeddings.logit_softcap": spec.embeddings.logit_softcap is not None,
+        "block.kind": spec.block.kind == "output-norm",
+    }
+    for path, used in options.items():
+        if used and not decoder:
+            problem(path, f"implemented for structure: decoder, not {spec.structure}")
+    layers = spec.layers
+    if layers is None:
+        return
+    if getattr(attn, "window", None) is not None:
+        problem("attention.window", "with a layers section, windows are said per kind", "layers.kinds.<kind>.window")
+    for index, kind in enumerate(layers.pattern):
+        if kind not in layers.kinds:
+            problem(f"layers.pattern.{index}", f"unknown kind {kind!r} (kinds: {', '.join(layers.kinds)})")
+    for kind, listed in layers.exceptions.items():
+        if kind not in layers.kinds:
+            problem(f"layers.exceptions.{kind}", f"unknown kind {kind!r} (kinds: {', '.join(layers.kinds)})")
+        bad = [layer for layer in listed if layer >= spec.n_layers]
+        if bad:
+            problem(f"layers.exceptions.{kind}", f"layers {bad} do not exist (n_layers = {spec.n_layers})")
+    for name, kind in layers.kinds.items():
+        own = kind.position
+        if own is None:
+            continue
+        if spec.position.kind not in ("rope", "none") or attn.kind != "mha":
+            problem(
+                f"layers.kinds.{name}.position",
+                f"per-kind positions combine rope and none, with mha attention (the spec has {spec.position.kind})",
+            )
+        elif own.kind == "rope":
+            if own.block_positions:
+                problem(f"layers.kinds.{name}.position.block_positions", "2-D positions belong to structure: glm")
+            elif attn.head_dim is not None:
+                _rope_issues(own, attn.head_dim, f"layers.kinds.{name}.position", problem)
+            if getattr(own.scaling, "kind", None) == "dynamic":
+                problem(f"layers.kinds.{name}.position.scaling", "dynamic NTK is for the spec's own position only")
 
 
 def _token_issues(spec: Spec, problem: Callable[..., None]) -> None:
@@ -156,6 +228,13 @@ def _latent_attention_issues(spec: Spec) -> list[SpecIssue]:
     elif position.fraction != 1.0:
         issues.append(
             SpecIssue(("position", "fraction"), "mla rotates exactly attention.rope_dim dims", "drop fraction")
+        )
+    if position.kind == "rope" and getattr(position.scaling, "kind", None) == "longrope":
+        _longrope_issues(
+            position.scaling,
+            spec.attention.rope_dim,  # type: ignore[union-attr]
+            "position.scaling",
+            lambda path, message, hint="": issues.append(SpecIssue(tuple(path.split(".")), message, hint)),
         )
     if spec.attention.rope_dim % 2:  # type: ignore[union-attr]
         issues.append(SpecIssue(("attention", "rope_dim"), "must be even", "rotary dims rotate in pairs"))

@@ -63,6 +63,11 @@ class NormSpec(Section):
     bias: bool | None = Field(
         None, description="LayerNorm only: learn an additive bias (default true for layernorm, false for rmsnorm)."
     )
+    offset: bool = Field(
+        False,
+        description="rmsnorm only: scale by (1 + w), w stored and initialised as 0 (Gemma), in float32 before the "
+        "cast back.",
+    )
 
     @model_validator(mode="after")
     def _default_bias(self) -> NormSpec:
@@ -77,6 +82,27 @@ class ProjectionBias(Section):
     k: bool = Field(False, description="Bias on the key projection.")
     v: bool = Field(False, description="Bias on the value projection.")
     o: bool = Field(False, description="Bias on the output projection.")
+
+
+def qk_norm_shorthand(value: Any) -> Any:
+    """`qk_norm: true` -> the per-head norm before RoPE (Qwen3); `false` -> none."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
+class QKNormSpec(Section):
+    """Norms of the queries and keys (of the spec's norm kind and eps) before the scores."""
+
+    over: Literal["head", "projection"] = Field(
+        "head",
+        description="head: each head's vector, one weight shared by the heads (Qwen3, Gemma 3); projection: the "
+        "whole q (and k) projection output, heads x head_dim (OLMo 2).",
+    )
+    per_head_weights: bool = Field(
+        False, description="head only: each head has its own weight (and bias) (Cohere's [heads, head_dim] norms)."
+    )
+    after_rope: bool = Field(False, description="Normalise the rotated q and k instead (Hunyuan).")
 
 
 class AttentionSpec(Section):
@@ -100,7 +126,16 @@ class AttentionSpec(Section):
         default_factory=ProjectionBias,
         description="Projection biases: one flag for all, or {q, k, v, o} separately (Qwen2: q/k/v only).",
     )
-    qk_norm: bool = Field(False, description="Per-head RMSNorm of q and k before RoPE (Qwen3).")
+    qk_norm: Annotated[QKNormSpec | None, BeforeValidator(qk_norm_shorthand)] = Field(
+        None,
+        description="Norms of q and k: true is a per-head norm before RoPE (Qwen3); or {over, per_head_weights, "
+        "after_rope}.",
+    )
+    softcap: float | None = Field(
+        None,
+        gt=0,
+        description="Soft-capping of the scaled scores before the mask: cap * tanh(score / cap) (Gemma 2: 50).",
+    )
     window: int | None = Field(
         None,
         gt=0,
@@ -198,7 +233,29 @@ class YarnScaling(Section):
     truncate: bool = Field(True, description="Round the correction range to whole dimensions (the YaRN paper does).")
 
 
-RopeScaling = Annotated[LinearScaling | DynamicScaling | Llama3Scaling | YarnScaling, Field(discriminator="kind")]
+class LongRopeScaling(Section):
+    """LongRoPE (Ding et al. 2024, https://arxiv.org/abs/2402.13753; Phi-3): each frequency divided by its own
+    factor, the short ones while a call's keys fit in original_context, the long ones past it."""
+
+    kind: Literal["longrope"]
+    short_factor: list[Annotated[float, Field(gt=0)]] = Field(
+        min_length=1, description="Per-frequency divisors while the keys fit in original_context (rotary_dim/2)."
+    )
+    long_factor: list[Annotated[float, Field(gt=0)]] = Field(
+        min_length=1, description="Per-frequency divisors once the keys exceed original_context (rotary_dim/2)."
+    )
+    original_context: int = Field(gt=0, le=MAX_CONTEXT, description="Context length the model was pre-trained with.")
+    attention_factor: float | None = Field(
+        None,
+        gt=0,
+        description="Multiplier of cos and sin. Default: sqrt(1 + ln(s) / ln(original_context)) with "
+        "s = context_length / original_context (1 when s <= 1).",
+    )
+
+
+RopeScaling = Annotated[
+    LinearScaling | DynamicScaling | Llama3Scaling | YarnScaling | LongRopeScaling, Field(discriminator="kind")
+]
 
 
 class RopeSpec(Section):
@@ -212,7 +269,7 @@ class RopeSpec(Section):
         description="half: dims (k, k + r/2) rotate together (LLaMA/NeoX); interleaved: (2k, 2k+1) (GPT-J/GLM).",
     )
     scaling: Annotated[RopeScaling | None, BeforeValidator(kind_shorthand)] = Field(
-        None, description="Context-extension scaling of the frequencies: linear, dynamic, llama3 or yarn."
+        None, description="Context-extension scaling of the frequencies: linear, dynamic, llama3, yarn or longrope."
     )
     block_positions: bool = Field(
         False,
@@ -266,16 +323,58 @@ PositionSpec = Annotated[
 ]
 
 
+# ------------------------------------------------------------------------------------------ layer kinds
+class LayerKindSpec(Section):
+    """What one kind of layer changes: its attention window and its positions."""
+
+    window: int | None = Field(
+        None, gt=0, le=MAX_CONTEXT, description="Sliding window of this kind's attention (none: full attention)."
+    )
+    position: Annotated[
+        Annotated[RopeSpec | NoPositionSpec, Field(discriminator="kind")] | None, BeforeValidator(kind_shorthand)
+    ] = Field(
+        None,
+        description="This kind's positions: its own rope settings, or none (NoPE layers). Default: the spec's position.",
+    )
+
+
+class LayerPatternSpec(Section):
+    """Layers that differ (Gemma 2/3, OLMo 3, Cohere 2, SmolLM3, EXAONE 4): named kinds, a pattern of kinds that
+    repeats over the stack, and exceptions. Layer i is `exceptions`' kind if it lists i, else pattern[i % len]."""
+
+    kinds: dict[Annotated[str, Field(pattern=NAME_PATTERN)], LayerKindSpec] = Field(
+        min_length=1, description="The kinds by name, e.g. {sliding: {window: 4096}, full: {}}."
+    )
+    pattern: list[str] = Field(
+        min_length=1,
+        max_length=MAX_LAYERS,
+        description="Kinds of layers 0, 1, ... repeated to the end (Gemma 3: 5 sliding, 1 full).",
+    )
+    exceptions: dict[str, list[Annotated[int, Field(ge=0, le=MAX_LAYERS)]]] = Field(
+        default_factory=dict, description="Kind -> layers that take it whatever the pattern says."
+    )
+
+    def kind_of(self, layer: int) -> str:
+        for kind, layers in self.exceptions.items():
+            if layer in layers:
+                return kind
+        return self.pattern[layer % len(self.pattern)]
+
+
 # ---------------------------------------------------------------------------------------- block, mlp
 class BlockSpec(Section):
-    kind: Literal["pre-norm", "post-norm", "parallel", "sandwich", "deepnorm"] = Field(
+    kind: Literal["pre-norm", "post-norm", "parallel", "sandwich", "output-norm", "deepnorm"] = Field(
         "pre-norm",
         description=(
             "pre-norm: x + f(norm(x)); post-norm: norm(x + f(x)) (original GPT); parallel: attention and MLP "
             "read the same input and both add to it (GPT-J, NeoX, Falcon); sandwich: pre-norm plus a norm on "
-            "each sublayer's output (GLM-4-0414); deepnorm: norm(alpha * x + f(x)) with the value/output/MLP "
-            "weights initialised with gain beta (DeepNet, https://arxiv.org/abs/2203.00555; GLM-130B)."
+            "each sublayer's output, x + norm'(f(norm(x))) (GLM-4-0414, Gemma 2/3); output-norm: only the norm "
+            "on the sublayer's output, x + norm(f(x)) (OLMo 2); deepnorm: norm(alpha * x + f(x)) with the "
+            "value/output/MLP weights initialised with gain beta (DeepNet, https://arxiv.org/abs/2203.00555; GLM-130B)."
         ),
+    )
+    residual_scale: float = Field(
+        1.0, gt=0, description="pre-norm only: x + s * f(norm(x)) (Granite's residual_multiplier)."
     )
     parallel_norms: Literal[1, 2] = Field(
         1, description="parallel only: 1 norm shared by attention and MLP (Falcon-7B), or 2 (NeoX, Falcon-40B)."
@@ -317,6 +416,17 @@ class EmbeddingSpec(Section):
     norm: bool = Field(False, description="A norm (of the spec's norm kind) right after the embedding (BLOOM).")
     scale_head: bool = Field(
         False, description="Multiply the final hidden state by d_model^-0.5 before the head (T5 v1.0, tied head)."
+    )
+    scale: float | Literal["sqrt-d-model"] | None = Field(
+        None,
+        description="Multiplier of the token embeddings: a number (Granite's embedding_multiplier), or sqrt-d-model: "
+        "d_model^0.5 rounded to the activations' dtype first (Gemma).",
+    )
+    logit_scale: float = Field(
+        1.0, gt=0, description="Multiplier of the logits (Cohere's logit_scale; Granite's 1 / logits_scaling)."
+    )
+    logit_softcap: float | None = Field(
+        None, gt=0, description="Soft-capping of the final logits: cap * tanh(logits / cap) (Gemma 2: 30)."
     )
 
 
@@ -546,6 +656,9 @@ class Spec(Section):
     block: Annotated[BlockSpec, BeforeValidator(kind_shorthand)] = Field(
         default_factory=BlockSpec, description="Residual layout of a block."
     )
+    layers: LayerPatternSpec | None = Field(
+        None, description="Layers that differ: each layer's window and positions by a repeating pattern of kinds."
+    )
     mlp: MlpSpec
     moe: MoESpec | None = Field(None, description="Mixture of experts replacing the MLP in its layers.")
     vision: VisionSpec | None = Field(
@@ -610,12 +723,24 @@ class Spec(Section):
         return int(self.head_dim * self.position.fraction)
 
     def window_for_layer(self, layer: int) -> int | None:
+        if self.layers is not None:
+            return self.layers.kinds[self.layers.kind_of(layer)].window
         attn = self.attention
         if not isinstance(attn, AttentionSpec) or attn.window is None:
             return None
         if attn.window_layers is not None and layer not in attn.window_layers:
             return None
         return attn.window
+
+    def position_for_layer(
+        self, layer: int
+    ) -> RopeSpec | AlibiSpec | LearnedPositionSpec | NoPositionSpec | RelativeBiasSpec:
+        """The position scheme of layer `layer`: its kind's, or the spec's."""
+        if self.layers is not None:
+            own = self.layers.kinds[self.layers.kind_of(layer)].position
+            if own is not None:
+                return own
+        return self.position
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether layer `layer` uses the mixture of experts instead of the dense MLP."""

@@ -78,6 +78,7 @@ def test_info_json(app: typer.Typer, tmp_path: Path) -> None:
         "context": 16,
         "batch": 4,
         "bytes": 1024 * 16 * 4,
+        "bytes_windows_capped": 1024 * 16 * 4,  # no window
     }
     assert document["flops"]["context"] == 16
     assert len(document["params"]["layers"]) == 2

@@ -145,6 +145,7 @@ def test_json_keys_are_stable() -> None:
         "flops_train_per_token",
         "kv_bytes_per_token",
         "kv_bytes_total",
+        "kv_bytes_windowed",
     ]
     for figure in document["figures"]:
         assert list(figure) == ["key", "label", "unit", "values", "ratio_to_first"]

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 import typing
 from pathlib import Path
 from typing import Any
@@ -312,6 +311,24 @@ def test_kv_bytes_match_new_cache_tensors(dtype: str, data: dict[str, Any], batc
     assert DTYPE_BYTES[dtype] == torch.empty(0, dtype=getattr(torch, dtype)).element_size()
 
 
+def test_windowed_kv_bytes_cap_sliding_layers_at_their_window() -> None:
+    """Gemma 3's pattern (5 sliding, 1 full) over 7 layers, window 64 at context 256: the 6 sliding layers hold 64
+    positions, the full ones 256; NoPE layers are counted like any layer (they cache keys too)."""
+    data = {
+        **LLAMA3_8B,
+        "n_layers": 7,
+        "attention": {"heads": 32, "kv_heads": 8},
+        "layers": {
+            "kinds": {"sliding": {"window": 64}, "full": {"position": "none"}},
+            "pattern": ["sliding"] * 5 + ["full"],
+        },
+    }
+    figures = kv_cache(archspec.spec_from_dict(data), 256, 2, "bfloat16")
+    per_layer_position = 2 * 8 * 128 * 2  # k + v, 8 kv heads of 128, bfloat16
+    assert figures.bytes_windowed == 2 * per_layer_position * (6 * 64 + 1 * 256)
+    assert figures.bytes_total == 2 * per_layer_position * 7 * 256  # what the static cache allocates
+
+
 def test_kv_bytes_match_the_cache_generate_uses() -> None:
     spec = archspec.spec_from_dict(
         {
@@ -360,12 +377,10 @@ def test_bad_requests_are_analysis_errors() -> None:
     assert isinstance(AnalysisError("x"), archspec.ArchspecError)
 
 
-def test_llama3_405b_is_analysed_in_well_under_a_second() -> None:
+def test_llama3_405b_is_analysed_from_its_plan_alone() -> None:
+    """No weights exist (the figures come from the plan), so the largest specs cost nothing to analyse."""
     spec = archspec.spec_from_dict(LLAMA3_405B)
-    start = time.perf_counter()
     figures = analyse(spec, context=131072, batch=8)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 0.1, elapsed
     assert figures.params.total == 405_853_388_800
     assert figures.kv.bytes_per_token == 2 * 126 * 8 * 128 * 2
 
