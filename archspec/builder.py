@@ -75,6 +75,7 @@ def registry() -> dict[str, Any]:
         "nn.Linear": nn.Linear,
         "nn.Embedding": nn.Embedding,
         "nn.LayerNorm": nn.LayerNorm,
+        "nn.RMSNorm": nn.RMSNorm,
         "nn.Identity": nn.Identity,
         "nn.Conv2d": nn.Conv2d,
         "torch.zeros": torch.zeros,

@@ -60,6 +60,7 @@ def tp_plan(model: nn.Module | Any) -> dict[str, Any]:
     from archspec.nn.attention import Attention
     from archspec.nn.mla import LatentAttention
     from archspec.nn.mlp import MLP, GatedMLP
+    from archspec.nn.norms import HeadNorm
     from archspec.nn.positions import RelativePositionBias
 
     if not isinstance(model, nn.Module):  # a spec
@@ -79,10 +80,19 @@ def tp_plan(model: nn.Module | Any) -> dict[str, Any]:
             for projection in ("q", "k", "v"):
                 plan[f"{name}.{projection}"] = ColwiseParallel()
             if getattr(module, "q_norm", None) is not None:
-                # per-head norms see [batch, seq, local heads, head_dim]: a DTensor sharded on the head dim, so the
-                # replicated weight's gradient is summed over the ranks' heads (SequenceParallel's mechanics, dim 2)
-                plan[f"{name}.q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
-                plan[f"{name}.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+                # per-head norms see [batch, seq, local heads, head_dim] ([batch, local heads, seq, head_dim] after
+                # RoPE): a DTensor sharded on the head dim, so the replicated weight's gradient is summed over the
+                # ranks' heads (SequenceParallel's mechanics, on the head dim)
+                placement = getattr(module, "qk_norm_at", "head")
+                if placement == "projection" or isinstance(module.q_norm, HeadNorm):
+                    what = "the whole projection" if placement == "projection" else "a weight per head"
+                    raise ParallelismError(
+                        f"{name}: its q/k norms span every head ({what}), which tensor parallelism would split; "
+                        "use FSDP for this model"
+                    )
+                heads_dim = 1 if placement == "rotated" else 2
+                plan[f"{name}.q_norm"] = SequenceParallel(sequence_dim=heads_dim, use_local_output=True)
+                plan[f"{name}.k_norm"] = SequenceParallel(sequence_dim=heads_dim, use_local_output=True)
             plan[f"{name}.o"] = RowwiseParallel()
         elif isinstance(module, MLP | GatedMLP):
             if isinstance(module, GatedMLP):

@@ -33,7 +33,15 @@ from archspec.spec.writer import spec_to_yaml
 
 TEMPLATES = Path(__file__).parent / "templates"
 RESERVED_MODULES = frozenset({"torch", "archspec"}) | frozenset(sys.stdlib_module_names)
-TORCH_COMPONENTS = {"nn.Linear", "nn.Embedding", "nn.LayerNorm", "nn.Identity", "nn.Conv2d", "torch.zeros"}
+TORCH_COMPONENTS = {
+    "nn.Linear",
+    "nn.Embedding",
+    "nn.LayerNorm",
+    "nn.RMSNorm",
+    "nn.Identity",
+    "nn.Conv2d",
+    "torch.zeros",
+}
 
 
 # -------------------------------------------------------------------------------------------- names

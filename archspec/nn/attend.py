@@ -208,7 +208,7 @@ class ChunkedWindow:
 class SoftCapped:  # emit-if: softcap
     """Attention whose scaled scores are soft-capped before the mask, cap * tanh(s / cap) (Gemma 2), with softmax
     in float32 at least (as transformers' eager attention). The queries go in chunks of `chunk`, so the scores are
-    [rows, heads, chunk, keys] at a time; `pattern` says which keys each query sees."""
+    [rows, heads, chunk, keys] at a time (one chunk when compiling); `pattern` says which keys each query sees."""
 
     def __init__(self, pattern: MaskMod, context: Context, cap: float, chunk: int = 256) -> None:
         self.pattern, self.context, self.cap, self.chunk = pattern, context, cap, chunk
@@ -216,15 +216,21 @@ class SoftCapped:  # emit-if: softcap
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # GQA: the heads' keys
-        seq, wide = q.shape[2], torch.promote_types(q.dtype, torch.float32)
-        outs = []
-        for start in range(0, seq, self.chunk):
-            queries = q[:, :, start : start + self.chunk]
-            scores = soft_cap(queries @ k.transpose(-1, -2) * scale, self.cap)
-            seen = render(self.pattern, self.context, start, start + queries.shape[2])
-            scores = scores.masked_fill(~seen, float("-inf"))
-            outs.append(torch.softmax(scores.to(wide), dim=-1).to(q.dtype) @ v)
+        seq = q.shape[2]
+        if torch.compiler.is_compiling():  # one chunk: a loop over chunks would make the graph depend on the length
+            return self._queries(q, k, v, scale, 0, None)
+        outs = [self._queries(q, k, v, scale, start, start + self.chunk) for start in range(0, seq, self.chunk)]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+    def _queries(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: int, end: int | None
+    ) -> torch.Tensor:
+        """The output of queries start .. end - 1."""
+        queries = q[:, :, start:end]
+        scores = soft_cap(queries @ k.transpose(-1, -2) * scale, self.cap)
+        scores = scores.masked_fill(~render(self.pattern, self.context, start, end), float("-inf"))
+        wide = torch.promote_types(q.dtype, torch.float32)
+        return torch.softmax(scores.to(wide), dim=-1).to(q.dtype) @ v
 
 
 class AttentionPaths(nn.Module):

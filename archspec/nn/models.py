@@ -51,7 +51,8 @@ class DecoderLM(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = embed
-        self.embed_scale, self.embed_scale_in_dtype = embed_scale, embed_scale_in_dtype  # emit-if: embed_scale
+        self.embed_scale = embed_scale  # emit-if: embed_scale
+        self.embed_scale_in_dtype = embed_scale_in_dtype  # emit-if: embed_scale_in_dtype
         self.logit_scale = logit_scale  # emit-if: logit_scale
         self.logit_softcap = logit_softcap  # emit-if: logit_softcap
         self.pos_embed = pos_embed  # emit-if: learned_positions

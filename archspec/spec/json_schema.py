@@ -4,8 +4,8 @@
 the pydantic models rather than written out by hand:
 
 * a section validated through `kind_shorthand` may be a bare kind (`norm: rmsnorm`), and a field validated through
-  `bool_for_all_projections` may be one boolean (`attention.bias: false`): `_FileSchemaGenerator` turns those
-  before-validators into `anyOf` alternatives;
+  `bool_for_all_projections` or `qk_norm_shorthand` may be one boolean (`attention.bias: false`, `qk_norm: true`):
+  `_FileSchemaGenerator` turns those before-validators into `anyOf` alternatives;
 * a file with `extends:` sets only the keys it changes, so it is checked against a *partial* copy of every
   definition (`SpecPartial`, `NormSpecPartial`, ...) that has no required keys, and whose sections may leave out their
   `kind` (the parent's is kept);
@@ -26,7 +26,7 @@ from typing import Any
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from archspec.spec.schema import Spec, bool_for_all_projections, kind_shorthand
+from archspec.spec.schema import Spec, bool_for_all_projections, kind_shorthand, qk_norm_shorthand
 
 PARTIAL = "Partial"
 _SHORTHAND = "x-archspec-kind-shorthand"
@@ -51,7 +51,7 @@ class _FileSchemaGenerator(GenerateJsonSchema):
         function = schema["function"].get("function")
         if function is kind_shorthand:
             return {"anyOf": [{"type": "string", _SHORTHAND: True}, inner]}
-        if function is bool_for_all_projections:
+        if function is bool_for_all_projections or function is qk_norm_shorthand:
             return {"anyOf": [{"type": "boolean"}, inner]}
         return inner
 

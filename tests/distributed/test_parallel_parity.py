@@ -32,7 +32,19 @@ TOLERANCE = 1e-5
 WORLD = 2
 SPECS = tiny_specs()
 ALL = sorted(SPECS)
-TP_SPLITTABLE = [name for name in ALL if SPECS[name]["attention"].get("kv_heads", 2) % WORLD == 0]
+
+
+def _norms_span_heads(attention: dict) -> bool:
+    """q/k norms over the whole projection (OLMo 2) or with a weight per head (Cohere): TP refuses them."""
+    qk_norm = attention.get("qk_norm") or {}
+    return qk_norm.get("over") == "projection" or bool(qk_norm.get("per_head_weights"))
+
+
+TP_SPLITTABLE = [
+    name
+    for name in ALL
+    if SPECS[name]["attention"].get("kv_heads", 2) % WORLD == 0 and not _norms_span_heads(SPECS[name]["attention"])
+]
 MQA = [name for name in ALL if SPECS[name]["attention"].get("kv_heads", 2) % WORLD]
 # T5's relative-bias tables are split by heads; MLA's rope key gradient is summed over the ranks
 SPLIT_BIAS_OR_SHARED_KEY = [

@@ -21,7 +21,7 @@ import archspec
 POSITIONS = ("rope", "alibi", "learned", "none")
 SCALINGS = ("none", "linear", "dynamic", "llama3", "yarn")
 STATIC_SCALINGS = ("none", "linear", "llama3", "yarn")  # a fixed frequency table whatever the sequence length
-BLOCKS = ("pre-norm", "post-norm", "parallel", "sandwich", "deepnorm")
+BLOCKS = ("pre-norm", "post-norm", "parallel", "sandwich", "output-norm", "deepnorm")
 ACTIVATIONS = ("relu", "gelu", "gelu-tanh", "silu", "swiglu", "geglu", "geglu-tanh", "reglu")
 NORMS = ("rmsnorm", "layernorm")
 FAMILIES = ("dense", "moe", "mla", "glm", "t5", "vision")
@@ -128,6 +128,7 @@ def spec_dicts(
             min_context=min_context,
             window=window,
             windowed_layers=windowed_layers,
+            modern=family != "glm",
         )
     )
     if family == "moe":
@@ -155,8 +156,10 @@ def decoder_dicts(
     min_context: int = 1,
     window: bool | None = None,
     windowed_layers: str = "any",
+    modern: bool = True,
 ) -> dict[str, Any]:
-    """A dense causal decoder (MHA/GQA/MQA attention, a plain or gated MLP): the "dense" family."""
+    """A dense causal decoder (MHA/GQA/MQA attention, a plain or gated MLP): the "dense" family. `modern`: also
+    the options of structure: decoder only (layer kinds, soft-caps, embedding and logit scales, output norms)."""
     heads = draw(st.integers(1, 4))
     kv_heads = draw(st.sampled_from([k for k in range(1, heads + 1) if heads % k == 0]))
     position_kind = draw(st.sampled_from(positions))
@@ -179,8 +182,8 @@ def decoder_dicts(
     bias = draw(st.one_of(st.booleans(), st.fixed_dictionaries({}, optional={k: st.booleans() for k in "qkvo"})))
     if bias is not False:
         attention["bias"] = bias
-    if norm_kind == "rmsnorm" and draw(st.booleans()):
-        attention["qk_norm"] = True
+    if draw(st.booleans()):
+        attention["qk_norm"] = draw(qk_norm_sections())
     use_window = draw(st.booleans()) if window is None else window
     if use_window:
         attention["window"] = draw(st.integers(1, 8))
@@ -190,6 +193,8 @@ def decoder_dicts(
         attention["scale"] = draw(st.floats(0.05, 2.0))
     if n_layers > 1 and draw(st.booleans()):
         attention["inverse_layer_scale"] = True
+    if modern and position_kind != "alibi" and draw(st.integers(0, 3)) == 0:
+        attention["softcap"] = draw(st.floats(0.3, 5.0))
 
     if rope:
         position: dict[str, Any] | str = draw(rope_position(head_dim, scalings))
@@ -207,12 +212,74 @@ def decoder_dicts(
         "attention": attention,
         "position": position,
         "norm": draw(norm_sections(norm_kind)),
-        "block": draw(block_sections(blocks)),
+        "block": draw(block_sections(blocks if modern else tuple(b for b in blocks if b != "output-norm"))),
         "mlp": draw(mlp_sections()),
         "embeddings": {"tied": draw(st.booleans()), "norm": draw(st.booleans())},
     }
+    if norm_kind == "rmsnorm" and draw(st.booleans()):
+        spec["norm"] = {**({"kind": "rmsnorm"} if spec["norm"] == "rmsnorm" else spec["norm"]), "offset": True}
+    if modern:
+        spec["embeddings"] |= draw(scalar_sections())
+    # layer kinds only where no property narrowed positions or windows (a kind may drop RoPE or add a window)
+    if (
+        modern
+        and positions == POSITIONS
+        and window is None
+        and not use_window
+        and position_kind in ("rope", "none")
+        and draw(st.booleans())
+    ):
+        spec["layers"] = draw(layer_sections(n_layers, head_dim, scalings))
     spec.update(draw(descriptions_and_tokens(spec["vocab_size"])))
     return spec
+
+
+def qk_norm_sections() -> st.SearchStrategy[Any]:
+    """Qwen3's shorthand, or any placement: per head (shared or own weights) or over the projection, before or
+    after RoPE."""
+    head = st.fixed_dictionaries(
+        {"over": st.just("head")}, optional={"per_head_weights": st.booleans(), "after_rope": st.booleans()}
+    )
+    projection = st.fixed_dictionaries({"over": st.just("projection")}, optional={"after_rope": st.just(False)})
+    return st.one_of(st.just(True), head, projection)
+
+
+def scalar_sections() -> st.SearchStrategy[dict[str, Any]]:
+    """The embedding scale (a number, or Gemma's rounded sqrt(d_model)), a logit multiplier, a logit soft-cap."""
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "scale": st.one_of(st.just("sqrt-d-model"), st.floats(0.1, 10.0)),
+            "logit_scale": st.floats(0.05, 4.0),
+            "logit_softcap": st.floats(0.5, 30.0),
+        },
+    )
+
+
+@st.composite
+def layer_sections(draw: st.DrawFn, n_layers: int, head_dim: int, scalings: tuple[str, ...]) -> dict[str, Any]:
+    """Layers that differ: two or three kinds (a window or not, the spec's positions, their own RoPE, or none), a
+    pattern of them, sometimes exceptions."""
+    names = draw(st.lists(st.sampled_from(["local", "global", "nope"]), min_size=1, max_size=3, unique=True))
+    kinds: dict[str, Any] = {}
+    for name in names:
+        kind: dict[str, Any] = {}
+        if draw(st.booleans()):
+            kind["window"] = draw(st.integers(1, 8))
+        own = draw(st.sampled_from(["spec", "none", "rope"]))
+        if own == "none":
+            kind["position"] = "none"
+        elif own == "rope" and head_dim % 2 == 0:
+            kind["position"] = draw(rope_position(head_dim, tuple(s for s in scalings if s != "dynamic")))
+        kinds[name] = kind
+    section: dict[str, Any] = {
+        "kinds": kinds,
+        "pattern": draw(st.lists(st.sampled_from(names), min_size=1, max_size=4)),
+    }
+    if draw(st.booleans()):
+        layer = draw(st.integers(0, n_layers - 1))
+        section["exceptions"] = {draw(st.sampled_from(names)): [layer]}
+    return section
 
 
 def alibi_position() -> st.SearchStrategy[dict[str, Any] | str]:
@@ -245,6 +312,8 @@ def block_sections(draw: st.DrawFn, kinds: tuple[str, ...] = BLOCKS) -> dict[str
         block["parallel_norms"] = draw(st.sampled_from([1, 2]))
     if kind == "pre-norm":
         block["residual_from_norm"] = draw(st.booleans())
+        if draw(st.booleans()):
+            block["residual_scale"] = draw(st.floats(0.1, 2.0))
     if kind == "deepnorm":  # DeepNet's constants by default, or any positive values
         block.update(
             draw(st.fixed_dictionaries({}, optional={"alpha": st.floats(0.5, 4.0), "beta": st.floats(0.1, 2.0)}))

@@ -28,8 +28,14 @@ def tiny(name: str, **updates: object) -> torch.nn.Module:
 
 @pytest.mark.parametrize(
     "name, updates",
-    [("llama3.1-8b", {}), ("mixtral-8x7b", {}), ("mistral-7b", {"attention": {"window": 12}})],
-    ids=["llama", "mixtral", "mistral-window"],
+    [
+        ("llama3.1-8b", {}),
+        ("mixtral-8x7b", {}),
+        ("mistral-7b", {"attention": {"window": 12}}),
+        ("gemma-2-9b", {}),  # soft-capped scores and logits, sliding and full layers
+        ("gemma-3-27b", {}),  # local and global RoPE, qk-norm
+    ],
+    ids=["llama", "mixtral", "mistral-window", "gemma2-softcap", "gemma3-layer-kinds"],
 )
 def test_no_recompile_across_sequence_lengths(name: str, updates: dict) -> None:
     """Forward with the loss (the training forward) and without grad, lengths marked dynamic."""
@@ -71,7 +77,11 @@ def test_compiled_decode_step_serves_every_position(monkeypatch: pytest.MonkeyPa
     torch.testing.assert_close(compiled, model.generate(second, 7))
 
 
-@pytest.mark.parametrize("name", ["llama3.1-8b", "bloom-560m", "gpt2"], ids=["rope", "alibi", "learned"])
+@pytest.mark.parametrize(
+    "name",
+    ["llama3.1-8b", "bloom-560m", "gpt2", "gemma-2-9b", "gemma-3-27b"],
+    ids=["rope", "alibi", "learned", "softcap", "layer-kinds"],
+)
 def test_compiled_decode_step_with_left_padding(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """generate(compile=True, attention_mask=...): the padding mask and each row's positions are tensors of the one
     step graph (no recompile from the second step on, nor for another mask); the tokens equal eager generate's and
@@ -97,7 +107,7 @@ def test_compiled_decode_step_with_left_padding(name: str, monkeypatch: pytest.M
     torch.testing.assert_close(again, model.generate(ids, 6, attention_mask=other))
 
 
-@pytest.mark.parametrize("name", ["mixtral-8x7b", "bloom-560m"], ids=["moe", "alibi"])
+@pytest.mark.parametrize("name", ["mixtral-8x7b", "bloom-560m", "gemma-2-9b"], ids=["moe", "alibi", "softcap"])
 def test_padded_and_packed_training_forwards_compile_to_one_graph(name: str) -> None:
     """fullgraph=True: the padding mask, the packed documents and the router losses over real tokens have fixed
     shapes (weights, not selections) and no data-dependent branch while compiling; the losses equal eager's."""
