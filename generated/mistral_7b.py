@@ -160,15 +160,16 @@ def same_document(documents: torch.Tensor) -> MaskMod:
     return same
 
 
-def render(mod: MaskMod, context: Context) -> torch.Tensor:
-    """The predicate over the call's [rows or 1, 1, queries, keys] grid: SDPA's boolean mask (True: may attend)."""
+def render(mod: MaskMod, context: Context, start: int = 0, end: int | None = None) -> torch.Tensor:
+    """The predicate over the call's [rows or 1, 1, queries, keys] grid: SDPA's boolean mask (True: may attend);
+    `start`, `end`: of the queries start .. end - 1 only."""
     device = context.positions.device
     b = torch.arange(context.rows, device=device)[:, None, None, None]
     h = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=device)
-    q = context.positions[None, None, :, None]
+    q = context.positions[start:end][None, None, :, None]
     kv = torch.arange(context.keys, device=device)[None, None, None, :]
     visible = mod(b, h, q, kv)  # batch 1 unless a predicate reads the row; 4-D: CPU SDPA is slow with 2-D masks
-    return visible.expand(visible.shape[0], 1, context.positions.shape[0], context.keys)
+    return visible.expand(visible.shape[0], 1, q.shape[2], context.keys)
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -344,9 +345,10 @@ class Attention(nn.Module):
         self, x: torch.Tensor, context: Context, attend: AttentionFn, cache: LayerKVCache | None = None
     ) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = self.q(x).view(batch, seq, -1, self.head_dim)  # -1: under tensor parallelism a rank has its share
-        k = self.k(x).view(batch, seq, -1, self.head_dim)
-        v = self.v(x).view(batch, seq, -1, self.head_dim)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        q = q.view(batch, seq, -1, self.head_dim)  # -1: under tensor parallelism a rank has its share
+        k = k.view(batch, seq, -1, self.head_dim)
+        v = v.view(batch, seq, -1, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if context.rope is not None:
             q, k = context.rope(q), context.rope(k)

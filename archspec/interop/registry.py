@@ -12,7 +12,29 @@ from functools import partial
 from types import MappingProxyType
 
 from archspec.interop.errors import UnsupportedConfigError
-from archspec.interop.families import bloom, deepseek, falcon, glm, gpt2, gpt_neox, llama, llava, mixtral, qwen_moe, t5
+from archspec.interop.families import (
+    bloom,
+    cohere,
+    deepseek,
+    ernie,
+    exaone,
+    falcon,
+    gemma,
+    glm,
+    gpt2,
+    gpt_neox,
+    granite,
+    hunyuan,
+    llama,
+    llava,
+    mixtral,
+    olmo,
+    phi3,
+    qwen_moe,
+    smollm3,
+    starcoder2,
+    t5,
+)
 from archspec.interop.family import Family
 from archspec.interop.keys import KeyMap, Source, Split, tensor_sources
 from archspec.spec.schema import Spec
@@ -24,6 +46,16 @@ FAMILIES: tuple[Family, ...] = (
     bloom.FAMILY,
     falcon.FAMILY,
     gpt_neox.FAMILY,
+    starcoder2.FAMILY,
+    phi3.FAMILY,
+    gemma.FAMILY,
+    cohere.FAMILY,
+    granite.FAMILY,
+    olmo.FAMILY,
+    exaone.FAMILY,
+    smollm3.FAMILY,
+    ernie.FAMILY,
+    hunyuan.FAMILY,
     mixtral.FAMILY,
     qwen_moe.FAMILY,
     deepseek.FAMILY,

@@ -16,7 +16,9 @@ runs are untouched):
 - wrapped by `keep_float64` (inside, every float32 that is asked for is float64: `.float()`, `.to(torch.float32)`,
   `.type(torch.float32)` and any `dtype=torch.float32` argument, e.g. of softmax or zeros):
   the RMSNorm of every RMSNorm family (`LlamaRMSNorm.forward` ... `DeepseekV3RMSNorm.forward`; its statistics in
-  float32) and `T5LayerNorm.forward` (its variance in float32); BLOOM's eager attention (`BloomAttention.forward`:
+  float32; Gemma's `GemmaRMSNorm`, `Gemma2RMSNorm`, `Gemma3RMSNorm` alike) and `T5LayerNorm.forward` (its variance
+  in float32), Cohere's LayerNorms alike; Cohere's and ERNIE 4.5's RoPE (`apply_rotary_pos_emb`: q and k rotated in
+  float32); BLOOM's and Gemma 2's eager attention (`BloomAttention.forward`, `modeling_gemma2.eager_attention_forward`:
   softmax in float32); DeepSeek-V2's complex RoPE (`modeling_deepseek_v2.apply_rotary_emb`: q/k rotated in
   complex64); the routers (`MixtralTopKRouter`, `Qwen2MoeTopKRouter`, `Qwen3MoeTopKRouter`: softmax in float32;
   `DeepseekV2TopkRouter`, `DeepseekV3TopkRouter`: float32 inputs and a float32 gate weight); the Switch balance
@@ -241,9 +243,26 @@ _RMS_NORMS = {
     "qwen3_moe": "Qwen3Moe",
     "deepseek_v2": "DeepseekV2",
     "deepseek_v3": "DeepseekV3",
+    "phi3": "Phi3",
+    "granite": "Granite",
+    "olmo2": "Olmo2",
+    "olmo3": "Olmo3",
+    "exaone4": "Exaone4",
+    "smollm3": "SmolLM3",
+    "ernie4_5": "Ernie4_5",
+    "hunyuan_v1_dense": "HunYuanDenseV1",
 }
 KEPT_IN_FLOAT64 = [  # (model type, attribute path in transformers.models.<type>.modeling_<type>)
     *((family, f"{prefix}RMSNorm.forward") for family, prefix in _RMS_NORMS.items()),
+    ("gemma", "GemmaRMSNorm.forward"),
+    ("gemma2", "Gemma2RMSNorm.forward"),
+    ("gemma3", "Gemma3RMSNorm.forward"),
+    ("gemma2", "eager_attention_forward"),  # Gemma 2 runs eager only: softmax in float32
+    ("cohere", "CohereLayerNorm.forward"),
+    ("cohere2", "Cohere2LayerNorm.forward"),
+    ("cohere", "apply_rotary_pos_emb"),  # q.float(), k.float() rotated
+    ("cohere2", "apply_rotary_pos_emb"),
+    ("ernie4_5", "apply_rotary_pos_emb"),
     ("t5", "T5LayerNorm.forward"),
     ("bloom", "BloomAttention.forward"),
     ("deepseek_v2", "apply_rotary_emb"),

@@ -38,6 +38,8 @@ def _class_defaults(model_type: str) -> T.PretrainedConfig:
     config = CONFIG_MAPPING[model_type]()
     if model_type == "deepseek_v2":
         config.num_experts_per_tok = 6  # DeepSeek-V2-Lite's
+    if model_type == "hunyuan_v1_dense":
+        config.head_dim = 128  # the class leaves it None, which its attention cannot build (None ** -0.5)
     if model_type == "llava":
         config.text_config.vocab_size = 32064  # the class defaults put the image token (32000) outside the vocab
     return config

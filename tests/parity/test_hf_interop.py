@@ -138,13 +138,8 @@ def test_untied_head_in_a_checkpoint_for_a_tied_spec_is_an_error(tmp_path):
     [
         ({"model_type": "whisper"}, "not supported"),
         (
-            T.LlamaConfig(
-                **SMALL,
-                rope_parameters=dict(
-                    rope_type="longrope", rope_theta=1e4, short_factor=[1.0] * 8, long_factor=[1.0] * 8
-                ),
-            ).to_dict(),
-            "longrope",
+            T.LlamaConfig(**SMALL).to_dict() | {"rope_parameters": {"rope_type": "frequency-warp", "rope_theta": 1e4}},
+            "rope_type 'frequency-warp' is not supported",
         ),
     ],
 )

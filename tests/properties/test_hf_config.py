@@ -364,6 +364,32 @@ def llava(draw: st.DrawFn) -> dict[str, Any]:
     return data
 
 
+@st.composite
+def imported(draw: st.DrawFn, model_type: str) -> dict[str, Any]:
+    """Today's dense families: a tiny config of the family's own config class, its sizes drawn and every other
+    key the class default, as import reads it (the part of the spec space the family's reader produces)."""
+    heads = draw(st.integers(1, 4))
+    head_dim = 2 * draw(st.integers(1, 4))
+    sizes = dict(
+        vocab_size=draw(st.integers(8, 40)),
+        hidden_size=heads * head_dim,
+        num_hidden_layers=draw(st.integers(1, 5)),
+        num_attention_heads=heads,
+        num_key_value_heads=draw(kv_heads(heads)),
+        head_dim=head_dim,
+        intermediate_size=draw(st.integers(1, 32)),
+        max_position_embeddings=64,
+        sliding_window=draw(st.integers(1, 8)),
+        tie_word_embeddings=draw(st.booleans()),
+    )
+    config = transformers.CONFIG_MAPPING[model_type](**sizes)
+    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
+    return spec.model_dump(mode="json")
+
+
+MODERN_DENSE = ("gemma", "gemma2", "gemma3_text", "phi3", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere",
+                "cohere2", "granite", "smollm3", "ernie4_5", "hunyuan_v1_dense")  # fmt: skip
+
 FAMILY_SPECS: dict[str, Any] = {
     **{t: (lambda t=t: llama_like(t)) for t in ("llama", "mistral", "qwen2", "qwen3", "glm", "glm4")},
     "gpt2": gpt2,
@@ -374,6 +400,7 @@ FAMILY_SPECS: dict[str, Any] = {
     **{t: (lambda t=t: deepseek(t)) for t in ("deepseek_v2", "deepseek_v3")},
     "t5": t5,
     "llava": llava,
+    **{t: (lambda t=t: imported(t)) for t in MODERN_DENSE},
 }
 """model type -> a strategy of spec dicts that the family expresses, every free parameter drawn."""
 FAMILIES = [t for t in FAMILY_SPECS if t in EXPORTABLE_MODEL_TYPES]

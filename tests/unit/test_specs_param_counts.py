@@ -284,12 +284,138 @@ def vlm_pooled_example_by_hand() -> int:
     return 2 * vocab * d + layers * block + d + projector
 
 
+def starcoder2_15b() -> transformers.PretrainedConfig:  # bigcode/starcoder2-15b
+    return transformers.Starcoder2Config(
+        vocab_size=49152, hidden_size=6144, intermediate_size=24576, num_hidden_layers=40, num_attention_heads=48,
+        num_key_value_heads=4, max_position_embeddings=16384, sliding_window=4096, norm_epsilon=1e-5,
+        hidden_act="gelu_pytorch_tanh", use_bias=True, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+    )  # fmt: skip
+
+
+def phi_3_mini_4k() -> transformers.PretrainedConfig:  # microsoft/Phi-3-mini-4k-instruct
+    return transformers.Phi3Config(
+        vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=4096, original_max_position_embeddings=4096,
+        rms_norm_eps=1e-5, sliding_window=2047, tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000,
+        pad_token_id=32000, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )  # fmt: skip
+
+
 BY_HAND: dict[str, Callable[[], int]] = {
     "deepseek-moe-16b.yaml": deepseek_moe_16b_by_hand,
     "vlm-pooled-example.yaml": vlm_pooled_example_by_hand,
     "chatglm-6b.yaml": chatglm_6b_by_hand,
     "glm-130b.yaml": glm_130b_by_hand,
 }
+
+
+def gemma_7b() -> transformers.PretrainedConfig:  # google/gemma-7b
+    return transformers.GemmaConfig(
+        vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=16, head_dim=256, max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def gemma_2_9b() -> transformers.PretrainedConfig:  # google/gemma-2-9b
+    return transformers.Gemma2Config(
+        vocab_size=256000, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256,
+        sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def gemma_3_27b() -> transformers.PretrainedConfig:  # text_config of google/gemma-3-27b-pt
+    return transformers.Gemma3TextConfig(
+        vocab_size=262208, hidden_size=5376, intermediate_size=21504, num_hidden_layers=62,
+        num_attention_heads=32, num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=168,
+        sliding_window=1024, max_position_embeddings=131072, tie_word_embeddings=True,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+    )  # fmt: skip
+
+
+def command_r_v01() -> transformers.PretrainedConfig:  # CohereForAI/c4ai-command-r-v01
+    return transformers.CohereConfig(
+        vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,
+        num_attention_heads=64, num_key_value_heads=64, max_position_embeddings=8192, layer_norm_eps=1e-5,
+        logit_scale=0.0625, rope_theta=8000000.0, use_qk_norm=False, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def command_r7b() -> transformers.PretrainedConfig:  # CohereForAI/c4ai-command-r7b-12-2024
+    return transformers.Cohere2Config(
+        vocab_size=256000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, layer_norm_eps=1e-5,
+        logit_scale=0.25, rope_theta=50000.0, sliding_window=4096, sliding_window_pattern=4,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def granite_3_1_8b() -> transformers.PretrainedConfig:  # ibm-granite/granite-3.1-8b-base
+    return transformers.GraniteConfig(
+        vocab_size=49155, hidden_size=4096, intermediate_size=12800, num_hidden_layers=40,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_theta=10_000_000.0, embedding_multiplier=12.0, residual_multiplier=0.22,
+        attention_multiplier=0.0078125, logits_scaling=16.0, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def smollm3_3b() -> transformers.PretrainedConfig:  # HuggingFaceTB/SmolLM3-3B
+    return transformers.SmolLM3Config(
+        vocab_size=128256, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+        num_key_value_heads=4, max_position_embeddings=65536, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        no_rope_layer_interval=4, use_sliding_window=False, sliding_window=None, bos_token_id=None,
+        eos_token_id=128012, pad_token_id=128004, rope_parameters={"rope_type": "default", "rope_theta": 5000000.0},
+    )  # fmt: skip
+
+
+def ernie_4_5_0_3b() -> transformers.PretrainedConfig:  # baidu/ERNIE-4.5-0.3B-PT
+    return transformers.Ernie4_5Config(
+        vocab_size=103424, hidden_size=1024, intermediate_size=3072, num_hidden_layers=18, num_attention_heads=16,
+        num_key_value_heads=2, head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5, use_bias=False,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )  # fmt: skip
+
+
+def hunyuan_7b() -> transformers.PretrainedConfig:  # tencent/Hunyuan-7B-Instruct
+    return transformers.HunYuanDenseV1Config(
+        vocab_size=128167, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-5,
+        attention_bias=False, tie_word_embeddings=False, eos_token_id=127960, pad_token_id=127961,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 1000.0, "factor": 1.0},
+    )  # fmt: skip
+
+
+def olmo_2_1124_7b() -> transformers.PretrainedConfig:  # allenai/OLMo-2-1124-7B
+    return transformers.Olmo2Config(
+        vocab_size=100352, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=100257, pad_token_id=100277,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )  # fmt: skip
+
+
+def olmo_2_1124_13b() -> transformers.PretrainedConfig:  # allenai/OLMo-2-1124-13B
+    return transformers.Olmo2Config(
+        vocab_size=100352, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+        num_key_value_heads=40, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=100257, pad_token_id=100277,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    )  # fmt: skip
+
+
+def exaone_4_0_1_2b() -> transformers.PretrainedConfig:  # LGAI-EXAONE/EXAONE-4.0-1.2B
+    return transformers.Exaone4Config(
+        vocab_size=102400, hidden_size=2048, intermediate_size=4096, num_hidden_layers=30, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, max_position_embeddings=65536, rms_norm_eps=1e-5, sliding_window=None,
+        layer_types=["full_attention"] * 30, tie_word_embeddings=True, bos_token_id=1, eos_token_id=361,
+        pad_token_id=0,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 1_000_000.0, "factor": 16.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    )  # fmt: skip
 
 
 REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
@@ -319,6 +445,20 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "t5-base.yaml": t5_base,
     "t5-v1_1-base.yaml": t5_v1_1_base,
     "flan-t5-xl.yaml": flan_t5_xl,
+    "starcoder2-15b.yaml": starcoder2_15b,
+    "phi-3-mini-4k.yaml": phi_3_mini_4k,
+    "gemma-7b.yaml": gemma_7b,
+    "gemma-2-9b.yaml": gemma_2_9b,
+    "gemma-3-27b.yaml": gemma_3_27b,
+    "command-r-v01.yaml": command_r_v01,
+    "command-r7b.yaml": command_r7b,
+    "smollm3-3b.yaml": smollm3_3b,
+    "ernie-4.5-0.3b.yaml": ernie_4_5_0_3b,
+    "hunyuan-7b.yaml": hunyuan_7b,
+    "olmo-2-1124-7b.yaml": olmo_2_1124_7b,
+    "olmo-2-1124-13b.yaml": olmo_2_1124_13b,
+    "exaone-4.0-1.2b.yaml": exaone_4_0_1_2b,
+    "granite-3.1-8b.yaml": granite_3_1_8b,
 }
 
 

@@ -7,6 +7,7 @@ checks them by reading every config it writes back). RoPE fields: 5.x's `rope_pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from archspec.spec.schema import (
     DynamicScaling,
     LinearScaling,
     Llama3Scaling,
+    LongRopeScaling,
     MoESpec,
     RopeSpec,
     Spec,
@@ -161,11 +163,35 @@ def read_rope(get: Getter, fraction: float | None = None, pairing: str = "half")
         scaling["beta_slow"] = float(params.get("beta_slow") or 1)
         scaling["truncate"] = bool(params.get("truncate", True))
         position["scaling"] = scaling
+    elif rope_type in ("longrope", "su"):  # "su": 4.x's name of LongRoPE
+        position["scaling"] = read_longrope(params, max_positions, original)
     else:
         raise UnsupportedConfigError(
-            f"rope_type {rope_type!r} is not supported (default, linear, dynamic, llama3, yarn)"
+            f"rope_type {rope_type!r} is not supported (default, linear, dynamic, llama3, yarn, longrope)"
         )
     return position
+
+
+def read_longrope(params: dict[str, Any], max_positions: int, original: int) -> dict[str, Any]:
+    """LongRoPE's scaling section, as `_compute_longrope_parameters` reads it: an explicit `factor` only sets the
+    default attention factor (archspec derives it from context_length / original_context), so it is kept as that
+    attention factor."""
+    for key in ("short_factor", "long_factor"):
+        if not isinstance(params.get(key), list):
+            raise UnsupportedConfigError(f"rope_type 'longrope' needs a list {key!r} in rope_parameters")
+    scaling: dict[str, Any] = {
+        "kind": "longrope",
+        "short_factor": [float(f) for f in params["short_factor"]],
+        "long_factor": [float(f) for f in params["long_factor"]],
+        "original_context": int(original),
+    }
+    attention_factor, factor = params.get("attention_factor"), params.get("factor")
+    if attention_factor is None and factor is not None and float(factor) != max_positions / original:
+        factor = float(factor)
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    if attention_factor is not None:
+        scaling["attention_factor"] = float(attention_factor)
+    return scaling
 
 
 def llama_like(get: Getter, *, bias: dict[str, bool], qk_norm: bool = False) -> dict[str, Any]:
@@ -271,6 +297,15 @@ def rope_parameters(spec: Spec, with_fraction: bool = False) -> dict[str, Any]:
         for key in ("mscale", "mscale_all_dim", "attention_factor"):
             if getattr(scaling, key) is not None:
                 params[key] = getattr(scaling, key)
+    elif isinstance(scaling, LongRopeScaling):
+        params |= {
+            "rope_type": "longrope",
+            "short_factor": list(scaling.short_factor),
+            "long_factor": list(scaling.long_factor),
+            "original_max_position_embeddings": scaling.original_context,
+        }
+        if scaling.attention_factor is not None:
+            params["attention_factor"] = scaling.attention_factor
     return params
 
 
@@ -303,3 +338,60 @@ def moe_section(spec: Spec) -> MoESpec:
     needs(moe is not None, "moe")
     assert moe is not None
     return moe
+
+
+# ============================================================================================ layers that differ
+SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' layer_types entries
+
+
+def compact_pattern(names: list[str]) -> dict[str, Any]:
+    """The `layers` pattern of each layer's kind name: the repeating pattern plus exceptions that says it in the
+    fewest entries (Gemma 3's 62 layers: 5 x sliding, full, repeated; a lone different last layer: an exception)."""
+    best: tuple[tuple[int, int], list[str], dict[str, list[int]]] | None = None
+    for period in range(1, len(names) + 1):
+        pattern = names[:period]
+        exceptions: dict[str, list[int]] = {}
+        for index, name in enumerate(names):
+            if name != pattern[index % period]:
+                exceptions.setdefault(name, []).append(index)
+        listed = sum(map(len, exceptions.values()))
+        cost = (period + listed, listed)  # on a tie, the pattern without exceptions
+        if best is None or cost < best[0]:
+            best = (cost, pattern, exceptions)
+    assert best is not None
+    data: dict[str, Any] = {"pattern": best[1]}
+    if best[2]:
+        data["exceptions"] = best[2]
+    return data
+
+
+def layers_section(kinds: dict[str, dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """The spec's `layers` section: `kinds` (name -> window / position) and each layer's kind, compacted; only
+    the kinds some layer uses."""
+    used = {name: kind for name, kind in kinds.items() if name in names}
+    return {"kinds": used, **compact_pattern(names)}
+
+
+def read_layer_types(get: Getter, n_layers: int, default: Callable[[int], str]) -> list[str]:
+    """transformers' `layer_types` ("sliding_attention" / "full_attention" per layer), or the family's rule."""
+    layer_types = get.config.get("layer_types")
+    if layer_types:
+        if len(layer_types) != n_layers:
+            raise UnsupportedConfigError(f"layer_types has {len(layer_types)} entries for {n_layers} layers")
+        unknown = set(layer_types) - {SLIDING, FULL}
+        if unknown:
+            raise UnsupportedConfigError(f"layer_types {sorted(unknown)} are not supported ({SLIDING}, {FULL})")
+        return list(layer_types)
+    return [default(index) for index in range(n_layers)]
+
+
+def layer_types_of(spec: Spec) -> list[str]:
+    """Each layer's transformers layer type: sliding where the spec's layer has a window."""
+    return [SLIDING if spec.window_for_layer(i) is not None else FULL for i in range(spec.n_layers)]
+
+
+def single_window(spec: Spec) -> int | None:
+    """The one window the sliding layers share (transformers has one `sliding_window`), None without one."""
+    windows = {spec.window_for_layer(i) for i in range(spec.n_layers)} - {None}
+    needs(len(windows) <= 1, "layers.kinds.window")
+    return windows.pop() if windows else None
