@@ -117,8 +117,8 @@ def _modern_issues(spec: Spec, problem: Callable[..., None]) -> None:
     if norm.offset and norm.kind != "rmsnorm":
         problem("norm.offset", "the (1 + w) weight is Gemma's RMSNorm", "use kind: rmsnorm, or drop offset")
     qk_norm = getattr(attn, "qk_norm", None)
-    if qk_norm is not None and qk_norm.per_head_weights and qk_norm.over != "head":
-        problem("attention.qk_norm.per_head_weights", "per-head weights need over: head")
+    if qk_norm is not None and qk_norm.per_head_weights and (qk_norm.over != "head" or qk_norm.after_rope):
+        problem("attention.qk_norm.per_head_weights", "per-head weights are implemented for over: head, before RoPE")
     if getattr(attn, "softcap", None) is not None and spec.position.kind == "alibi":
         problem("attention.softcap", "soft-capped scores with ALiBi are not implemented", "drop one of the two")
     if spec.block.residual_scale != 1.0 and spec.block.kind != "pre-norm":

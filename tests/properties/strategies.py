@@ -237,8 +237,9 @@ def decoder_dicts(
 def qk_norm_sections() -> st.SearchStrategy[Any]:
     """Qwen3's shorthand, or any placement: per head (shared or own weights) or over the projection, before or
     after RoPE."""
-    head = st.fixed_dictionaries(
-        {"over": st.just("head")}, optional={"per_head_weights": st.booleans(), "after_rope": st.booleans()}
+    head = st.one_of(
+        st.fixed_dictionaries({"over": st.just("head")}, optional={"after_rope": st.booleans()}),
+        st.fixed_dictionaries({"per_head_weights": st.just(True)}, optional={"after_rope": st.just(False)}),
     )
     projection = st.fixed_dictionaries({"over": st.just("projection")}, optional={"after_rope": st.just(False)})
     return st.one_of(st.just(True), head, projection)

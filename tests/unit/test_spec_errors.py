@@ -49,7 +49,44 @@ class Case:
         return next(iter(self.files))
 
 
+LAYERS = "layers:\n  kinds:\n    local: {window: 4}\n    global: {position: none}\n"
+
 CASES = {
+    "unknown layer kind": Case(
+        {"spec.yaml": BASE + LAYERS + "  pattern: [local, globl]\n"},
+        "spec.yaml",
+        16,
+        "layers.pattern.1",
+        "unknown kind",
+    ),
+    "window beside a layers section": Case(
+        {"spec.yaml": with_lines({8: "  kv_heads: 2\n  window: 4"}) + LAYERS + "  pattern: [local]\n"},
+        "spec.yaml",
+        9,
+        "attention.window",
+        "said per kind",
+    ),
+    "exception on a layer that does not exist": Case(
+        {"spec.yaml": BASE + LAYERS + "  pattern: [local]\n  exceptions: {global: [7]}\n"},
+        "spec.yaml",
+        17,
+        "layers.exceptions.global",
+        "do not exist",
+    ),
+    "offset weight on a layernorm": Case(
+        {"spec.yaml": with_lines({10: "norm: {kind: layernorm, offset: true}"})},
+        "spec.yaml",
+        10,
+        "norm.offset",
+        "Gemma",
+    ),
+    "per-head qk-norm weights after rope": Case(
+        {"spec.yaml": with_lines({8: "  kv_heads: 2\n  qk_norm: {per_head_weights: true, after_rope: true}"})},
+        "spec.yaml",
+        9,
+        "attention.qk_norm.per_head_weights",
+        "before RoPE",
+    ),
     "unknown key": Case(
         {"spec.yaml": with_lines({8: "  kv_head: 2"})}, "spec.yaml", 8, "attention.kv_head", "unknown key"
     ),
