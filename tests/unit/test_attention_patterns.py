@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny import shrink
+from torch.nn.attention.flex_attention import and_masks
 
 import archspec
-from archspec.nn.attend import ChunkedWindow, MaskedAttention, ToeplitzBias, distance_table
+from archspec.nn.attend import ChunkedWindow, MaskedAttention, SoftCapped, ToeplitzBias, distance_table
 from archspec.nn.flex import (
     FLEX_CPU_SHORTEST,
     FlexPattern,
@@ -18,7 +19,7 @@ from archspec.nn.flex import (
     full_block_mask,
     relative_bias_score_mod,
 )
-from archspec.nn.masks import additive_mask
+from archspec.nn.masks import additive_mask, causal, sliding_window
 from archspec.nn.positions import Context, RelativePositionBias, alibi_bias, alibi_by_distance, alibi_slopes
 
 # Eager FlexAttention (unfused, materialises the scores) is the reference behaviour these tests check; the
@@ -227,8 +228,9 @@ def tiny(name: str, **updates) -> torch.nn.Module:
         ("bloom-560m", {"attention": {"window": 20}}),
         ("bloom-560m", {"attention": {"window": 20}, "position": FALCON_RW_ALIBI}),
         ("t5-small", {}),
+        ("gemma-2-9b", {}),
     ],
-    ids=["window", "alibi", "alibi-window", "bfloat16-alibi-window", "t5"],
+    ids=["window", "alibi", "alibi-window", "bfloat16-alibi-window", "t5", "softcap-layer-kinds"],
 )
 def test_model_paths_agree(name, updates):
     """The default inference path (chunked windows, Toeplitz views), the grad-enabled path (windows in chunks of
@@ -279,3 +281,22 @@ def test_flex_padding_and_documents_equal_the_sdpa_masks(name, updates):
     real = mask.bool()
     torch.testing.assert_close(flex_padded[real], sdpa_padded[real], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(flex_packed, sdpa_packed, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_soft_capped_chunks_equal_the_scores_written_out(window):
+    """SoftCapped in chunks of 7 queries (the last one short) equals cap * tanh(q.k * scale / cap), masked, softmax,
+    times v, written out over the whole [seq, seq] grid; GQA heads read their group's key."""
+    seq, cap, scale = 23, 0.7, 0.3
+    q, k, v = qkv(seq)
+    context = Context(torch.arange(seq), seq, rows=2, dtype=q.dtype)
+    pattern = causal if window is None else and_masks(causal, sliding_window(window))
+    scores = (q @ k.repeat_interleave(2, dim=1).transpose(-1, -2)) * scale
+    positions = torch.arange(seq)
+    seen = positions[None, :] <= positions[:, None]
+    if window is not None:
+        seen &= positions[:, None] - positions[None, :] < window
+    capped = (cap * torch.tanh(scores / cap)).masked_fill(~seen, float("-inf"))
+    expected = torch.softmax(capped, dim=-1) @ v.repeat_interleave(2, dim=1)
+    torch.testing.assert_close(SoftCapped(pattern, context, cap, chunk=7)(q, k, v, scale), expected)
+    torch.testing.assert_close(SoftCapped(pattern, context, cap)(q, k, v, scale), expected)
