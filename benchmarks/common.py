@@ -32,7 +32,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # ------------------------------------------------------------------------------------------- configs
 def hf_config(family: str, size: str, **overrides: Any) -> Any:
-    """A `transformers` config of a family (llama3, mixtral, t5) at a size: `small` (CPU), `1b` (GPU), `8b`."""
+    """A `transformers` config of a family (llama3, mixtral, t5, gemma2) at a size: `small` (CPU), `1b` (GPU), `8b`."""
     import transformers
 
     if family == "llama3":
@@ -119,6 +119,43 @@ def hf_config(family: str, size: str, **overrides: Any) -> Any:
         )
         kw.update(overrides)
         return transformers.T5Config(**kw)
+    if family == "gemma2":  # soft-capped scores and logits, sliding and full layers, sandwich norms
+        sizes = {
+            "small": dict(
+                hidden_size=256,
+                intermediate_size=704,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+                head_dim=32,
+                query_pre_attn_scalar=32,
+                vocab_size=8192,
+            ),
+            # Gemma-2-2B's shape
+            "1b": dict(
+                hidden_size=2304,
+                intermediate_size=9216,
+                num_hidden_layers=26,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+                head_dim=256,
+                query_pre_attn_scalar=256,
+                vocab_size=256000,
+            ),
+        }
+        kw = dict(
+            sizes[size],
+            max_position_embeddings=8192,
+            sliding_window=256 if size == "small" else 4096,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+        )
+        kw.update(overrides)
+        return transformers.Gemma2Config(**kw)
     raise ValueError(f"unknown family {family!r}")
 
 
