@@ -500,6 +500,8 @@ class _Compiler:
         # where the decoder's pre-norm blocks and attention differ from the tower's plain ones
         self.varying |= self.features & {"residual_from_norm", "residual_scale", "qk_norm_head", "qk_norm_projection",
                                          "qk_norm_rotated"}  # fmt: skip
+        if self.varying & {"qk_norm_head", "qk_norm_projection", "qk_norm_rotated"}:
+            self.features.add("qk_norm_placement")  # the kept `if`s read qk_norm_at: the file must keep it
         patches = call("nn.Conv2d", tower.channels, width, kernel_size=tower.patch_size, stride=tower.patch_size,
                        bias=tower.patch_bias)  # fmt: skip
         embed = call("PatchEmbedding", proj=patches, positions=self.embedding(grid * grid + int(tower.class_token), width),
