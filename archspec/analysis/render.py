@@ -87,12 +87,13 @@ class Table:
 
 def to_rich(table: Table) -> Any:
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     rich_table = RichTable(title=table.title, caption=table.caption or None, title_justify="left")
     for index, header in enumerate(table.headers):
         rich_table.add_column(header, justify="right" if index in table.right else "left")
     for row in table.rows:
-        rich_table.add_row(*row)
+        rich_table.add_row(*(Text(cell) for cell in row))  # plain text: `[sliding, full]` is not Rich markup
     return rich_table
 
 
