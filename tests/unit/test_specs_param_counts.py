@@ -418,6 +418,14 @@ def exaone_4_0_1_2b() -> transformers.PretrainedConfig:  # LGAI-EXAONE/EXAONE-4.
     )  # fmt: skip
 
 
+def olmo_3_1025_7b() -> transformers.PretrainedConfig:  # allenai/Olmo-3-1025-7B
+    return transformers.Olmo3Config(
+        vocab_size=100278, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=65536, sliding_window=4096,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+
+
 REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "llama3.yaml": llama3_8b,
     "llama3-8b.yaml": llama3_8b,
@@ -459,6 +467,7 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "olmo-2-1124-13b.yaml": olmo_2_1124_13b,
     "exaone-4.0-1.2b.yaml": exaone_4_0_1_2b,
     "granite-3.1-8b.yaml": granite_3_1_8b,
+    "olmo-3-1025-7b.yaml": olmo_3_1025_7b,
 }
 
 
