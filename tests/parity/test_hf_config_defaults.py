@@ -29,6 +29,7 @@ REQUIRED = {
     "gpt_neox": ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"),
 }
 LLAMA_LIKE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+REQUIRED["glm4_moe"] = (*LLAMA_LIKE, "head_dim")  # set in _class_defaults
 
 
 AUTO = {"t5": T.AutoModelForSeq2SeqLM, "llava": T.AutoModelForImageTextToText}
@@ -40,6 +41,10 @@ def _class_defaults(model_type: str) -> T.PretrainedConfig:
         config.num_experts_per_tok = 6  # DeepSeek-V2-Lite's
     if model_type == "hunyuan_v1_dense":
         config.head_dim = 128  # the class leaves it None, which its attention cannot build (None ** -0.5)
+    if model_type == "glm4_moe":
+        # GLM-4.5-Air's; the class's own hidden_size // heads = 42 rotates 21 dims by partial_rotary_factor 0.5,
+        # which archspec refuses as a spec error (RoPE rotates pairs; transformers silently rotates 22)
+        config.head_dim = 128
     if model_type == "llava":
         config.text_config.vocab_size = 32064  # the class defaults put the image token (32000) outside the vocab
     return config

@@ -1,4 +1,4 @@
-"""MoE and MLA families against transformers 5.25.0: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3.
+"""MoE and MLA families against transformers 5.25.0: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, glm4_moe.
 
 Tiny random models, every weight and the DeepSeek-V3 correction bias perturbed. Both sides in float64 (sdpa
 attention, eager experts; the float32 roundings of the reference's routers, RMSNorms and balance loss, and
@@ -124,6 +124,40 @@ CONFIGS = {
         topk_group=1,
         norm_topk_prob=False,
         rope_interleave=False,
+    ),
+    # GLM-4.5: GQA with q/k/v biases, half-width RoPE in halves, DeepSeek-V3's router with groups, a dense start
+    "glm4-moe-qk-norm-groups-dense-first": T.Glm4MoeConfig(
+        **SMALL,
+        num_key_value_heads=2,
+        head_dim=20,
+        intermediate_size=96,
+        moe_intermediate_size=24,
+        attention_bias=True,
+        use_qk_norm=True,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=3,
+        first_k_dense_replace=1,
+        n_group=4,
+        topk_group=2,
+        routed_scaling_factor=2.5,
+    ),
+    "glm4-moe-air-shape-two-shared-no-renorm": T.Glm4MoeConfig(
+        vocab_size=128,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=12,
+        intermediate_size=80,
+        moe_intermediate_size=16,
+        attention_bias=True,
+        n_routed_experts=6,
+        n_shared_experts=2,
+        num_experts_per_tok=2,
+        first_k_dense_replace=2,
+        norm_topk_prob=False,
+        rope_parameters=dict(rope_type="default", rope_theta=1e6, partial_rotary_factor=0.5),
     ),
 }
 

@@ -387,6 +387,41 @@ def imported(draw: st.DrawFn, model_type: str) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
+@st.composite
+def glm4_moe(draw: st.DrawFn) -> dict[str, Any]:
+    """GLM-4.5: a tiny Glm4MoeConfig with its sizes and options drawn (q/k/v biases, qk-norm, DeepSeek-V3's router
+    with groups, shared experts and a dense start), as import reads it."""
+    heads = draw(st.integers(1, 4))
+    n_layers = draw(st.integers(1, 4))
+    groups = draw(st.integers(1, 3))
+    per_group = draw(st.integers(2 if groups > 1 else 1, 3))  # a group's score is its best two
+    top_groups = draw(st.integers(1, groups))
+    config = transformers.Glm4MoeConfig(
+        vocab_size=draw(st.integers(8, 40)),
+        hidden_size=draw(st.integers(1, 32)),
+        num_hidden_layers=n_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=draw(kv_heads(heads)),
+        head_dim=4 * draw(st.integers(1, 4)),  # partial_rotary_factor 0.5 of it must be even
+        intermediate_size=draw(st.integers(1, 32)),
+        moe_intermediate_size=draw(st.integers(1, 32)),
+        max_position_embeddings=64,
+        attention_bias=draw(st.booleans()),
+        use_qk_norm=draw(st.booleans()),
+        n_routed_experts=groups * per_group,
+        n_shared_experts=draw(st.integers(1, 2)),
+        num_experts_per_tok=draw(st.integers(1, top_groups * per_group)),
+        first_k_dense_replace=draw(st.integers(0, n_layers)),
+        n_group=groups,
+        topk_group=top_groups,
+        norm_topk_prob=draw(st.booleans()),
+        routed_scaling_factor=draw(st.floats(0.25, 4.0)),
+        tie_word_embeddings=draw(st.booleans()),
+    )
+    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
+    return spec.model_dump(mode="json")
+
+
 MODERN_DENSE = ("gemma", "gemma2", "gemma3_text", "phi3", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere",
                 "cohere2", "granite", "smollm3", "ernie4_5", "hunyuan_v1_dense")  # fmt: skip
 
@@ -398,6 +433,7 @@ FAMILY_SPECS: dict[str, Any] = {
     "gpt_neox": gpt_neox,
     **{t: (lambda t=t: moe_family(t)) for t in ("mixtral", "qwen2_moe", "qwen3_moe")},
     **{t: (lambda t=t: deepseek(t)) for t in ("deepseek_v2", "deepseek_v3")},
+    "glm4_moe": glm4_moe,
     "t5": t5,
     "llava": llava,
     **{t: (lambda t=t: imported(t)) for t in MODERN_DENSE},

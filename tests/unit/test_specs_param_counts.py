@@ -194,6 +194,15 @@ def deepseek_v3() -> transformers.PretrainedConfig:  # deepseek-ai/DeepSeek-V3
     )  # fmt: skip
 
 
+def glm_4_5_air() -> transformers.PretrainedConfig:  # zai-org/GLM-4.5-Air
+    return transformers.Glm4MoeConfig(
+        vocab_size=151552, hidden_size=4096, intermediate_size=10944, moe_intermediate_size=1408, head_dim=128,
+        num_hidden_layers=46, num_attention_heads=96, num_key_value_heads=8, attention_bias=True, use_qk_norm=False,
+        n_routed_experts=128, n_shared_experts=1, num_experts_per_tok=8, first_k_dense_replace=1, n_group=1,
+        topk_group=1, partial_rotary_factor=0.5, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
 def deepseek_moe_16b_by_hand() -> int:
     """deepseek-ai/deepseek-moe-16b-base has no transformers class: its count, term by term from its config.json.
 
@@ -448,6 +457,7 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "qwen3-30b-a3b.yaml": qwen3_30b_a3b,
     "deepseek-v2-lite.yaml": deepseek_v2_lite,
     "deepseek-v3.yaml": deepseek_v3,
+    "glm-4.5-air.yaml": glm_4_5_air,
     "llava-1.5-7b.yaml": llava_1_5_7b,
     "t5-small.yaml": t5_small,
     "t5-base.yaml": t5_base,
