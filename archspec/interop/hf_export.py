@@ -174,7 +174,7 @@ def _fused_shape(name: str, parts: list[tuple[Source, torch.Tensor]]) -> tuple[i
     first_source, _ = parts[0]
     transpose = first_source.transpose
     shapes = [tuple(t.t().shape) if transpose else tuple(t.shape) for _, t in parts]
-    dim = len(shapes[0]) - 1 if transpose else 0
+    dim = len(shapes[0]) - 1 if transpose else first_source.fuse_dim
     fused_shape = list(shapes[0])
     fused_shape[dim] = sum(shape[dim] for shape in shapes)
     meta = torch.empty(fused_shape, device="meta")

@@ -31,14 +31,21 @@ class Source:
     transpose: bool = False  # GPT-2 Conv1D stores [in, out]
     stack: tuple[str, ...] = ()  # per-expert tensors stacked into one [experts, ...] tensor (`name` is the first)
     alternative: Source | None = None  # another layout of the same tensor (5.x fused experts vs hub per-expert)
+    fuse_dim: int = 0  # the dim along which `split` cuts its part (export concatenates the parts along it)
 
 
 @dataclass(frozen=True)
 class ExpertNames:
-    """The hub's per-expert names of routed experts: `{module}.{e}.{parts[part]}.weight` for gate, up and down."""
+    """The routed experts' names: the hub's per-expert tensors `{module}.{e}.{parts[part]}.weight` for gate, up and
+    down, and the fused [experts, 2 x d_ff, d_model] gate-up (gate rows first) and [experts, d_model, d_ff] down
+    tensors of transformers 5.x (`gate_up`, `down`). A family whose checkpoints only ever had the fused tensors
+    (Granite-MoE's `input_linear` / `output_linear`) sets `per_expert=False`: they are then read and written."""
 
     module: str = "mlp.experts"
     parts: dict[str, str] = field(default_factory=lambda: {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"})
+    gate_up: str = "mlp.experts.gate_up_proj"
+    down: str = "mlp.experts.down_proj"
+    per_expert: bool = True
 
 
 @dataclass
@@ -106,13 +113,14 @@ def tensor_sources(names: KeyMap, split: Callable[[str], Split], spec: Spec, key
 
 
 def _expert_source(experts: ExpertNames, spec: Spec, prefix: str, part: str) -> Source:
-    """Stacked per-expert tensors (hub layout), or transformers 5.x's fused gate_up_proj / down_proj."""
+    """Stacked per-expert tensors (hub layout), or the fused gate-up / down tensors."""
     assert spec.moe is not None
-    stacked = tuple(f"{prefix}{experts.module}.{e}.{experts.parts[part]}.weight" for e in range(spec.moe.experts))
     if part == "down":
-        fused = Source(f"{prefix}mlp.experts.down_proj")
+        fused = Source(f"{prefix}{experts.down}")
     else:
-        fused = Source(
-            f"{prefix}mlp.experts.gate_up_proj", split=lambda t: t.chunk(2, dim=1)[0 if part == "gate" else 1]
-        )
+        index = 0 if part == "gate" else 1
+        fused = Source(f"{prefix}{experts.gate_up}", split=lambda t: t.chunk(2, dim=1)[index], fuse_dim=1)
+    if not experts.per_expert:
+        return fused
+    stacked = tuple(f"{prefix}{experts.module}.{e}.{experts.parts[part]}.weight" for e in range(spec.moe.experts))
     return Source(stacked[0], stack=stacked, alternative=fused)

@@ -246,6 +246,7 @@ _RMS_NORMS = {
     "glm4_moe": "Glm4Moe",
     "phi3": "Phi3",
     "granite": "Granite",
+    "granitemoe": "GraniteMoe",
     "olmo2": "Olmo2",
     "olmo3": "Olmo3",
     "exaone4": "Exaone4",
@@ -273,9 +274,11 @@ KEPT_IN_FLOAT64 = [  # (model type, attribute path in transformers.models.<type>
     ("deepseek_v2", "DeepseekV2TopkRouter.forward"),
     ("deepseek_v3", "DeepseekV3TopkRouter.forward"),
     ("glm4_moe", "Glm4MoeTopkRouter.forward"),
+    ("granitemoe", "GraniteMoeTopKRouter.forward"),
     ("mixtral", "load_balancing_loss_func"),
     ("qwen2_moe", "load_balancing_loss_func"),
     ("qwen3_moe", "load_balancing_loss_func"),
+    ("granitemoe", "load_balancing_loss_func"),
 ]
 
 

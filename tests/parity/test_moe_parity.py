@@ -1,4 +1,5 @@
-"""MoE and MLA families against transformers 5.25.0: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, glm4_moe.
+"""MoE and MLA families against transformers 5.25.0: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3,
+glm4_moe, granitemoe.
 
 Tiny random models, every weight and the DeepSeek-V3 correction bias perturbed. Both sides in float64 (sdpa
 attention, eager experts; the float32 roundings of the reference's routers, RMSNorms and balance loss, and
@@ -125,6 +126,22 @@ CONFIGS = {
         norm_topk_prob=False,
         rope_interleave=False,
     ),
+    # Granite-MoE: Granite's four multipliers around every-layer experts stored fused (input_linear, output_linear)
+    "granitemoe-multipliers-top3": T.GraniteMoeConfig(
+        vocab_size=128,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        intermediate_size=40,
+        num_local_experts=5,
+        num_experts_per_tok=3,
+        embedding_multiplier=3.5,
+        residual_multiplier=0.7,
+        attention_multiplier=0.11,
+        logits_scaling=2.5,
+        router_aux_loss_coef=0.01,
+    ),
     # GLM-4.5: GQA with q/k/v biases, half-width RoPE in halves, DeepSeek-V3's router with groups, a dense start
     "glm4-moe-qk-norm-groups-dense-first": T.Glm4MoeConfig(
         **SMALL,
@@ -202,7 +219,12 @@ def test_mla_cache_holds_the_latent_not_the_heads(name):
     assert layer.values.shape == (1, 1, 16, spec.attention.rope_dim)
 
 
-AUX_LOSS_CONFIGS = ["mixtral-top2", "qwen2-moe-shared-gated-sparse-step", "qwen3-moe-top4-renorm-dense-first"]
+AUX_LOSS_CONFIGS = [
+    "mixtral-top2",
+    "qwen2-moe-shared-gated-sparse-step",
+    "qwen3-moe-top4-renorm-dense-first",
+    "granitemoe-multipliers-top3",
+]
 
 
 @pytest.mark.parametrize("name", AUX_LOSS_CONFIGS)

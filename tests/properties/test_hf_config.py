@@ -422,6 +422,34 @@ def glm4_moe(draw: st.DrawFn) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
+@st.composite
+def granitemoe(draw: st.DrawFn) -> dict[str, Any]:
+    """Granite-MoE: a tiny GraniteMoeConfig, its sizes, expert counts and the four multipliers drawn."""
+    heads = draw(st.integers(1, 4))
+    experts = draw(st.integers(1, 6))
+    multiplier = st.floats(0.125, 8.0)
+    config = transformers.GraniteMoeConfig(
+        vocab_size=draw(st.integers(8, 40)),
+        hidden_size=heads * 2 * draw(st.integers(1, 4)),
+        num_hidden_layers=draw(st.integers(1, 4)),
+        num_attention_heads=heads,
+        num_key_value_heads=draw(kv_heads(heads)),
+        intermediate_size=draw(st.integers(1, 32)),
+        max_position_embeddings=64,
+        attention_bias=draw(st.booleans()),
+        num_local_experts=experts,
+        num_experts_per_tok=draw(st.integers(1, experts)),
+        router_aux_loss_coef=draw(st.floats(0.0, 1.0)),
+        embedding_multiplier=draw(multiplier),
+        residual_multiplier=draw(multiplier),
+        attention_multiplier=draw(multiplier),
+        logits_scaling=draw(multiplier),
+        tie_word_embeddings=draw(st.booleans()),
+    )
+    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
+    return spec.model_dump(mode="json")
+
+
 MODERN_DENSE = ("gemma", "gemma2", "gemma3_text", "phi3", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere",
                 "cohere2", "granite", "smollm3", "ernie4_5", "hunyuan_v1_dense")  # fmt: skip
 
@@ -434,6 +462,7 @@ FAMILY_SPECS: dict[str, Any] = {
     **{t: (lambda t=t: moe_family(t)) for t in ("mixtral", "qwen2_moe", "qwen3_moe")},
     **{t: (lambda t=t: deepseek(t)) for t in ("deepseek_v2", "deepseek_v3")},
     "glm4_moe": glm4_moe,
+    "granitemoe": granitemoe,
     "t5": t5,
     "llava": llava,
     **{t: (lambda t=t: imported(t)) for t in MODERN_DENSE},

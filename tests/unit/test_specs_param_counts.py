@@ -203,6 +203,15 @@ def glm_4_5_air() -> transformers.PretrainedConfig:  # zai-org/GLM-4.5-Air
     )  # fmt: skip
 
 
+def granite_3_1_3b_a800m() -> transformers.PretrainedConfig:  # ibm-granite/granite-3.1-3b-a800m-base
+    return transformers.GraniteMoeConfig(
+        vocab_size=49155, hidden_size=1536, intermediate_size=512, num_hidden_layers=32, num_attention_heads=24,
+        num_key_value_heads=8, num_local_experts=40, num_experts_per_tok=8, max_position_embeddings=131072,
+        rope_theta=10_000_000.0, embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.015625,
+        logits_scaling=6.0, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
 def deepseek_moe_16b_by_hand() -> int:
     """deepseek-ai/deepseek-moe-16b-base has no transformers class: its count, term by term from its config.json.
 
@@ -458,6 +467,7 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "deepseek-v2-lite.yaml": deepseek_v2_lite,
     "deepseek-v3.yaml": deepseek_v3,
     "glm-4.5-air.yaml": glm_4_5_air,
+    "granite-3.1-3b-a800m.yaml": granite_3_1_3b_a800m,
     "llava-1.5-7b.yaml": llava_1_5_7b,
     "t5-small.yaml": t5_small,
     "t5-base.yaml": t5_base,
