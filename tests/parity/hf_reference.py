@@ -22,10 +22,13 @@ runs are untouched):
   softmax in float32); DeepSeek-V2's complex RoPE (`modeling_deepseek_v2.apply_rotary_emb`: q/k rotated in
   complex64); the routers (`MixtralTopKRouter`, `Qwen2MoeTopKRouter`, `Qwen3MoeTopKRouter`: softmax in float32;
   `DeepseekV2TopkRouter`, `DeepseekV3TopkRouter`: float32 inputs and a float32 gate weight); the Switch balance
-  loss (`load_balancing_loss_func` of mixtral, qwen2_moe and qwen3_moe: float32 accumulators).
+  loss (`load_balancing_loss_func` of mixtral, qwen2_moe, qwen3_moe and granitemoe: float32 accumulators);
+  GLM-4.5's and Granite-MoE's routers (`Glm4MoeTopkRouter` as DeepSeek-V3's, `GraniteMoeTopKRouter`: float32 logits).
 - `DeepseekV2RotaryEmbedding.forward`: its torch.polar computes cos/sin with a kernel up to one float32 ulp away from
   Tensor.cos/sin (which every other family's rotary and archspec use); inside, polar(r, angle) is
   r * (angle.cos() + i angle.sin()), so the float32 tables are the same.
+- `HunYuanMoEV1Gate.forward` keeps its `wg` weight in float32 in a float64 model and casts its input to it
+  (`_float32_weights_widened`): the weight is widened to float64 (exactly) and the softmax kept in float64.
 - BLOOM's GELU (`modeling_bloom.bloom_gelu_forward`) uses 0.79788456, sqrt(2/pi) truncated (relative error 1e-9);
   for float64 inputs the same tanh formula is evaluated with math.sqrt(2 / math.pi) (Hendrycks & Gimpel 2016).
 
@@ -222,6 +225,22 @@ def keep_float64(function: Callable) -> Callable:
     return _under(_Float64ForFloat32, function)
 
 
+def _float32_weights_widened(function: Callable) -> Callable:
+    """A module's forward whose float32 parameters (kept so in a float64 model) are widened to float64, exactly,
+    on the first call with a float64 argument; float64 wherever it asks for float32 (`keep_float64`)."""
+    kept = keep_float64(function)
+
+    @functools.wraps(function)
+    def forward(self: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        if any(t.dtype == torch.float64 for t in _tensors([*args, *kwargs.values()])):
+            for param in self.parameters():
+                if param.dtype == torch.float32:
+                    param.data = param.data.double()
+        return kept(self, *args, **kwargs)
+
+    return forward
+
+
 def _gelu_tanh_for_float64(original: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     def gelu(x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float64:
@@ -253,6 +272,7 @@ _RMS_NORMS = {
     "smollm3": "SmolLM3",
     "ernie4_5": "Ernie4_5",
     "hunyuan_v1_dense": "HunYuanDenseV1",
+    "hunyuan_v1_moe": "HunYuanMoEV1",
 }
 KEPT_IN_FLOAT64 = [  # (model type, attribute path in transformers.models.<type>.modeling_<type>)
     *((family, f"{prefix}RMSNorm.forward") for family, prefix in _RMS_NORMS.items()),
@@ -296,3 +316,4 @@ def lift_float32_roundings(monkeypatch: pytest.MonkeyPatch) -> None:
         _patch(monkeypatch, model_type, path, keep_float64)
     _patch(monkeypatch, "deepseek_v2", "DeepseekV2RotaryEmbedding.forward", functools.partial(_under, _PolarFromCosSin))
     _patch(monkeypatch, "bloom", "bloom_gelu_forward", _gelu_tanh_for_float64)
+    _patch(monkeypatch, "hunyuan_v1_moe", "HunYuanMoEV1Gate.forward", _float32_weights_widened)

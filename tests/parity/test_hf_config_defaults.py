@@ -39,7 +39,7 @@ def _class_defaults(model_type: str) -> T.PretrainedConfig:
     config = CONFIG_MAPPING[model_type]()
     if model_type == "deepseek_v2":
         config.num_experts_per_tok = 6  # DeepSeek-V2-Lite's
-    if model_type == "hunyuan_v1_dense":
+    if model_type in ("hunyuan_v1_dense", "hunyuan_v1_moe"):
         config.head_dim = 128  # the class leaves it None, which its attention cannot build (None ** -0.5)
     if model_type == "glm4_moe":
         # GLM-4.5-Air's; the class's own hidden_size // heads = 42 rotates 21 dims by partial_rotary_factor 0.5,

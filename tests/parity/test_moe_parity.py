@@ -1,5 +1,5 @@
 """MoE and MLA families against transformers 5.25.0: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3,
-glm4_moe, granitemoe.
+glm4_moe, granitemoe, hunyuan_v1_moe.
 
 Tiny random models, every weight and the DeepSeek-V3 correction bias perturbed. Both sides in float64 (sdpa
 attention, eager experts; the float32 roundings of the reference's routers, RMSNorms and balance loss, and
@@ -141,6 +141,20 @@ CONFIGS = {
         attention_multiplier=0.11,
         logits_scaling=2.5,
         router_aux_loss_coef=0.01,
+    ),
+    # Hunyuan-A13B: q/k norms after RoPE, NTK-alpha RoPE, a shared MLP beside the routed experts in every layer
+    "hunyuan-moe-shared-mlp-ntk-alpha": T.HunYuanMoEV1Config(
+        vocab_size=128,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=10,
+        intermediate_size=40,
+        num_experts=5,
+        moe_topk=2,
+        attention_bias=True,
+        rope_parameters=dict(rope_type="dynamic", rope_theta=1e4, alpha=1000.0, factor=1.0),
     ),
     # GLM-4.5: GQA with q/k/v biases, half-width RoPE in halves, DeepSeek-V3's router with groups, a dense start
     "glm4-moe-qk-norm-groups-dense-first": T.Glm4MoeConfig(

@@ -450,6 +450,34 @@ def granitemoe(draw: st.DrawFn) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
+@st.composite
+def hunyuan_moe(draw: st.DrawFn) -> dict[str, Any]:
+    """Hunyuan-MoE: a tiny HunYuanMoEV1Config, its sizes, experts and NTK-alpha RoPE drawn."""
+    heads = draw(st.integers(1, 4))
+    experts = draw(st.integers(1, 6))
+    alpha = draw(st.one_of(st.none(), st.floats(1.0, 1000.0)))
+    rope = {"rope_type": "default", "rope_theta": 1e4} if alpha is None else {}
+    if alpha is not None:
+        rope = {"rope_type": "dynamic", "rope_theta": 1e4, "alpha": alpha, "factor": 1.0}
+    config = transformers.HunYuanMoEV1Config(
+        vocab_size=draw(st.integers(8, 40)),
+        hidden_size=draw(st.integers(1, 32)),
+        num_hidden_layers=draw(st.integers(1, 4)),
+        num_attention_heads=heads,
+        num_key_value_heads=draw(kv_heads(heads)),
+        head_dim=2 * draw(st.integers(2, 4)),
+        intermediate_size=draw(st.integers(1, 32)),
+        max_position_embeddings=64,
+        attention_bias=draw(st.booleans()),
+        num_experts=experts,
+        moe_topk=draw(st.integers(1, experts)),
+        rope_parameters=rope,
+        tie_word_embeddings=draw(st.booleans()),
+    )
+    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
+    return spec.model_dump(mode="json")
+
+
 MODERN_DENSE = ("gemma", "gemma2", "gemma3_text", "phi3", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere",
                 "cohere2", "granite", "smollm3", "ernie4_5", "hunyuan_v1_dense")  # fmt: skip
 
@@ -463,6 +491,7 @@ FAMILY_SPECS: dict[str, Any] = {
     **{t: (lambda t=t: deepseek(t)) for t in ("deepseek_v2", "deepseek_v3")},
     "glm4_moe": glm4_moe,
     "granitemoe": granitemoe,
+    "hunyuan_v1_moe": hunyuan_moe,
     "t5": t5,
     "llava": llava,
     **{t: (lambda t=t: imported(t)) for t in MODERN_DENSE},

@@ -212,6 +212,15 @@ def granite_3_1_3b_a800m() -> transformers.PretrainedConfig:  # ibm-granite/gran
     )  # fmt: skip
 
 
+def hunyuan_a13b() -> transformers.PretrainedConfig:  # tencent/Hunyuan-A13B-Instruct
+    return transformers.HunYuanMoEV1Config(
+        vocab_size=128167, hidden_size=4096, intermediate_size=3072, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, num_experts=64, moe_topk=8, max_position_embeddings=262144,
+        rms_norm_eps=1e-5, attention_bias=False, tie_word_embeddings=True, eos_token_id=127960, pad_token_id=127961,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 1000.0, "factor": 1.0},
+    )  # fmt: skip
+
+
 def deepseek_moe_16b_by_hand() -> int:
     """deepseek-ai/deepseek-moe-16b-base has no transformers class: its count, term by term from its config.json.
 
@@ -468,6 +477,7 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "deepseek-v3.yaml": deepseek_v3,
     "glm-4.5-air.yaml": glm_4_5_air,
     "granite-3.1-3b-a800m.yaml": granite_3_1_3b_a800m,
+    "hunyuan-a13b.yaml": hunyuan_a13b,
     "llava-1.5-7b.yaml": llava_1_5_7b,
     "t5-small.yaml": t5_small,
     "t5-base.yaml": t5_base,
