@@ -437,6 +437,9 @@ class _Compiler:
     def router_loss(self) -> Call:
         router = self.spec.moe.router  # type: ignore[union-attr]
         match router.aux_loss:
+            case "token" if router.aux_loss_counts == "softmax-top-k":
+                self.features.add("balance_softmax_top_k")
+                balance = call("TokenBalancingLoss", softmax_top_k=True)
             case "token":
                 balance = call("TokenBalancingLoss")
             case "sequence":

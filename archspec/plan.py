@@ -193,6 +193,7 @@ FEATURES: dict[str, str] = {
     "shared_gate": "a sigmoid gate on the shared experts",
     "router_jitter": "multiplicative jitter of the MoE input in training",
     "sequence_aux_loss": "DeepSeek-V3's sequence-wise balance loss",
+    "balance_softmax_top_k": "the token balance loss counts the top-k of the softmax, not the selected experts",
     "vision": "image tokens spliced into the sequence",
     "vision_tower": "a built-in vision tower",
     "pooling": "average pooling of image tokens",

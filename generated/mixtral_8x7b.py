@@ -450,6 +450,8 @@ class TokenBalancingLoss:
 
     f_e is the fraction of (token, slot) selections that went to expert e times top_k (so sum_e f_e = top_k, as
     in transformers' Mixtral), P_e the mean softmax probability of expert e. Minimal (= top_k) when uniform.
+    `softmax_top_k`: count the top_k of the softmax instead of the experts the router selected (they differ when a
+    correction bias shifts the choice; transformers' load_balancing_loss_func always counts the former).
     """
 
     def __call__(self, stats: list[RouterStats], real: torch.Tensor | None = None) -> torch.Tensor:

@@ -151,6 +151,7 @@ def _hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = N
         elif source.split is not None:
             fused[source.name].append((source, tensor))
         else:
+            tensor = tensor.reshape((1,) * source.leading_ones + tuple(tensor.shape))
             shape = tuple(tensor.t().shape if source.transpose else tensor.shape)
             make = partial(_plain, tensor, source.transpose, target(tensor))
             tensors[source.name] = Lazy(shape, target(tensor), make)

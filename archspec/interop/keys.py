@@ -32,6 +32,7 @@ class Source:
     stack: tuple[str, ...] = ()  # per-expert tensors stacked into one [experts, ...] tensor (`name` is the first)
     alternative: Source | None = None  # another layout of the same tensor (5.x fused experts vs hub per-expert)
     fuse_dim: int = 0  # the dim along which `split` cuts its part (export concatenates the parts along it)
+    leading_ones: int = 0  # the checkpoint's tensor has this many extra leading dims of size 1 (ERNIE's [1, E] bias)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class KeyMap:
     aliases: dict[str, str] = field(default_factory=dict)  # alternative HF names found in real checkpoints
     experts: ExpertNames = field(default_factory=ExpertNames)
     params: dict[str, str] = field(default_factory=dict)  # "archspec module.param" -> HF parameter name
+    tensors: dict[str, str] = field(default_factory=dict)  # "archspec module.param" -> HF tensor name, elsewhere
+    leading_ones: dict[str, int] = field(default_factory=dict)  # "archspec module.param" -> Source.leading_ones
     ignored: frozenset[str] = frozenset()  # checkpoint tensors that hold no weights of their own
     base_prefix: str = ""  # the base model's prefix, which old hub files leave out ("model.", "transformer.")
 
@@ -97,13 +100,18 @@ def tensor_sources(names: KeyMap, split: Callable[[str], Split], spec: Spec, key
             table = names.layer
         else:
             prefix, inner, table = "", module, names.top
-        if layer_match and inner == "mlp.experts":
+        if f"{inner}.{param}" in names.tensors:  # a tensor the checkpoint keeps on another module
+            ones = names.leading_ones.get(f"{inner}.{param}", 0)
+            sources[key] = Source(f"{prefix}{names.tensors[f'{inner}.{param}']}", leading_ones=ones)
+        elif layer_match and inner == "mlp.experts":
             sources[key] = _expert_source(names.experts, spec, prefix, param)
         elif inner in table:
             hf_module = table[inner]
             hf_param = names.params.get(f"{inner}.{param}", param)
             sources[key] = Source(
-                f"{prefix}{hf_module}.{hf_param}", transpose=hf_module in names.conv1d and param == "weight"
+                f"{prefix}{hf_module}.{hf_param}",
+                transpose=hf_module in names.conv1d and param == "weight",
+                leading_ones=names.leading_ones.get(f"{inner}.{param}", 0),
             )
         elif inner in names.fused:
             hf_module, part = names.fused[inner]

@@ -45,6 +45,9 @@ class _Planned:
         return self._transform(read(self.names[0]))
 
     def _transform(self, tensor: torch.Tensor) -> torch.Tensor:
+        ones = self.source.leading_ones
+        if ones and tensor.shape[:ones] == (1,) * ones:
+            tensor = tensor.reshape(tensor.shape[ones:])
         if self.source.split is not None:
             tensor = self.source.split(tensor)
         return tensor.t() if self.source.transpose else tensor

@@ -264,12 +264,19 @@ class TokenBalancingLoss:
 
     f_e is the fraction of (token, slot) selections that went to expert e times top_k (so sum_e f_e = top_k, as
     in transformers' Mixtral), P_e the mean softmax probability of expert e. Minimal (= top_k) when uniform.
+    `softmax_top_k`: count the top_k of the softmax instead of the experts the router selected (they differ when a
+    correction bias shifts the choice; transformers' load_balancing_loss_func always counts the former).
     """
+
+    def __init__(self, softmax_top_k: bool = False) -> None:  # emit-if: balance_softmax_top_k
+        self.softmax_top_k = softmax_top_k
 
     def __call__(self, stats: list[RouterStats], real: torch.Tensor | None = None) -> torch.Tensor:
         """`real` [rows, seq] bool: the tokens that count (padding does not, as in transformers' balance loss)."""
         probs = torch.cat([layer.logits.softmax(dim=-1) for layer in stats])
         chosen = torch.cat([layer.selected for layer in stats])
+        if self.softmax_top_k:  # emit-when: balance_softmax_top_k
+            chosen = probs.topk(chosen.shape[-1], dim=-1).indices
         experts = probs.shape[-1]
         weight = _token_weights(real, len(stats), probs)  # [tokens of all layers, 1]
         fraction = (F.one_hot(chosen, experts).to(probs.dtype) * weight[..., None]).sum(dim=0) / weight.sum()  # [k, E]

@@ -273,6 +273,8 @@ def _moe_issues(spec: Spec) -> list[SpecIssue]:
             problem("moe.router.top_groups", f"the kept groups hold fewer than top_k ({moe.top_k}) experts")
         if router.group_score == "top2-sum" and router.groups > 1 and moe.experts // router.groups < 2:
             problem("moe.router.group_score", "top2-sum needs at least 2 experts per group")
+    if router.aux_loss_counts != "selected" and router.aux_loss != "token":
+        problem("moe.router.aux_loss_counts", "applies to the token balance loss only", "leave it out")
     if moe.layers is not None and any(layer >= spec.n_layers for layer in moe.layers):
         problem("moe.layers", f"layers beyond n_layers ({spec.n_layers})")
     if moe.dense_layers > spec.n_layers:

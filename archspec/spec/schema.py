@@ -467,6 +467,12 @@ class RouterSpec(Section):
     aux_loss: Literal["token", "sequence"] = Field(
         "token", description="Load-balancing loss over all tokens (Switch/Mixtral) or per sequence (DeepSeek-V3)."
     )
+    aux_loss_counts: Literal["selected", "softmax-top-k"] = Field(
+        "selected",
+        description="token loss only: which choices its expert fractions count: the experts the router selected, or "
+        "the top_k of the plain softmax of the logits, which differ when a correction bias or groups shift the "
+        "choice (transformers' load_balancing_loss_func for MiniMax-M2 and ERNIE 4.5 MoE).",
+    )
     aux_loss_coef: float = Field(0.0, ge=0, description="Weight of the load-balancing loss in the training loss.")
     z_loss_coef: float = Field(
         0.0, ge=0, description="Weight of the router z-loss, mean(logsumexp(logits)^2) (ST-MoE)."

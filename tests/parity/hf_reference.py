@@ -273,6 +273,8 @@ _RMS_NORMS = {
     "ernie4_5": "Ernie4_5",
     "hunyuan_v1_dense": "HunYuanDenseV1",
     "hunyuan_v1_moe": "HunYuanMoEV1",
+    "minimax_m2": "MiniMaxM2",
+    "ernie4_5_moe": "Ernie4_5_Moe",
 }
 KEPT_IN_FLOAT64 = [  # (model type, attribute path in transformers.models.<type>.modeling_<type>)
     *((family, f"{prefix}RMSNorm.forward") for family, prefix in _RMS_NORMS.items()),
@@ -285,6 +287,7 @@ KEPT_IN_FLOAT64 = [  # (model type, attribute path in transformers.models.<type>
     ("cohere", "apply_rotary_pos_emb"),  # q.float(), k.float() rotated
     ("cohere2", "apply_rotary_pos_emb"),
     ("ernie4_5", "apply_rotary_pos_emb"),
+    ("ernie4_5_moe", "apply_rotary_pos_emb"),
     ("t5", "T5LayerNorm.forward"),
     ("bloom", "BloomAttention.forward"),
     ("deepseek_v2", "apply_rotary_emb"),
@@ -295,10 +298,14 @@ KEPT_IN_FLOAT64 = [  # (model type, attribute path in transformers.models.<type>
     ("deepseek_v3", "DeepseekV3TopkRouter.forward"),
     ("glm4_moe", "Glm4MoeTopkRouter.forward"),
     ("granitemoe", "GraniteMoeTopKRouter.forward"),
+    ("minimax_m2", "MiniMaxM2TopKRouter.forward"),
+    ("ernie4_5_moe", "Ernie4_5_MoeTopKRouter.forward"),
     ("mixtral", "load_balancing_loss_func"),
     ("qwen2_moe", "load_balancing_loss_func"),
     ("qwen3_moe", "load_balancing_loss_func"),
     ("granitemoe", "load_balancing_loss_func"),
+    ("minimax_m2", "load_balancing_loss_func"),
+    ("ernie4_5_moe", "load_balancing_loss_func"),
 ]
 
 

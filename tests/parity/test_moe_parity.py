@@ -1,5 +1,6 @@
 """MoE and MLA families against transformers 5.25.0: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3,
-glm4_moe, granitemoe, hunyuan_v1_moe.
+glm4_moe, granitemoe, hunyuan_v1_moe, minimax_m2,
+ernie4_5_moe.
 
 Tiny random models, every weight and the DeepSeek-V3 correction bias perturbed. Both sides in float64 (sdpa
 attention, eager experts; the float32 roundings of the reference's routers, RMSNorms and balance loss, and
@@ -156,6 +157,39 @@ CONFIGS = {
         attention_bias=True,
         rope_parameters=dict(rope_type="dynamic", rope_theta=1e4, alpha=1000.0, factor=1.0),
     ),
+    # MiniMax-M2: qk-norm over the whole projections, partial RoPE (rotary_dim), sigmoid router with a selection bias
+    "minimax-m2-projection-qk-norm-partial-rope": T.MiniMaxM2Config(
+        vocab_size=128,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=12,
+        rotary_dim=6,
+        intermediate_size=40,
+        num_local_experts=6,
+        num_experts_per_tok=3,
+        router_aux_loss_coef=0.02,
+    ),
+    # ERNIE 4.5 MoE: softmax router with a selection bias ([1, E] in the checkpoint), shared experts, MoE on a range
+    "ernie-moe-range-interval-shared": T.Ernie4_5_MoeConfig(
+        vocab_size=128,
+        hidden_size=48,
+        num_hidden_layers=5,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=10,
+        intermediate_size=56,
+        moe_intermediate_size=20,
+        moe_num_experts=6,
+        moe_k=3,
+        moe_num_shared_experts=1,
+        moe_layer_start_index=1,
+        moe_layer_end_index=3,
+        moe_layer_interval=2,
+        tie_word_embeddings=False,
+        router_aux_loss_coef=0.02,
+    ),
     # GLM-4.5: GQA with q/k/v biases, half-width RoPE in halves, DeepSeek-V3's router with groups, a dense start
     "glm4-moe-qk-norm-groups-dense-first": T.Glm4MoeConfig(
         **SMALL,
@@ -238,6 +272,8 @@ AUX_LOSS_CONFIGS = [
     "qwen2-moe-shared-gated-sparse-step",
     "qwen3-moe-top4-renorm-dense-first",
     "granitemoe-multipliers-top3",
+    "minimax-m2-projection-qk-norm-partial-rope",
+    "ernie-moe-range-interval-shared",
 ]
 
 

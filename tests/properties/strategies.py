@@ -360,6 +360,8 @@ def moe_sections(draw: st.DrawFn, n_layers: int) -> dict[str, Any]:
         "correction_bias": draw(st.booleans()),
         "aux_loss": draw(st.sampled_from(["token", "sequence"])),
     }
+    if router["aux_loss"] == "token":
+        router["aux_loss_counts"] = draw(st.sampled_from(["selected", "softmax-top-k"]))
     optional = {
         "scale": st.floats(0.25, 4.0),
         "jitter": st.floats(0.0, 0.5),

@@ -478,6 +478,62 @@ def hunyuan_moe(draw: st.DrawFn) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
+@st.composite
+def minimax_m2(draw: st.DrawFn) -> dict[str, Any]:
+    """MiniMax-M2: a tiny MiniMaxM2Config, its sizes, experts, rotary width and router options drawn."""
+    heads = draw(st.integers(1, 4))
+    head_dim = 2 * draw(st.integers(1, 4))
+    experts = draw(st.integers(1, 6))
+    config = transformers.MiniMaxM2Config(
+        vocab_size=draw(st.integers(8, 40)),
+        hidden_size=draw(st.integers(1, 32)),
+        num_hidden_layers=draw(st.integers(1, 4)),
+        num_attention_heads=heads,
+        num_key_value_heads=draw(kv_heads(heads)),
+        head_dim=head_dim,
+        rotary_dim=2 * draw(st.integers(1, head_dim // 2)),
+        intermediate_size=draw(st.integers(1, 32)),
+        max_position_embeddings=64,
+        num_local_experts=experts,
+        num_experts_per_tok=draw(st.integers(1, experts)),
+        router_aux_loss_coef=draw(st.floats(0.0, 1.0)),
+        router_jitter_noise=draw(st.floats(0.0, 0.5)),
+        tie_word_embeddings=draw(st.booleans()),
+    )
+    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
+    return spec.model_dump(mode="json")
+
+
+@st.composite
+def ernie_moe(draw: st.DrawFn) -> dict[str, Any]:
+    """ERNIE 4.5 MoE: a tiny Ernie4_5_MoeConfig, its sizes, experts and MoE layer range drawn."""
+    heads = draw(st.integers(1, 4))
+    n_layers = draw(st.integers(1, 5))
+    experts = draw(st.integers(1, 6))
+    start = draw(st.integers(0, n_layers))
+    config = transformers.Ernie4_5_MoeConfig(
+        vocab_size=draw(st.integers(8, 40)),
+        hidden_size=draw(st.integers(1, 32)),
+        num_hidden_layers=n_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=draw(kv_heads(heads)),
+        head_dim=2 * draw(st.integers(1, 4)),
+        intermediate_size=draw(st.integers(1, 32)),
+        moe_intermediate_size=draw(st.integers(1, 32)),
+        max_position_embeddings=64,
+        moe_num_experts=experts,
+        moe_k=draw(st.integers(1, experts)),
+        moe_num_shared_experts=draw(st.integers(0, 2)),
+        moe_layer_start_index=start,
+        moe_layer_end_index=draw(st.integers(start, n_layers)) if start < n_layers else -1,
+        moe_layer_interval=draw(st.integers(1, 3)),
+        router_aux_loss_coef=draw(st.floats(0.0, 1.0)),
+        tie_word_embeddings=draw(st.booleans()),
+    )
+    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
+    return spec.model_dump(mode="json")
+
+
 MODERN_DENSE = ("gemma", "gemma2", "gemma3_text", "phi3", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere",
                 "cohere2", "granite", "smollm3", "ernie4_5", "hunyuan_v1_dense")  # fmt: skip
 
@@ -492,6 +548,8 @@ FAMILY_SPECS: dict[str, Any] = {
     "glm4_moe": glm4_moe,
     "granitemoe": granitemoe,
     "hunyuan_v1_moe": hunyuan_moe,
+    "minimax_m2": minimax_m2,
+    "ernie4_5_moe": ernie_moe,
     "t5": t5,
     "llava": llava,
     **{t: (lambda t=t: imported(t)) for t in MODERN_DENSE},

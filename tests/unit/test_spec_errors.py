@@ -183,6 +183,17 @@ CASES = {
         "<root>",
         "Python object tags are never read",
     ),
+    "softmax-top-k counts beside the sequence balance loss": Case(
+        {
+            "spec.yaml": BASE
+            + "moe:\n  experts: 4\n  top_k: 2\n  router:\n    aux_loss: sequence\n"
+            + "    aux_loss_counts: softmax-top-k\n"
+        },
+        "spec.yaml",
+        17,
+        "moe.router.aux_loss_counts",
+        "token balance loss only",
+    ),
     "not a mapping": Case({"spec.yaml": "- name: tiny\n"}, "spec.yaml", 1, "<root>", "mapping"),
     "empty file": Case({"spec.yaml": "# nothing\n"}, "spec.yaml", 1, "<root>", "empty"),
 }

@@ -221,6 +221,23 @@ def hunyuan_a13b() -> transformers.PretrainedConfig:  # tencent/Hunyuan-A13B-Ins
     )  # fmt: skip
 
 
+def minimax_m2() -> transformers.PretrainedConfig:  # MiniMaxAI/MiniMax-M2
+    return transformers.MiniMaxM2Config(
+        vocab_size=200064, hidden_size=3072, intermediate_size=1536, num_hidden_layers=62, num_attention_heads=48,
+        num_key_value_heads=8, head_dim=128, rotary_dim=64, num_local_experts=256, num_experts_per_tok=8,
+        max_position_embeddings=196608, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def ernie_4_5_21b_a3b() -> transformers.PretrainedConfig:  # baidu/ERNIE-4.5-21B-A3B-PT
+    return transformers.Ernie4_5_MoeConfig(
+        vocab_size=103424, hidden_size=2560, intermediate_size=12288, num_hidden_layers=28, num_attention_heads=20,
+        num_key_value_heads=4, head_dim=128, moe_intermediate_size=1536, moe_k=6, moe_num_experts=64,
+        moe_num_shared_experts=2, moe_layer_start_index=1, moe_layer_end_index=27, moe_layer_interval=1,
+        use_bias=False, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
 def deepseek_moe_16b_by_hand() -> int:
     """deepseek-ai/deepseek-moe-16b-base has no transformers class: its count, term by term from its config.json.
 
@@ -478,6 +495,8 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "glm-4.5-air.yaml": glm_4_5_air,
     "granite-3.1-3b-a800m.yaml": granite_3_1_3b_a800m,
     "hunyuan-a13b.yaml": hunyuan_a13b,
+    "minimax-m2.yaml": minimax_m2,
+    "ernie-4.5-21b-a3b.yaml": ernie_4_5_21b_a3b,
     "llava-1.5-7b.yaml": llava_1_5_7b,
     "t5-small.yaml": t5_small,
     "t5-base.yaml": t5_base,
@@ -503,9 +522,11 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
 
 # ------------------------------------------------------------------------------------------ helpers
 def unique_parameter_count(model: nn.Module) -> int:
-    """Parameters counted once each, however many modules share them (tied heads)."""
+    """Trainable parameters counted once each, however many modules share them (tied heads). Frozen ones are
+    state, not weights: ERNIE 4.5 MoE's selection bias is an nn.Parameter with requires_grad=False in transformers,
+    a buffer in archspec (as DeepSeek-V3's is in both)."""
     unique = {id(p): p for _, p in model.named_parameters(remove_duplicate=False)}
-    return sum(p.numel() for p in unique.values())
+    return sum(p.numel() for p in unique.values() if p.requires_grad)
 
 
 def head_is_tied(model: nn.Module) -> bool:
