@@ -222,6 +222,9 @@ class _Compiler:
             args |= self.qk_norms(heads, kv_heads, head_dim)
         if attn.scale is not None:
             args["scale"] = attn.scale
+        if attn.sinks and not cross:
+            self.features.add("sinks")
+            args["sinks"] = True
         return Call("CrossAttention" if cross else "Attention", tuple(args.items()))
 
     def qk_norms(self, heads: int, kv_heads: int, head_dim: int) -> dict[str, Value]:
@@ -296,6 +299,8 @@ class _Compiler:
         if isinstance(spec.attention, AttentionSpec) and spec.attention.softcap is not None:
             self.features.add("softcap")
             args["softcap"] = spec.attention.softcap
+        if isinstance(spec.attention, AttentionSpec) and spec.attention.sinks:
+            args["sinks"] = True
         if isinstance(spec.attention, AttentionSpec) and spec.attention.inverse_layer_scale:
             self.features.add("inverse_layer_scale")
             return Call("LayerScaledPaths", tuple(args.items()))
@@ -417,11 +422,20 @@ class _Compiler:
         if router.correction_bias:
             self.features.add("correction_bias")
             router_args["correction_bias"] = call("torch.zeros", moe.experts)
+        if router.bias:
+            self.features.add("router_bias")
+            router_args["bias"] = True
         gated = spec.mlp.activation in GATED_ACTIVATIONS
         if gated:
             self.features.add("gated_experts")
-        experts = call("Experts", moe.experts, spec.d_model, moe.d_ff, activation=self.activation(spec.mlp.activation),
-                       gated=gated)  # fmt: skip
+        expert_args: dict[str, Value] = {"activation": self.activation(spec.mlp.activation), "gated": gated}
+        if spec.mlp.activation == "clamped-swiglu":
+            self.features.add("expert_glu")
+            expert_args["glu"] = call("ClampedSwiGLU", limit=spec.mlp.limit, alpha=spec.mlp.alpha)
+        if moe.bias:
+            self.features.add("expert_bias")
+            expert_args["bias"] = True
+        experts = call("Experts", moe.experts, spec.d_model, moe.d_ff, **expert_args)
         args: dict[str, Value] = {"router": Call("Router", tuple(router_args.items())), "experts": experts}
         if moe.shared_experts:
             self.features.add("shared_experts")
@@ -502,7 +516,7 @@ class _Compiler:
         block = call("PreNormBlock", attn_norm=norm(), attn=attn, mlp_norm=norm(), mlp=mlp)
         # where the decoder's pre-norm blocks and attention differ from the tower's plain ones
         self.varying |= self.features & {"residual_from_norm", "residual_scale", "qk_norm_head", "qk_norm_projection",
-                                         "qk_norm_rotated"}  # fmt: skip
+                                         "qk_norm_rotated", "sinks"}  # fmt: skip
         if self.varying & {"qk_norm_head", "qk_norm_projection", "qk_norm_rotated"}:
             self.features.add("qk_norm_placement")  # the kept `if`s read qk_norm_at: the file must keep it
         patches = call("nn.Conv2d", tower.channels, width, kernel_size=tower.patch_size, stride=tower.patch_size,

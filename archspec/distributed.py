@@ -77,6 +77,11 @@ def tp_plan(model: nn.Module | Any) -> dict[str, Any]:
         if isinstance(module, LatentAttention):
             plan.update(_mla_plan(name, module))
         elif isinstance(module, Attention):
+            if getattr(module, "sinks", None) is not None:
+                raise ParallelismError(
+                    f"{name}: its attention sinks (a logit per head) are not split by tensor parallelism yet; "
+                    "use FSDP for this model"
+                )
             for projection in ("q", "k", "v"):
                 plan[f"{name}.{projection}"] = ColwiseParallel()
             if getattr(module, "q_norm", None) is not None:

@@ -32,7 +32,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # ------------------------------------------------------------------------------------------- configs
 def hf_config(family: str, size: str, **overrides: Any) -> Any:
-    """A `transformers` config of a family (llama3, mixtral, t5, gemma2) at a size: `small` (CPU), `1b` (GPU), `8b`."""
+    """A `transformers` config of a family (llama3, mixtral, t5, gemma2, gpt_oss) at a size: `small` (CPU), `1b`
+    (GPU), `8b`."""
     import transformers
 
     if family == "llama3":
@@ -156,6 +157,33 @@ def hf_config(family: str, size: str, **overrides: Any) -> Any:
         )
         kw.update(overrides)
         return transformers.Gemma2Config(**kw)
+    if family == "gpt_oss":  # attention sinks, sliding and full layers, clamped-SwiGLU experts with biases
+        sizes = {
+            "small": dict(
+                hidden_size=256,
+                intermediate_size=256,
+                num_hidden_layers=4,
+                num_attention_heads=8,
+                num_key_value_heads=2,
+                head_dim=32,
+                num_local_experts=8,
+                vocab_size=8192,
+            ),
+            # 4 layers of gpt-oss-20b's shape
+            "1b": dict(
+                hidden_size=2880,
+                intermediate_size=2880,
+                num_hidden_layers=4,
+                num_attention_heads=64,
+                num_key_value_heads=8,
+                head_dim=64,
+                num_local_experts=32,
+                vocab_size=201088,
+            ),
+        }
+        kw = dict(sizes[size], num_experts_per_tok=4, sliding_window=128, tie_word_embeddings=False)
+        kw.update(overrides)
+        return transformers.GptOssConfig(**kw)
     raise ValueError(f"unknown family {family!r}")
 
 

@@ -3,9 +3,11 @@
     python benchmarks/prefill.py                       # CPU: float32, small llama3, batch 1
     python benchmarks/prefill.py --device cuda         # GPU: bf16, ~1B llama3
     python benchmarks/prefill.py --family gemma2 --variants archspec-eager,hf-eager   # soft-capped attention
+    python benchmarks/prefill.py --family gpt_oss --variants archspec-eager,hf-eager  # attention sinks
 
 Variants, run in turn: archspec eager, archspec torch.compile, transformers eager (sdpa), transformers compile;
-hf-eager / hf-eager-compile: transformers' eager attention (Gemma 2's only path: SDPA cannot soft-cap scores).
+hf-eager / hf-eager-compile: transformers' eager attention (Gemma 2's and gpt-oss's only path on CPU: SDPA cannot
+soft-cap scores or add sinks).
 The forward returns logits for every position on both sides (as `model(ids)` does).
 """
 
@@ -20,7 +22,7 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.common_arguments(parser)
-    parser.add_argument("--family", default="llama3", choices=["llama3", "gemma2"])
+    parser.add_argument("--family", default="llama3", choices=["llama3", "gemma2", "gpt_oss"])
     parser.add_argument("--lengths", default="512,2048")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--variants", default="archspec-eager,archspec-compile,hf-sdpa,hf-sdpa-compile")

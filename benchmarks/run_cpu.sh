@@ -10,7 +10,8 @@ for part in ${@:-decode train prefill moe padding attention export}; do
     decode)  python decode.py --device cpu --repeats 11 ;;
     train)   python train_step.py --device cpu --repeats 9 ;;
     prefill) python prefill.py --device cpu --repeats 7
-             python prefill.py --device cpu --repeats 5 --family gemma2 --variants archspec-eager,hf-eager ;;
+             python prefill.py --device cpu --repeats 5 --family gemma2 --variants archspec-eager,hf-eager
+             python prefill.py --device cpu --repeats 5 --family gpt_oss --variants archspec-eager,hf-eager ;;
     moe)     python moe_dispatch.py --device cpu --repeats 15 ;;
     padding) python padding.py --device cpu --repeats 9 ;;
     attention) python attention.py --device cpu --repeats 5 ;;

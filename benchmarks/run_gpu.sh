@@ -13,7 +13,8 @@ for part in "${@:-probe moe train padding prefill decode}"; do
     train)   python3 train_step.py --device cuda --families llama3 --size 1b --batch 4 --seq 2048 --repeats 5 --warmup 3 ;;
     padding) python3 padding.py --device cuda --size 1b --documents 32 --longest 2048 --repeats 5 --warmup 3 ;;
     prefill) python3 prefill.py --device cuda --size 1b --repeats 10 --warmup 3
-             python3 prefill.py --device cuda --size 1b --repeats 10 --warmup 3 --family gemma2 --variants archspec-eager,archspec-compile,hf-eager ;;
+             python3 prefill.py --device cuda --size 1b --repeats 10 --warmup 3 --family gemma2 --variants archspec-eager,archspec-compile,hf-eager
+             python3 prefill.py --device cuda --size 1b --repeats 10 --warmup 3 --family gpt_oss --variants archspec-eager,archspec-compile,hf-eager ;;
     decode)  python3 decode.py --device cuda --size 8b --batches 1 --repeats 3 --warmup 2 ;;
   esac
 done

@@ -515,7 +515,10 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down."""
+    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down.
+
+    `glu`: a gated unit of (gate, up) other than act(gate) * up (gpt-oss's clamped SwiGLU). `bias`: each expert's
+    projections have biases ([experts, out]), added to the rows of that expert."""
 
     def __init__(self, experts: int, d_model: int, d_ff: int, activation: Activation, gated: bool) -> None:
         super().__init__()
@@ -527,8 +530,10 @@ class Experts(nn.Module):
     def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """x_sorted: token rows grouped by expert; offsets: cumulative row count per expert."""
         up = grouped_linear(x_sorted, self.up, offsets)
-        hidden = self.activation(grouped_linear(x_sorted, self.gate, offsets)) * up
-        return grouped_linear(hidden, self.down, offsets)
+        gate = grouped_linear(x_sorted, self.gate, offsets)
+        hidden = self.activation(gate) * up
+        out = grouped_linear(hidden, self.down, offsets)
+        return out
 
 
 @dataclass

@@ -190,13 +190,20 @@ def render(mod: MaskMod, context: Context, start: int = 0, end: int | None = Non
     return visible.expand(visible.shape[0], 1, q.shape[2], context.keys)
 
 
-class SoftCapped:
-    """Attention whose scaled scores are soft-capped before the mask, cap * tanh(s / cap) (Gemma 2), with softmax
-    in float32 at least (as transformers' eager attention). The queries go in chunks of `chunk`, so the scores are
-    [rows, heads, chunk, keys] at a time (one chunk when compiling); `pattern` says which keys each query sees."""
+class ChunkedScores:
+    """Attention from the scores written out, a chunk of `chunk` queries at a time: [rows, heads, chunk, keys],
+    never [seq, seq] (one chunk when compiling); `pattern` says which keys each query sees. Softmax in float32 at
+    least (as transformers' eager attention)."""
 
-    def __init__(self, pattern: MaskMod, context: Context, cap: float, chunk: int = 256) -> None:
-        self.pattern, self.context, self.cap, self.chunk = pattern, context, cap, chunk
+    def __init__(
+        self,
+        pattern: MaskMod,
+        context: Context,
+        cap: float | None = None,  # scores soft-capped before the mask: cap * tanh(s / cap)
+        chunk: int = 256,
+    ) -> None:
+        self.pattern, self.context, self.chunk = pattern, context, chunk
+        self.cap = cap
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         group = q.shape[1] // k.shape[1]
@@ -204,15 +211,25 @@ class SoftCapped:
         seq = q.shape[2]
         if torch.compiler.is_compiling():  # one chunk: a loop over chunks would make the graph depend on the length
             return self._queries(q, k, v, scale, 0, None)
-        outs = [self._queries(q, k, v, scale, start, start + self.chunk) for start in range(0, seq, self.chunk)]
+        outs = []
+        for start in range(0, seq, self.chunk):
+            out = self._queries(q, k, v, scale, start, start + self.chunk)
+            outs.append(out)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def _queries(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: int, end: int | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        start: int,
+        end: int | None,
     ) -> torch.Tensor:
         """The output of queries start .. end - 1."""
         queries = q[:, :, start:end]
-        scores = soft_cap(queries @ k.transpose(-1, -2) * scale, self.cap)
+        scores = queries @ k.transpose(-1, -2) * scale
+        scores = soft_cap(scores, self.cap)
         scores = scores.masked_fill(~render(self.pattern, self.context, start, end), float("-inf"))
         wide = torch.promote_types(q.dtype, torch.float32)
         return torch.softmax(scores.to(wide), dim=-1).to(q.dtype) @ v
@@ -235,13 +252,13 @@ class AttentionPaths(nn.Module):
         return [made[window] for window in self.windows]
 
     def _function(self, context: Context, window: int | None = None) -> AttentionFn:
-        return self._softcapped(context, window)
+        return self._scored(context, window)
 
-    def _softcapped(self, context: Context, window: int | None = None) -> AttentionFn:
-        """Soft-capped scores: FlexAttention's score_mod for whole sequences where it runs (GPU, or the flex backend),
-        else the scores chunk by chunk (`SoftCapped`)."""
+    def _scored(self, context: Context, window: int | None = None) -> AttentionFn:
+        """The scores written out, chunk by chunk (`ChunkedScores`); FlexAttention for whole sequences where it runs
+        (GPU, or the flex backend: a cap as a score_mod, sinks from the log-sum-exp it returns)."""
         pattern = self._pattern(context, window)
-        return SoftCapped(pattern, context, self.softcap)
+        return ChunkedScores(pattern, context, self.softcap)
 
     def _pattern(self, context: Context, window: int | None = None) -> MaskMod:
         """Which keys each query of the call sees, as one predicate composed of the mask predicates."""

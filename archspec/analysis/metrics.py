@@ -177,9 +177,13 @@ def _leaf_params(node: Call) -> int:
             return c_in * c_out * kernel * kernel + c_out * bool(node.get("bias", True))
         case "Experts":
             experts, d, d_ff = node.positional(0), node.positional(1), node.positional(2)
-            return experts * (3 if node["gated"] else 2) * d * d_ff
+            widths = 2 * d_ff if node["gated"] else d_ff  # gate and up, or up
+            biases = experts * (widths + d) * bool(node.get("bias", False))
+            return experts * (3 if node["gated"] else 2) * d * d_ff + biases
         case "Router":
-            return node["experts"] * node["d_model"]
+            return node["experts"] * (node["d_model"] + bool(node.get("bias", False)))
+        case "Attention":  # its own: the sink logits, one per head
+            return node["heads"] * bool(node.get("sinks", False))
         case "PatchEmbedding":
             return node["proj"].positional(1) if node["class_token"] else 0  # the class token
         case _:
@@ -273,8 +277,9 @@ def matmul_weights(value: Value) -> int:
             return value.positional(0) * value.positional(1)
         if value.component == "Router":
             return value["experts"] * value["d_model"]
-        if value.component == "Experts":
-            return params_of(value)
+        if value.component == "Experts":  # the matrices, not their biases
+            experts, d, d_ff = value.positional(0), value.positional(1), value.positional(2)
+            return experts * (3 if value["gated"] else 2) * d * d_ff
         if value.component == "MoE":
             experts = value["experts"]
             per_token = matmul_weights(experts) * value["router"]["top_k"] // experts.positional(0)

@@ -152,7 +152,7 @@ def _hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = N
             fused[source.name].append((source, tensor))
         else:
             tensor = tensor.reshape((1,) * source.leading_ones + tuple(tensor.shape))
-            shape = tuple(tensor.t().shape if source.transpose else tensor.shape)
+            shape = tuple(tensor.mT.shape if source.transpose else tensor.shape)
             make = partial(_plain, tensor, source.transpose, target(tensor))
             tensors[source.name] = Lazy(shape, target(tensor), make)
     for name, parts in fused.items():
@@ -163,7 +163,7 @@ def _hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = N
 
 def _plain(tensor: torch.Tensor, transpose: bool, dtype: torch.dtype) -> torch.Tensor:
     """The tensor (transposed) in `dtype`, contiguous: itself when it already is, else one copy."""
-    tensor = tensor.t() if transpose else tensor
+    tensor = tensor.mT if transpose else tensor
     if tensor.dtype == dtype and tensor.is_contiguous():
         return tensor
     made = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)  # one copy, cast and laid out at once
@@ -174,7 +174,7 @@ def _fused_shape(name: str, parts: list[tuple[Source, torch.Tensor]]) -> tuple[i
     """The shape of a fused tensor, each part's place checked on the meta device (before anything is written)."""
     first_source, _ = parts[0]
     transpose = first_source.transpose
-    shapes = [tuple(t.t().shape) if transpose else tuple(t.shape) for _, t in parts]
+    shapes = [tuple(t.mT.shape) if transpose else tuple(t.shape) for _, t in parts]
     dim = len(shapes[0]) - 1 if transpose else first_source.fuse_dim
     fused_shape = list(shapes[0])
     fused_shape[dim] = sum(shape[dim] for shape in shapes)
@@ -182,7 +182,7 @@ def _fused_shape(name: str, parts: list[tuple[Source, torch.Tensor]]) -> tuple[i
     for source, tensor in parts:
         assert source.split is not None
         positions = source.split(meta)
-        if (positions.t() if source.transpose else positions).shape != tensor.shape:
+        if (positions.mT if source.transpose else positions).shape != tensor.shape:
             raise ExportError(f"{name}: a part of shape {tuple(tensor.shape)} does not fit the fused layout")
     return tuple(fused_shape)
 
@@ -199,7 +199,7 @@ def _fuse(name: str, parts: list[tuple[Source, torch.Tensor]], dtype: torch.dtyp
         assert source.split is not None
         positions = source.split(index)
         if source.transpose:
-            positions = positions.t()
+            positions = positions.mT
         if positions.shape != tensor.shape:
             raise ExportError(f"{name}: a part of shape {tuple(tensor.shape)} does not fit the fused layout")
         flat[positions.reshape(-1)] = tensor.reshape(-1).to(flat.dtype)

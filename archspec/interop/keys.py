@@ -28,7 +28,9 @@ class Source:
 
     name: str
     split: Split | None = None
-    transpose: bool = False  # GPT-2 Conv1D stores [in, out]
+    transpose: bool = (
+        False  # the last two dims swapped: GPT-2's Conv1D stores [in, out], gpt-oss's experts [E, in, out]
+    )
     stack: tuple[str, ...] = ()  # per-expert tensors stacked into one [experts, ...] tensor (`name` is the first)
     alternative: Source | None = None  # another layout of the same tensor (5.x fused experts vs hub per-expert)
     fuse_dim: int = 0  # the dim along which `split` cuts its part (export concatenates the parts along it)
@@ -61,8 +63,9 @@ class KeyMap:
     aliases: dict[str, str] = field(default_factory=dict)  # alternative HF names found in real checkpoints
     experts: ExpertNames = field(default_factory=ExpertNames)
     params: dict[str, str] = field(default_factory=dict)  # "archspec module.param" -> HF parameter name
-    tensors: dict[str, str] = field(default_factory=dict)  # "archspec module.param" -> HF tensor name, elsewhere
-    leading_ones: dict[str, int] = field(default_factory=dict)  # "archspec module.param" -> Source.leading_ones
+    # "archspec module.param" in a layer -> its Source given the layer's prefix: tensors kept elsewhere or laid out
+    # otherwise (a bias on another module, a [1, E] bias, gpt-oss's interleaved and transposed experts)
+    sources: dict[str, Callable[[str], Source]] = field(default_factory=dict)
     ignored: frozenset[str] = frozenset()  # checkpoint tensors that hold no weights of their own
     base_prefix: str = ""  # the base model's prefix, which old hub files leave out ("model.", "transformer.")
 
@@ -100,18 +103,15 @@ def tensor_sources(names: KeyMap, split: Callable[[str], Split], spec: Spec, key
             table = names.layer
         else:
             prefix, inner, table = "", module, names.top
-        if f"{inner}.{param}" in names.tensors:  # a tensor the checkpoint keeps on another module
-            ones = names.leading_ones.get(f"{inner}.{param}", 0)
-            sources[key] = Source(f"{prefix}{names.tensors[f'{inner}.{param}']}", leading_ones=ones)
+        if layer_match and f"{inner}.{param}" in names.sources:  # laid out as the family says
+            sources[key] = names.sources[f"{inner}.{param}"](prefix)
         elif layer_match and inner == "mlp.experts":
             sources[key] = _expert_source(names.experts, spec, prefix, param)
         elif inner in table:
             hf_module = table[inner]
             hf_param = names.params.get(f"{inner}.{param}", param)
             sources[key] = Source(
-                f"{prefix}{hf_module}.{hf_param}",
-                transpose=hf_module in names.conv1d and param == "weight",
-                leading_ones=names.leading_ones.get(f"{inner}.{param}", 0),
+                f"{prefix}{hf_module}.{hf_param}", transpose=hf_module in names.conv1d and param == "weight"
             )
         elif inner in names.fused:
             hf_module, part = names.fused[inner]

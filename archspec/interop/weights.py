@@ -50,7 +50,7 @@ class _Planned:
             tensor = tensor.reshape(tensor.shape[ones:])
         if self.source.split is not None:
             tensor = self.source.split(tensor)
-        return tensor.t() if self.source.transpose else tensor
+        return tensor.mT if self.source.transpose else tensor
 
 
 def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | None = None) -> nn.Module:

@@ -12,8 +12,12 @@ window, ALiBi, GLM's prefix) and the call (a whole sequence, a cached chunk, one
   SDPA as a zero-copy view of a [heads, 2 seq - 1] table: no [seq, seq] tensor (CPU, whole sequences);
 * `ChunkedWindow`: a sliding window as one SDPA call over chunks of queries, each over its own span of keys
   (CPU, whole sequences): work ~ seq x window instead of seq^2 / 2;
-* `SoftCapped`: scores soft-capped before the mask (Gemma 2), which SDPA cannot do: the scores of a chunk of
-  queries at a time, [rows, heads, chunk, keys], never [seq, seq]; FlexAttention's `score_mod` on GPU.
+* `ChunkedScores`: what SDPA cannot do, soft-capped scores before the mask (Gemma 2) and attention sinks (a
+  learned per-head logit that joins each softmax as an extra column, gpt-oss): the scores of a chunk of queries
+  at a time, [rows, heads, chunk, keys], never [seq, seq]; FlexAttention on GPU (a `score_mod` for the cap, the
+  log-sum-exp it returns for the sinks).
+
+Models with sinks call `attend(q, k, v, scale, sinks)`: the sinks are the layer's own, the function the call's.
 """
 
 from collections.abc import Callable
@@ -205,31 +209,79 @@ class ChunkedWindow:
         return out.reshape(batch, heads, count * chunk, dim)
 
 
-class SoftCapped:  # emit-if: softcap
-    """Attention whose scaled scores are soft-capped before the mask, cap * tanh(s / cap) (Gemma 2), with softmax
-    in float32 at least (as transformers' eager attention). The queries go in chunks of `chunk`, so the scores are
-    [rows, heads, chunk, keys] at a time (one chunk when compiling); `pattern` says which keys each query sees."""
+class ChunkedScores:  # emit-if: softcap|sinks
+    """Attention from the scores written out, a chunk of `chunk` queries at a time: [rows, heads, chunk, keys],
+    never [seq, seq] (one chunk when compiling); `pattern` says which keys each query sees. Softmax in float32 at
+    least (as transformers' eager attention)."""
 
-    def __init__(self, pattern: MaskMod, context: Context, cap: float, chunk: int = 256) -> None:
-        self.pattern, self.context, self.cap, self.chunk = pattern, context, cap, chunk
+    def __init__(
+        self,
+        pattern: MaskMod,
+        context: Context,
+        cap: float | None = None,  # scores soft-capped before the mask: cap * tanh(s / cap)  # emit-if: softcap
+        chunk: int = 256,
+    ) -> None:
+        self.pattern, self.context, self.chunk = pattern, context, chunk
+        self.cap = cap  # emit-if: softcap
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        sinks: torch.Tensor | None = None,  # [heads]: one more softmax column each, then dropped  # emit-if: sinks
+    ) -> torch.Tensor:
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # GQA: the heads' keys
         seq = q.shape[2]
         if torch.compiler.is_compiling():  # one chunk: a loop over chunks would make the graph depend on the length
-            return self._queries(q, k, v, scale, 0, None)
-        outs = [self._queries(q, k, v, scale, start, start + self.chunk) for start in range(0, seq, self.chunk)]
+            return self._queries(
+                q,
+                k,
+                v,
+                scale,
+                0,
+                None,
+                sinks,  # emit-if: sinks
+            )
+        outs = []
+        for start in range(0, seq, self.chunk):
+            out = self._queries(
+                q,
+                k,
+                v,
+                scale,
+                start,
+                start + self.chunk,
+                sinks,  # emit-if: sinks
+            )
+            outs.append(out)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def _queries(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start: int, end: int | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        start: int,
+        end: int | None,
+        sinks: torch.Tensor | None = None,  # emit-if: sinks
     ) -> torch.Tensor:
         """The output of queries start .. end - 1."""
         queries = q[:, :, start:end]
-        scores = soft_cap(queries @ k.transpose(-1, -2) * scale, self.cap)
+        scores = queries @ k.transpose(-1, -2) * scale
+        if self.cap is not None:  # emit-when: softcap
+            scores = soft_cap(scores, self.cap)
         scores = scores.masked_fill(~render(self.pattern, self.context, start, end), float("-inf"))
         wide = torch.promote_types(q.dtype, torch.float32)
+        if sinks is not None:  # emit-when: sinks
+            # the sink logit as one more column, dropped after the softmax: a query may attend to nothing (Xiao et
+            # al. 2023, https://arxiv.org/abs/2309.17453)
+            sink = sinks.to(wide).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+            weights = torch.softmax(torch.cat([scores.to(wide), sink], dim=-1), dim=-1)[..., :-1]
+            return weights.to(q.dtype) @ v
         return torch.softmax(scores.to(wide), dim=-1).to(q.dtype) @ v
 
 
@@ -242,12 +294,14 @@ class AttentionPaths(nn.Module):
         windows: tuple[int | None, ...] = (),  # each layer's sliding window, None: full  # emit-if: window
         alibi: Alibi | None = None,  # emit-if: alibi
         softcap: float | None = None,  # cap * tanh(score / cap) before the mask  # emit-if: softcap
+        sinks: bool = False,  # the layers' attention has sink logits  # emit-if: sinks
     ) -> None:
         super().__init__()
         self.layers = layers  # emit-if: !window
         self.windows = windows  # emit-if: window
         self.alibi = alibi  # emit-if: alibi
         self.softcap = softcap  # emit-if: softcap
+        self.sinks = sinks  # emit-if: sinks
         self.backend = "sdpa"  # or "flex": whole sequences through FlexAttention  # emit-if: library
 
     def forward(self, context: Context) -> list[AttentionFn]:
@@ -264,7 +318,12 @@ class AttentionPaths(nn.Module):
         window: int | None = None,  # emit-if: window
     ) -> AttentionFn:
         if self.softcap is not None:  # emit-when: softcap
-            return self._softcapped(
+            return self._scored(
+                context,
+                window,  # emit-if: window
+            )
+        if self.sinks:  # emit-when: sinks
+            return self._scored(
                 context,
                 window,  # emit-if: window
             )
@@ -296,7 +355,7 @@ class AttentionPaths(nn.Module):
             return self._flex(context, None)
         return MaskedAttention(self._mask(context))
 
-    def _windowed(self, context: Context, window: int, whole: bool) -> AttentionFn:  # emit-if: window,!softcap
+    def _windowed(self, context: Context, window: int, whole: bool) -> AttentionFn:  # emit-if: window,!softcap,!sinks
         """A sliding window shorter than the keys. A whole sequence on CPU needs no [seq, seq] mask: chunks of
         queries over their own spans of keys (`ChunkedWindow`), or, when compiling, the window as a bias by
         distance read as a Toeplitz view (`ToeplitzBias`)."""
@@ -344,24 +403,28 @@ class AttentionPaths(nn.Module):
         )
         return MaskedAttention(mask)
 
-    def _softcapped(  # emit-if: softcap
+    def _scored(  # emit-if: softcap|sinks
         self,
         context: Context,
         window: int | None = None,  # emit-if: window
     ) -> AttentionFn:
-        """Soft-capped scores: FlexAttention's score_mod for whole sequences where it runs (GPU, or the flex backend),
-        else the scores chunk by chunk (`SoftCapped`)."""
+        """The scores written out, chunk by chunk (`ChunkedScores`); FlexAttention for whole sequences where it runs
+        (GPU, or the flex backend: a cap as a score_mod, sinks from the log-sum-exp it returns)."""
         whole = context.at_end and context.positions.shape[0] == context.keys  # emit-if: library
         flex = context.positions.device.type != "cpu" or self.backend == "flex"  # emit-if: library
         if whole and flex and self._flex_applies(context):  # emit-if: library
             pattern, device = self._pattern(context, window), context.positions.device
             block_mask = create_block_mask(pattern, context.rows, None, context.keys, context.keys, device)
-            return FlexPattern(block_mask, softcap_score_mod(self.softcap))
+            return FlexPattern(block_mask, None if self.softcap is None else softcap_score_mod(self.softcap))
         pattern = self._pattern(
             context,
             window,  # emit-if: window
         )
-        return SoftCapped(pattern, context, self.softcap)
+        return ChunkedScores(
+            pattern,
+            context,
+            self.softcap,  # emit-if: softcap
+        )
 
     def _pattern(
         self,
@@ -380,7 +443,7 @@ class AttentionPaths(nn.Module):
             pattern = and_masks(pattern, same_document(context.documents))
         return pattern
 
-    def _mask(  # emit-if: !softcap
+    def _mask(  # emit-if: !softcap,!sinks
         self,
         context: Context,
         window: int | None = None,  # emit-if: window
@@ -424,8 +487,8 @@ class AttentionPaths(nn.Module):
     def _traced(self, context: Context) -> list[AttentionFn]:  # emit-if: library
         """An fx trace (lengths are Proxies) is of the no-cache forward: queries = keys, every window assumed
         shorter than the sequence, plain masks only (the other paths branch on lengths in Python)."""
-        if self.softcap is not None:
-            raise NotImplementedError("an fx trace of soft-capped attention (its chunks depend on the length)")
+        if self.softcap is not None or self.sinks:
+            raise NotImplementedError("an fx trace of soft-capped or sink attention (its chunks depend on the length)")
         windows = self.windows or (None,) * self.layers
         made = {window: MaskedAttention(self._mask(context, window)) for window in set(windows)}
         if self.alibi is None and context.prefix_lengths is None:
@@ -446,5 +509,14 @@ class LayerScaled:
     def __init__(self, attend: AttentionFn, divisor: int) -> None:
         self.attend, self.divisor = attend, divisor
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        scale: float,
+        sinks: torch.Tensor | None = None,  # emit-if: sinks
+    ) -> torch.Tensor:
+        if sinks is not None:  # emit-when: sinks
+            return self.attend(q, k, v, scale / self.divisor, sinks)
         return self.attend(q, k, v, scale / self.divisor)

@@ -29,6 +29,7 @@ class Attention(nn.Module):
         k_norm: nn.Module | None = None,  # emit-if: qk_norm
         qk_norm_at: str = "head",  # or "projection" (all of q, k: OLMo 2), "rotated" (Hunyuan)  # emit-if: qk_norm_placement
         scale: float | None = None,
+        sinks: bool = False,  # a learned logit per head joins each softmax, then dropped (gpt-oss)  # emit-if: sinks
     ) -> None:
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
@@ -36,6 +37,7 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.o = q, k, v, o
         self.q_norm, self.k_norm = q_norm, k_norm  # emit-if: qk_norm
         self.qk_norm_at = qk_norm_at  # emit-if: qk_norm_placement
+        self.sinks = nn.Parameter(torch.zeros(heads)) if sinks else None  # emit-if: sinks
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LayerKVCache:
         """An empty static cache for this layer's keys and values."""
@@ -61,5 +63,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if cache is not None:
             k, v = cache.update(context.positions, k, v, context.keys)
-        out = attend(q, k, v, self.scale)
+        if self.sinks is not None:  # emit-when: sinks
+            out = attend(q, k, v, self.scale, self.sinks)
+        else:
+            out = attend(q, k, v, self.scale)
         return self.o(out.transpose(1, 2).reshape(batch, seq, -1))

@@ -24,7 +24,12 @@ class FlexPattern:
     def __init__(self, block_mask: BlockMask | None, score_mod: Callable[..., torch.Tensor] | None = None) -> None:
         self.block_mask, self.score_mod = block_mask, score_mod
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, sinks: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`sinks` ([heads]): logits that join each head's softmax as one more column and are dropped. With Z the
+        softmax's normaliser (exp of the log-sum-exp FlexAttention returns), the output is scaled by
+        Z / (Z + exp(sink)) = sigmoid(lse - sink): exact, and no extra key."""
         # contiguous: inductor's CPU flex template reads the sizes of the buffer under a view (torch 2.13), and
         # q/k/v are views of the [batch * seq, heads * dim] projections.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -36,8 +41,21 @@ class FlexPattern:
             block_mask=self.block_mask,
             scale=scale,
             enable_gqa=k.shape[1] != q.shape[1],
+            **({} if sinks is None else _LSE_REQUEST),
         )
-        return out  # type: ignore[return-value]
+        if sinks is None:
+            return out  # type: ignore[return-value]
+        out, aux = out  # type: ignore[misc]
+        lse = getattr(aux, "lse", aux)
+        return out * torch.sigmoid(lse - sinks.to(lse.dtype).view(1, -1, 1))[..., None].to(out.dtype)
+
+
+try:  # torch >= 2.9 asks for the log-sum-exp with an AuxRequest; return_lse before that (deprecated since)
+    from torch.nn.attention.flex_attention import AuxRequest
+
+    _LSE_REQUEST: dict = {"return_aux": AuxRequest(lse=True)}
+except ImportError:  # pragma: no cover (torch < 2.9)
+    _LSE_REQUEST = {"return_lse": True}
 
 
 FLEX_CPU_SHORTEST = 16

@@ -18,6 +18,9 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
         if isinstance(module, Experts | Router):  # the experts' and routers' own matrices  # emit-if: moe
             for param in module.parameters(recurse=False):
                 nn.init.normal_(param, mean=0.0, std=std)
+            for name, param in module.named_parameters(recurse=False):  # emit-if: expert_bias|router_bias
+                if name.endswith("bias"):  # biases start at 0, as nn.Linear's do here
+                    nn.init.zeros_(param)
 
 
 @torch.no_grad()  # emit-if: deepnorm

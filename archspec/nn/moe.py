@@ -153,11 +153,13 @@ class Router(nn.Module):
         scale: float = 1.0,
         group_limit: GroupLimit | None = None,  # emit-if: group_limited
         correction_bias: torch.Tensor | None = None,  # emit-if: correction_bias
+        bias: bool = False,  # a learned bias of the logits (gpt-oss)  # emit-if: router_bias
     ) -> None:
         super().__init__()
         self.top_k, self.scoring, self.renormalize, self.scale = top_k, scoring, renormalize, scale
         self.group_limit = group_limit  # emit-if: group_limited
         self.weight = nn.Parameter(torch.empty(experts, d_model))
+        self.bias = nn.Parameter(torch.zeros(experts)) if bias else None  # emit-if: router_bias
         self.register_buffer("correction_bias", correction_bias)  # emit-if: correction_bias
 
     @property
@@ -167,6 +169,8 @@ class Router(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dtype = torch.promote_types(x.dtype, torch.float32)  # float32 at least: bf16/fp16 up, float64 kept
         logits = F.linear(x.to(dtype), self.weight.to(dtype))
+        if self.bias is not None:  # emit-when: router_bias
+            logits = logits + self.bias.to(dtype)
         scores = self.scoring(logits)
         choice = scores
         if self.correction_bias is not None:  # emit-if: correction_bias
@@ -181,23 +185,51 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down."""
+    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down.
 
-    def __init__(self, experts: int, d_model: int, d_ff: int, activation: Activation, gated: bool) -> None:
+    `glu`: a gated unit of (gate, up) other than act(gate) * up (gpt-oss's clamped SwiGLU). `bias`: each expert's
+    projections have biases ([experts, out]), added to the rows of that expert."""
+
+    def __init__(
+        self,
+        experts: int,
+        d_model: int,
+        d_ff: int,
+        activation: Activation,
+        gated: bool,
+        glu: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,  # emit-if: expert_glu
+        bias: bool = False,  # emit-if: expert_bias
+    ) -> None:
         super().__init__()
         self.activation = activation
+        self.glu = glu  # emit-if: expert_glu
         self.gate = nn.Parameter(torch.empty(experts, d_ff, d_model)) if gated else None
         self.up = nn.Parameter(torch.empty(experts, d_ff, d_model))
         self.down = nn.Parameter(torch.empty(experts, d_model, d_ff))
+        self.gate_bias = nn.Parameter(torch.zeros(experts, d_ff)) if bias and gated else None  # emit-if: expert_bias
+        self.up_bias = nn.Parameter(torch.zeros(experts, d_ff)) if bias else None  # emit-if: expert_bias
+        self.down_bias = nn.Parameter(torch.zeros(experts, d_model)) if bias else None  # emit-if: expert_bias
 
     def forward(self, x_sorted: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """x_sorted: token rows grouped by expert; offsets: cumulative row count per expert."""
         up = grouped_linear(x_sorted, self.up, offsets)
+        if self.up_bias is not None:  # emit-when: expert_bias
+            expert = torch.searchsorted(offsets, torch.arange(x_sorted.shape[0], device=offsets.device), right=True)
+            up = up + self.up_bias[expert]
         if self.gate is not None:  # emit-when: gated_experts
-            hidden = self.activation(grouped_linear(x_sorted, self.gate, offsets)) * up
+            gate = grouped_linear(x_sorted, self.gate, offsets)
+            if self.gate_bias is not None:  # emit-when: expert_bias
+                gate = gate + self.gate_bias[expert]
+            if self.glu is not None:  # emit-when: expert_glu
+                hidden = self.glu(gate, up)
+            else:
+                hidden = self.activation(gate) * up
         else:
             hidden = self.activation(up)
-        return grouped_linear(hidden, self.down, offsets)
+        out = grouped_linear(hidden, self.down, offsets)
+        if self.down_bias is not None:  # emit-when: expert_bias
+            out = out + self.down_bias[expert]
+        return out
 
 
 @dataclass

@@ -121,11 +121,23 @@ def _modern_issues(spec: Spec, problem: Callable[..., None]) -> None:
         problem("attention.qk_norm.per_head_weights", "per-head weights are implemented for over: head, before RoPE")
     if getattr(attn, "softcap", None) is not None and spec.position.kind == "alibi":
         problem("attention.softcap", "soft-capped scores with ALiBi are not implemented", "drop one of the two")
+    if getattr(attn, "sinks", False) and spec.position.kind == "alibi":
+        problem("attention.sinks", "attention sinks with ALiBi are not implemented", "drop one of the two")
+    mlp, clamped = spec.mlp, spec.mlp.activation == "clamped-swiglu"
+    for name in ("limit", "alpha"):
+        if clamped and getattr(mlp, name) is None:
+            problem(f"mlp.{name}", "clamped-swiglu needs it", "gpt-oss: limit 7.0, alpha 1.702")
+        if not clamped and getattr(mlp, name) is not None:
+            problem(f"mlp.{name}", "only clamped-swiglu has it", "drop it")
+    moe = spec.moe
+    if clamped and (moe is None or moe.shared_experts or not all(spec.is_moe_layer(i) for i in range(spec.n_layers))):
+        problem("mlp.activation", "clamped-swiglu is implemented for routed experts in every layer (gpt-oss)")
     if spec.block.residual_scale != 1.0 and spec.block.kind != "pre-norm":
         problem("block.residual_scale", f"implemented for pre-norm blocks, not {spec.block.kind}")
     options = {
         "layers": spec.layers is not None,
         "attention.softcap": getattr(attn, "softcap", None) is not None,
+        "attention.sinks": getattr(attn, "sinks", False),
         "embeddings.scale": spec.embeddings.scale is not None,
         "embeddings.logit_scale": spec.embeddings.logit_scale != 1.0,
         "embeddings.logit_softcap": spec.embeddings.logit_softcap is not None,

@@ -152,6 +152,11 @@ class AttentionSpec(Section):
         False,
         description="Layer i (from 0) divides its scale by i + 1 (GPT-2's scale_attn_by_inverse_layer_idx).",
     )
+    sinks: bool = Field(
+        False,
+        description="Attention sinks: a learned logit per head joins each softmax as one more column, then dropped, "
+        "so a query may attend to nothing (gpt-oss). The KV cache is unchanged.",
+    )
 
 
 class LatentAttentionSpec(Section):
@@ -394,9 +399,15 @@ class BlockSpec(Section):
     )
 
 
-Activation = Literal["relu", "gelu", "gelu-tanh", "silu", "swiglu", "geglu", "geglu-tanh", "reglu"]
+Activation = Literal["relu", "gelu", "gelu-tanh", "silu", "swiglu", "geglu", "geglu-tanh", "reglu", "clamped-swiglu"]
 
-GATED_ACTIVATIONS: dict[str, str] = {"swiglu": "silu", "geglu": "gelu", "geglu-tanh": "gelu-tanh", "reglu": "relu"}
+GATED_ACTIVATIONS: dict[str, str] = {
+    "swiglu": "silu",
+    "geglu": "gelu",
+    "geglu-tanh": "gelu-tanh",
+    "reglu": "relu",
+    "clamped-swiglu": "silu",  # its gated unit is ClampedSwiGLU's, not act(gate) * up
+}
 """Gated MLP activations and the activation applied to their gate: down(act(gate x) * up x)."""
 
 
@@ -404,11 +415,14 @@ class MlpSpec(Section):
     activation: Activation = Field(
         description=(
             "relu, gelu (exact erf), gelu-tanh (tanh approximation: GPT-2's gelu_new, BLOOM), silu; gated: "
-            "swiglu, geglu, geglu-tanh, reglu."
+            "swiglu, geglu, geglu-tanh, reglu; clamped-swiglu (gpt-oss's experts: (clamp(up, -limit, limit) + 1) "
+            "* g * sigmoid(alpha g), g = min(gate, limit))."
         )
     )
     d_ff: int = Field(gt=0, le=MAX_WIDTH, description="Hidden width of the MLP (of each of gate and up when gated).")
     bias: bool = Field(False, description="Biases on the MLP projections.")
+    limit: float | None = Field(None, gt=0, description="clamped-swiglu: the clamp of gate and up (gpt-oss: 7.0).")
+    alpha: float | None = Field(None, gt=0, description="clamped-swiglu: the sigmoid's gain (gpt-oss: 1.702).")
 
 
 class EmbeddingSpec(Section):
@@ -467,6 +481,7 @@ class RouterSpec(Section):
     aux_loss: Literal["token", "sequence"] = Field(
         "token", description="Load-balancing loss over all tokens (Switch/Mixtral) or per sequence (DeepSeek-V3)."
     )
+    bias: bool = Field(False, description="A learned bias of the router logits (gpt-oss).")
     aux_loss_counts: Literal["selected", "softmax-top-k"] = Field(
         "selected",
         description="token loss only: which choices its expert fractions count: the experts the router selected, or "
@@ -497,6 +512,7 @@ class MoESpec(Section):
         None,
         description="Explicit list of MoE layers (overrides dense_layers; Qwen-MoE's sparse step / mlp_only_layers).",
     )
+    bias: bool = Field(False, description="Biases on each routed expert's projections (gpt-oss).")
     router: RouterSpec = Field(default_factory=RouterSpec)
 
 

@@ -275,6 +275,7 @@ _RMS_NORMS = {
     "hunyuan_v1_moe": "HunYuanMoEV1",
     "minimax_m2": "MiniMaxM2",
     "ernie4_5_moe": "Ernie4_5_Moe",
+    "gpt_oss": "GptOss",
 }
 KEPT_IN_FLOAT64 = [  # (model type, attribute path in transformers.models.<type>.modeling_<type>)
     *((family, f"{prefix}RMSNorm.forward") for family, prefix in _RMS_NORMS.items()),
@@ -306,6 +307,7 @@ KEPT_IN_FLOAT64 = [  # (model type, attribute path in transformers.models.<type>
     ("granitemoe", "load_balancing_loss_func"),
     ("minimax_m2", "load_balancing_loss_func"),
     ("ernie4_5_moe", "load_balancing_loss_func"),
+    ("gpt_oss", "load_balancing_loss_func"),
 ]
 
 

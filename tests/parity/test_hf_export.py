@@ -48,11 +48,12 @@ def _with_mlp_width(spec: archspec.Spec, d_ff: int) -> archspec.Spec:
 
 
 TINY = tiny_specs()
-# BLOOM's MLP width is always 4 d_model in transformers, and Mixtral's, Granite-MoE's, Hunyuan-MoE's and MiniMax's experts are
-# intermediate_size wide: their tiny specs must say so to have a counterpart (shrink gives every MLP 96 and every
+# BLOOM's MLP width is always 4 d_model in transformers, and Mixtral's, Granite-MoE's, Hunyuan-MoE's, MiniMax's and
+# gpt-oss's experts are intermediate_size wide: their tiny specs must say so to have a counterpart (shrink gives every MLP 96 and every
 # expert 24)
 TINY["bloom-176b"] = _with_mlp_width(TINY["bloom-176b"], 256)
-for _name in ("mixtral-8x7b", "mixtral-8x22b", "granite-3.1-3b-a800m", "hunyuan-a13b", "minimax-m2"):
+_EXPERTS_ARE_THE_MLP = ("mixtral-8x7b", "mixtral-8x22b", "granite-3.1-3b-a800m", "hunyuan-a13b", "minimax-m2")
+for _name in (*_EXPERTS_ARE_THE_MLP, "gpt-oss-20b", "gpt-oss-120b"):
     if _name in TINY:
         TINY[_name] = _with_mlp_width(TINY[_name], TINY[_name].moe.d_ff)
 NO_COUNTERPART = {

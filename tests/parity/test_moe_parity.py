@@ -1,6 +1,6 @@
 """MoE and MLA families against transformers 5.25.0: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3,
 glm4_moe, granitemoe, hunyuan_v1_moe, minimax_m2,
-ernie4_5_moe.
+ernie4_5_moe, gpt_oss.
 
 Tiny random models, every weight and the DeepSeek-V3 correction bias perturbed. Both sides in float64 (sdpa
 attention, eager experts; the float32 roundings of the reference's routers, RMSNorms and balance loss, and
@@ -190,6 +190,23 @@ CONFIGS = {
         tie_word_embeddings=False,
         router_aux_loss_coef=0.02,
     ),
+    # gpt-oss: sinks, biases, sliding/full layers (window 5 under 13 tokens), YaRN, clamped SwiGLU experts with
+    # biases (a limit of 0.4 clamps the tiny model's activations), a biased router
+    "gpt-oss-sinks-window-clamped": T.GptOssConfig(
+        vocab_size=128,
+        hidden_size=48,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=10,
+        intermediate_size=20,
+        num_local_experts=5,
+        num_experts_per_tok=2,
+        sliding_window=5,
+        swiglu_limit=0.4,
+        router_aux_loss_coef=0.02,
+        max_position_embeddings=256,
+    ),
     # GLM-4.5: GQA with q/k/v biases, half-width RoPE in halves, DeepSeek-V3's router with groups, a dense start
     "glm4-moe-qk-norm-groups-dense-first": T.Glm4MoeConfig(
         **SMALL,
@@ -274,6 +291,7 @@ AUX_LOSS_CONFIGS = [
     "granitemoe-multipliers-top3",
     "minimax-m2-projection-qk-norm-partial-rope",
     "ernie-moe-range-interval-shared",
+    "gpt-oss-sinks-window-clamped",
 ]
 
 

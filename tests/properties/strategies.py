@@ -133,6 +133,11 @@ def spec_dicts(
     )
     if family == "moe":
         spec["moe"] = draw(moe_sections(spec["n_layers"]))
+        every_layer = "layers" not in spec["moe"] and not spec["moe"].get("dense_layers")
+        if every_layer and not spec["moe"].get("shared_experts") and draw(st.integers(0, 3)) == 0:
+            # gpt-oss's clamped SwiGLU experts (every layer routed, no shared experts)
+            limit, alpha = draw(st.floats(0.1, 8.0)), draw(st.floats(0.5, 2.0))
+            spec["mlp"] |= {"activation": "clamped-swiglu", "limit": limit, "alpha": alpha}
     elif family == "glm":
         spec["structure"] = "glm"
         if two_d:  # ChatGLM-6B: 2-D positions rotate whole heads of a width divisible by 4, half pairing, no scaling
@@ -195,6 +200,8 @@ def decoder_dicts(
         attention["inverse_layer_scale"] = True
     if modern and position_kind != "alibi" and draw(st.integers(0, 3)) == 0:
         attention["softcap"] = draw(st.floats(0.3, 5.0))
+    if modern and position_kind != "alibi" and draw(st.integers(0, 3)) == 0:
+        attention["sinks"] = True
 
     if rope:
         position: dict[str, Any] | str = draw(rope_position(head_dim, scalings))
@@ -362,6 +369,7 @@ def moe_sections(draw: st.DrawFn, n_layers: int) -> dict[str, Any]:
     }
     if router["aux_loss"] == "token":
         router["aux_loss_counts"] = draw(st.sampled_from(["selected", "softmax-top-k"]))
+    router["bias"] = draw(st.booleans())
     optional = {
         "scale": st.floats(0.25, 4.0),
         "jitter": st.floats(0.0, 0.5),
@@ -370,6 +378,7 @@ def moe_sections(draw: st.DrawFn, n_layers: int) -> dict[str, Any]:
     }
     router.update(draw(st.fixed_dictionaries({}, optional=optional)))
     moe: dict[str, Any] = {"experts": experts, "top_k": draw(st.integers(1, top_groups * per_group)), "router": router}
+    moe["bias"] = draw(st.booleans())
     if draw(st.booleans()):
         moe["d_ff"] = draw(st.integers(1, 16))
     shared = draw(st.integers(0, 2))

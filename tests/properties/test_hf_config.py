@@ -534,6 +534,37 @@ def ernie_moe(draw: st.DrawFn) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
+@st.composite
+def gpt_oss(draw: st.DrawFn) -> dict[str, Any]:
+    """gpt-oss: a tiny GptOssConfig, its sizes, experts, clamp, window and layer types drawn."""
+    heads = draw(st.integers(1, 4))
+    n_layers = draw(st.integers(1, 4))
+    experts = draw(st.integers(1, 6))
+    config = transformers.GptOssConfig(
+        vocab_size=draw(st.integers(8, 40)),
+        hidden_size=draw(st.integers(1, 32)),
+        num_hidden_layers=n_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=draw(kv_heads(heads)),
+        head_dim=2 * draw(st.integers(1, 4)),
+        intermediate_size=draw(st.integers(1, 32)),
+        max_position_embeddings=64,
+        attention_bias=draw(st.booleans()),
+        num_local_experts=experts,
+        num_experts_per_tok=draw(st.integers(1, experts)),
+        sliding_window=draw(st.integers(1, 8)),
+        layer_types=draw(
+            st.lists(st.sampled_from(["sliding_attention", "full_attention"]), min_size=n_layers, max_size=n_layers)
+        ),  # fmt: skip
+        swiglu_limit=draw(st.floats(0.1, 10.0)),
+        swiglu_alpha=draw(st.floats(0.5, 2.0)),
+        router_aux_loss_coef=draw(st.floats(0.0, 1.0)),
+        tie_word_embeddings=draw(st.booleans()),
+    )
+    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
+    return spec.model_dump(mode="json")
+
+
 MODERN_DENSE = ("gemma", "gemma2", "gemma3_text", "phi3", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere",
                 "cohere2", "granite", "smollm3", "ernie4_5", "hunyuan_v1_dense")  # fmt: skip
 
@@ -550,6 +581,7 @@ FAMILY_SPECS: dict[str, Any] = {
     "hunyuan_v1_moe": hunyuan_moe,
     "minimax_m2": minimax_m2,
     "ernie4_5_moe": ernie_moe,
+    "gpt_oss": gpt_oss,
     "t5": t5,
     "llava": llava,
     **{t: (lambda t=t: imported(t)) for t in MODERN_DENSE},

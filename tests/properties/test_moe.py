@@ -50,7 +50,8 @@ def test_routing_picks_the_k_best_allowed_experts_and_renormalised_weights_sum_t
         x = torch.randn(tokens, spec.d_model, generator=generator, dtype=torch.float64)
         weights, chosen, logits = router(x)
         assert chosen.shape == weights.shape == (tokens, spec.moe.top_k)
-        torch.testing.assert_close(logits, x @ router.weight.T)  # float64 in, float64 logits (no rounding)
+        logit_bias = 0 if router.bias is None else router.bias  # gpt-oss's
+        torch.testing.assert_close(logits, x @ router.weight.T + logit_bias)  # float64 in, float64 out (no rounding)
 
         scores = logits.softmax(-1) if router_spec.scoring == "softmax" else logits.sigmoid()
         bias = router.correction_bias if router_spec.correction_bias else torch.zeros(spec.moe.experts)
@@ -149,11 +150,11 @@ def test_renumbering_experts_with_their_router_rows_changes_nothing(spec, data, 
                 order = data.draw(expert_orders(spec.moe.experts, spec.moe.router.groups), label="layer order")
             index = torch.tensor(order)
             moe.router.weight.copy_(moe.router.weight[index])
-            if moe.router.correction_bias is not None:
-                moe.router.correction_bias.copy_(moe.router.correction_bias[index])
-            for weight in (moe.experts.gate, moe.experts.up, moe.experts.down):
-                if weight is not None:
-                    weight.copy_(weight[index])
+            experts = moe.experts
+            for tensor in (moe.router.correction_bias, moe.router.bias, experts.gate, experts.up, experts.down,
+                           experts.gate_bias, experts.up_bias, experts.down_bias):  # fmt: skip
+                if tensor is not None:  # a router row, or an expert's matrix or bias
+                    tensor.copy_(tensor[index])
     ids = token_ids(spec.vocab_size, 2, seq, seed)
     with torch.no_grad():
         before, after = model(ids, labels=ids), renumbered(ids, labels=ids)

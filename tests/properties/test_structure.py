@@ -91,8 +91,8 @@ def test_torch_compile_fullgraph_matches_eager(spec, seq, seed):
 def test_fx_symbolic_trace_of_no_cache_forward_matches_eager(spec, seqs, seed):
     """The traced graph is shape-generic: one trace serves every length. (Dynamic NTK RoPE cannot be traced:
     RotaryEmbedding.forward branches in Python on `seq_len > context_length`, a traced value; soft-capped attention
-    neither: its chunks of queries depend on the length.)"""
-    assume(getattr(spec.attention, "softcap", None) is None)
+    and attention sinks neither: their chunks of queries depend on the length.)"""
+    assume(getattr(spec.attention, "softcap", None) is None and not getattr(spec.attention, "sinks", False))
     model = build64(spec, seed)
     # every keyword-only argument (cache, labels, prefix masks, embeddings, logits_to_keep...) fixed to its
     # default: the plain forward

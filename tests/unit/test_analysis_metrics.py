@@ -28,7 +28,7 @@ from archspec.spec.schema import Activation, BlockSpec, NormSpec
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.yaml"))
 BLOCK_KINDS = typing.get_args(BlockSpec.model_fields["kind"].annotation)
-ACTIVATIONS = typing.get_args(Activation)
+ACTIVATIONS = tuple(a for a in typing.get_args(Activation) if a != "clamped-swiglu")  # gpt-oss's: experts only
 NORM_KINDS = typing.get_args(NormSpec.model_fields["kind"].annotation)
 SCALINGS: list[dict[str, Any] | None] = [
     None,
@@ -69,6 +69,8 @@ def tiny_spec_dicts(draw: st.DrawFn) -> dict[str, Any]:
         attention["qk_norm"] = draw(st.booleans())
     kind = draw(st.sampled_from(["rope", "alibi", "learned", "none"]))
     position: dict[str, Any] = {"kind": kind}
+    if kind != "alibi":
+        attention["sinks"] = draw(st.booleans())  # a parameter per head
     if kind == "rope":
         position["fraction"] = draw(
             st.sampled_from([f for f in (1.0, 0.5, 0.25) if int(head_dim * f) % 2 == 0 and int(head_dim * f) > 0])

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from tiny import shrink
-from torch.nn.attention.flex_attention import and_masks
+from torch.nn.attention.flex_attention import and_masks, create_block_mask
 
 import archspec
-from archspec.nn.attend import ChunkedWindow, MaskedAttention, SoftCapped, ToeplitzBias, distance_table
+from archspec.nn.attend import ChunkedScores, ChunkedWindow, MaskedAttention, ToeplitzBias, distance_table
 from archspec.nn.flex import (
     FLEX_CPU_SHORTEST,
     FlexPattern,
@@ -285,8 +285,8 @@ def test_flex_padding_and_documents_equal_the_sdpa_masks(name, updates):
 
 @pytest.mark.parametrize("window", [None, 6])
 def test_soft_capped_chunks_equal_the_scores_written_out(window):
-    """SoftCapped in chunks of 7 queries (the last one short) equals cap * tanh(q.k * scale / cap), masked, softmax,
-    times v, written out over the whole [seq, seq] grid; GQA heads read their group's key."""
+    """ChunkedScores in chunks of 7 queries (the last one short) equals cap * tanh(q.k * scale / cap), masked,
+    softmax, times v, written out over the whole [seq, seq] grid; GQA heads read their group's key."""
     seq, cap, scale = 23, 0.7, 0.3
     q, k, v = qkv(seq)
     context = Context(torch.arange(seq), seq, rows=2, dtype=q.dtype)
@@ -298,5 +298,48 @@ def test_soft_capped_chunks_equal_the_scores_written_out(window):
         seen &= positions[:, None] - positions[None, :] < window
     capped = (cap * torch.tanh(scores / cap)).masked_fill(~seen, float("-inf"))
     expected = torch.softmax(capped, dim=-1) @ v.repeat_interleave(2, dim=1)
-    torch.testing.assert_close(SoftCapped(pattern, context, cap, chunk=7)(q, k, v, scale), expected)
-    torch.testing.assert_close(SoftCapped(pattern, context, cap)(q, k, v, scale), expected)
+    torch.testing.assert_close(ChunkedScores(pattern, context, cap, chunk=7)(q, k, v, scale), expected)
+    torch.testing.assert_close(ChunkedScores(pattern, context, cap)(q, k, v, scale), expected)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("cap", [None, 0.7])
+def test_sinks_in_chunks_equal_an_extra_softmax_column_written_out(window, cap):
+    """Sinks: each head's softmax over [scores, sink_h], the sink's share dropped (transformers' gpt-oss eager
+    attention, written out over the whole grid); chunks of 7 queries or one, capped scores or not, GQA. The share
+    is real: a sink of -inf gives plain attention back, and the outputs differ from it."""
+    seq, scale = 23, 0.3
+    q, k, v = qkv(seq)
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=q.dtype)
+    context = Context(torch.arange(seq), seq, rows=2, dtype=q.dtype)
+    pattern = causal if window is None else and_masks(causal, sliding_window(window))
+    scores = (q @ k.repeat_interleave(2, dim=1).transpose(-1, -2)) * scale
+    if cap is not None:
+        scores = cap * torch.tanh(scores / cap)
+    positions = torch.arange(seq)
+    seen = positions[None, :] <= positions[:, None]
+    if window is not None:
+        seen &= positions[:, None] - positions[None, :] < window
+    scores = scores.masked_fill(~seen, float("-inf"))
+    column = sinks.view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+    weights = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)[..., :-1]
+    expected = weights @ v.repeat_interleave(2, dim=1)
+    attend = ChunkedScores(pattern, context, cap, chunk=7)
+    torch.testing.assert_close(attend(q, k, v, scale, sinks), expected)
+    torch.testing.assert_close(ChunkedScores(pattern, context, cap)(q, k, v, scale, sinks), expected)
+    plain = attend(q, k, v, scale)
+    torch.testing.assert_close(attend(q, k, v, scale, torch.full_like(sinks, float("-inf"))), plain)
+    assert (plain - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_flex_sinks_from_the_log_sum_exp_equal_the_chunked_scores(window):
+    """FlexAttention with sinks (output times sigmoid(lse - sink)) equals ChunkedScores' extra column."""
+    seq, scale = 32, 0.3
+    q, k, v = qkv(seq)
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=q.dtype)
+    context = Context(torch.arange(seq), seq, rows=2, dtype=q.dtype)
+    pattern = causal if window is None else and_masks(causal, sliding_window(window))
+    block_mask = create_block_mask(pattern, None, None, seq, seq, "cpu", BLOCK_SIZE=16)
+    flex = FlexPattern(block_mask)(q, k, v, scale, sinks)
+    torch.testing.assert_close(flex, ChunkedScores(pattern, context)(q, k, v, scale, sinks))

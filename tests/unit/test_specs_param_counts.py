@@ -238,6 +238,14 @@ def ernie_4_5_21b_a3b() -> transformers.PretrainedConfig:  # baidu/ERNIE-4.5-21B
     )  # fmt: skip
 
 
+def gpt_oss(layers: int, experts: int) -> transformers.PretrainedConfig:  # openai/gpt-oss-20b and -120b
+    return transformers.GptOssConfig(
+        vocab_size=201088, hidden_size=2880, intermediate_size=2880, num_hidden_layers=layers, head_dim=64,
+        num_attention_heads=64, num_key_value_heads=8, num_local_experts=experts, num_experts_per_tok=4,
+        sliding_window=128, attention_bias=True, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
 def deepseek_moe_16b_by_hand() -> int:
     """deepseek-ai/deepseek-moe-16b-base has no transformers class: its count, term by term from its config.json.
 
@@ -497,6 +505,8 @@ REFERENCES: dict[str, Callable[[], transformers.PretrainedConfig]] = {
     "hunyuan-a13b.yaml": hunyuan_a13b,
     "minimax-m2.yaml": minimax_m2,
     "ernie-4.5-21b-a3b.yaml": ernie_4_5_21b_a3b,
+    "gpt-oss-20b.yaml": lambda: gpt_oss(24, 32),
+    "gpt-oss-120b.yaml": lambda: gpt_oss(36, 128),
     "llava-1.5-7b.yaml": llava_1_5_7b,
     "t5-small.yaml": t5_small,
     "t5-base.yaml": t5_base,

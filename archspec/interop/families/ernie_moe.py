@@ -21,7 +21,7 @@ from archspec.interop.errors import UnsupportedConfigError
 from archspec.interop.families import ernie
 from archspec.interop.families.common import LLAMA_LAYER, Getter, llama_key_map, moe_section, needs, shared_expert_layer
 from archspec.interop.family import Family
-from archspec.interop.keys import KeyMap
+from archspec.interop.keys import KeyMap, Source
 from archspec.spec.schema import Spec
 
 DEFAULTS: dict[str, Any] = dict(  # Ernie4_5_MoeConfig's
@@ -109,8 +109,11 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     layer = LLAMA_LAYER | {"mlp.router": "mlp.gate"} | shared_expert_layer("mlp.shared_experts")
     return llama_key_map(
         layer,
-        tensors={"mlp.router.correction_bias": "mlp.moe_statics.e_score_correction_bias"},
-        leading_ones={"mlp.router.correction_bias": 1},
+        sources={
+            "mlp.router.correction_bias": lambda layer: Source(
+                f"{layer}mlp.moe_statics.e_score_correction_bias", leading_ones=1
+            )
+        },
     )
 
 

@@ -28,7 +28,7 @@ from archspec.interop.families.common import (
     read_rope,
 )
 from archspec.interop.family import Family
-from archspec.interop.keys import ExpertNames, KeyMap
+from archspec.interop.keys import ExpertNames, KeyMap, Source
 from archspec.spec.schema import QKNormSpec, RopeSpec, Spec
 
 DEFAULTS: dict[str, Any] = dict(  # MiniMaxM2Config's (MiniMax-M2's shape)
@@ -108,7 +108,9 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
         layer,
         aliases={"block_sparse_moe.": "mlp."},
         experts=ExpertNames("block_sparse_moe.experts", {"gate": "w1", "up": "w3", "down": "w2"}),
-        tensors={"mlp.router.correction_bias": "block_sparse_moe.e_score_correction_bias"},
+        sources={
+            "mlp.router.correction_bias": lambda layer: Source(f"{layer}block_sparse_moe.e_score_correction_bias")
+        },
     )
 
 
