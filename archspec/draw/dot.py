@@ -83,7 +83,7 @@ def _node(node: Node, strip: Strip | None) -> str:
 
 
 def _edge(edge: Edge) -> str:
-    attrs = [] if edge.ranked else ["constraint=false"]
+    attrs = []
     if edge.kind == "flow":
         attrs.append("weight=8")
     elif edge.kind == "residual":
@@ -124,5 +124,7 @@ def to_dot(diagram: Diagram) -> str:
     for group in diagram.groups:
         lines += _group(group, nodes, diagram.strips, "  ")
     lines += [f"  {_edge(edge)}" for edge in diagram.edges]
+    for row in diagram.rows:  # one level, in this order: an invisible chain
+        lines.append(f"  {{rank=same; {' -> '.join(_id(node_id) for node_id in row)} [style=invis]}}")
     lines.append("}")
     return "\n".join(lines) + "\n"

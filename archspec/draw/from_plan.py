@@ -64,8 +64,8 @@ class _Drawer:
             self.frames[-1].members.append(node_id)
         return node_id
 
-    def edge(self, source: str, target: str, label: str = "", kind: EdgeKind = "flow", ranked: bool = True) -> None:
-        self.diagram.edges.append(Edge(source, target, label, kind, ranked))
+    def edge(self, source: str, target: str, label: str = "", kind: EdgeKind = "flow") -> None:
+        self.diagram.edges.append(Edge(source, target, label, kind))
 
     @contextmanager
     def frame(self, frame_id: str, title: str) -> Iterator[None]:
@@ -135,7 +135,7 @@ class _Drawer:
             return x
         return self.follow(x, self.node(node_id, (title, labels.norm(final)), "norm"))
 
-    def head(self, root: Call, x: str, embed: str = "embed") -> None:
+    def head(self, root: Call, x: str) -> None:
         head = root["lm_head"]
         assert isinstance(head, Call)
         lines = ["LM head", f"d_model {labels.linear_shape(head)} vocab"]
@@ -147,8 +147,6 @@ class _Drawer:
         if root.get("logit_softcap") is not None:
             lines.append(f"logits soft-capped at {labels.number(root['logit_softcap'])}")  # type: ignore[arg-type]
         x = self.follow(x, self.node("head", tuple(lines), "head"))
-        if root.get("tied"):
-            self.edge(embed, "head", "same weight", "side", ranked=False)
         self.follow(x, self.node("logits", "logits", "io"))
 
     # ----------------------------------------------------------------------------------------- positions
@@ -326,7 +324,7 @@ class _Drawer:
             many = len(rotaries) > 1
             columns.append(
                 tuple(
-                    "NoPE" if index is None else (labels.rotary(rotaries[index]).split(",")[0] if many else "RoPE")  # type: ignore[arg-type,index]
+                    "NoPE" if index is None else (labels.rotary(rotaries[index]) if many else "RoPE")  # type: ignore[arg-type,index]
                     for index in of_layer
                 )
             )
@@ -355,7 +353,9 @@ class _Drawer:
                 features = self.tower(tower, images)
         else:
             features = self.node(
-                "vision.external", ("External vision tower", f"{feature_tokens} features × {width}"), "vision"
+                "vision.external",
+                ("External vision tower", f"{feature_tokens} tokens × width {width} per image"),
+                "vision",
             )
             self.edge(images, features)
         if isinstance(pooling, Call):
@@ -368,7 +368,7 @@ class _Drawer:
         shapes = f" → {act} → ".join(labels.linear_shape(linear) for linear in linears if isinstance(linear, Call))
         features = self.follow(features, self.node("projector", ("Projector", shapes), "vision"))
         splice = self.node(
-            "splice", ("Splice", f"{root['tokens_per_image']} image tokens at token id {root['image_token']}"), "add"
+            "splice", ("Splice", f"{root['tokens_per_image']} image tokens at token id {root['image_token']}"), "vision"
         )
         self.edge(x, splice)
         self.edge(features, splice, "image tokens", "side")
@@ -395,7 +395,7 @@ class _Drawer:
         chosen = tower["feature_layers"]
         assert isinstance(chosen, tuple)
         states = ", ".join(str(index) for index in chosen)
-        lines = [f"Features: hidden state {states} of 0–{len(layers.pattern)}"]
+        lines = [f"Features: hidden state {states}", f"(0: the embeddings, {len(layers.pattern)}: the last block)"]
         if tower.get("drop_class_token"):
             lines.append("patch tokens only (class token dropped)")
         return self.follow(x, self.node("vision.features", tuple(lines), "note"))
@@ -412,7 +412,8 @@ class _Drawer:
         dec_embed = self.node("dec_embed", ("Token embedding", f"the same {labels_table(table)} table"), "embed")
         self.edge(dec_inputs, dec_embed)
         dec_out = self.encoder_stack(decoder, "dec", "Decoder", "causal", dec_embed, enc_out)
-        self.head(root, dec_out, dec_embed)
+        self.diagram.rows.append(("tokens", "dec_tokens"))
+        self.head(root, dec_out)
 
     def encoder_stack(self, stack_call: Call, name: str, title: str, masking: str, x: str, cross: str | None) -> str:
         bias = stack_call["position_bias"]

@@ -29,13 +29,12 @@ class Node:
 @dataclass(frozen=True)
 class Edge:
     """An arrow: `flow` carries the hidden state, `residual` the skip path, `side` an input from the side (a
-    position scheme into attention, encoder states into cross-attention, tied weights)."""
+    position scheme into attention, encoder states into cross-attention, image tokens into the sequence)."""
 
     source: str
     target: str
     label: str = ""
     kind: EdgeKind = "flow"
-    ranked: bool = True  # False: the arrow does not pull its ends into top-to-bottom order (tied weights)
 
 
 @dataclass
@@ -68,6 +67,7 @@ class Diagram:
     edges: list[Edge] = field(default_factory=list)
     groups: list[Group] = field(default_factory=list)
     strips: dict[str, Strip] = field(default_factory=dict)
+    rows: list[tuple[str, ...]] = field(default_factory=list)  # nodes to keep on one level, left to right
 
     def node(self, node_id: str) -> Node:
         return next(node for node in self.nodes if node.id == node_id)
@@ -99,7 +99,7 @@ def _prefixed(group: Group, prefix: str) -> Group:
 def side_by_side(first: Diagram, second: Diagram, titles: tuple[str, str]) -> Diagram:
     """Both diagrams in one picture, each in its own frame; a box whose text differs from the box of the same role
     in the other diagram (or that the other lacks) is marked `changed`, and so is a frame whose title differs."""
-    combined = Diagram(f"{titles[0]} vs {titles[1]}")
+    combined = Diagram(f"{titles[0]} vs {titles[1]} (red: what differs)")
     for prefix, own, other, title in (("a_", first, second, titles[0]), ("b_", second, first, titles[1])):
         theirs = {node.id: node for node in other.nodes}
         for node in own.nodes:
@@ -110,6 +110,7 @@ def side_by_side(first: Diagram, second: Diagram, titles: tuple[str, str]) -> Di
             replace(edge, source=prefix + edge.source, target=prefix + edge.target) for edge in own.edges
         ]
         combined.strips |= {prefix + key: strip for key, strip in own.strips.items()}
+        combined.rows += [tuple(prefix + node_id for node_id in row) for row in own.rows]
         their_titles = _titles(other.groups)
         frames = [_prefixed(group, prefix) for group in own.groups]
         for group, original in zip(_all(frames), _all(own.groups), strict=True):
