@@ -191,21 +191,30 @@ class _Drawer:
             title = f"{noun} × {counts[kind]}{where} · {_layout(block)}"
             prefix = f"{stack.name}.{kind}"
             windows = None if stack.windows is None else tuple(stack.windows[i] for i in layer_ids)
+            entry = "" if chained else f"layers {_index_list(layer_ids)}"
             with self.frame(prefix, title):
-                out = self.block(block, prefix, x, stack, windows, len(layers.pattern))
+                out = self.block(block, prefix, x, stack, windows, len(layers.pattern), entry)
             if chained:
                 x = out
             else:
                 exits.append(out)
         if chained:
             return x
-        merge = self.node(f"{stack.name}.merge", "each layer: its kind's block", "note")
+        lines = (f"{len(layers.pattern)} layers in order,", "each through its own kind's block (see the strip)")
+        merge = self.node(f"{stack.name}.merge", lines, "note")
         for out in exits:
             self.edge(out, merge)
         return merge
 
     def block(
-        self, block: Call, p: str, x: str, stack: _Stack, windows: tuple[int | None, ...] | None, total: int
+        self,
+        block: Call,
+        p: str,
+        x: str,
+        stack: _Stack,
+        windows: tuple[int | None, ...] | None,
+        total: int,
+        entry: str = "",
     ) -> str:
         """The nodes of one block in reading order, its residual arrows as the component wires them; returns the
         node its output leaves from."""
@@ -239,7 +248,7 @@ class _Drawer:
             return present[-1]
 
         h = self.node(f"{p}.in", "h", "port")
-        self.edge(x, h)
+        self.edge(x, h, entry)
         scale = block.get("residual_scale")
         scaled = f"× {labels.number(scale)}" if isinstance(scale, int | float) else ""
         match block.component:
@@ -488,6 +497,13 @@ def _block_kind(block: Call) -> str:
     """What tells a kind of block apart at a glance: its MLP (dense or MoE)."""
     mlp = block.get("mlp")
     return "MoE" if isinstance(mlp, Call) and mlp.component == "MoE" else "dense MLP"
+
+
+def _index_list(indices: list[int]) -> str:
+    """`0, 2, 4` (up to 8), else `0, 2, 4, …, 46` (the strip has them all)."""
+    if len(indices) <= 8:
+        return ", ".join(map(str, indices))
+    return ", ".join(map(str, indices[:3])) + f", …, {indices[-1]}"
 
 
 def _runs(pattern: tuple[str, ...]) -> list[tuple[str, int]]:

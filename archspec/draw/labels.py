@@ -150,7 +150,7 @@ def moe(call: Call, shared_count: int | None, router_loss: Call | None) -> tuple
         lines.append(f"+ {many} (always on): d_ff {width}{gate}")
     if call.get("jitter"):
         lines.append(f"router jitter {number(call['jitter'])}")  # type: ignore[arg-type]
-    if router_loss is not None:
+    if router_loss is not None and (router_loss["aux_coef"] or router_loss["z_coef"]):
         balance = router_loss["balance"]
         assert isinstance(balance, Call)
         per = "sequence" if balance.component == "SequenceBalancingLoss" else "batch"

@@ -194,3 +194,31 @@ def test_the_committed_pngs_are_pngs() -> None:
     docs = Path(__file__).resolve().parents[2] / "docs" / "diagrams"
     for name in ("llama3-8b", "mixtral-8x7b", "deepseek-v3", "t5-base", "falcon-7b"):
         assert (docs / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+INTERLEAVED = """\
+name: interleaved-moe
+vocab_size: 96
+d_model: 64
+n_layers: 6
+context_length: 32
+attention: {heads: 4, kv_heads: 2}
+position: {kind: none}
+norm: rmsnorm
+mlp: {activation: swiglu, d_ff: 80}
+moe: {experts: 4, top_k: 2, d_ff: 32, layers: [1, 3, 5]}
+"""
+
+
+def test_interleaved_kinds_and_no_positions(tmp_path: Path) -> None:
+    """MoE every other layer: both kinds drawn, each entered by the layers the spec routes to it; NoPE drawn."""
+    path = tmp_path / "interleaved.yaml"
+    path.write_text(INTERLEAVED, encoding="utf-8")
+    spec = load_spec(path)
+    figure = diagram(spec)
+    moe_layers = [i for i in range(spec.n_layers) if spec.is_moe_layer(i)]
+    dense_layers = [i for i in range(spec.n_layers) if not spec.is_moe_layer(i)]
+    entries = {edge.label for edge in figure.edges if edge.target.endswith(".in")}
+    assert entries == {f"layers {', '.join(map(str, moe_layers))}", f"layers {', '.join(map(str, dense_layers))}"}
+    assert figure.node("position").lines[0] == "Positions: none"
+    assert [legend for _, legend in figure.strips["strip"].legend] == ["dense MLP", "MoE"]
