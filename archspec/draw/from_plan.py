@@ -167,6 +167,8 @@ class _Drawer:
             lines = ["Positions: ALiBi", "a linear bias by distance, one slope per head"]
             if alibi.get("divisor") is not None:
                 lines.append(f"slopes ÷ {labels.number(alibi['divisor'])} (√head_dim)")  # type: ignore[arg-type]
+            if alibi.get("bfloat16"):
+                lines.append("slope × distance rounded to bfloat16")
             return ((self.node("position", tuple(lines), "position"), "bias on scores"),)
         if root.get("pos_embed") is not None:
             return ()

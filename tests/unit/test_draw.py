@@ -139,16 +139,27 @@ def test_the_block_layout_is_the_specs(spec: Spec) -> None:
 
 def test_mermaid_is_well_formed(spec: Spec) -> None:
     """Every statement is one Mermaid knows, subgraphs close, arrows join declared nodes, labels hold no quote."""
-    source = to_mermaid(diagram(spec))
+    assert_mermaid(to_mermaid(diagram(spec)))
+
+
+@pytest.mark.parametrize(("first", "second"), [("llama3-8b", "deepseek-v3"), ("t5-base", "llava-1.5-7b")])
+def test_mermaid_of_a_diff_is_well_formed(first: str, second: str) -> None:
+    source = to_mermaid(diff_diagram(load_spec(SPECS[first]), load_spec(SPECS[second])))
+    assert_mermaid(source)
+    assert "class " in source and " changed" in source
+
+
+def assert_mermaid(source: str) -> None:
     lines = source.splitlines()
     assert lines[0] == "flowchart TB"
-    declared, depth = set(), 0
+    declared, frames, depth = set(), set(), 0
     node = re.compile(r'^([A-Za-z0-9_]+)(\["|\(\["|\(\(")([^"]*)("\]|"\]\)|"\)\))$')
     edge = re.compile(r"^([A-Za-z0-9_]+) (-->|-\.->)(\|[^|\"]*\|)? ([A-Za-z0-9_]+)$")
     for raw in lines[1:]:
         line = raw.strip()
         if line.startswith("subgraph "):
             assert re.fullmatch(r'subgraph [A-Za-z0-9_]+\["[^"]*"\]', line), line
+            frames.add(line.split()[1].split("[")[0])
             depth += 1
         elif line == "end":
             depth -= 1
@@ -161,6 +172,7 @@ def test_mermaid_is_well_formed(spec: Spec) -> None:
         else:
             assert re.fullmatch(r"(classDef|class|style) \S+ \S+", line), line
     assert depth == 0
+    assert not frames & declared, "a subgraph and a node share an id"
 
 
 def test_dot_source_parses(spec: Spec) -> None:
