@@ -390,10 +390,14 @@ class _Drawer:
         assert isinstance(embed, Call)
         proj, positions = embed["proj"], embed["positions"]
         assert isinstance(proj, Call) and isinstance(positions, Call)
+        rows, patch = positions.positional(0), proj["kernel_size"]
+        assert isinstance(rows, int) and isinstance(patch, int)
+        grid = math.isqrt(rows - bool(embed["class_token"]))
         lines = [
             "Patch embedding",
-            f"{proj['kernel_size']}×{proj['kernel_size']} patches, {proj.positional(0)} → {proj.positional(1)} channels",
-            f"{positions.positional(0)} learned positions" + (" incl. a class token" if embed["class_token"] else ""),
+            f"{grid}×{grid} patches of {patch}×{patch} pixels ({grid * patch}×{grid * patch} images)",
+            f"{proj.positional(0)} → {proj.positional(1)} channels, {rows} learned positions"
+            + (" incl. a class token" if embed["class_token"] else ""),
         ]
         x = self.follow(images, self.node("vision.embed", tuple(lines), "vision"))
         pre = tower.get("pre_norm")

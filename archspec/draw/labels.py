@@ -72,7 +72,10 @@ def attention(call: Call, *, masking: str, window: str | None, extras: tuple[str
     assert isinstance(heads, int) and isinstance(kv_heads, int)
     kind = "MHA" if kv_heads == heads else "MQA" if kv_heads == 1 else "GQA"
     title = "Cross-attention" if call.component == "CrossAttention" else "Self-attention"
-    lines = [f"{title} · {kind} · {masking}", f"{heads} heads · {kv_heads} kv heads · head_dim {head_dim}"]
+    lines = [
+        f"{title} · {kind} · {masking}",
+        f"{heads} heads · {kv_heads} kv head{'s' if kv_heads != 1 else ''} · head_dim {head_dim}",
+    ]
     q_norm = call.get("q_norm")
     if isinstance(q_norm, Call):
         where = {"projection": "over the q/k projections", "rotated": "per head, after RoPE"}

@@ -53,7 +53,8 @@ def expected_lines(spec: Spec) -> list[str]:
         want.append(f"{attn.heads} heads · kv latent rank {attn.kv_rank}")
         want.append(f"head_dim {attn.nope_dim + attn.rope_dim} = {attn.nope_dim} + {attn.rope_dim} rotary")
     else:
-        want.append(f"{attn.heads} heads · {spec.kv_heads} kv heads · head_dim {spec.head_dim}")
+        kv = f"{spec.kv_heads} kv head" + ("s" if spec.kv_heads > 1 else "")
+        want.append(f"{attn.heads} heads · {kv} · head_dim {spec.head_dim}")
     layers = range(spec.n_layers)
     dense = [index for index in layers if not spec.is_moe_layer(index)]
     if dense:
@@ -76,6 +77,8 @@ def expected_lines(spec: Spec) -> list[str]:
         tower = vision.tower
         width = tower.width
         want += [f"{tower.heads} heads · {tower.heads} kv heads · head_dim {width // tower.heads}"]
+        grid = tower.image_size // tower.patch_size
+        want += [f"{grid}×{grid} patches of {tower.patch_size}×{tower.patch_size} pixels"]
         want += [f"{width} → d_ff {tower.d_ff} → {width}", f"ViT block × {tower.depth}"]
     return want
 
