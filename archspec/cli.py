@@ -290,9 +290,11 @@ def _register_analysis_commands() -> None:
     """`info` and `diff` live in archspec/cli_analysis.py; registered here, between build and import-hf (the order
     of DESIGN.md), and given the same no-traceback error handling as every other command."""
     from archspec.cli_analysis import register
+    from archspec.cli_draw import register as register_draw
 
     known = {id(command.callback) for command in app.registered_commands}
     register(app)
+    register_draw(app)
     for command in app.registered_commands:
         if id(command.callback) not in known and command.callback is not None:
             command.callback = user_errors(command.callback)

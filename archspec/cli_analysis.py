@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import typer
 
 from archspec.analysis.diff import diff_specs
-from archspec.analysis.metrics import analyse
+from archspec.analysis.metrics import AnalysisError, analyse
 from archspec.analysis.render import (
     Table,
     diff_json,
@@ -79,6 +79,12 @@ def diff(
         help="Also draw the figures as grouped bars into this PNG (needs matplotlib).",
         show_default=False,
     ),
+    draw: Path | None = typer.Option(
+        None,
+        "--draw",
+        help="Also draw both architectures side by side, what differs in red (.mmd, .md, .dot, .svg or .png).",
+        show_default=False,
+    ),
 ) -> None:
     """Fields that differ between resolved specs, and their figures side by side with the ratio to the first."""
 
@@ -89,12 +95,27 @@ def diff(
         result = diff_specs(loaded, context, batch, dtype, labels=labels)
         if plot is not None:
             plot_diff(result, plot)
+        if draw is not None:
+            draw_diff(loaded, labels or names, draw)
         return result
 
     result = _guarded(compute)
     _emit(format, lambda: diff_tables(result), lambda: diff_json(result))
     if plot is not None and format is OutputFormat.table:
         typer.echo(f"plot written to {plot}", err=True)
+    if draw is not None and format is OutputFormat.table:
+        typer.echo(f"drawing written to {draw}", err=True)
+
+
+def draw_diff(specs: list[Any], titles: list[str], path: Path) -> None:
+    """The two architectures side by side in one picture (`archspec.draw`), what differs marked."""
+    from archspec.draw import diff_diagram, format_of, picture
+    from archspec.draw.files import write_atomically
+
+    if len(specs) != 2:
+        raise AnalysisError(f"--draw compares two specs, not {len(specs)}")
+    fmt = format_of(path)
+    write_atomically(path, picture(diff_diagram(specs[0], specs[1], (titles[0], titles[1])), fmt))
 
 
 def register(app: typer.Typer) -> None:
