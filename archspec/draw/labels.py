@@ -87,6 +87,8 @@ def attention(call: Call, *, masking: str, window: str | None, extras: tuple[str
         scale = call["scale"]
         assert isinstance(scale, int | float)
         lines.append(f"scores × {number(scale)}" + (" (unscaled)" if scale == 1 else ""))
+    if call.get("sinks"):
+        lines.append("a sink logit per head joins each softmax")
     if window:
         lines.append(window)
     return (*lines, *extras)
@@ -131,8 +133,14 @@ def moe(call: Call, shared_count: int | None, router_loss: Call | None) -> tuple
     count, d_ff = experts.positional(0), experts.positional(2)
     act = activation_name(experts["activation"])
     kind = GATED_NAMES.get(act, f"gated {act}") if experts["gated"] else activation_title(experts["activation"])
-    lines = [f"MoE · {count} experts · top {router['top_k']}", f"each expert: {kind}, d_ff {d_ff}"]
+    glu = experts.get("glu")
+    if isinstance(glu, Call):  # gpt-oss's clamped SwiGLU
+        kind = f"clamped SwiGLU (limit {number(glu['limit'])}, α {number(glu['alpha'])})"  # type: ignore[arg-type]
+    biases = " · with biases" if experts.get("bias") else ""
+    lines = [f"MoE · {count} experts · top {router['top_k']}", f"each expert: {kind}, d_ff {d_ff}{biases}"]
     route = [activation_name(router["scoring"])]
+    if router.get("bias"):
+        route.append("logit bias")
     if router.get("correction_bias") is not None:
         route.append("+ selection bias")
     group_limit = router.get("group_limit")
