@@ -237,9 +237,9 @@ def _parallelize_ep(
     compile: bool | dict[str, Any],
 ) -> nn.Module:
     """EP alone or EP x FSDP. Every rank is data-parallel: the loss is the mean of the ranks' losses, so every
-    gradient is averaged over all ranks; the experts' gradients already hold every rank's tokens' contributions
-    (through the all-to-all's backward) and are divided by the rank count (and, under EP x FSDP, reduced over the
-    "dp" ranks that hold the same experts)."""
+    gradient is averaged over all ranks. The experts' gradients already hold the contributions of every EP rank's
+    tokens (through the all-to-all's backward, scaled by 1 / ep there), and are averaged over the "dp" ranks that
+    hold the same experts by FSDP."""
     from archspec.expert_parallel import apply_expert_parallel, expert_modules
 
     if tp:
@@ -264,28 +264,15 @@ def _parallelize_ep(
         from torch.distributed.fsdp import fully_shard
 
         ignored = None
-        if dp_mesh is not None:  # the experts: sharded over "dp" too, their gradients divided by all ranks
+        if dp_mesh is not None:  # the experts: sharded over "dp" too
             for _, experts in expert_modules(model):
                 fully_shard(experts, mesh=dp_mesh)
-                experts.set_gradient_divide_factor(float(world))  # type: ignore[operator]
         else:
             ignored = set(expert_params)
         for block in blocks(model):
             fully_shard(block, mesh=data_mesh, ignored_params=ignored)
         fully_shard(model, mesh=data_mesh, ignored_params=ignored)
-    if dp_mesh is None:
-        for p in expert_params:
-            p.register_post_accumulate_grad_hook(_divided_by(world))
     return model
-
-
-def _divided_by(world: int) -> Any:
-    """A post-accumulate-grad hook: the experts' gradient (every rank's tokens' share) divided by the rank count."""
-
-    def hook(param: torch.Tensor) -> None:
-        param.grad.div_(world)  # type: ignore[union-attr]
-
-    return hook
 
 
 def _averaged_over(group: Any, world: int) -> Any:

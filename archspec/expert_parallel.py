@@ -153,7 +153,9 @@ class _ExpertParallelForward:
         )
         order = (segment % local_experts).argsort(stable=True)
         local_offsets = received_counts.sum(dim=0).cumsum(0)
-        rows = _local_forward(experts, received.index_select(0, order), local_offsets)
+        # every rank's loss is its own tokens' mean and data parallelism averages the ranks': the rows here come from
+        # all ep ranks, so their gradient is scaled by 1 / ep (FSDP over "dp" averages over the rest)
+        rows = _local_forward(experts, received.index_select(0, order), local_offsets, 1.0 / degree)
         back = torch.empty_like(order)
         back[order] = torch.arange(order.shape[0], device=order.device)
         result = _all_to_all(rows.index_select(0, back), send_splits, receive_splits, self.group)
@@ -163,14 +165,27 @@ class _ExpertParallelForward:
         return out.index_put((keep.nonzero().squeeze(1),), result)
 
 
-def _local_forward(experts: Experts, rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _local_forward(experts: Experts, rows: torch.Tensor, offsets: torch.Tensor, grad_scale: float) -> torch.Tensor:
     """`Experts.forward` itself, run on this rank's slices of the weights (the DTensors' local tensors), so the
-    expert computation is the single-process code."""
-    local = SimpleNamespace(
-        activation=experts.activation,
-        **{name: None if getattr(experts, name) is None else getattr(experts, name).to_local() for name in _WEIGHTS},
-    )
-    return Experts.forward(local, rows, offsets)  # type: ignore[arg-type]
+    expert computation is the single-process code. The weights' gradients are scaled by `grad_scale`."""
+    weights = {}
+    for name in _WEIGHTS:
+        weight = getattr(experts, name)
+        weights[name] = None if weight is None else _ScaleGrad.apply(weight.to_local(), grad_scale)
+    return Experts.forward(SimpleNamespace(activation=experts.activation, **weights), rows, offsets)  # type: ignore[arg-type]
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the gradient times `scale` backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
 
 
 _WEIGHTS = ("gate", "up", "down")

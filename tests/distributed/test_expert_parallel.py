@@ -39,7 +39,7 @@ SPECS = {name: tiny(name) for name in FAMILIES}
 CASES = (
     [(name, mode) for name in FAMILIES for mode in ("ep", "ep-uneven")]
     + [(name, "ep+fsdp") for name in FAMILIES]
-    + [("mixtral-8x7b", mode) for mode in ("ep+ac", "ep+tp", "ep+capacity1", "ep+capacity8")]
+    + [("mixtral-8x7b", mode) for mode in ("ep+ac", "ep+compile", "ep+tp", "ep+capacity1", "ep+capacity8")]
 )
 PARITY = [case for case in CASES if case[1] not in ("ep+tp", "ep+capacity1")]
 
