@@ -1,6 +1,6 @@
 """What each spawned rank runs for the expert-parallel tests (see test_expert_parallel.py).
 
-Every rank builds the same float64 single-process reference (same seed) and trains it on the whole batch; the
+Every rank builds the same float64 (or float32) single-process reference (same seed) and trains it on the whole batch; the
 expert-parallel copy takes this rank's rows of the batch. Rank 0 saves, per case, the largest relative
 difference of the loss, the router losses, this rank's logits and every parameter's full gradient, over a few
 AdamW steps, and what the all-to-all moved.
@@ -47,10 +47,11 @@ def batches(spec: archspec.Spec, uneven: bool) -> list[torch.Tensor]:
     return out
 
 
-def built(spec: archspec.Spec) -> torch.nn.Module:
-    """The float64 model; a correction bias (DeepSeek-V3) gets random values so that it changes the choices."""
+def built(spec: archspec.Spec, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
+    """The model (float64 unless a case ends in -f32); a correction bias (DeepSeek-V3) gets random values so that
+    it changes the choices."""
     torch.manual_seed(0)
-    model = archspec.build(spec, dtype=torch.float64)
+    model = archspec.build(spec, dtype=dtype)
     for name, buffer in model.named_buffers():
         if name.endswith("correction_bias"):
             buffer.copy_(torch.randn(buffer.shape, generator=torch.Generator().manual_seed(1), dtype=buffer.dtype))
@@ -65,7 +66,7 @@ def mesh_for(mode: str, world: int) -> Any:
 
 
 def options_for(mode: str, world: int) -> dict[str, Any]:
-    mode = mode.removesuffix("-uneven")
+    mode = mode.removesuffix("-f32").removesuffix("-uneven")
     if mode.startswith("2d"):
         return dict(ep=int(mode.split("x")[1]), fsdp=True)
     return {
@@ -119,8 +120,8 @@ def predicted_traffic(reference: torch.nn.Module, ids: torch.Tensor, rank: int, 
 
 
 def case_result(rank: int, world: int, spec: archspec.Spec, mode: str, save: str | None = None) -> dict[str, Any]:
-    uneven = mode.endswith("-uneven")
-    reference = built(spec)
+    uneven = mode.removesuffix("-f32").endswith("-uneven")
+    reference = built(spec, torch.float32 if mode.endswith("-f32") else torch.float64)
     model = copy.deepcopy(reference)
     try:
         archspec.parallelize(model, mesh_for(mode, world), **options_for(mode, world))
@@ -136,7 +137,8 @@ def case_result(rank: int, world: int, spec: archspec.Spec, mode: str, save: str
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
     worst = {"loss": 0.0, "aux": 0.0, "logits": 0.0, "grad": 0.0}
     traffic, predicted = [], []
-    for ids in batches(spec, uneven):
+    # float32: one step (rounding differences in the summation order, ~1e-7, grow through Adam's normalisation)
+    for ids in batches(spec, uneven)[: 1 if mode.endswith("-f32") else STEPS]:
         predicted.append(predicted_traffic(reference, ids, rank, world, mode))
         ref_out = reference(ids, labels=ids)
         ref_out.loss.backward()

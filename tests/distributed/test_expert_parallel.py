@@ -1,4 +1,4 @@
-"""Expert parallelism on 2 CPU processes (gloo) reproduces the single-process model in float64.
+"""Expert parallelism on 2 CPU processes (gloo) reproduces the single-process model in float64 (and float32).
 
 Reference: the same model (same seed, float64) trained in one process on the whole batch for a few AdamW steps;
 each expert-parallel rank takes its half of the batch. Every step: the global loss (the ranks' mean), the router
@@ -22,8 +22,16 @@ import archspec
 from archspec.interop.hf_export import export_hf
 
 FAMILIES = ("mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3")
-# float64 throughout, but the model's cross-entropy is computed in float32 (as transformers does)
+# float64 models, but the model's cross-entropy is computed in float32 (as transformers does); "-f32" cases:
+# float32 models, relative 1e-5, one step
 TOLERANCE = {"loss": 1e-6, "aux": 1e-9, "logits": 1e-9, "grad": 1e-9}
+TOLERANCE_F32 = dict.fromkeys(TOLERANCE, 1e-5)
+
+
+def tolerances(mode: str) -> dict[str, float]:
+    return TOLERANCE_F32 if mode.endswith("-f32") else TOLERANCE
+
+
 SAVED = ("mixtral-8x7b", "ep")
 
 
@@ -38,7 +46,7 @@ def tiny(name: str) -> dict:
 SPECS = {name: tiny(name) for name in FAMILIES}
 CASES = (
     [(name, mode) for name in FAMILIES for mode in ("ep", "ep-uneven")]
-    + [(name, "ep+fsdp") for name in FAMILIES]
+    + [(name, mode) for name in FAMILIES for mode in ("ep+fsdp", "ep+fsdp-f32")]
     + [("mixtral-8x7b", mode) for mode in ("ep+ac", "ep+compile", "ep+tp", "ep+capacity1", "ep+capacity8")]
 )
 PARITY = [case for case in CASES if case[1] not in ("ep+tp", "ep+capacity1")]
@@ -61,7 +69,7 @@ def test_expert_parallel_matches_single_process(results, name, mode):
     for rank in results:
         result = rank[(name, mode)]
         assert "error" not in result, result.get("error")
-        for what, tolerance in TOLERANCE.items():
+        for what, tolerance in tolerances(mode).items():
             assert result[what] <= tolerance, (what, result[what])
 
 
@@ -82,7 +90,7 @@ def test_all_to_all_moves_what_the_routing_predicts(results, name, mode):
         for step, predicted in zip(result[(name, mode)]["traffic"], result[(name, mode)]["predicted"], strict=True):
             assert [layer["sent"] for layer in step] == [layer["sent"] for layer in predicted]
     for layer in range(len(results[0][(name, mode)]["traffic"][0])):
-        for step in range(STEPS):
+        for step in range(len(results[0][(name, mode)]["traffic"])):
             sent = [rank[(name, mode)]["traffic"][step][layer]["sent"] for rank in results]
             received = [rank[(name, mode)]["traffic"][step][layer]["received"] for rank in results]
             assert received == [list(column) for column in zip(*sent, strict=True)]
@@ -136,7 +144,7 @@ def test_checkpoint_loads_in_one_process_and_exports(results, saved, tmp_path):
     assert max((exported[n] - reference[n]).abs().max().item() for n in reference) <= 1e-6
 
 
-FOUR_RANK_CASES = [(name, mode) for name in FAMILIES for mode in ("ep", "2d-2x2", "2d-2x2-uneven")]
+FOUR_RANK_CASES = [(name, mode) for name in FAMILIES for mode in ("ep", "2d-2x2", "2d-2x2-uneven", "2d-2x2-f32")]
 
 
 @pytest.mark.slow
@@ -147,7 +155,7 @@ def test_four_ranks_ep_and_ep_x_fsdp(tmp_path):
     for case in FOUR_RANK_CASES:
         for rank in results:
             assert "error" not in rank[case], rank[case].get("error")
-            for what, tolerance in TOLERANCE.items():
+            for what, tolerance in tolerances(case[1]).items():
                 assert rank[case][what] <= tolerance, (case, what, rank[case][what])
         if case[1] == "ep":
             assert all(
