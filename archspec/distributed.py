@@ -240,13 +240,16 @@ def _parallelize_ep(
     gradient is averaged over all ranks. The experts' gradients already hold the contributions of every EP rank's
     tokens (through the all-to-all's backward, scaled by 1 / ep there), and are averaged over the "dp" ranks that
     hold the same experts by FSDP."""
-    from archspec.expert_parallel import apply_expert_parallel, expert_modules
+    from archspec.expert_parallel import apply_expert_parallel, check_ep, expert_modules
 
     if tp:
         raise ParallelismError(
             "expert parallelism (ep) does not combine with tensor parallelism (tp) yet: use ep alone, or ep with "
             "fsdp on a 2-D mesh ('dp', 'ep')"
         )
+    if ep < 2:
+        raise ParallelismError(f"capacity_factor applies to expert parallelism: pass ep >= 2 (got ep={ep})")
+    check_ep(model, ep, capacity_factor)  # before the mesh: a model that cannot be split is refused as such
     dp_mesh, ep_mesh, data_mesh = _split_ep_mesh(mesh, ep, fsdp)
     world = data_mesh.size()
     expert_params = apply_expert_parallel(model, ep_mesh, data_mesh.get_group(), capacity_factor)

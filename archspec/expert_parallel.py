@@ -13,7 +13,9 @@ which changes three things and nothing in the model's code:
   are those of the global batch, as one process would compute them on it.
 
 The router, the top-k weights, the shared experts and attention run on each rank's own tokens as before. The
-expert-parallel ranks are data-parallel for everything else: each takes its own part of the batch.
+expert-parallel ranks are data-parallel for everything else: each takes its own part of the batch. Every rank runs
+every forward (the all-to-alls are collective), with batches of one shape when labels are given (the router
+losses gather equal-sized tensors).
 
 One MoE layer, per rank (E experts, N ranks, L = E / N local experts)::
 
@@ -42,7 +44,7 @@ from torch import nn
 from archspec.nn.moe import Experts, MoE, RouterLoss, RouterStats
 from archspec.spec.errors import ArchspecError
 
-__all__ = ["ExpertTraffic", "GlobalRouterLoss", "apply_expert_parallel", "expert_modules"]
+__all__ = ["ExpertTraffic", "GlobalRouterLoss", "apply_expert_parallel", "check_ep", "expert_modules"]
 
 
 class ExpertParallelError(ArchspecError):
@@ -73,17 +75,8 @@ def apply_expert_parallel(
     parameters (now DTensors). `data_group`: the process group whose ranks share one global batch (all
     data-parallel ranks; default: the whole world), over which the router losses are computed."""
     found = expert_modules(model)
-    if not found:
-        raise ExpertParallelError("ep needs a model with routed experts (a spec with a `moe` section)")
+    check_ep(model, ep_mesh.size(), capacity_factor)
     degree = ep_mesh.size()
-    counts = {module.up.shape[0] for _, module in found}
-    if any(count % degree for count in counts):
-        raise ExpertParallelError(
-            f"expert parallelism over {degree} ranks gives each rank experts / {degree}, but the model has "
-            f"{' / '.join(map(str, sorted(counts)))} experts per layer; use an ep degree that divides it"
-        )
-    if capacity_factor is not None and capacity_factor <= 0:
-        raise ExpertParallelError(f"capacity_factor must be > 0, got {capacity_factor}")
     params = []
     for _, experts in found:
         params.extend(_shard_experts(experts, ep_mesh))
@@ -94,6 +87,21 @@ def apply_expert_parallel(
     if isinstance(router_loss, RouterLoss):
         model.router_loss = GlobalRouterLoss(router_loss, data_group)  # type: ignore[assignment]
     return params
+
+
+def check_ep(model: nn.Module, degree: int, capacity_factor: float | None = None) -> None:
+    """Raise `ExpertParallelError` unless the model has routed experts that split evenly over `degree` ranks."""
+    found = expert_modules(model)
+    if not found:
+        raise ExpertParallelError("ep needs a model with routed experts (a spec with a `moe` section)")
+    counts = {module.up.shape[0] for _, module in found}
+    if any(count % degree for count in counts):
+        raise ExpertParallelError(
+            f"expert parallelism over {degree} ranks gives each rank experts / {degree}, but the model has "
+            f"{' / '.join(map(str, sorted(counts)))} experts per layer; use an ep degree that divides it"
+        )
+    if capacity_factor is not None and capacity_factor <= 0:
+        raise ExpertParallelError(f"capacity_factor must be > 0, got {capacity_factor}")
 
 
 def _shard_experts(experts: Experts, ep_mesh: Any) -> list[nn.Parameter]:
