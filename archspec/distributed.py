@@ -177,6 +177,8 @@ def parallelize(
     *,
     fsdp: bool = True,
     tp: bool = False,
+    ep: int = 1,
+    capacity_factor: float | None = None,
     activation_checkpointing: bool = False,
     compile: bool | dict[str, Any] = False,
 ) -> nn.Module:
@@ -190,10 +192,18 @@ def parallelize(
     of the relative-bias tables; MLA: the whole latent, replicated); ALiBi slopes are sliced to the rank's heads and
     the attentions' `heads` / `kv_heads` are set to the local counts, so the KV cache of
     `generate` fits too.
+
+    `ep > 1`: expert parallelism (`archspec.expert_parallel`): the routed experts are split over `ep` ranks and
+    every rank takes its own part of the batch. The mesh is 1-D with `ep` ranks (EP alone, or EP with the other
+    weights sharded by FSDP over the same ranks), or 2-D `("dp", "ep")` with `fsdp=True` (EP x FSDP: the experts
+    also sharded over "dp", the other weights over all ranks). Not combined with TP. `capacity_factor` caps the
+    rows each expert takes from each rank (default: dropless).
     """
     spec = getattr(model, "spec", None)
     if spec is None:
         raise ParallelismError("this model has no .spec: build it with archspec.build(spec)")
+    if ep > 1 or capacity_factor is not None:
+        return _parallelize_ep(model, mesh, ep, fsdp, tp, capacity_factor, activation_checkpointing, compile)
     dp_mesh, tp_mesh = _split_mesh(mesh, fsdp, tp)
 
     if tp_mesh is not None:
@@ -219,6 +229,92 @@ def parallelize(
             fully_shard(block, mesh=dp_mesh)
         fully_shard(model, mesh=dp_mesh)
     return model
+
+
+def _parallelize_ep(
+    model: nn.Module,
+    mesh: Any,
+    ep: int,
+    fsdp: bool,
+    tp: bool,
+    capacity_factor: float | None,
+    activation_checkpointing: bool,
+    compile: bool | dict[str, Any],
+) -> nn.Module:
+    """EP alone or EP x FSDP. Every rank is data-parallel: the loss is the mean of the ranks' losses, so every
+    gradient is averaged over all ranks. The experts' gradients already hold the contributions of every EP rank's
+    tokens (through the all-to-all's backward, scaled by 1 / ep there), and are averaged over the "dp" ranks that
+    hold the same experts by FSDP."""
+    from archspec.expert_parallel import apply_expert_parallel, check_ep, expert_modules
+
+    if tp:
+        raise ParallelismError(
+            "expert parallelism (ep) does not combine with tensor parallelism (tp) yet: use ep alone, or ep with "
+            "fsdp on a 2-D mesh ('dp', 'ep')"
+        )
+    if ep < 2:
+        raise ParallelismError(f"capacity_factor applies to expert parallelism: pass ep >= 2 (got ep={ep})")
+    check_ep(model, ep, capacity_factor)  # before the mesh: a model that cannot be split is refused as such
+    dp_mesh, ep_mesh, data_mesh = _split_ep_mesh(mesh, ep, fsdp)
+    world = data_mesh.size()
+    expert_params = apply_expert_parallel(model, ep_mesh, data_mesh.get_group(), capacity_factor)
+    if activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if compile:
+        for block in blocks(model):
+            block.compile(**(compile if isinstance(compile, dict) else {}))
+    if not fsdp:
+        expert = {id(p) for p in expert_params}
+        for p in model.parameters():
+            if id(p) not in expert:
+                p.register_post_accumulate_grad_hook(_averaged_over(data_mesh.get_group(), world))
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        ignored = None
+        if dp_mesh is not None:  # the experts: sharded over "dp" too
+            for _, experts in expert_modules(model):
+                fully_shard(experts, mesh=dp_mesh)
+        else:
+            ignored = set(expert_params)
+        for block in blocks(model):
+            fully_shard(block, mesh=data_mesh, ignored_params=ignored)
+        fully_shard(model, mesh=data_mesh, ignored_params=ignored)
+    return model
+
+
+def _averaged_over(group: Any, world: int) -> Any:
+    """A post-accumulate-grad hook: the gradient averaged over the data-parallel ranks (EP without FSDP)."""
+
+    def hook(param: torch.Tensor) -> None:
+        torch.distributed.all_reduce(param.grad, group=group)  # type: ignore[arg-type]
+        param.grad.div_(world)  # type: ignore[union-attr]
+
+    return hook
+
+
+def _split_ep_mesh(mesh: Any, ep: int, fsdp: bool) -> tuple[Any, Any, Any]:
+    """(dp mesh or None, ep mesh, the 1-D mesh of all data-parallel ranks) of a 1-D or ("dp", "ep") mesh."""
+    if ep < 1:
+        raise ParallelismError(f"ep must be >= 1, got {ep}")
+    if mesh.ndim == 1:
+        if mesh.size() != ep:
+            raise ParallelismError(
+                f"ep={ep} on a 1-D mesh of {mesh.size()} ranks: a 1-D mesh for expert parallelism has ep ranks; "
+                "for EP x FSDP use a 2-D mesh init_device_mesh(..., (dp, ep), mesh_dim_names=('dp', 'ep'))"
+            )
+        return None, mesh, mesh
+    names = mesh.mesh_dim_names or ()
+    if mesh.ndim != 2 or tuple(names) != ("dp", "ep"):
+        raise ParallelismError(f"expert parallelism needs a 1-D mesh or a 2-D mesh named ('dp', 'ep'); got {names}")
+    if mesh["ep"].size() != ep:
+        raise ParallelismError(f"ep={ep} but the mesh's 'ep' dim has {mesh['ep'].size()} ranks")
+    if not fsdp:
+        raise ParallelismError(
+            "a ('dp', 'ep') mesh shards the experts and the other weights over 'dp' with FSDP: "
+            "pass fsdp=True, or use a 1-D mesh of ep ranks"
+        )
+    return mesh["dp"], mesh["ep"], mesh._flatten("dp_ep")
 
 
 def _detach_embedding_view(model: nn.Module) -> None:

@@ -5,6 +5,8 @@
     # several processes: FSDP2 (default) or tensor parallel, gloo on CPU, nccl on GPUs
     torchrun --nproc_per_node 2 examples/train.py specs/gpt2.yaml input.txt --out runs/gpt2
     torchrun --nproc_per_node 2 examples/train.py specs/llama3.yaml input.txt --out runs/l3 --tp
+    # MoE: routed experts split over 2 ranks (expert parallel), the rest FSDP2; with 4 ranks: EP 2 x FSDP 2
+    torchrun --nproc_per_node 2 examples/train.py specs/mixtral.yaml input.txt --out runs/mx --ep 2
     # carry on from the newest checkpoint in --out
     python examples/train.py specs/gpt2.yaml input.txt --out runs/gpt2 --steps 400 --resume
 
@@ -58,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--resume", action="store_true", help="continue from the newest step-N/ in --out")
     parser.add_argument("--tp", action="store_true", help="tensor parallel over all ranks instead of FSDP2")
+    parser.add_argument(
+        "--ep",
+        type=int,
+        default=1,
+        help="expert parallel degree (MoE specs): routed experts split over EP ranks; the other weights FSDP2 over "
+        "all ranks, the experts also over world / EP ranks",
+    )
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each block")
     parser.add_argument("--tokenizer", help="a tokenizers tokenizer.json instead of bytes")
@@ -144,13 +153,15 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
-    """Global-norm clipping that also works when DTensor (TP-sharded) and plain (replicated) gradients mix, which
-    `torch.nn.utils.clip_grad_norm_` refuses; FSDP-only models take the stock path."""
+    """Global-norm clipping that also works when DTensor (TP-sharded) and plain (replicated) gradients mix, or DTensors
+    on different meshes (EP x FSDP: the experts' own), which `torch.nn.utils.clip_grad_norm_` refuses; FSDP-only
+    models take the stock path."""
     from torch.distributed.tensor import DTensor
 
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     kinds = {isinstance(g, DTensor) for g in grads}
-    if len(kinds) == 1:
+    meshes = {g.device_mesh for g in grads if isinstance(g, DTensor)}  # EP x FSDP: experts on their own mesh
+    if len(kinds) == 1 and len(meshes) <= 1:
         return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
     squares = [
         (torch.linalg.vector_norm(g).full_tensor() if isinstance(g, DTensor) else torch.linalg.vector_norm(g)) ** 2
@@ -215,15 +226,26 @@ def main(argv: list[str] | None = None) -> list[float]:
     if distributed:
         from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh(device.type, (world,))
-        archspec.parallelize(
-            model,
-            mesh,
-            fsdp=not args.tp,
-            tp=args.tp,
-            activation_checkpointing=args.activation_checkpointing,
-            compile=args.compile,
-        )
+        if args.ep > 1 and world % args.ep:
+            raise SystemExit(f"--ep {args.ep} does not divide the {world} ranks")
+        if args.ep > 1 and args.ep < world:
+            mesh = init_device_mesh(device.type, (world // args.ep, args.ep), mesh_dim_names=("dp", "ep"))
+        else:
+            mesh = init_device_mesh(device.type, (world,))
+        try:
+            archspec.parallelize(
+                model,
+                mesh,
+                fsdp=not args.tp,
+                tp=args.tp,
+                ep=args.ep,
+                activation_checkpointing=args.activation_checkpointing,
+                compile=args.compile,
+            )
+        except archspec.ArchspecError as exc:
+            raise SystemExit(str(exc)) from None
+    elif args.ep > 1:
+        raise SystemExit(f"--ep {args.ep} needs {args.ep} processes or more (torchrun --nproc_per_node ...)")
     else:
         if args.activation_checkpointing:
             archspec.enable_activation_checkpointing(model)

@@ -125,3 +125,47 @@ def test_torchrun_two_processes(inputs, tmp_path, mode):
     subprocess.run([*command, *_args(inputs, tmp_path / "run", 4, "--resume", *mode)], check=True, env=env, cwd=ROOT)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def moe_inputs(tmp_path_factory):
+    """A tiny Mixtral (8 experts, dense width = expert width: transformers' Mixtral has one) on raw bytes."""
+    directory = tmp_path_factory.mktemp("train-moe")
+    data = shrink(archspec.load_spec(ROOT / "specs" / "mixtral-8x7b.yaml")).model_dump(mode="json")
+    data.update(vocab_size=256)
+    data["mlp"]["d_ff"] = data["moe"]["d_ff"]
+    (directory / "tiny.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (directory / "text.txt").write_bytes((ROOT / "archspec" / "distributed.py").read_bytes())
+    return directory
+
+
+@pytest.mark.slow
+def test_torchrun_expert_parallel_resumes_and_exports(moe_inputs, tmp_path):
+    """--ep 2: an interrupted and resumed run logs the losses of an uninterrupted one, and its run directory
+    exports to a transformers Mixtral whose logits are those of the checkpoint loaded in one process."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from archspec.interop.hf_export import export_hf
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))  # this checkout's archspec
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(TRAIN)]
+    for run, steps, extra in (("straight", 4, []), ("resumed", 2, []), ("resumed", 4, ["--resume"])):
+        args = _args(moe_inputs, tmp_path / run, steps, "--ep", "2", *extra)
+        subprocess.run([*command, *args], check=True, env=env, cwd=ROOT)
+    losses = {
+        run: [json.loads(line)["loss"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("straight", "resumed")
+    }
+    assert losses["resumed"] == losses["straight"]
+
+    export_hf(tmp_path / "resumed", tmp_path / "hf")
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", attn_implementation="eager").eval()
+    model = archspec.build(archspec.load_spec(tmp_path / "resumed" / "spec.yaml")).eval()
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(tmp_path / "resumed" / "step-4"))
+    model.load_state_dict(state["model"])
+    ids = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        assert (hf_model(ids).logits - model(ids).logits).abs().max().item() <= 1e-5
