@@ -105,13 +105,13 @@ def check_ep(model: nn.Module, degree: int, capacity_factor: float | None = None
 
 
 def _shard_experts(experts: Experts, ep_mesh: Any) -> list[nn.Parameter]:
-    """Replace each [experts, out, in] weight by its rank's slice as a DTensor Shard(0); every rank built the same
-    weights (same seed), so the slices need no communication."""
+    """Replace each [experts, ...] weight and bias by its rank's slice as a DTensor Shard(0); every rank built the
+    same weights (same seed), so the slices need no communication."""
     from torch.distributed.tensor import DTensor, Shard
 
     rank, degree = ep_mesh.get_local_rank(), ep_mesh.size()
     params = []
-    for name in ("gate", "up", "down"):
+    for name in _WEIGHTS:
         weight = getattr(experts, name)
         if weight is None:
             continue
@@ -180,7 +180,8 @@ def _local_forward(experts: Experts, rows: torch.Tensor, offsets: torch.Tensor, 
     for name in _WEIGHTS:
         weight = getattr(experts, name)
         weights[name] = None if weight is None else _ScaleGrad.apply(weight.to_local(), grad_scale)
-    return Experts.forward(SimpleNamespace(activation=experts.activation, **weights), rows, offsets)  # type: ignore[arg-type]
+    local = SimpleNamespace(activation=experts.activation, glu=experts.glu, **weights)
+    return Experts.forward(local, rows, offsets)  # type: ignore[arg-type]
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -196,7 +197,8 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-_WEIGHTS = ("gate", "up", "down")
+_WEIGHTS = ("gate", "up", "down", "gate_bias", "up_bias", "down_bias")
+"""The experts' tensors with a leading expert dim (the biases are gpt-oss's; None where a model has none)."""
 
 
 class _AllToAll(torch.autograd.Function):

@@ -2,9 +2,9 @@
 
 Reference: the same model (same seed, float64) trained in one process on the whole batch for a few AdamW steps;
 each expert-parallel rank takes its half of the batch. Every step: the global loss (the ranks' mean), the router
-losses (over the global batch), this rank's logits and every parameter's full gradient. Tiny specs of three MoE
+losses (over the global batch), this rank's logits and every parameter's full gradient. Tiny specs of four MoE
 families: mixtral (softmax top-2), qwen3-moe (top-k renormalised), deepseek-v3 (sigmoid scores, groups, correction
-bias, a shared expert, sequence-wise balance loss). `-uneven` batches repeat one token per row, so that most experts
+bias, a shared expert, sequence-wise balance loss), gpt-oss (expert and router biases, the clamped SwiGLU, sinks). `-uneven` batches repeat one token per row, so that most experts
 get no rows from a rank. The 4-rank cases (EP over 4, EP x FSDP on a 2 x 2 mesh, resharding) are marked slow.
 """
 
@@ -21,7 +21,7 @@ from tiny import shrink
 import archspec
 from archspec.interop.hf_export import export_hf
 
-FAMILIES = ("mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3")
+FAMILIES = ("mixtral-8x7b", "qwen3-30b-a3b", "deepseek-v3", "gpt-oss-20b")  # gpt-oss: expert biases
 # float64 models, but the model's cross-entropy is computed in float32 (as transformers does); "-f32" cases:
 # float32 models, relative 1e-5, one step
 TOLERANCE = {"loss": 1e-6, "aux": 1e-9, "logits": 1e-9, "grad": 1e-9}
