@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from archspec.analysis.diff import ABSENT, SpecDiff
-from archspec.analysis.metrics import Analysis, AnalysisError, LayerParams
-from archspec.spec.describe import describe, describe_position
+from archspec.analysis.metrics import Analysis, AnalysisError, LayerParams, layer_windows, model_call
+from archspec.draw import labels
+from archspec.plan import Call, Layers
+from archspec.spec.describe import describe
 
 JSON_VERSION = 1
 
@@ -115,12 +117,46 @@ def tables_markdown(tables: list[Table]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- info
+def layer_positions(model: Call) -> list[str]:
+    """Each layer's positions in words, as the compiler's plan holds them (T5: the encoder's layers, then the
+    decoder's)."""
+    if model.component == "EncoderDecoderLM":
+        words: list[str] = []
+        for stack in (model["encoder"], model["decoder"]):
+            assert isinstance(stack, Call) and isinstance(stack["layers"], Layers)
+            bias = stack["position_bias"]
+            assert isinstance(bias, Call)
+            table = bias["table"]
+            assert isinstance(table, Call)
+            text = f"relative bias, {table.positional(0)} buckets, max {bias['max_distance']}"
+            words += [text] * len(stack["layers"].pattern)
+        return words
+    layers, paths = model["layers"], model["attention"]
+    assert isinstance(layers, Layers) and isinstance(paths, Call)
+    per_layer, rotary, learned = model.get("layer_rotary"), model.get("rotary"), model.get("pos_embed")
+    if isinstance(per_layer, Call):
+        rotaries, of_layer = per_layer["rotaries"], per_layer["of_layer"]
+        assert isinstance(rotaries, tuple) and isinstance(of_layer, tuple)
+        return [labels.rotary(rotaries[i]) if i is not None else "none" for i in of_layer]  # type: ignore[arg-type]
+    if isinstance(rotary, Call):
+        text = labels.rotary(rotary)
+    elif paths.get("alibi") is not None:
+        text = "ALiBi"
+    elif isinstance(learned, Call):
+        text = f"learned ({learned.positional(0)})"
+    else:
+        text = "none"
+    return [text] * len(layers.pattern)
+
+
 def layer_groups(analysis: Analysis) -> list[tuple[int, int, LayerParams, int | None, str]]:
-    """Runs of consecutive identical layers: (first, last, params, window, positions)."""
-    spec, groups = analysis.spec, []
+    """Runs of consecutive identical layers: (first, last, params, window, positions), windows and positions as the
+    plan holds them."""
+    model, groups = model_call(analysis.spec), []
+    positions_of = layer_positions(model)
+    windows = layer_windows(model) if model.component != "EncoderDecoderLM" else [None] * len(positions_of)
     for index, layer in enumerate(analysis.params.layers):
-        window = spec.window_for_layer(index)
-        positions = describe_position(spec, spec.position_for_layer(index))
+        window, positions = windows[index], positions_of[index]
         if groups and groups[-1][2:] == (layer, window, positions) and groups[-1][1] == index - 1:
             groups[-1] = (groups[-1][0], index, layer, window, positions)
         else:

@@ -172,3 +172,20 @@ def test_diff_table_shows_list_values(app: typer.Typer, tmp_path: Path) -> None:
     result = run(app, "diff", *map(str, paths))
     assert result.exit_code == 0, result.output
     assert "[local, global]" in result.stdout and "[local, local, global]" in result.stdout
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "specs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_per_layer_strip_reads_windows_and_positions_the_spec_says(path: Path) -> None:
+    """`info`'s runs of layers come from the plan; the spec's own per-layer rules (an independent reading) must agree:
+    each layer's window, and 'none' exactly on the layers without positions."""
+    from archspec import load_spec
+    from archspec.analysis import analyse
+    from archspec.analysis.render import layer_groups
+    from archspec.spec.schema import NoPositionSpec
+
+    spec = load_spec(path)
+    for first, last, _, window, positions in layer_groups(analyse(spec)):
+        for index in range(first, last + 1):
+            if index < spec.n_layers:  # T5: the decoder's layers follow the encoder's, without windows
+                assert window == spec.window_for_layer(index)
+                assert (positions == "none") == isinstance(spec.position_for_layer(index), NoPositionSpec)
