@@ -15,7 +15,7 @@ TINY_SPECS = distinct_tiny_specs()
 # attention, position, MLP/MoE, block, vision); the others run with `-m slow`. Graph breaks are checked for all.
 REPRESENTATIVE = {
     "llama3.1-8b", "mistral-7b", "bloom-176b", "gpt2", "falcon-40b", "deepseek-v3", "qwen1.5-moe-a2.7b",
-    "t5-base", "chatglm-6b", "llava-1.5-7b",
+    "t5-base", "chatglm-6b", "llava-1.5-7b", "gpt-oss-120b",
 }  # fmt: skip
 COMPILED = [pytest.param(name, marks=() if name in REPRESENTATIVE else pytest.mark.slow) for name in sorted(TINY_SPECS)]
 
