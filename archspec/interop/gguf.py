@@ -1,0 +1,487 @@
+"""GGUF (llama.cpp's file format) in and out, through the families' Hugging Face mappings.
+
+Import: the GGUF metadata (`general.architecture` and its `<arch>.*` keys) becomes an HF-style config dict that
+the family's `spec_from_hf` path turns into the spec, and each GGUF tensor is found under the HF name the family's
+key map asks for (`gguf.tensor_mapping` gives llama.cpp's name of every HF name), dequantised by
+`gguf.quants.dequantize` and fixed by the family (`GgufMapping.from_gguf`: llama's Q/K row permutation). Loading is
+the same strict, shape-checked-first loader as for safetensors (`weights.load_from_reader`), one tensor at a time.
+
+Export: the HF config `save_hf` would write becomes the metadata llama.cpp's converter writes, and the HF tensors
+(`hf_export._hf_tensors`, made one at a time) are written under llama.cpp's names, quantised by
+`gguf.quants.quantize`. The GGUF parsing, (de)quantisation and writing are the `gguf` package's (llama.cpp's own).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from archspec.interop.convert import spec_of
+from archspec.interop.errors import ExportError, UnsupportedConfigError
+from archspec.interop.family import Family, GgufMapping
+from archspec.interop.registry import FAMILIES, FAMILY_OF, archspec_sources
+from archspec.spec.errors import ArchspecError, WeightLoadError
+from archspec.spec.schema import Spec
+
+# `<arch>.<suffix>` metadata every architecture writes the same way (llama.cpp's `TextModel.set_gguf_parameters`),
+# as HF config keys. A family's `GgufMapping.config` / `.metadata` add or override its own.
+SHARED_KEYS: dict[str, str] = {
+    "context_length": "max_position_embeddings",
+    "block_count": "num_hidden_layers",
+    "embedding_length": "hidden_size",
+    "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "expert_count": "num_experts",
+    "expert_used_count": "num_experts_per_tok",
+    "attention.key_length": "head_dim",  # the converter writes it (and value_length) whenever a config has head_dim
+}
+TOKEN_KEYS = {"bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_id": "tokenizer.ggml.eos_token_id"}
+EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def _gguf() -> Any:
+    """The `gguf` package, imported on first use (the CLI's other commands start without numpy's import cost)."""
+    import gguf
+
+    return gguf
+
+
+# ================================================================================================== reading
+class GgufFile:
+    """One GGUF file's metadata and tensors (`gguf.GGUFReader`), every failure a `WeightLoadError` naming it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise WeightLoadError(f"{self.path}: no such GGUF file")
+        try:
+            self.reader = _gguf().GGUFReader(self.path)
+        except Exception as exc:  # the reader raises ValueError, struct/numpy errors, ... on a damaged file
+            raise WeightLoadError(f"{self.path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+        self.tensors = {tensor.name: tensor for tensor in self.reader.tensors}
+
+    def value(self, key: str) -> Any:
+        """A metadata value (None if absent): a number, a string or a list."""
+        field = self.reader.fields.get(key)
+        if field is None:
+            return None
+        try:
+            value = field.contents()
+        except Exception as exc:
+            raise WeightLoadError(f"{self.path}: metadata {key!r} cannot be read ({exc})") from None
+        if isinstance(value, float) and field.types == [_gguf().GGUFValueType.FLOAT32]:
+            return float(str(np.float32(value)))  # the shortest decimal of that float32: 1e-06, not 9.99999997e-07
+        return value
+
+    @property
+    def arch(self) -> str:
+        arch = self.value("general.architecture")
+        if not isinstance(arch, str):
+            raise WeightLoadError(f"{self.path}: no 'general.architecture' (not a llama.cpp model file)")
+        return arch
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape in PyTorch order (GGUF stores ggml's reversed order)."""
+        return tuple(int(n) for n in reversed(self.tensors[name].shape.tolist()))
+
+    def dequantized(self, name: str) -> np.ndarray:
+        """A tensor as float32 (or its own float type), dequantised by `gguf.quants`."""
+        gguf = _gguf()
+        tensor = self.tensors[name]
+        try:
+            data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        except NotImplementedError:
+            raise WeightLoadError(
+                f"{self.path}: tensor {name!r} has type {tensor.tensor_type.name}, which gguf.quants cannot dequantise"
+            ) from None
+        except Exception as exc:
+            raise WeightLoadError(f"{self.path}: tensor {name!r} cannot be read ({exc})") from None
+        data = np.asarray(data).reshape(self.shape(name))
+        return data.copy() if data.base is not None or not data.flags.writeable else data
+
+
+def family_of_arch(file: GgufFile) -> tuple[Family, GgufMapping, str]:
+    """The family, its GGUF mapping and the model type of a file's `general.architecture`."""
+    arch = file.arch
+    for family in FAMILIES:
+        if family.gguf is not None and arch in family.gguf.archs:
+            return family, family.gguf, family.gguf.archs[arch]
+    known = sorted(a for f in FAMILIES if f.gguf is not None for a in f.gguf.archs)
+    raise UnsupportedConfigError(
+        f"{file.path}: general.architecture = {arch!r} cannot be expressed by archspec; supported: {', '.join(known)}"
+    )
+
+
+def gguf_config(file: GgufFile) -> dict[str, Any]:
+    """The HF-style config dict of a GGUF file: shared keys, the family's own, and facts the tensors tell."""
+    family, mapping, model_type = family_of_arch(file)
+    arch = file.arch
+
+    def get(suffix: str) -> Any:
+        return file.value(f"{arch}.{suffix}")
+
+    config: dict[str, Any] = {"model_type": model_type}
+    for suffix, key in SHARED_KEYS.items():
+        if (value := get(suffix)) is not None:
+            config[key] = value
+    for key, gguf_key in TOKEN_KEYS.items():
+        if (value := file.value(gguf_key)) is not None:
+            config[key] = value
+    if "token_embd.weight" not in file.tensors:
+        raise WeightLoadError(f"{file.path}: no token_embd.weight tensor")
+    config["vocab_size"] = file.shape("token_embd.weight")[0]
+    config["tie_word_embeddings"] = "output.weight" not in file.tensors
+    config["rope_parameters"] = _rope_parameters(get, file)
+    config |= mapping.config(get, set(file.tensors), model_type)
+    if (name := file.value("general.name")) is not None:
+        config["_name_or_path"] = name
+    return config
+
+
+def _rope_parameters(get: Callable[[str], Any], file: GgufFile) -> dict[str, Any]:
+    """HF `rope_parameters` from `rope.freq_base` and `rope.scaling.*` (llama.cpp writes linear and yarn)."""
+    params: dict[str, Any] = {"rope_type": "default", "rope_theta": float(get("rope.freq_base") or 10000.0)}
+    kind = get("rope.scaling.type")
+    if kind in (None, "none"):
+        if "rope_freqs.weight" in file.tensors:
+            raise UnsupportedConfigError(
+                f"{file.path}: a rope_freqs.weight tensor (llama 3 frequency factors) cannot be mapped back to a "
+                "rope scaling that archspec expresses"
+            )
+        return params
+    factor = get("rope.scaling.factor")
+    if kind == "linear":
+        return params | {"rope_type": "linear", "factor": float(factor)}
+    if kind == "yarn":
+        return params | {
+            "rope_type": "yarn",
+            "factor": float(factor),
+            "original_max_position_embeddings": int(get("rope.scaling.original_context_length")),
+        }
+    raise UnsupportedConfigError(f"{file.path}: {file.arch}.rope.scaling.type = {kind!r} is not supported")
+
+
+def spec_from_gguf(path: str | Path, name: str | None = None) -> Spec:
+    """The spec of a GGUF file, from its metadata (and which tensors it has: biases, a separate output head)."""
+    file = GgufFile(path)
+    family, _, _ = family_of_arch(file)
+    config = gguf_config(file)
+    try:
+        return spec_of(family, config, config, name=name or _spec_name(file))
+    except ArchspecError as exc:
+        raise type(exc)(f"{file.path}: {exc}") from None
+
+
+def _spec_name(file: GgufFile) -> str:
+    import re
+
+    raw = str(file.value("general.name") or file.path.stem)
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-._")
+    return cleaned or f"{file.arch}-import"
+
+
+# ================================================================================================== loading
+class GgufTensors:
+    """A `GgufFile`'s tensors under HF names: the reader `weights.load_from_reader` checks and streams from.
+
+    `hf_names` are the names the family's key map asks for; each is looked up under llama.cpp's name for it. GGUF
+    tensors no asked-for name maps to are listed under their own names, so the loader reports them as unexpected.
+    """
+
+    def __init__(self, file: GgufFile, hf_names: list[str], config: dict[str, Any]) -> None:
+        self.file = file
+        self.config = config
+        _, self.mapping, _ = family_of_arch(file)
+        names = _gguf().get_tensor_name_map(_gguf_arch(file.arch), int(config["num_hidden_layers"]))
+        self.to_gguf: dict[str, str] = {}
+        for hf_name in hf_names:
+            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if gguf_name is not None and gguf_name in file.tensors:
+                self.to_gguf[hf_name] = gguf_name
+        mapped = set(self.to_gguf.values())
+        self.own = {name: name for name in file.tensors if name not in mapped}
+        self.files = dict.fromkeys([*self.to_gguf, *self.own], file.path)
+
+    def names(self) -> set[str]:
+        return set(self.files)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.file.shape(self.to_gguf.get(name, name))
+
+    def get(self, name: str) -> torch.Tensor:
+        tensor = torch.from_numpy(self.file.dequantized(self.to_gguf.get(name, name)))
+        return self.mapping.from_gguf(name, tensor, self.config)
+
+
+def _gguf_arch(arch: str) -> Any:
+    gguf = _gguf()
+    for member, name in gguf.MODEL_ARCH_NAMES.items():
+        if name == arch:
+            return member
+    raise UnsupportedConfigError(f"general.architecture = {arch!r} is not known to the gguf package")
+
+
+def _hf_names(model_type: str, spec: Spec, keys: list[str]) -> list[str]:
+    """Every HF tensor name the family's key map may ask for (each layout of each source), and the head's."""
+    names = ["lm_head.weight"]
+    for source in archspec_sources(model_type, spec, keys).values():
+        while source is not None:
+            names.extend(source.stack or (source.name,))
+            source = source.alternative
+    return names
+
+
+def load_gguf_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a GGUF file's tensors, dequantised to the model's dtype, into a model built by `archspec.build`.
+
+    Strict as `load_hf_weights`: every model tensor found with the right shape and every GGUF tensor used, all
+    checked from the file's tensor index before anything is read; then tensors are dequantised one at a time
+    (peak memory: the model plus one tensor), with a progress bar. Works on a meta-device model too.
+    """
+    from archspec.interop.weights import load_from_reader
+
+    spec: Spec | None = getattr(model, "spec", None)
+    if spec is None:
+        raise WeightLoadError("this model has no .spec: build it with archspec.build(spec)")
+    file = GgufFile(path)
+    _, _, model_type = family_of_arch(file)
+    config = gguf_config(file)
+    keys = list(model.state_dict())
+    reader = GgufTensors(file, _hf_names(model_type, spec, keys), config)
+    return load_from_reader(model, reader, model_type, file.path, progress=True)
+
+
+# ================================================================================================== writing
+def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_dir: str | Path | None = None) -> Path:
+    """Write a model built by `archspec.build` as a GGUF file llama.cpp loads, as llama.cpp's converter would.
+
+    `type`: f32, f16, bf16 (matrices; vectors stay f32, as the converter keeps them) or q8_0 (matrices whose rows
+    are whole 32-value blocks; others f16). `tokenizer_dir`: a directory with `tokenizer.json` whose vocabulary is
+    carried over (None: the file says it has no vocabulary, `tokenizer.ggml.model = "none"`; llama.cpp then runs
+    on token ids). Tensors are made, quantised and written one at a time.
+    """
+    from archspec.interop.hf_export import _hf_tensors, hf_config
+
+    gguf = _gguf()
+    spec: Spec | None = getattr(model, "spec", None)
+    if spec is None:
+        raise ExportError("this model has no .spec: build it with archspec.build(spec)")
+    if type not in EXPORT_TYPES:
+        raise ExportError(f"GGUF type {type!r} cannot be written: use one of {', '.join(EXPORT_TYPES)}")
+    config = hf_config(spec)
+    model_type = config["model_type"]
+    mapping = FAMILY_OF[model_type].gguf
+    if mapping is None or model_type not in mapping.export_arch:
+        raise ExportError(f"spec '{spec.name}' is a transformers {model_type!r} model, which has no GGUF mapping here")
+    arch = mapping.export_arch[model_type]
+    names = gguf.get_tensor_name_map(_gguf_arch(arch), spec.n_layers)
+    tensors = _hf_tensors(model, model_type)
+    placed: dict[str, tuple[str, Any]] = {}
+    for hf_name, lazy in tensors.items():
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ExportError(f"model_type {model_type!r}: llama.cpp has no name for tensor {hf_name!r}")
+        placed[gguf_name] = (hf_name, lazy)
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(out), arch)
+    writer.add_name(spec.name)
+    writer.add_file_type(_FILE_TYPES[type]())
+    for suffix, value in metadata(config, mapping, model_type).items():
+        _add(writer, f"{arch}.{suffix}", value)
+    _add_tokenizer(writer, spec, tokenizer_dir)
+
+    qtypes: dict[str, Any] = {}
+    for gguf_name, (_, lazy) in placed.items():
+        qtype = _qtype(type, lazy.shape)
+        qtypes[gguf_name] = qtype
+        shape = gguf.quant_shape_to_byte_shape(lazy.shape, qtype) if _quantized(qtype) else lazy.shape
+        itemsize = 1 if _quantized(qtype) else np.dtype(_NUMPY[qtype.name]).itemsize
+        writer.add_tensor_info(
+            gguf_name, shape, np.dtype(np.uint8 if _quantized(qtype) else _NUMPY[qtype.name]), _prod(shape) * itemsize, qtype
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"writing {out.name}", total=len(placed))
+        for gguf_name, (hf_name, lazy) in placed.items():
+            tensor = mapping.to_gguf(hf_name, lazy.make(), config)
+            writer.write_tensor_data(_encode(tensor, qtypes[gguf_name]))
+            progress.advance(task)
+    writer.close()
+    return out
+
+
+def metadata(config: dict[str, Any], mapping: GgufMapping, model_type: str) -> dict[str, Any]:
+    """The `<arch>.*` metadata (suffix -> value) of an HF config: shared keys, RoPE, then the family's own."""
+    data: dict[str, Any] = {}
+    for suffix, key in SHARED_KEYS.items():
+        if config.get(key) is not None:
+            data[suffix] = config[key]
+    if "attention.key_length" in data:
+        data["attention.value_length"] = data["attention.key_length"]
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in rope:
+        data["rope.freq_base"] = float(rope["rope_theta"])
+    kind = rope.get("rope_type", "default")
+    if kind == "linear":
+        data |= {"rope.scaling.type": "linear", "rope.scaling.factor": float(rope["factor"])}
+    elif kind == "yarn":
+        data |= {
+            "rope.scaling.type": "yarn",
+            "rope.scaling.factor": float(rope["factor"]),
+            "rope.scaling.original_context_length": int(rope["original_max_position_embeddings"]),
+        }
+    elif kind != "default":
+        raise ExportError(f"rope_type {kind!r} has no GGUF counterpart that archspec writes")
+    return data | mapping.metadata(config, model_type)
+
+
+_FILE_TYPES: dict[str, Callable[[], int]] = {
+    "f32": lambda: _gguf().LlamaFileType.ALL_F32,
+    "f16": lambda: _gguf().LlamaFileType.MOSTLY_F16,
+    "bf16": lambda: _gguf().LlamaFileType.MOSTLY_BF16,
+    "q8_0": lambda: _gguf().LlamaFileType.MOSTLY_Q8_0,
+}
+_NUMPY = {"F32": np.float32, "F16": np.float16}
+
+
+def _qtype(type: str, shape: tuple[int, ...]) -> Any:
+    """The GGML type of one tensor: vectors f32; matrices the chosen type (q8_0 only for whole blocks, else f16)."""
+    q = _gguf().GGMLQuantizationType
+    if len(shape) < 2 or type == "f32":
+        return q.F32
+    if type == "q8_0":
+        block, _ = _gguf().GGML_QUANT_SIZES[q.Q8_0]
+        return q.Q8_0 if shape[-1] % block == 0 else q.F16
+    return {"f16": q.F16, "bf16": q.BF16}[type]
+
+
+def _quantized(qtype: Any) -> bool:
+    return qtype.name not in _NUMPY
+
+
+def _encode(tensor: torch.Tensor, qtype: Any) -> np.ndarray:
+    data = tensor.detach().to(torch.float32).contiguous().numpy()
+    if qtype.name in _NUMPY:
+        return data.astype(_NUMPY[qtype.name], copy=False)
+    return _gguf().quants.quantize(data, qtype)
+
+
+def _prod(shape: Any) -> int:
+    total = 1
+    for n in shape:
+        total *= int(n)
+    return total
+
+
+def _add(writer: Any, key: str, value: Any) -> None:
+    """One metadata key, typed as llama.cpp's converter types it (counts uint32, floats float32, strings)."""
+    kinds = _gguf().GGUFValueType
+    if isinstance(value, bool):
+        writer.add_key_value(key, value, kinds.BOOL)
+    elif isinstance(value, int):
+        writer.add_key_value(key, value, kinds.UINT32)
+    elif isinstance(value, float):
+        writer.add_key_value(key, value, kinds.FLOAT32)
+    elif isinstance(value, str):
+        writer.add_key_value(key, value, kinds.STRING)
+    elif isinstance(value, list) and all(isinstance(v, bool) for v in value):
+        writer.add_key_value(key, value, kinds.ARRAY, kinds.BOOL)
+    elif isinstance(value, list):
+        writer.add_key_value(key, value, kinds.ARRAY, kinds.INT32)
+    else:
+        raise ExportError(f"metadata {key!r}: cannot write {value!r}")
+
+
+def _add_tokenizer(writer: Any, spec: Spec, tokenizer_dir: str | Path | None) -> None:
+    """The vocabulary of `tokenizer_dir/tokenizer.json` (a BPE one, as llama.cpp's "gpt2" model), or none."""
+    tokens = spec.tokens
+    if tokenizer_dir is None or not (Path(tokenizer_dir) / "tokenizer.json").is_file():
+        writer.add_tokenizer_model("none")
+    else:
+        _add_bpe(writer, Path(tokenizer_dir), spec.vocab_size)
+    for setter, value in ((writer.add_bos_token_id, tokens.bos), (writer.add_eos_token_id, tokens.eos)):
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            setter(int(value))
+
+
+def _add_bpe(writer: Any, directory: Path, vocab_size: int) -> None:
+    """tokens, types and merges of a byte-level BPE `tokenizer.json`, padded to the model's rows as the converter
+    pads (`[PAD{i}]`, unused)."""
+    gguf = _gguf()
+    file = directory / "tokenizer.json"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        model = data["model"]
+        vocab: dict[str, int] = model["vocab"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ExportError(f"{file}: not a tokenizer.json with a BPE vocabulary ({exc})") from None
+    if model.get("type") != "BPE":
+        raise ExportError(f"{file}: tokenizer model {model.get('type')!r}; only BPE vocabularies are carried over")
+    added = {entry["id"]: entry["content"] for entry in data.get("added_tokens", [])}
+    by_id = {index: token for token, index in vocab.items()} | added
+    kinds = gguf.TokenType
+    tokens, types = [], []
+    for index in range(vocab_size):
+        if index in by_id:
+            tokens.append(by_id[index])
+            types.append(kinds.CONTROL if index in added else kinds.NORMAL)
+        else:
+            tokens.append(f"[PAD{index}]")
+            types.append(kinds.UNUSED)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+
+
+def export_gguf(source: str | Path, out: str | Path, type: str = "f32") -> Path:
+    """What `archspec export-gguf SPEC|RUN_DIR|HF_DIR -o FILE.gguf` runs: a spec's fresh model, a training run's
+    newest checkpoint or an HF model directory, written by `save_gguf` (the tokenizer carried over from a
+    directory's `tokenizer.json`)."""
+    from archspec.builder import build
+    from archspec.interop.hf import load_hf_weights, spec_from_hf
+    from archspec.spec.loader import load_spec
+
+    path = Path(source)
+    if not path.exists():
+        raise ArchspecError(f"{path}: no such file or directory")
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "spec.yaml").is_file():
+        spec = spec_from_hf(path)
+        model = load_hf_weights(build(spec, device="meta"), path)
+        return save_gguf(model, out, type, tokenizer_dir=path)
+    if path.is_dir():
+        import tempfile
+
+        from archspec.interop.hf_export import export_hf
+
+        with tempfile.TemporaryDirectory() as scratch:  # a run directory: read as export-hf reads it
+            export_hf(path, scratch, dtype="float32")
+            spec = load_spec(path / "spec.yaml")
+            model = load_hf_weights(build(spec, device="meta"), scratch)
+            return save_gguf(model, out, type, tokenizer_dir=path)
+    return save_gguf(build(load_spec(path)), out, type)
+
+
+def read_all(path: str | Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Every tensor of a GGUF file, dequantised, in file order (for tests and comparisons)."""
+    file = GgufFile(path)
+    for name in file.tensors:
+        yield name, file.dequantized(name)
