@@ -175,9 +175,10 @@ def spec_from_gguf(path: str | Path, name: str | None = None) -> Spec:
     family, _, _ = family_of_arch(file)
     config = gguf_config(file)
     try:
-        return spec_of(family, config, config, name=name or _spec_name(file))
+        spec = spec_of(family, config, config, name=name or _spec_name(file))
     except ArchspecError as exc:
         raise type(exc)(f"{file.path}: {exc}") from None
+    return spec.model_copy(update={"description": f"imported from a GGUF file (general.architecture = {file.arch!r})"})
 
 
 def _spec_name(file: GgufFile) -> str:
@@ -277,11 +278,7 @@ def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_d
     if type not in EXPORT_TYPES:
         raise ExportError(f"GGUF type {type!r} cannot be written: use one of {', '.join(EXPORT_TYPES)}")
     config = hf_config(spec)
-    model_type = config["model_type"]
-    mapping = FAMILY_OF[model_type].gguf
-    if mapping is None or model_type not in mapping.export_arch:
-        raise ExportError(f"spec '{spec.name}' is a transformers {model_type!r} model, which has no GGUF mapping here")
-    arch = mapping.export_arch[model_type]
+    model_type, arch, mapping = gguf_arch(spec)
     names = gguf.get_tensor_name_map(_gguf_arch(arch), spec.n_layers)
     tensors = _hf_tensors(model, model_type)
     placed: dict[str, tuple[str, Any]] = {}
@@ -307,7 +304,11 @@ def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_d
         shape = gguf.quant_shape_to_byte_shape(lazy.shape, qtype) if _quantized(qtype) else lazy.shape
         itemsize = 1 if _quantized(qtype) else np.dtype(_NUMPY[qtype.name]).itemsize
         writer.add_tensor_info(
-            gguf_name, shape, np.dtype(np.uint8 if _quantized(qtype) else _NUMPY[qtype.name]), _prod(shape) * itemsize, qtype
+            gguf_name,
+            shape,
+            np.dtype(np.uint8 if _quantized(qtype) else _NUMPY[qtype.name]),
+            _prod(shape) * itemsize,
+            qtype,
         )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -330,6 +331,7 @@ def metadata(config: dict[str, Any], mapping: GgufMapping, model_type: str) -> d
     for suffix, key in SHARED_KEYS.items():
         if config.get(key) is not None:
             data[suffix] = config[key]
+    data["vocab_size"] = config["vocab_size"]  # llama.cpp reads it before the token list, which may be absent
     if "attention.key_length" in data:
         data["attention.value_length"] = data["attention.key_length"]
     rope = config.get("rope_parameters") or {}
@@ -463,9 +465,13 @@ def export_gguf(source: str | Path, out: str | Path, type: str = "f32") -> Path:
     path = Path(source)
     if not path.exists():
         raise ArchspecError(f"{path}: no such file or directory")
+    if type not in EXPORT_TYPES:
+        raise ExportError(f"GGUF type {type!r} cannot be written: use one of {', '.join(EXPORT_TYPES)}")
+    dtype = {"f16": torch.float16, "bf16": torch.bfloat16}.get(type, torch.float32)  # what the file keeps exactly
     if path.is_dir() and (path / "config.json").is_file() and not (path / "spec.yaml").is_file():
         spec = spec_from_hf(path)
-        model = load_hf_weights(build(spec, device="meta"), path)
+        gguf_arch(spec)
+        model = load_hf_weights(build(spec, device="meta", dtype=dtype), path)
         return save_gguf(model, out, type, tokenizer_dir=path)
     if path.is_dir():
         import tempfile
@@ -475,9 +481,22 @@ def export_gguf(source: str | Path, out: str | Path, type: str = "f32") -> Path:
         with tempfile.TemporaryDirectory() as scratch:  # a run directory: read as export-hf reads it
             export_hf(path, scratch, dtype="float32")
             spec = load_spec(path / "spec.yaml")
-            model = load_hf_weights(build(spec, device="meta"), scratch)
+            model = load_hf_weights(build(spec, device="meta", dtype=dtype), scratch)
             return save_gguf(model, out, type, tokenizer_dir=path)
-    return save_gguf(build(load_spec(path)), out, type)
+    spec = load_spec(path)
+    gguf_arch(spec)  # refuse before allocating: a spec without a GGUF counterpart may be 671B parameters
+    return save_gguf(build(spec, dtype=dtype), out, type)
+
+
+def gguf_arch(spec: Spec) -> tuple[str, str, GgufMapping]:
+    """The transformers model type, GGUF architecture and family mapping a spec is written as (or `ExportError`)."""
+    from archspec.interop.hf_export import hf_config
+
+    model_type = hf_config(spec)["model_type"]
+    mapping = FAMILY_OF[model_type].gguf
+    if mapping is None or model_type not in mapping.export_arch:
+        raise ExportError(f"spec '{spec.name}' is a transformers {model_type!r} model, which has no GGUF mapping here")
+    return model_type, mapping.export_arch[model_type], mapping
 
 
 def read_all(path: str | Path) -> Iterator[tuple[str, np.ndarray]]:

@@ -157,7 +157,7 @@ def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
         raise ExportError(f"{model_type} with sliding-window layers: llama.cpp's {model_type} reads no window key")
     if model_type not in ("llama", "mistral"):
         return {}
-    data = {"vocab_size": config["vocab_size"], "rope.dimension_count": config["head_dim"]}
+    data = {"rope.dimension_count": config["head_dim"]}
     if model_type == "mistral" and config.get("sliding_window") is not None:
         data["attention.sliding_window"] = config["sliding_window"]
     return data
