@@ -43,7 +43,11 @@ SHARED_KEYS: dict[str, str] = {
     "expert_used_count": "num_experts_per_tok",
     "attention.key_length": "head_dim",  # the converter writes it (and value_length) whenever a config has head_dim
 }
-TOKEN_KEYS = {"bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_id": "tokenizer.ggml.eos_token_id"}
+TOKEN_KEYS = {
+    "bos_token_id": "tokenizer.ggml.bos_token_id",
+    "eos_token_id": "tokenizer.ggml.eos_token_id",
+    "pad_token_id": "tokenizer.ggml.padding_token_id",
+}
 EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 
@@ -132,9 +136,8 @@ def gguf_config(file: GgufFile) -> dict[str, Any]:
     for suffix, key in SHARED_KEYS.items():
         if (value := get(suffix)) is not None:
             config[key] = value
-    for key, gguf_key in TOKEN_KEYS.items():
-        if (value := file.value(gguf_key)) is not None:
-            config[key] = value
+    for key, gguf_key in TOKEN_KEYS.items():  # absent: none (not the config class's default id)
+        config[key] = file.value(gguf_key)
     if "token_embd.weight" not in file.tensors:
         raise WeightLoadError(f"{file.path}: no token_embd.weight tensor")
     config["vocab_size"] = file.shape("token_embd.weight")[0]
