@@ -1,0 +1,123 @@
+"""archspec's GGUF export run by llama.cpp itself (`llama-cpp-python`), against archspec's own logits.
+
+The client is the reference: the file must load in llama.cpp and give archspec's logits. f32: max|Δlogit| <= 1e-5
+of max|logit| with llama.cpp's KV cache in f32 (its default f16 cache alone costs ~5e-4), and the same greedy
+continuation; q8_0: the same argmax on >= 95% of positions. Marker `llamacpp`; .ci/run installs llama-cpp-python
+(it compiles llama.cpp) and says so when it cannot, deselecting these tests; under CI a missing module is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from hf_reference import make_reference
+
+import archspec
+
+pytestmark = pytest.mark.llamacpp
+
+SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
+CONFIGS = {
+    "llama": lambda: transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **SMALL),
+    "llama-tied": lambda: transformers.LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True, **SMALL
+    ),
+    "qwen2": lambda: transformers.Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **SMALL),
+    "qwen3": lambda: transformers.Qwen3Config(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32, **SMALL
+    ),
+}
+F32_TOLERANCE = 1e-5  # of max|logit|
+GGML_TYPE_F32 = 0
+
+
+@pytest.fixture(scope="module")
+def llama_cpp():  # type: ignore[no-untyped-def]
+    try:
+        import llama_cpp
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("llama-cpp-python is not installed: .ci/run installs it or deselects -m llamacpp, saying so")
+        pytest.skip("llama-cpp-python is not installed (pip install llama-cpp-python; it compiles llama.cpp)")
+    return llama_cpp
+
+
+def _model(name: str, directory: Path) -> torch.nn.Module:
+    make_reference(CONFIGS[name](), directory).save_pretrained(directory)
+    return archspec.load_hf_weights(archspec.build(archspec.spec_from_hf(directory)), directory).eval()
+
+
+def _archspec_logits(model: torch.nn.Module, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        out = model(torch.tensor([ids]))
+    return (out.logits if hasattr(out, "logits") else out)[0].numpy()
+
+
+def _run(llama_cpp, path: Path, ids: list[int]):  # type: ignore[no-untyped-def]
+    llm = llama_cpp.Llama(
+        str(path), logits_all=True, n_ctx=128, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, n_threads=2, verbose=False
+    )
+    llm.eval(ids)
+    return llm, np.array(llm.scores[: len(ids)])
+
+
+def _greedy(llm, prompt: list[int], steps: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """llama.cpp's greedy continuation: the argmax of its own logits, fed back one token at a time."""
+    llm.reset()
+    llm.eval(prompt)
+    tokens = []
+    for _ in range(steps):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tokens.append(token)
+        llm.eval([token])
+    return tokens
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_f32_export_runs_in_llama_cpp_with_archspecs_logits_and_greedy_text(llama_cpp, tmp_path: Path, name: str):  # type: ignore[no-untyped-def]
+    model = _model(name, tmp_path / "hf")
+    path = archspec.save_gguf(model, tmp_path / f"{name}.gguf", type="f32")
+    ids = torch.randint(0, 96, (24,), generator=torch.Generator().manual_seed(1)).tolist()
+    llm, theirs = _run(llama_cpp, path, ids)
+    ours = _archspec_logits(model, ids)
+    assert np.abs(theirs - ours).max() <= F32_TOLERANCE * np.abs(ours).max()
+
+    prompt = ids[:6]
+    expected = model.generate(torch.tensor([prompt]), max_new_tokens=12)[0, len(prompt) :].tolist()
+    assert _greedy(llm, prompt, 12) == expected
+
+
+def test_q8_0_export_runs_in_llama_cpp_with_archspecs_argmax(llama_cpp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = _model("llama", tmp_path / "hf")
+    path = archspec.save_gguf(model, tmp_path / "q8.gguf", type="q8_0")
+    ids = torch.randint(0, 96, (48,), generator=torch.Generator().manual_seed(2)).tolist()
+    _, theirs = _run(llama_cpp, path, ids)
+    ours = _archspec_logits(model, ids)
+    assert (theirs.argmax(-1) == ours.argmax(-1)).mean() >= 0.95
+
+
+def test_a_hf_directorys_tokenizer_is_carried_over(llama_cpp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A byte-level BPE tokenizer.json in the HF directory: llama.cpp tokenises text with it as the tokenizers
+    library does."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = __import__("tokenizers").decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=96, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:60])
+    text = ["the cat sat on the mat", "the dog ate the cat food"] * 20
+    tokenizer.train_from_iterator(text, trainer)
+    hf = tmp_path / "hf"
+    _model("llama", hf)
+    tokenizer.save(str(hf / "tokenizer.json"))
+    assert tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).get_vocab_size() <= 96
+    path = tmp_path / "tok.gguf"
+    archspec.interop.gguf.export_gguf(hf, path, type="f32")
+    llm = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    assert llm.tokenize(b"the cat sat", add_bos=False) == tokenizer.encode("the cat sat").ids
