@@ -218,7 +218,9 @@ class GgufTensors:
         return set(self.files)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self.file.shape(self.to_gguf.get(name, name))
+        """The shape in HF's layout (the family's fix applied to an empty tensor of the file's shape)."""
+        stored = torch.empty(self.file.shape(self.to_gguf.get(name, name)), device="meta")
+        return tuple(self.mapping.from_gguf(name, stored, self.config).shape)
 
     def get(self, name: str) -> torch.Tensor:
         tensor = torch.from_numpy(self.file.dequantized(self.to_gguf.get(name, name)))
@@ -301,10 +303,11 @@ def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_d
     _add_tokenizer(writer, spec, tokenizer_dir)
 
     qtypes: dict[str, Any] = {}
-    for gguf_name, (_, lazy) in placed.items():
-        qtype = _qtype(type, lazy.shape)
+    for gguf_name, (hf_name, lazy) in placed.items():
+        stored = tuple(mapping.to_gguf(hf_name, torch.empty(lazy.shape, device="meta"), config).shape)
+        qtype = _qtype(type, stored)
         qtypes[gguf_name] = qtype
-        shape = gguf.quant_shape_to_byte_shape(lazy.shape, qtype) if _quantized(qtype) else lazy.shape
+        shape = gguf.quant_shape_to_byte_shape(stored, qtype) if _quantized(qtype) else stored
         itemsize = 1 if _quantized(qtype) else np.dtype(_NUMPY[qtype.name]).itemsize
         writer.add_tensor_info(
             gguf_name,

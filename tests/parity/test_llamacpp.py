@@ -1,8 +1,8 @@
 """archspec's GGUF export run by llama.cpp itself (`llama-cpp-python`), against archspec's own logits.
 
 The client is the reference: the file must load in llama.cpp and give archspec's logits. f32: max|Δlogit| <= 1e-5
-of max|logit| with llama.cpp's KV cache in f32 (its default f16 cache alone costs ~5e-4), and the same greedy
-continuation; q8_0: the same argmax on >= 95% of positions. Marker `llamacpp`; .ci/run installs llama-cpp-python
+of max|logit| with llama.cpp's KV cache in f32 (its default f16 cache alone costs ~5e-4; GELU models 1e-3, see
+GELU_TOLERANCE), and the same greedy continuation; q8_0: the same argmax on >= 95% of positions. Marker `llamacpp`; .ci/run installs llama-cpp-python
 (it compiles llama.cpp) and says so when it cannot, deselecting these tests; under CI a missing module is a failure.
 """
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.llamacpp
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "gpt2": lambda: transformers.GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128),
     "llama": lambda: transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **SMALL),
     "llama-tied": lambda: transformers.LlamaConfig(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True, **SMALL
@@ -33,6 +34,10 @@ CONFIGS = {
     ),
 }
 F32_TOLERANCE = 1e-5  # of max|logit|
+# ggml's CPU GELU does not evaluate the formula on f32 inputs: it rounds them to f16 and looks the result up in a
+# table (`#define GGML_GELU_FP16` in ggml-cpu/vec.h), ~5e-4 relative per activation; measured 3.6e-4 on tiny GPT-2.
+GELU_TOLERANCE = 1e-3
+TOLERANCE = {"gpt2": GELU_TOLERANCE}
 GGML_TYPE_F32 = 0
 
 
@@ -85,7 +90,7 @@ def test_f32_export_runs_in_llama_cpp_with_archspecs_logits_and_greedy_text(llam
     ids = torch.randint(0, 96, (24,), generator=torch.Generator().manual_seed(1)).tolist()
     llm, theirs = _run(llama_cpp, path, ids)
     ours = _archspec_logits(model, ids)
-    assert np.abs(theirs - ours).max() <= F32_TOLERANCE * np.abs(ours).max()
+    assert np.abs(theirs - ours).max() <= TOLERANCE.get(name, F32_TOLERANCE) * np.abs(ours).max()
 
     prompt = ids[:6]
     expected = model.generate(torch.tensor([prompt]), max_new_tokens=12)[0, len(prompt) :].tolist()
