@@ -421,7 +421,12 @@ def _add_tokenizer(writer: Any, spec: Spec, tokenizer_dir: str | Path | None) ->
         writer.add_tokenizer_model("none")
     else:
         _add_bpe(writer, Path(tokenizer_dir), spec.vocab_size)
-    for setter, value in ((writer.add_bos_token_id, tokens.bos), (writer.add_eos_token_id, tokens.eos)):
+    ids = (
+        (writer.add_bos_token_id, tokens.bos),
+        (writer.add_eos_token_id, tokens.eos),
+        (writer.add_pad_token_id, tokens.pad),
+    )
+    for setter, value in ids:
         if isinstance(value, list):
             value = value[0] if value else None
         if value is not None:

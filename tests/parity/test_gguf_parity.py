@@ -26,6 +26,9 @@ from archspec.interop.hf_export import hf_state_dict
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "phi3": lambda: transformers.Phi3Config(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **SMALL
+    ),
     "llama": lambda: transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **SMALL),
     "mistral": lambda: transformers.MistralConfig(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=1, sliding_window=64, **SMALL
@@ -83,9 +86,12 @@ def test_logits_and_weights_equal_transformers_gguf_loading(tmp_path: Path, mode
         assert (got - original).abs().max() <= FLOAT32_RELATIVE_TOLERANCE * scale
 
 
-# Architectures transformers' GGUF reader cannot read from a file without a vocabulary (its gpt2 mapping takes the
-# vocabulary size from the token list only): the import is checked against the reference model the file was made of.
+# Architectures transformers' GGUF reader cannot read from a file without a vocabulary (its gpt2 and starcoder2
+# mappings take the vocabulary size from the token list only): the import is checked against the reference model the file was made of.
 ONLY_ARCHSPEC = {
+    "starcoder2": lambda: transformers.Starcoder2Config(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=None, **SMALL
+    ),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128),
 }
 

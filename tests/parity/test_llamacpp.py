@@ -23,6 +23,12 @@ pytestmark = pytest.mark.llamacpp
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "phi3": lambda: transformers.Phi3Config(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **SMALL
+    ),
+    "starcoder2": lambda: transformers.Starcoder2Config(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=None, **SMALL
+    ),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128),
     "llama": lambda: transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **SMALL),
     "llama-tied": lambda: transformers.LlamaConfig(
@@ -37,7 +43,7 @@ F32_TOLERANCE = 1e-5  # of max|logit|
 # ggml's CPU GELU does not evaluate the formula on f32 inputs: it rounds them to f16 and looks the result up in a
 # table (`#define GGML_GELU_FP16` in ggml-cpu/vec.h), ~5e-4 relative per activation; measured 3.6e-4 on tiny GPT-2.
 GELU_TOLERANCE = 1e-3
-TOLERANCE = {"gpt2": GELU_TOLERANCE}
+TOLERANCE = {"gpt2": GELU_TOLERANCE, "starcoder2": GELU_TOLERANCE}
 GGML_TYPE_F32 = 0
 
 
