@@ -14,6 +14,7 @@ Export: the HF config `save_hf` would write becomes the metadata llama.cpp's con
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -185,8 +186,6 @@ def spec_from_gguf(path: str | Path, name: str | None = None) -> Spec:
 
 
 def _spec_name(file: GgufFile) -> str:
-    import re
-
     raw = str(file.value("general.name") or file.path.stem)
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-._")
     return cleaned or f"{file.arch}-import"
@@ -206,25 +205,51 @@ class GgufTensors:
         _, self.mapping, _ = family_of_arch(file)
         names = _gguf().get_tensor_name_map(_gguf_arch(file.arch), int(config["num_hidden_layers"]))
         self.to_gguf: dict[str, str] = {}
+        self.expert: dict[str, tuple[str, int]] = {}  # a per-expert HF name -> (the stacked GGUF tensor, its index)
         for hf_name in hf_names:
             gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if gguf_name is not None and gguf_name in file.tensors:
                 self.to_gguf[hf_name] = gguf_name
-        mapped = set(self.to_gguf.values())
+            elif (stacked := _stacked_expert(hf_name)) is not None:
+                gguf_name = names.get_name(stacked[0], try_suffixes=(".weight",))
+                if gguf_name is not None and gguf_name in file.tensors:
+                    self.expert[hf_name] = (gguf_name, stacked[1])
+        mapped = set(self.to_gguf.values()) | {name for name, _ in self.expert.values()}
         self.own = {name: name for name in file.tensors if name not in mapped}
-        self.files = dict.fromkeys([*self.to_gguf, *self.own], file.path)
+        self.files = dict.fromkeys([*self.to_gguf, *self.expert, *self.own], file.path)
+        self._last: tuple[str, torch.Tensor] | None = None  # the last stacked expert tensor, read once for all experts
 
     def names(self) -> set[str]:
         return set(self.files)
 
     def shape(self, name: str) -> tuple[int, ...]:
         """The shape in HF's layout (the family's fix applied to an empty tensor of the file's shape)."""
+        if name in self.expert:
+            return self.file.shape(self.expert[name][0])[1:]
         stored = torch.empty(self.file.shape(self.to_gguf.get(name, name)), device="meta")
         return tuple(self.mapping.from_gguf(name, stored, self.config).shape)
 
     def get(self, name: str) -> torch.Tensor:
+        if name in self.expert:
+            gguf_name, index = self.expert[name]
+            if self._last is None or self._last[0] != gguf_name:
+                self._last = None  # release the previous one first: one stacked tensor held at a time
+                self._last = (gguf_name, torch.from_numpy(self.file.dequantized(gguf_name)))
+            return self._last[1][index]
         tensor = torch.from_numpy(self.file.dequantized(self.to_gguf.get(name, name)))
         return self.mapping.from_gguf(name, tensor, self.config)
+
+
+_EXPERT = re.compile(r"(?P<module>.+\.experts)\.(?P<index>\d+)\.(?P<part>[^.]+)\.weight")
+
+
+def _stacked_expert(hf_name: str) -> tuple[str, int] | None:
+    """`...experts.{e}.gate_proj.weight` -> (`...experts.gate_proj.weight`, e): llama.cpp stores routed experts
+    stacked in one [experts, rows, columns] tensor (`ffn_gate_exps`), under the name of the merged HF tensor."""
+    match = _EXPERT.fullmatch(hf_name)
+    if match is None:
+        return None
+    return f"{match['module']}.{match['part']}.weight", int(match["index"])
 
 
 def _gguf_arch(arch: str) -> Any:
@@ -285,9 +310,8 @@ def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_d
     config = hf_config(spec)
     model_type, arch, mapping = gguf_arch(spec)
     names = gguf.get_tensor_name_map(_gguf_arch(arch), spec.n_layers)
-    tensors = _hf_tensors(model, model_type)
     placed: dict[str, tuple[str, Any]] = {}
-    for hf_name, lazy in tensors.items():
+    for hf_name, lazy in _stack_experts(_hf_tensors(model, model_type)).items():
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ExportError(f"model_type {model_type!r}: llama.cpp has no name for tensor {hf_name!r}")
@@ -328,6 +352,25 @@ def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_d
             writer.write_tensor_data(_encode(tensor, qtypes[gguf_name]))
             progress.advance(task)
     writer.close()
+    return out
+
+
+def _stack_experts(tensors: dict[str, Any]) -> dict[str, Any]:
+    """Per-expert HF tensors stacked into one [experts, ...] tensor under the merged HF name, made when written."""
+    from archspec.interop.safetensors_writer import Lazy
+
+    out: dict[str, Any] = {}
+    groups: dict[str, list[tuple[int, Any]]] = {}
+    for name, lazy in tensors.items():
+        stacked = _stacked_expert(name)
+        if stacked is None:
+            out[name] = lazy
+        else:
+            groups.setdefault(stacked[0], []).append((stacked[1], lazy))
+    for name, parts in groups.items():
+        lazies = [lazy for _, lazy in sorted(parts, key=lambda part: part[0])]
+        shape = (len(lazies), *lazies[0].shape)
+        out[name] = Lazy(shape, lazies[0].dtype, lambda lazies=lazies: torch.stack([lazy.make() for lazy in lazies]))
     return out
 
 

@@ -86,9 +86,32 @@ def test_logits_and_weights_equal_transformers_gguf_loading(tmp_path: Path, mode
         assert (got - original).abs().max() <= FLOAT32_RELATIVE_TOLERANCE * scale
 
 
-# Architectures transformers' GGUF reader cannot read from a file without a vocabulary (its gpt2 and starcoder2
-# mappings take the vocabulary size from the token list only): the import is checked against the reference model the file was made of.
+# Architectures whose files transformers' GGUF reader misreads: without a vocabulary its gpt2 and starcoder2 mappings
+# take the vocabulary size from the token list only, and its qwen2moe / qwen3moe mappings ignore
+# expert_feed_forward_length (the experts' width). The import is checked against the reference model instead (and
+# the export through llama.cpp, test_llamacpp.py).
 ONLY_ARCHSPEC = {
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        **SMALL,
+    ),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        hidden_size=256,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=128,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        norm_topk_prob=True,
+        **SMALL,
+    ),
     "starcoder2": lambda: transformers.Starcoder2Config(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=None, **SMALL
     ),

@@ -23,6 +23,27 @@ pytestmark = pytest.mark.llamacpp
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        **SMALL,
+    ),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        hidden_size=256,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=128,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        norm_topk_prob=True,
+        **SMALL,
+    ),
     "phi3": lambda: transformers.Phi3Config(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **SMALL
     ),
