@@ -299,7 +299,7 @@ def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_d
     carried over (None: the file says it has no vocabulary, `tokenizer.ggml.model = "none"`; llama.cpp then runs
     on token ids). Tensors are made, quantised and written one at a time.
     """
-    from archspec.interop.hf_export import _hf_tensors, hf_config
+    from archspec.interop.hf_export import hf_config, hf_tensors
 
     gguf = _gguf()
     spec: Spec | None = getattr(model, "spec", None)
@@ -311,7 +311,7 @@ def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_d
     model_type, arch, mapping = gguf_arch(spec)
     names = gguf.get_tensor_name_map(_gguf_arch(arch), spec.n_layers)
     placed: dict[str, tuple[str, Any]] = {}
-    for hf_name, lazy in _stack_experts(_hf_tensors(model, model_type)).items():
+    for hf_name, lazy in _stack_experts(hf_tensors(model, model_type)).items():
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ExportError(f"model_type {model_type!r}: llama.cpp has no name for tensor {hf_name!r}")
