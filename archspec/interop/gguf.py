@@ -7,7 +7,7 @@ key map asks for (`gguf.tensor_mapping` gives llama.cpp's name of every HF name)
 the same strict, shape-checked-first loader as for safetensors (`weights.load_from_reader`), one tensor at a time.
 
 Export: the HF config `save_hf` would write becomes the metadata llama.cpp's converter writes, and the HF tensors
-(`hf_export._hf_tensors`, made one at a time) are written under llama.cpp's names, quantised by
+(`hf_export.hf_tensors`, made one at a time) are written under llama.cpp's names, quantised by
 `gguf.quants.quantize`. The GGUF parsing, (de)quantisation and writing are the `gguf` package's (llama.cpp's own).
 """
 
