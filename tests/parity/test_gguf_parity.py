@@ -16,6 +16,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
 import transformers
@@ -26,6 +27,16 @@ from archspec.interop.hf_export import hf_state_dict
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    # transformers' GGUF reader of gemma2 takes Gemma2Config's query_pre_attn_scalar = 256: head_dim 256 agrees
+    "gemma2": lambda: transformers.Gemma2Config(
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=8,
+        **SMALL,
+    ),
     "phi3": lambda: transformers.Phi3Config(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **SMALL
     ),
@@ -74,6 +85,12 @@ def test_logits_and_weights_equal_transformers_gguf_loading(tmp_path: Path, mode
     for name, tensor in hf_state_dict(ours, "llama" if model_type == "mistral" else spec_type(spec)).items():
         assert torch.equal(tensor, their_state[name]), name
 
+    if kind == "f32":  # GGUF -> archspec -> GGUF: the same tensors, bit for bit, and the same metadata
+        again = archspec.save_gguf(ours, tmp_path / "again.gguf", type=kind)
+        first, second = gguf.GGUFReader(path), gguf.GGUFReader(again)
+        assert {t.name: t.data.tobytes() for t in first.tensors} == {t.name: t.data.tobytes() for t in second.tensors}
+        assert {k: f.contents() for k, f in first.fields.items()} == {k: f.contents() for k, f in second.fields.items()}
+
     ours64 = archspec.load_gguf_weights(archspec.build(spec, device="meta", dtype=torch.float64), path).eval()
     ids = torch.randint(0, spec.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -91,6 +108,9 @@ def test_logits_and_weights_equal_transformers_gguf_loading(tmp_path: Path, mode
 # expert_feed_forward_length (the experts' width). The import is checked against the reference model instead (and
 # the export through llama.cpp, test_llamacpp.py).
 ONLY_ARCHSPEC = {
+    "gemma": lambda: transformers.GemmaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, **SMALL
+    ),
     "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
         hidden_size=64,
         num_attention_heads=4,

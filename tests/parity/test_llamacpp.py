@@ -23,6 +23,18 @@ pytestmark = pytest.mark.llamacpp
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "gemma": lambda: transformers.GemmaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, **SMALL
+    ),
+    "gemma2": lambda: transformers.Gemma2Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=8,
+        **SMALL,
+    ),
     "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
         hidden_size=64,
         num_attention_heads=4,
@@ -64,7 +76,7 @@ F32_TOLERANCE = 1e-5  # of max|logit|
 # ggml's CPU GELU does not evaluate the formula on f32 inputs: it rounds them to f16 and looks the result up in a
 # table (`#define GGML_GELU_FP16` in ggml-cpu/vec.h), ~5e-4 relative per activation; measured 3.6e-4 on tiny GPT-2.
 GELU_TOLERANCE = 1e-3
-TOLERANCE = {"gpt2": GELU_TOLERANCE, "starcoder2": GELU_TOLERANCE}
+TOLERANCE = {"gpt2": GELU_TOLERANCE, "starcoder2": GELU_TOLERANCE, "gemma": GELU_TOLERANCE, "gemma2": GELU_TOLERANCE}
 GGML_TYPE_F32 = 0
 
 
