@@ -108,6 +108,34 @@ def test_logits_and_weights_equal_transformers_gguf_loading(tmp_path: Path, mode
 # expert_feed_forward_length (the experts' width). The import is checked against the reference model instead (and
 # the export through llama.cpp, test_llamacpp.py).
 ONLY_ARCHSPEC = {
+    "olmo2": lambda: transformers.Olmo2Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=1,
+        **SMALL,
+    ),
+    "cohere": lambda: transformers.CohereConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **SMALL,
+    ),
+    "cohere2": lambda: transformers.Cohere2Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **{**SMALL, "num_hidden_layers": 4},
+    ),
     "gemma": lambda: transformers.GemmaConfig(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, **SMALL
     ),

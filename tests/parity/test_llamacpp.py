@@ -23,6 +23,34 @@ pytestmark = pytest.mark.llamacpp
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "olmo2": lambda: transformers.Olmo2Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=1,
+        **SMALL,
+    ),
+    "cohere": lambda: transformers.CohereConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **SMALL,
+    ),
+    "cohere2": lambda: transformers.Cohere2Config(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **{**SMALL, "num_hidden_layers": 4},
+    ),
     "gemma": lambda: transformers.GemmaConfig(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, **SMALL
     ),
