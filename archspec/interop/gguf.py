@@ -26,7 +26,7 @@ from torch import nn
 from archspec.interop.convert import spec_of
 from archspec.interop.errors import ExportError, UnsupportedConfigError
 from archspec.interop.family import Family, GgufMapping
-from archspec.interop.registry import FAMILIES, FAMILY_OF, archspec_sources
+from archspec.interop.registry import FAMILIES, FAMILY_OF, archspec_sources, key_map
 from archspec.spec.errors import ArchspecError, WeightLoadError
 from archspec.spec.schema import Spec
 
@@ -199,19 +199,19 @@ class GgufTensors:
     tensors no asked-for name maps to are listed under their own names, so the loader reports them as unexpected.
     """
 
-    def __init__(self, file: GgufFile, hf_names: list[str], config: dict[str, Any]) -> None:
+    def __init__(self, file: GgufFile, hf_names: list[str], config: dict[str, Any], base_prefix: str = "") -> None:
         self.file = file
         self.config = config
         _, self.mapping, _ = family_of_arch(file)
-        names = _gguf().get_tensor_name_map(_gguf_arch(file.arch), int(config["num_hidden_layers"]))
+        names = _names(file.arch, int(config["num_hidden_layers"]), base_prefix)
         self.to_gguf: dict[str, str] = {}
         self.expert: dict[str, tuple[str, int]] = {}  # a per-expert HF name -> (the stacked GGUF tensor, its index)
         for hf_name in hf_names:
-            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            gguf_name = names(hf_name)
             if gguf_name is not None and gguf_name in file.tensors:
                 self.to_gguf[hf_name] = gguf_name
             elif (stacked := _stacked_expert(hf_name)) is not None:
-                gguf_name = names.get_name(stacked[0], try_suffixes=(".weight",))
+                gguf_name = names(stacked[0])
                 if gguf_name is not None and gguf_name in file.tensors:
                     self.expert[hf_name] = (gguf_name, stacked[1])
         mapped = set(self.to_gguf.values()) | {name for name, _ in self.expert.values()}
@@ -252,6 +252,20 @@ def _stacked_expert(hf_name: str) -> tuple[str, int] | None:
     return f"{match['module']}.{match['part']}.weight", int(match["index"])
 
 
+def _names(arch: str, layers: int, base_prefix: str) -> Callable[[str], str | None]:
+    """llama.cpp's name of an HF tensor name (`gguf.tensor_mapping`), tried as it is and without the base model's
+    prefix (BLOOM's converter strips `transformer.` before it looks names up)."""
+    table = _gguf().get_tensor_name_map(_gguf_arch(arch), layers)
+
+    def name(hf_name: str) -> str | None:
+        found = table.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if found is None and base_prefix and hf_name.startswith(base_prefix):
+            found = table.get_name(hf_name.removeprefix(base_prefix), try_suffixes=(".weight", ".bias"))
+        return found
+
+    return name
+
+
 def _gguf_arch(arch: str) -> Any:
     gguf = _gguf()
     for member, name in gguf.MODEL_ARCH_NAMES.items():
@@ -286,7 +300,8 @@ def load_gguf_weights(model: nn.Module, path: str | Path) -> nn.Module:
     _, _, model_type = family_of_arch(file)
     config = gguf_config(file)
     keys = list(model.state_dict())
-    reader = GgufTensors(file, _hf_names(model_type, spec, keys), config)
+    base_prefix = key_map(model_type, spec).base_prefix
+    reader = GgufTensors(file, _hf_names(model_type, spec, keys), config, base_prefix)
     return load_from_reader(model, reader, model_type, file.path, progress=True)
 
 
@@ -309,10 +324,10 @@ def save_gguf(model: nn.Module, path: str | Path, type: str = "f32", tokenizer_d
         raise ExportError(f"GGUF type {type!r} cannot be written: use one of {', '.join(EXPORT_TYPES)}")
     config = hf_config(spec)
     model_type, arch, mapping = gguf_arch(spec)
-    names = gguf.get_tensor_name_map(_gguf_arch(arch), spec.n_layers)
+    names = _names(arch, spec.n_layers, key_map(model_type, spec).base_prefix)
     placed: dict[str, tuple[str, Any]] = {}
     for hf_name, lazy in _stack_experts(hf_tensors(model, model_type)).items():
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        gguf_name = names(hf_name)
         if gguf_name is None:
             raise ExportError(f"model_type {model_type!r}: llama.cpp has no name for tensor {hf_name!r}")
         placed[gguf_name] = (hf_name, lazy)

@@ -27,6 +27,17 @@ from archspec.interop.hf_export import hf_state_dict
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "bloom": lambda: transformers.BloomConfig(vocab_size=96, hidden_size=64, n_layer=2, n_head=4),
+    "falcon-7b-style": lambda: transformers.FalconConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        multi_query=True,
+        parallel_attn=True,
+        bias=False,
+        max_position_embeddings=128,
+    ),
     # transformers' GGUF reader of gemma2 takes Gemma2Config's query_pre_attn_scalar = 256: head_dim 256 agrees
     "gemma2": lambda: transformers.Gemma2Config(
         hidden_size=64,
@@ -105,9 +116,29 @@ def test_logits_and_weights_equal_transformers_gguf_loading(tmp_path: Path, mode
 
 # Architectures whose files transformers' GGUF reader misreads: without a vocabulary its gpt2 and starcoder2 mappings
 # take the vocabulary size from the token list only, and its qwen2moe / qwen3moe mappings ignore
-# expert_feed_forward_length (the experts' width). The import is checked against the reference model instead (and
+# expert_feed_forward_length (the experts' width), its falcon mapping reads every file as Falcon-7B's layout (no
+# new_decoder_architecture) and it has no gemma, gptneox, olmo2 or command-r mapping. The import is checked against the reference model instead (and
 # the export through llama.cpp, test_llamacpp.py).
 ONLY_ARCHSPEC = {
+    "falcon": lambda: transformers.FalconConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        new_decoder_architecture=True,
+        num_kv_heads=2,
+        bias=False,
+        max_position_embeddings=128,
+    ),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        rotary_pct=0.25,
+        max_position_embeddings=128,
+    ),
     "olmo2": lambda: transformers.Olmo2Config(
         hidden_size=64,
         num_attention_heads=4,

@@ -23,6 +23,36 @@ pytestmark = pytest.mark.llamacpp
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "bloom": lambda: transformers.BloomConfig(vocab_size=96, hidden_size=64, n_layer=2, n_head=4),
+    "falcon": lambda: transformers.FalconConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        new_decoder_architecture=True,
+        num_kv_heads=2,
+        bias=False,
+        max_position_embeddings=128,
+    ),
+    "falcon-7b-style": lambda: transformers.FalconConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        multi_query=True,
+        parallel_attn=True,
+        bias=False,
+        max_position_embeddings=128,
+    ),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(
+        vocab_size=96,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        rotary_pct=0.25,
+        max_position_embeddings=128,
+    ),
     "olmo2": lambda: transformers.Olmo2Config(
         hidden_size=64,
         num_attention_heads=4,
@@ -104,7 +134,16 @@ F32_TOLERANCE = 1e-5  # of max|logit|
 # ggml's CPU GELU does not evaluate the formula on f32 inputs: it rounds them to f16 and looks the result up in a
 # table (`#define GGML_GELU_FP16` in ggml-cpu/vec.h), ~5e-4 relative per activation; measured 3.6e-4 on tiny GPT-2.
 GELU_TOLERANCE = 1e-3
-TOLERANCE = {"gpt2": GELU_TOLERANCE, "starcoder2": GELU_TOLERANCE, "gemma": GELU_TOLERANCE, "gemma2": GELU_TOLERANCE}
+TOLERANCE = {
+    "bloom": GELU_TOLERANCE,
+    "falcon": GELU_TOLERANCE,
+    "falcon-7b-style": GELU_TOLERANCE,
+    "gpt_neox": GELU_TOLERANCE,
+    "gpt2": GELU_TOLERANCE,
+    "starcoder2": GELU_TOLERANCE,
+    "gemma": GELU_TOLERANCE,
+    "gemma2": GELU_TOLERANCE,
+}
 GGML_TYPE_F32 = 0
 
 
