@@ -114,11 +114,11 @@ def test_logits_and_weights_equal_transformers_gguf_loading(tmp_path: Path, mode
         assert (got - original).abs().max() <= FLOAT32_RELATIVE_TOLERANCE * scale
 
 
-# Architectures whose files transformers' GGUF reader misreads: without a vocabulary its gpt2 and starcoder2 mappings
-# take the vocabulary size from the token list only, and its qwen2moe / qwen3moe mappings ignore
-# expert_feed_forward_length (the experts' width), its falcon mapping reads every file as Falcon-7B's layout (no
-# new_decoder_architecture) and it has no gemma, gptneox, olmo2 or command-r mapping. The import is checked against the reference model instead (and
-# the export through llama.cpp, test_llamacpp.py).
+# Architectures whose files transformers' GGUF reader misreads: without a vocabulary its gpt2 and starcoder2
+# mappings take the vocabulary size from the token list only; its qwen2moe / qwen3moe mappings ignore
+# expert_feed_forward_length (the experts' width); its falcon mapping reads every file as Falcon-7B's layout (no
+# new_decoder_architecture); it has no gemma, gptneox, olmo2 or command-r mapping. The import is checked against
+# the reference model instead (and the export through llama.cpp, test_llamacpp.py).
 ONLY_ARCHSPEC = {
     "falcon": lambda: transformers.FalconConfig(
         vocab_size=96,
