@@ -176,8 +176,8 @@ def _rope_parameters(get: Callable[[str], Any], file: GgufFile) -> dict[str, Any
 def spec_from_gguf(path: str | Path, name: str | None = None) -> Spec:
     """The spec of a GGUF file, from its metadata (and which tensors it has: biases, a separate output head)."""
     file = GgufFile(path)
-    family, _, _ = family_of_arch(file)
     config = gguf_config(file)
+    family = FAMILY_OF[config["model_type"]]  # the arch's family may read it as another's (Mixtral as "llama")
     try:
         spec = spec_of(family, config, config, name=name or _spec_name(file))
     except ArchspecError as exc:
@@ -297,8 +297,8 @@ def load_gguf_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if spec is None:
         raise WeightLoadError("this model has no .spec: build it with archspec.build(spec)")
     file = GgufFile(path)
-    _, _, model_type = family_of_arch(file)
     config = gguf_config(file)
+    model_type = config["model_type"]
     keys = list(model.state_dict())
     base_prefix = key_map(model_type, spec).base_prefix
     reader = GgufTensors(file, _hf_names(model_type, spec, keys), config, base_prefix)

@@ -120,6 +120,14 @@ def test_logits_and_weights_equal_transformers_gguf_loading(tmp_path: Path, mode
 # new_decoder_architecture); it has no gemma, gptneox, olmo2 or command-r mapping. The import is checked against
 # the reference model instead (and the export through llama.cpp, test_llamacpp.py).
 ONLY_ARCHSPEC = {
+    "mixtral": lambda: transformers.MixtralConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        **SMALL,
+    ),
     "falcon": lambda: transformers.FalconConfig(
         vocab_size=96,
         hidden_size=64,

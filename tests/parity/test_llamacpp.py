@@ -23,6 +23,14 @@ pytestmark = pytest.mark.llamacpp
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "mixtral": lambda: transformers.MixtralConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        **SMALL,
+    ),
     "bloom": lambda: transformers.BloomConfig(vocab_size=96, hidden_size=64, n_layer=2, n_head=4),
     "falcon": lambda: transformers.FalconConfig(
         vocab_size=96,
@@ -177,12 +185,13 @@ def _run(llama_cpp, path: Path, ids: list[int]):  # type: ignore[no-untyped-def]
     return llm, np.array(llm.scores[: len(ids)])
 
 
-def _greedy(llm, prompt: list[int], steps: int) -> list[int]:  # type: ignore[no-untyped-def]
-    """llama.cpp's greedy continuation: the argmax of its own logits, fed back one token at a time."""
+def _greedy(llm, prompt: list[int], steps: int, eos: set[int]) -> list[int]:  # type: ignore[no-untyped-def]
+    """llama.cpp's greedy continuation: the argmax of its own logits, fed back one token at a time, up to an eos
+    token (where `generate` stops too)."""
     llm.reset()
     llm.eval(prompt)
-    tokens = []
-    for _ in range(steps):
+    tokens: list[int] = []
+    while len(tokens) < steps and not (tokens and tokens[-1] in eos):
         token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         tokens.append(token)
         llm.eval([token])
@@ -200,7 +209,8 @@ def test_f32_export_runs_in_llama_cpp_with_archspecs_logits_and_greedy_text(llam
 
     prompt = ids[:6]
     expected = model.generate(torch.tensor([prompt]), max_new_tokens=12)[0, len(prompt) :].tolist()
-    assert _greedy(llm, prompt, 12) == expected
+    eos = model.spec.tokens.eos
+    assert _greedy(llm, prompt, 12, set(eos if isinstance(eos, list) else [] if eos is None else [eos])) == expected
 
 
 def test_q8_0_export_runs_in_llama_cpp_with_archspecs_argmax(llama_cpp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -147,25 +147,35 @@ def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]
         config["head_dim"] = get("rope.dimension_count")  # older files: only the rotated width, all of a head here
     if model_type in ("llama", "qwen3"):
         config["attention_bias"] = "blk.0.attn_q.bias" in tensors
-    if model_type == "llama" and (window := get("attention.sliding_window")) is not None:  # Mistral, as "llama"
+    window = get("attention.sliding_window")
+    if model_type == "llama" and get("expert_count"):  # Mixtral, as "llama" with experts (families/mixtral.py)
+        config |= {
+            "model_type": "mixtral",
+            "num_local_experts": get("expert_count"),
+            "num_experts_per_tok": get("expert_used_count"),
+            "sliding_window": window,
+        }
+    elif model_type == "llama" and window is not None:  # Mistral, as "llama" with a window
         config |= {"model_type": "mistral", "sliding_window": window}
     return config
 
 
-def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+def gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
     if model_type in ("qwen2", "qwen3") and config.get("use_sliding_window"):
         raise ExportError(f"{model_type} with sliding-window layers: llama.cpp's {model_type} reads no window key")
-    if model_type not in ("llama", "mistral"):
+    if model_type not in ("llama", "mistral", "mixtral"):
         return {}
     data = {"rope.dimension_count": config["head_dim"]}
-    if model_type == "mistral" and config.get("sliding_window") is not None:
+    if model_type == "mixtral":
+        data["expert_count"] = config["num_local_experts"]
+    if model_type in ("mistral", "mixtral") and config.get("sliding_window") is not None:
         data["attention.sliding_window"] = config["sliding_window"]
     return data
 
 
 def _permuted_heads(name: str, config: dict[str, Any]) -> int | None:
     """The head count the converter permutes this tensor's rows by (None: not permuted)."""
-    if config["model_type"] not in ("llama", "mistral"):
+    if config["model_type"] not in ("llama", "mistral", "mixtral"):
         return None
     if name.endswith(("q_proj.weight", "q_proj.bias")):
         return config["num_attention_heads"]
@@ -198,7 +208,7 @@ GGUF = GgufMapping(
     archs={"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"},
     export_arch={"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"},
     config=_gguf_config,
-    metadata=_gguf_metadata,
+    metadata=gguf_metadata,
     from_gguf=from_llama_cpp_rows,
     to_gguf=to_llama_cpp_rows,
 )
