@@ -399,6 +399,8 @@ def metadata(config: dict[str, Any], mapping: GgufMapping, model_type: str) -> d
     if "attention.key_length" in data:
         data["attention.value_length"] = data["attention.key_length"]
     rope = config.get("rope_parameters") or {}
+    if "full_attention" in rope:  # per layer type (Gemma 3): the family's metadata writes them
+        rope = {}
     if "rope_theta" in rope:
         data["rope.freq_base"] = float(rope["rope_theta"])
     kind = rope.get("rope_type", "default")

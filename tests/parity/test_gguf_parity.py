@@ -27,6 +27,15 @@ from archspec.interop.hf_export import hf_state_dict
 
 SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
 CONFIGS = {
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        hidden_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=8,
+        **{**SMALL, "num_hidden_layers": 6},
+    ),
     "bloom": lambda: transformers.BloomConfig(vocab_size=96, hidden_size=64, n_layer=2, n_head=4),
     "falcon-7b-style": lambda: transformers.FalconConfig(
         vocab_size=96,

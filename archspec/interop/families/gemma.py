@@ -244,6 +244,8 @@ def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]
     config: dict[str, Any] = {"attention_bias": "blk.0.attn_q.bias" in tensors}
     if model_type == "gemma":
         return config | {"hidden_act": "gelu_pytorch_tanh"}
+    if model_type == "gemma3_text":
+        return config | _gemma3_config(get)
     return config | {
         "hidden_activation": "gelu_pytorch_tanh",
         "query_pre_attn_scalar": _llama_cpp_scalar(
@@ -255,8 +257,58 @@ def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]
     }
 
 
-def _llama_cpp_scalar(layers: int, hidden: int, heads: int, head_dim: int | None) -> int:
-    return hidden // heads if layers == 46 else head_dim or hidden // heads
+def _llama_cpp_scalar(layers: int, hidden: int, heads: int, head_dim: int | None, big: int = 46) -> int:
+    """The query_pre_attn_scalar llama.cpp uses: head_dim, or d_model / heads for the 27B (`big` layers)."""
+    return hidden // heads if layers == big else head_dim or hidden // heads
+
+
+# gemma3: llama.cpp's window on five layers of six (HF's default layer_types), rope.freq_base for the full layers
+# (with their linear scaling) and rope.freq_base_swa for the sliding ones, q/k norms stored as 1 + w too.
+_GEMMA3_BIG = 62
+
+
+def _gemma3_config(get: Any) -> dict[str, Any]:
+    full = {"rope_type": "default", "rope_theta": float(get("rope.freq_base") or 1_000_000.0)}
+    if get("rope.scaling.type") == "linear":
+        full |= {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    elif get("rope.scaling.type") not in (None, "none"):
+        raise UnsupportedConfigError(f"gemma3.rope.scaling.type = {get('rope.scaling.type')!r} is not mapped")
+    local = {"rope_type": "default", "rope_theta": float(get("rope.freq_base_swa") or full["rope_theta"])}
+    layers = get("block_count")
+    return {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": _llama_cpp_scalar(
+            layers, get("embedding_length"), get("attention.head_count"), get("attention.key_length"), _GEMMA3_BIG
+        ),
+        "final_logit_softcapping": get("final_logit_softcapping"),
+        "attn_logit_softcapping": None,
+        "sliding_window": get("attention.sliding_window") or None,
+        "layer_types": [FULL if (i + 1) % 6 == 0 else SLIDING for i in range(layers)],
+        "rope_parameters": {FULL: full, SLIDING: local},
+    }
+
+
+def _gemma3_metadata(config: dict[str, Any]) -> dict[str, Any]:
+    layers, hidden, heads = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
+    if config["query_pre_attn_scalar"] != _llama_cpp_scalar(layers, hidden, heads, config["head_dim"], _GEMMA3_BIG):
+        raise ExportError("gemma3 with a score scale other than llama.cpp's (1/sqrt(head_dim))")
+    if config["sliding_window"] is None or config["layer_types"] != [
+        FULL if (i + 1) % 6 == 0 else SLIDING for i in range(layers)
+    ]:
+        raise ExportError("gemma3 without a window on five layers of six: llama.cpp's gemma3 has that pattern")
+    full, local = config["rope_parameters"][FULL], config["rope_parameters"][SLIDING]
+    if local.get("rope_type", "default") != "default" or full.get("rope_type", "default") not in ("default", "linear"):
+        raise ExportError("gemma3 with a rope scaling other than linear on the full layers: not mapped to GGUF")
+    data: dict[str, Any] = {
+        "rope.freq_base": float(full["rope_theta"]),
+        "rope.freq_base_swa": float(local["rope_theta"]),
+        "attention.sliding_window": config["sliding_window"],
+    }
+    if full.get("rope_type") == "linear":
+        data |= {"rope.scaling.type": "linear", "rope.scaling.factor": float(full["factor"])}
+    if config.get("final_logit_softcapping") is not None:
+        data["final_logit_softcapping"] = float(config["final_logit_softcapping"])
+    return data
 
 
 def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
@@ -267,6 +319,8 @@ def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
         raise ExportError(f"{model_type} with attention biases: llama.cpp's {model_type} has none")
     if model_type == "gemma":
         return {}
+    if model_type == "gemma3_text":
+        return _gemma3_metadata(config)
     layers, hidden, heads = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
     if config["query_pre_attn_scalar"] != _llama_cpp_scalar(layers, hidden, heads, config["head_dim"]):
         raise ExportError("gemma2 with a score scale other than llama.cpp's (1/sqrt(head_dim))")
@@ -291,8 +345,8 @@ def _norm_minus_one(name: str, tensor: Any, config: dict[str, Any]) -> Any:
 
 
 GGUF = GgufMapping(
-    archs={"gemma": "gemma", "gemma2": "gemma2"},
-    export_arch={"gemma": "gemma", "gemma2": "gemma2"},
+    archs={"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"},
+    export_arch={"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"},
     config=_gguf_config,
     metadata=_gguf_metadata,
     from_gguf=_norm_minus_one,
