@@ -216,3 +216,19 @@ def test_cli_damaged_files_are_one_line_errors_naming_the_file(tmp_path: Path, d
 def test_cli_refuses_an_unknown_type_before_building(tmp_path: Path) -> None:
     code, out = _cli("export-gguf", "specs/llama3-70b.yaml", "-o", str(tmp_path / "m.gguf"), "--type", "q4_k")
     assert code == 1 and "q4_k" in out and "f32, f16, bf16, q8_0" in out
+
+
+def test_cli_exports_a_run_directory_with_its_weights(tmp_path: Path) -> None:
+    """A directory with spec.yaml and model.safetensors in archspec's names (as export-hf reads it)."""
+    from safetensors.torch import save_file
+
+    model = _model(LLAMA, seed=3)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "spec.yaml").write_text(LLAMA)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
+    code, out = _cli("export-gguf", str(run), "-o", str(tmp_path / "run.gguf"))
+    assert code == 0, out
+    back = archspec.load_gguf_weights(archspec.build(model.spec), tmp_path / "run.gguf")
+    for key, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value), key
