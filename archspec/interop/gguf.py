@@ -222,6 +222,28 @@ class GgufTensors:
     def names(self) -> set[str]:
         return set(self.files)
 
+    def check_types(self) -> None:
+        """Every tensor type used can be dequantised (one row of each type is tried), before any tensor is loaded:
+        a file that fails half-way would leave the model half-loaded."""
+        used = {*self.to_gguf.values(), *(name for name, _ in self.expert.values())}
+        tried: dict[Any, bool] = {}
+        failing = []
+        for name in sorted(used):
+            tensor = self.file.tensors[name]
+            if tensor.tensor_type not in tried:
+                row = tensor.data[:1] if tensor.data.ndim > 1 else tensor.data
+                try:
+                    _gguf().quants.dequantize(row, tensor.tensor_type)
+                    tried[tensor.tensor_type] = True
+                except Exception:
+                    tried[tensor.tensor_type] = False
+            if not tried[tensor.tensor_type]:
+                failing.append(f"{name} ({tensor.tensor_type.name})")
+        if failing:
+            raise WeightLoadError(
+                f"{self.file.path}: gguf.quants cannot dequantise these tensors' types: {', '.join(failing)}"
+            )
+
     def shape(self, name: str) -> tuple[int, ...]:
         """The shape in HF's layout (the family's fix applied to an empty tensor of the file's shape)."""
         if name in self.expert:
@@ -302,6 +324,7 @@ def load_gguf_weights(model: nn.Module, path: str | Path) -> nn.Module:
     keys = list(model.state_dict())
     base_prefix = key_map(model_type, spec).base_prefix
     reader = GgufTensors(file, _hf_names(model_type, spec, keys), config, base_prefix)
+    reader.check_types()
     return load_from_reader(model, reader, model_type, file.path, progress=True)
 
 

@@ -129,8 +129,11 @@ def test_q8_0_tensors_load_as_gguf_quants_dequantises_them(tmp_path: Path) -> No
             assert (loaded.layers[0].mlp.up.weight - original).abs().max() <= original.abs().max() / 127 + 1e-6
 
 
-def _with(tmp_path: Path, arch: str = "llama", extra: dict[str, object] | None = None) -> Path:
-    """A copy of a tiny exported llama file with its architecture renamed or tensors added."""
+def _with(
+    tmp_path: Path, arch: str = "llama", extra: dict[str, object] | None = None, raw: dict[str, object] | None = None
+) -> Path:
+    """A copy of a tiny exported llama file with its architecture renamed, tensors added or replaced by raw data of
+    another GGML type (`raw`: name -> (bytes array, type))."""
     source = tmp_path / "src.gguf"
     archspec.save_gguf(_model(LLAMA), source)
     reader = gguf.GGUFReader(source)
@@ -143,7 +146,8 @@ def _with(tmp_path: Path, arch: str = "llama", extra: dict[str, object] | None =
         sub = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name.replace("llama.", f"{arch}."), field.contents(), value_type, sub)
     for tensor in reader.tensors:
-        writer.add_tensor(tensor.name, np.array(tensor.data), raw_dtype=tensor.tensor_type)
+        data, kind = (raw or {}).get(tensor.name, (np.array(tensor.data), tensor.tensor_type))
+        writer.add_tensor(tensor.name, data, raw_dtype=kind)
     for name, data in (extra or {}).items():
         writer.add_tensor(name, data)
     writer.write_header_to_file()
@@ -232,3 +236,16 @@ def test_cli_exports_a_run_directory_with_its_weights(tmp_path: Path) -> None:
     back = archspec.load_gguf_weights(archspec.build(model.spec), tmp_path / "run.gguf")
     for key, value in model.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_a_type_gguf_quants_cannot_dequantise_is_refused_before_anything_is_loaded(tmp_path: Path) -> None:
+    q8_1 = gguf.GGMLQuantizationType.Q8_1  # gguf 0.19's quants has no Q8_1 dequantiser
+    raw = np.zeros(gguf.quant_shape_to_byte_shape((48, 32), q8_1), dtype=np.uint8)
+    path = _with(tmp_path, raw={"blk.0.ffn_up.weight": (raw, q8_1)})
+    model = archspec.build(archspec.spec_from_gguf(path))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(
+        WeightLoadError, match=r"edited.gguf: gguf.quants cannot dequantise .*blk.0.ffn_up.weight \(Q8_1\)"
+    ):
+        archspec.load_gguf_weights(model, path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
