@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -528,8 +528,11 @@ def _add_bpe(writer: Any, directory: Path, vocab_size: int) -> None:
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ExportError(f"{file}: not a tokenizer.json with a BPE vocabulary ({exc})") from None
-    if model.get("type") != "BPE":
-        raise ExportError(f"{file}: tokenizer model {model.get('type')!r}; only BPE vocabularies are carried over")
+    if model.get("type") != "BPE" or not _byte_level(data.get("pre_tokenizer")):
+        raise ExportError(
+            f"{file}: only byte-level BPE vocabularies (GPT-2's kind: a ByteLevel pre-tokenizer) are carried over; "
+            "this one is not (SentencePiece-style vocabularies are not mapped yet)"
+        )
     added = {entry["id"]: entry["content"] for entry in data.get("added_tokens", [])}
     by_id = {index: token for token, index in vocab.items()} | added
     kinds = gguf.TokenType
@@ -546,6 +549,15 @@ def _add_bpe(writer: Any, directory: Path, vocab_size: int) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+
+
+def _byte_level(pre_tokenizer: Any) -> bool:
+    """Whether a tokenizer.json pre-tokenizer is (or contains) ByteLevel, as llama.cpp's "gpt2" vocabulary needs."""
+    if not isinstance(pre_tokenizer, dict):
+        return False
+    if pre_tokenizer.get("type") == "ByteLevel":
+        return True
+    return any(_byte_level(inner) for inner in pre_tokenizer.get("pretokenizers", []))
 
 
 def export_gguf(source: str | Path, out: str | Path, type: str = "f32") -> Path:
@@ -591,10 +603,3 @@ def gguf_arch(spec: Spec) -> tuple[str, str, GgufMapping]:
     if mapping is None or model_type not in mapping.export_arch:
         raise ExportError(f"spec '{spec.name}' is a transformers {model_type!r} model, which has no GGUF mapping here")
     return model_type, mapping.export_arch[model_type], mapping
-
-
-def read_all(path: str | Path) -> Iterator[tuple[str, np.ndarray]]:
-    """Every tensor of a GGUF file, dequantised, in file order (for tests and comparisons)."""
-    file = GgufFile(path)
-    for name in file.tensors:
-        yield name, file.dequantized(name)
