@@ -249,3 +249,15 @@ def test_a_type_gguf_quants_cannot_dequantise_is_refused_before_anything_is_load
     ):
         archspec.load_gguf_weights(model, path)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "BF16", "F16"])
+def test_quantised_tensors_load_as_gguf_quants_dequantises_them(tmp_path: Path, kind: str) -> None:
+    qtype = gguf.GGMLQuantizationType[kind]
+    values = np.random.default_rng(0).standard_normal((48, 32)).astype(np.float32)
+    raw = gguf.quants.quantize(values, qtype)
+    path = _with(tmp_path, raw={"blk.0.ffn_up.weight": (raw, qtype)})
+    model = archspec.load_gguf_weights(archspec.build(archspec.spec_from_gguf(path)), path)
+    expected = torch.from_numpy(np.asarray(gguf.quants.dequantize(raw, qtype), dtype=np.float32))
+    assert torch.equal(model.layers[0].mlp.up.weight, expected)
+    assert (expected - torch.from_numpy(values)).abs().max() < 0.5  # a quantisation of these values, not noise
