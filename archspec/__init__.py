@@ -24,6 +24,9 @@ _LAZY = {
     "spec_from_hf": "archspec.interop.hf",
     "load_hf_weights": "archspec.interop.hf",
     "save_hf": "archspec.interop.hf_export",
+    "spec_from_gguf": "archspec.interop.gguf",
+    "load_gguf_weights": "archspec.interop.gguf",
+    "save_gguf": "archspec.interop.gguf",
     "emit_source": "archspec.emit",
     "parallelize": "archspec.distributed",
     "tp_plan": "archspec.distributed",
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from archspec.builder import build
     from archspec.distributed import enable_activation_checkpointing, parallelize, tp_plan
     from archspec.emit import emit_source
+    from archspec.interop.gguf import load_gguf_weights, save_gguf, spec_from_gguf
     from archspec.interop.hf import load_hf_weights, spec_from_hf
     from archspec.interop.hf_export import save_hf
 
@@ -54,11 +58,14 @@ __all__ = [
     "build",
     "emit_source",
     "enable_activation_checkpointing",
+    "load_gguf_weights",
     "load_hf_weights",
     "load_spec",
     "parallelize",
+    "save_gguf",
     "save_hf",
     "spec_from_dict",
+    "spec_from_gguf",
     "spec_from_hf",
     "tp_plan",
 ]

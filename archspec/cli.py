@@ -364,6 +364,21 @@ def export_hf(
     )
 
 
+# ------------------------------------------------------------------------------------ import-gguf, export-gguf
+def _register_gguf_commands() -> None:
+    """`import-gguf` and `export-gguf` live in archspec/cli_gguf.py; registered after export-hf."""
+    from archspec.cli_gguf import register
+
+    known = {id(command.callback) for command in app.registered_commands}
+    register(app)
+    for command in app.registered_commands:
+        if id(command.callback) not in known and command.callback is not None:
+            command.callback = user_errors(command.callback)
+
+
+_register_gguf_commands()
+
+
 # ----------------------------------------------------------------------------------------------- schema
 @app.command()
 @user_errors

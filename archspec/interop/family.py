@@ -31,6 +31,32 @@ def spec_kind(spec: Spec) -> SpecKind:
     return "dense"
 
 
+TensorFix = Callable[[str, Any, dict[str, Any]], Any]
+"""(HF tensor name, tensor, HF config) -> the tensor as the other side stores it."""
+
+
+def _unchanged(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+    return tensor
+
+
+@dataclass(frozen=True)
+class GgufMapping:
+    """What llama.cpp's converter (`convert_hf_to_gguf.py`) does differently for one family.
+
+    GGUF is read and written through the family's HF form: metadata <-> an HF config dict (`archspec.interop.gguf`
+    maps the keys every architecture shares; `config` / `metadata` add the family's own), tensors <-> HF names
+    (`gguf.tensor_mapping`), with `from_gguf` / `to_gguf` undoing / redoing a layout the converter changes (the
+    Q/K row permutation of llama-style models).
+    """
+
+    archs: Mapping[str, str]  # GGUF `general.architecture` -> model type
+    export_arch: Mapping[str, str]  # model type -> the GGUF architecture llama.cpp's converter writes for it
+    config: Callable[[Callable[[str], Any], set[str], str], dict[str, Any]]  # (metadata getter, tensors, type)
+    metadata: Callable[[dict[str, Any], str], dict[str, Any]]  # (HF config, model type) -> "<arch>.*" suffixes
+    from_gguf: TensorFix = _unchanged
+    to_gguf: TensorFix = _unchanged
+
+
 @dataclass(frozen=True)
 class Family:
     """One family; the callables take the model type as their last argument where its members differ."""
@@ -45,6 +71,7 @@ class Family:
     kind: SpecKind  # the kind of spec export tries this family for
     fused_part: FusedPart = split_rows  # how parts sit in its fused tensors
     auto_class: str = "AutoModelForCausalLM"  # the transformers auto class that loads an export
+    gguf: GgufMapping | None = None  # how llama.cpp writes this family (None: no GGUF import or export)
 
     def __post_init__(self) -> None:
         for table in ("architectures", "defaults"):

@@ -127,6 +127,12 @@ def hf_state_dict(model: nn.Module, model_type: str) -> dict[str, torch.Tensor]:
     return {name: lazy.make() for name, lazy in _hf_tensors(model, model_type).items()}
 
 
+def hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = None) -> dict[str, Lazy]:
+    """The model's tensors under `model_type`'s checkpoint names, each made only when asked for (`Lazy.make`): what
+    `save_hf` writes, and what GGUF export (`archspec.interop.gguf`) renames and quantises."""
+    return _hf_tensors(model, model_type, dtype)
+
+
 def _hf_tensors(model: nn.Module, model_type: str, dtype: torch.dtype | None = None) -> dict[str, Lazy]:
     """`hf_state_dict`'s tensors, not made yet: each in `dtype` (floating-point ones; None: the model's), contiguous."""
     spec: Spec = model.spec  # type: ignore[assignment]

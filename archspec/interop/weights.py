@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class _Planned:
     source: Source
     names: list[str]
 
-    def shape(self, reader: CheckpointReader) -> tuple[int, ...]:
+    def shape(self, reader: Reader) -> tuple[int, ...]:
         """The shape this source yields, computed on the meta device from the header shapes alone."""
         shapes = [reader.shape(name) for name in self.names]
         if self.source.stack:
@@ -68,12 +69,31 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
     model_type = model_type or read_hf_config(directory).get("model_type")
     if model_type not in FAMILY_OF:
         raise WeightLoadError(f"{directory}: model_type {model_type!r} is not supported")
-    reader = CheckpointReader(directory)
-    names = key_map(model_type, spec)  # type: ignore[arg-type]
+    return load_from_reader(model, CheckpointReader(directory), model_type, directory)  # type: ignore[arg-type]
+
+
+class Reader(Protocol):
+    """Tensors under HF names: a safetensors checkpoint (`CheckpointReader`) or a GGUF file (`gguf.GgufTensors`)."""
+
+    files: dict[str, Path]  # tensor name -> the file it is in
+
+    def names(self) -> set[str]: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def get(self, name: str) -> torch.Tensor: ...
+
+
+def load_from_reader(
+    model: nn.Module, reader: Reader, model_type: str, where: str | Path, progress: bool = False
+) -> nn.Module:
+    """`load_hf_weights` given the reader: resolve and check every name and shape, then stream (`progress`: a bar
+    per tensor even for a single file)."""
+    spec: Spec = model.spec  # type: ignore[assignment]
+    directory = where
+    names = key_map(model_type, spec)
     expected = model.state_dict()
     tied = spec.embeddings.tied
     wanted = [k for k in expected if not (tied and k == "lm_head.weight")]
-    sources = archspec_sources(model_type, spec, wanted)  # type: ignore[arg-type]
+    sources = archspec_sources(model_type, spec, wanted)
     available = reader.names()
 
     plan: list[_Planned] = []
@@ -116,7 +136,7 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
         raise WeightLoadError(f"{directory}: checkpoint does not fit the spec '{spec.name}': " + " | ".join(problems))
 
     on_meta = any(t.is_meta for t in expected.values())
-    _stream(model, plan, reader, expected, assign=on_meta)
+    _stream(model, plan, reader, expected, assign=on_meta, progress=progress)
     if on_meta:
         from archspec.builder import materialize_buffers
 
@@ -127,22 +147,26 @@ def load_hf_weights(model: nn.Module, directory: str | Path, model_type: str | N
 
 
 def _stream(
-    model: nn.Module, plan: list[_Planned], reader: CheckpointReader, expected: dict[str, torch.Tensor], assign: bool
+    model: nn.Module,
+    plan: list[_Planned],
+    reader: Reader,
+    expected: dict[str, torch.Tensor],
+    assign: bool,
+    progress: bool = False,
 ) -> None:
-    """Copy (or assign) every planned tensor, one checkpoint file at a time; only that file's tensors are held."""
+    """Copy (or assign) every planned tensor, one checkpoint file at a time; only the tensors it reads are held
+    (q, k and v, read one after the other, share their fused tensor), so memory is the model plus one tensor."""
     from rich.progress import Progress
 
     by_file = sorted(plan, key=lambda p: str(reader.files[p.names[0]]))
     files = sorted({str(reader.files[p.names[0]]) for p in plan})
     held: dict[str, torch.Tensor] = {}
-    current = None
-    with Progress(transient=True, disable=len(files) < 2) as progress:
-        task = progress.add_task(f"loading {len(files)} shards", total=len(by_file))
+    what = f"loading {len(files)} shards" if len(files) > 1 else f"loading {Path(files[0]).name if files else ''}"
+    with Progress(transient=True, disable=len(files) < 2 and not progress) as bar:
+        task = bar.add_task(what, total=len(by_file))
         for planned in by_file:
-            file = str(reader.files[planned.names[0]])
-            if file != current:
-                held.clear()  # a fused tensor is reused by q, k and v: keep only the current file's
-                current = file
+            for name in [n for n in held if n not in planned.names]:
+                del held[name]  # a fused tensor is reused by the next q, k and v: keep only what this one reads
 
             def read(name: str) -> torch.Tensor:
                 if name not in held:
@@ -151,7 +175,7 @@ def _stream(
 
             target = expected[planned.key]
             _put(model, planned.key, planned.load(read).to(target.dtype).contiguous(), assign)
-            progress.advance(task)
+            bar.advance(task)
 
 
 def _put(model: nn.Module, key: str, tensor: torch.Tensor, assign: bool) -> None:

@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from archspec.interop.families.common import BLOOM_FALCON_LAYER, Getter, fused_qkv
-from archspec.interop.family import Family
+from archspec.interop.errors import ExportError
+from archspec.interop.families.common import (
+    BLOOM_FALCON_LAYER,
+    Getter,
+    fused_qkv,
+    qkv_blocks_to_grouped,
+    qkv_grouped_to_blocks,
+)
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import Spec
 
@@ -63,6 +70,51 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return KeyMap(top, "transformer.h.{i}.", layer, fused_qkv("self_attention"), base_prefix="transformer.")
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/bloom.py`) writes "bloom" with query_key_value's rows regrouped as [q | k | v]
+# (`common.qkv_grouped_to_blocks`); its graph: ALiBi, the embedding LayerNorm, GELU (tanh).
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    return {
+        "n_embed": get("embedding_length"),
+        "layer_norm_epsilon": get("attention.layer_norm_epsilon"),
+        "seq_length": get("context_length"),
+        "apply_residual_connection_post_layernorm": False,
+    }
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if config.get("apply_residual_connection_post_layernorm"):
+        raise ExportError("bloom with the residual taken after the norm: llama.cpp's bloom has none")
+    return {
+        "embedding_length": config["hidden_size"],
+        "block_count": config["n_layer"],
+        "attention.head_count": config["n_head"],
+        "attention.head_count_kv": config["n_head"],
+        "feed_forward_length": 4 * config["hidden_size"],
+        "context_length": config["seq_length"],
+        "attention.layer_norm_epsilon": config["layer_norm_epsilon"],
+    }
+
+
+def _regroup(to_llama_cpp: bool) -> Any:
+    def fix(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+        if ".query_key_value." not in name:
+            return tensor
+        heads = config.get("n_head") or config["num_attention_heads"]
+        return (qkv_grouped_to_blocks if to_llama_cpp else qkv_blocks_to_grouped)(tensor, heads, heads)
+
+    return fix
+
+
+GGUF = GgufMapping(
+    archs={"bloom": "bloom"},
+    export_arch={"bloom": "bloom"},
+    config=_gguf_config,
+    metadata=_gguf_metadata,
+    from_gguf=_regroup(False),
+    to_gguf=_regroup(True),
+)
+
 FAMILY = Family(
     name="bloom",
     model_types=("bloom",),
@@ -72,4 +124,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="dense",
+    gguf=GGUF,
 )

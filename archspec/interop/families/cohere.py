@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from archspec.interop.errors import UnsupportedConfigError
+from archspec.interop.errors import ExportError, UnsupportedConfigError
 from archspec.interop.families.common import (
     FULL,
     GATED_FROM_HF,
@@ -45,7 +45,7 @@ from archspec.interop.families.common import (
     rope_parameters,
     single_window,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import NoPositionSpec, RopeSpec, Spec
 
@@ -194,6 +194,47 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return llama_key_map(PARALLEL_LAYER)
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/command_r.py`) writes Cohere as "command-r" and Cohere2 as "cohere2", with HF's
+# names and rows (Cohere's RoPE already pairs adjacent dims, as llama.cpp's), `logit_scale` and LayerNorm's eps.
+# cohere2: a window on three layers of four, the fourth without positions (HF's default layer_types).
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "layer_norm_eps": get("attention.layer_norm_epsilon"),
+        "logit_scale": get("logit_scale"),
+        "attention_bias": "blk.0.attn_q.bias" in tensors,
+        "hidden_act": "silu",
+    }
+    if model_type == "cohere":
+        return config | {"use_qk_norm": "blk.0.attn_q_norm.weight" in tensors}
+    return config | {"sliding_window": get("attention.sliding_window")}
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if config["hidden_act"] != "silu" or config["attention_bias"]:
+        raise ExportError(f"{model_type} other than SwiGLU without biases: llama.cpp's has exactly that")
+    data: dict[str, Any] = {
+        "attention.layer_norm_epsilon": config["layer_norm_eps"],
+        "logit_scale": config["logit_scale"],
+    }
+    if model_type == "cohere2":
+        expected = [
+            "full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(config["num_hidden_layers"])
+        ]
+        if config["layer_types"] != expected:
+            raise ExportError("cohere2 whose layer pattern is not three sliding layers then a full one: llama.cpp's is")
+        data["attention.sliding_window"] = config["sliding_window"]
+        data["rope.dimension_count"] = config["head_dim"]
+    return data
+
+
+GGUF = GgufMapping(
+    archs={"command-r": "cohere", "cohere2": "cohere2"},
+    export_arch={"cohere": "command-r", "cohere2": "cohere2"},
+    config=_gguf_config,
+    metadata=_gguf_metadata,
+)
+
 FAMILY = Family(
     name="cohere",
     model_types=("cohere", "cohere2"),
@@ -203,4 +244,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="dense",
+    gguf=GGUF,
 )

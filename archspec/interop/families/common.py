@@ -395,3 +395,27 @@ def single_window(spec: Spec) -> int | None:
     windows = {spec.window_for_layer(i) for i in range(spec.n_layers)} - {None}
     needs(len(windows) <= 1, "layers.kinds.window")
     return windows.pop() if windows else None
+
+
+# ============================================================================================ GGUF
+def qkv_grouped_to_blocks(tensor: Any, heads: int, kv_heads: int) -> Any:
+    """A fused QKV's rows from HF's grouped layout ([kv_heads, group + 2, head_dim]: each group's queries, its key,
+    its value; BLOOM, GPT-NeoX and Falcon) to llama.cpp's ([q heads | k heads | v heads]), as its converter does."""
+    import torch
+
+    group, rest = heads // kv_heads, tuple(tensor.shape[1:])
+    rows = tensor.reshape(kv_heads, group + 2, -1, *rest)
+    parts = (rows[:, :group], rows[:, group], rows[:, group + 1])
+    return torch.cat([part.reshape(-1, *rest) for part in parts]).reshape(tensor.shape)
+
+
+def qkv_blocks_to_grouped(tensor: Any, heads: int, kv_heads: int) -> Any:
+    """The inverse of `qkv_grouped_to_blocks`."""
+    import torch
+
+    group, rest = heads // kv_heads, tuple(tensor.shape[1:])
+    head_dim = tensor.shape[0] // (heads + 2 * kv_heads)
+    q, k, v = tensor.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+    shaped = [q.reshape(kv_heads, group, head_dim, *rest)]
+    shaped += [part.reshape(kv_heads, 1, head_dim, *rest) for part in (k, v)]
+    return torch.cat(shaped, dim=1).reshape(tensor.shape)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from archspec.interop.errors import ExportError
 from archspec.interop.families.common import (
     BLOOM_FALCON_LAYER,
     PLAIN_TO_HF,
@@ -20,10 +21,12 @@ from archspec.interop.families.common import (
     hf_name,
     needs,
     plain_activation,
+    qkv_blocks_to_grouped,
+    qkv_grouped_to_blocks,
     read_rope,
     rope_parameters,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import AlibiSpec, RopeSpec, Spec
 
@@ -116,6 +119,69 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return KeyMap(top, "transformer.h.{i}.", layer, fused_qkv("self_attention"), base_prefix="transformer.")
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/falcon.py`) writes "falcon" with query_key_value's rows regrouped as
+# [q heads | k heads | v heads] (`common.qkv_grouped_to_blocks`, tensor_data_layout "jploski"); its graph: parallel
+# attention and MLP, one norm (7B) or two (the new decoder architecture: attn_norm_2), RoPE, GELU.
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    new_arch = "blk.0.attn_norm_2.weight" in tensors
+    kv_heads = get("attention.head_count_kv") or 1
+    return {
+        "new_decoder_architecture": new_arch,
+        "num_kv_heads": kv_heads,
+        "multi_query": kv_heads == 1,
+        "num_ln_in_parallel_attn": 2 if new_arch else None,
+        "parallel_attn": True,
+        "bias": "blk.0.attn_qkv.bias" in tensors,
+        "alibi": False,
+        "activation": "gelu",
+        "ffn_hidden_size": get("feed_forward_length"),
+        "layer_norm_epsilon": get("attention.layer_norm_epsilon"),
+    }
+
+
+def _kv_heads(config: dict[str, Any]) -> int:
+    if config.get("new_decoder_architecture"):
+        return config.get("num_kv_heads") or config["num_attention_heads"]
+    return 1 if config.get("multi_query") else config["num_attention_heads"]
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if config.get("alibi") or not (config.get("parallel_attn") or config.get("new_decoder_architecture")):
+        raise ExportError("falcon with ALiBi or a sequential block: llama.cpp's falcon is parallel with RoPE")
+    if config.get("new_decoder_architecture") and (config.get("num_ln_in_parallel_attn") or 2) != 2:
+        raise ExportError("falcon's new decoder architecture with one norm: llama.cpp's has two")
+    if config.get("bias") or config.get("activation", "gelu") != "gelu":
+        raise ExportError("falcon with biases or an activation other than gelu: llama.cpp's falcon has neither")
+    hidden = config["hidden_size"]
+    return {
+        "attention.head_count_kv": _kv_heads(config),
+        "attention.layer_norm_epsilon": config["layer_norm_epsilon"],
+        "feed_forward_length": config.get("ffn_hidden_size") or 4 * hidden,
+        "embedding_length": hidden,
+        "tensor_data_layout": "jploski",
+    }
+
+
+def _regroup(to_llama_cpp: bool) -> Any:
+    def fix(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+        if ".query_key_value." not in name:
+            return tensor
+        heads, kv_heads = config["num_attention_heads"], _kv_heads(config)
+        return (qkv_grouped_to_blocks if to_llama_cpp else qkv_blocks_to_grouped)(tensor, heads, kv_heads)
+
+    return fix
+
+
+GGUF = GgufMapping(
+    archs={"falcon": "falcon"},
+    export_arch={"falcon": "falcon"},
+    config=_gguf_config,
+    metadata=_gguf_metadata,
+    from_gguf=_regroup(False),
+    to_gguf=_regroup(True),
+)
+
 FAMILY = Family(
     name="falcon",
     model_types=("falcon",),
@@ -125,4 +191,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="dense",
+    gguf=GGUF,
 )

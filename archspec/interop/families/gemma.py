@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from archspec.interop.errors import UnsupportedConfigError
+from archspec.interop.errors import ExportError, UnsupportedConfigError
 from archspec.interop.families.common import (
     FULL,
     GATED_FROM_HF,
@@ -40,7 +40,7 @@ from archspec.interop.families.common import (
     rope_parameters,
     single_window,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import NoPositionSpec, RopeSpec, Spec
 
@@ -235,6 +235,124 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return llama_key_map(LLAMA_LAYER if model_type == "gemma" else SANDWICH_LAYER)
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/gemma.py`) writes "gemma" and "gemma2" with every RMSNorm weight stored as
+# 1 + w (HF keeps w and adds the 1 in the norm). Its gemma2 graph: GELU (tanh), softcaps from
+# attn_logit_softcapping / final_logit_softcapping, a window on even layers (pattern 2, as HF's default layer_types),
+# and scores scaled by 1/sqrt(head_dim), 1/sqrt(d_model / heads) for the 46-layer 27B.
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    config: dict[str, Any] = {"attention_bias": "blk.0.attn_q.bias" in tensors}
+    if model_type == "gemma":
+        return config | {"hidden_act": "gelu_pytorch_tanh"}
+    if model_type == "gemma3_text":
+        return config | _gemma3_config(get)
+    return config | {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": _llama_cpp_scalar(
+            get("block_count"), get("embedding_length"), get("attention.head_count"), get("attention.key_length")
+        ),
+        "attn_logit_softcapping": get("attn_logit_softcapping"),
+        "final_logit_softcapping": get("final_logit_softcapping"),
+        "sliding_window": get("attention.sliding_window"),
+    }
+
+
+def _llama_cpp_scalar(layers: int, hidden: int, heads: int, head_dim: int | None, big: int = 46) -> int:
+    """The query_pre_attn_scalar llama.cpp uses: head_dim, or d_model / heads for the 27B (`big` layers)."""
+    return hidden // heads if layers == big else head_dim or hidden // heads
+
+
+# gemma3: llama.cpp's window on five layers of six (HF's default layer_types), rope.freq_base for the full layers
+# (with their linear scaling) and rope.freq_base_swa for the sliding ones, q/k norms stored as 1 + w too.
+_GEMMA3_BIG = 62
+
+
+def _gemma3_config(get: Any) -> dict[str, Any]:
+    full = {"rope_type": "default", "rope_theta": float(get("rope.freq_base") or 1_000_000.0)}
+    if get("rope.scaling.type") == "linear":
+        full |= {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
+    elif get("rope.scaling.type") not in (None, "none"):
+        raise UnsupportedConfigError(f"gemma3.rope.scaling.type = {get('rope.scaling.type')!r} is not mapped")
+    local = {"rope_type": "default", "rope_theta": float(get("rope.freq_base_swa") or full["rope_theta"])}
+    layers = get("block_count")
+    return {
+        "hidden_activation": "gelu_pytorch_tanh",
+        "query_pre_attn_scalar": _llama_cpp_scalar(
+            layers, get("embedding_length"), get("attention.head_count"), get("attention.key_length"), _GEMMA3_BIG
+        ),
+        "final_logit_softcapping": get("final_logit_softcapping"),
+        "attn_logit_softcapping": None,
+        "sliding_window": get("attention.sliding_window") or None,
+        "layer_types": [FULL if (i + 1) % 6 == 0 else SLIDING for i in range(layers)],
+        "rope_parameters": {FULL: full, SLIDING: local},
+    }
+
+
+def _gemma3_metadata(config: dict[str, Any]) -> dict[str, Any]:
+    layers, hidden, heads = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
+    if config["query_pre_attn_scalar"] != _llama_cpp_scalar(layers, hidden, heads, config["head_dim"], _GEMMA3_BIG):
+        raise ExportError("gemma3 with a score scale other than llama.cpp's (1/sqrt(head_dim))")
+    if config["sliding_window"] is None or config["layer_types"] != [
+        FULL if (i + 1) % 6 == 0 else SLIDING for i in range(layers)
+    ]:
+        raise ExportError("gemma3 without a window on five layers of six: llama.cpp's gemma3 has that pattern")
+    full, local = config["rope_parameters"][FULL], config["rope_parameters"][SLIDING]
+    if local.get("rope_type", "default") != "default" or full.get("rope_type", "default") not in ("default", "linear"):
+        raise ExportError("gemma3 with a rope scaling other than linear on the full layers: not mapped to GGUF")
+    data: dict[str, Any] = {
+        "rope.freq_base": float(full["rope_theta"]),
+        "rope.freq_base_swa": float(local["rope_theta"]),
+        "attention.sliding_window": config["sliding_window"],
+    }
+    if full.get("rope_type") == "linear":
+        data |= {"rope.scaling.type": "linear", "rope.scaling.factor": float(full["factor"])}
+    if config.get("final_logit_softcapping") is not None:
+        data["final_logit_softcapping"] = float(config["final_logit_softcapping"])
+    return data
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    activation = config.get("hidden_act") or config.get("hidden_activation")
+    if activation != "gelu_pytorch_tanh":
+        raise ExportError(f"{model_type} with {activation!r}: llama.cpp's {model_type} runs gelu (tanh)")
+    if config["attention_bias"]:
+        raise ExportError(f"{model_type} with attention biases: llama.cpp's {model_type} has none")
+    if model_type == "gemma":
+        return {}
+    if model_type == "gemma3_text":
+        return _gemma3_metadata(config)
+    layers, hidden, heads = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
+    if config["query_pre_attn_scalar"] != _llama_cpp_scalar(layers, hidden, heads, config["head_dim"]):
+        raise ExportError("gemma2 with a score scale other than llama.cpp's (1/sqrt(head_dim))")
+    expected = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    if config["sliding_window"] is None or config["layer_types"] != expected:
+        raise ExportError("gemma2 without a window on exactly the even layers: llama.cpp's gemma2 has that pattern")
+    if config["attn_logit_softcapping"] is None or config["final_logit_softcapping"] is None:
+        raise ExportError("gemma2 without both softcaps: llama.cpp's gemma2 applies both")
+    return {
+        "attn_logit_softcapping": float(config["attn_logit_softcapping"]),
+        "final_logit_softcapping": float(config["final_logit_softcapping"]),
+        "attention.sliding_window": config["sliding_window"],
+    }
+
+
+def _norm_plus_one(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+    return tensor + 1 if name.endswith("norm.weight") else tensor
+
+
+def _norm_minus_one(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+    return tensor - 1 if name.endswith("norm.weight") else tensor
+
+
+GGUF = GgufMapping(
+    archs={"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"},
+    export_arch={"gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"},
+    config=_gguf_config,
+    metadata=_gguf_metadata,
+    from_gguf=_norm_minus_one,
+    to_gguf=_norm_plus_one,
+)
+
 FAMILY = Family(
     name="gemma",
     model_types=("gemma", "gemma2", "gemma3_text"),
@@ -244,4 +362,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="dense",
+    gguf=GGUF,
 )

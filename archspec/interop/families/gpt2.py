@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from archspec.interop.errors import ExportError
 from archspec.interop.families.common import PLAIN_TO_HF, Getter, hf_name, plain_activation
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap, Split, split_rows
 from archspec.spec.schema import Spec
 
@@ -103,6 +104,52 @@ def fused_part(spec: Spec, part: str) -> Split:
     return lambda t: t.chunk(3, dim=-1)[index]
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/gpt2.py`) writes architecture "gpt2" with every Conv1D weight transposed to
+# [out, in]; its graph has GELU (tanh), LayerNorm, learned positions and the standard 1/sqrt(d) score scale only.
+_CONV1D = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
+
+
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    return {
+        "n_layer": get("block_count"),
+        "n_embd": get("embedding_length"),
+        "n_head": get("attention.head_count"),
+        "n_positions": get("context_length"),
+        "n_inner": get("feed_forward_length"),
+        "layer_norm_epsilon": get("attention.layer_norm_epsilon"),
+    }
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if config["activation_function"] != "gelu_new":
+        raise ExportError(f"gpt2 with activation {config['activation_function']!r}: llama.cpp's gpt2 runs gelu (tanh)")
+    if not config["scale_attn_weights"] or config["scale_attn_by_inverse_layer_idx"]:
+        raise ExportError("gpt2 with a score scale other than 1/sqrt(head_dim): llama.cpp's gpt2 has none")
+    return {
+        "block_count": config["n_layer"],
+        "context_length": config["n_positions"],
+        "embedding_length": config["n_embd"],
+        "feed_forward_length": config["n_inner"],
+        "attention.head_count": config["n_head"],
+        "attention.layer_norm_epsilon": config["layer_norm_epsilon"],
+    }
+
+
+def _transposed(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+    """Conv1D [in, out] <-> llama.cpp's [out, in] (its own inverse)."""
+    return tensor.t() if name.endswith(_CONV1D) and tensor.ndim == 2 else tensor
+
+
+GGUF = GgufMapping(
+    archs={"gpt2": "gpt2"},
+    export_arch={"gpt2": "gpt2"},
+    config=_gguf_config,
+    metadata=_gguf_metadata,
+    from_gguf=_transposed,
+    to_gguf=_transposed,
+)
+
 FAMILY = Family(
     name="gpt2",
     model_types=("gpt2",),
@@ -113,4 +160,5 @@ FAMILY = Family(
     key_map=key_map,
     kind="dense",
     fused_part=fused_part,
+    gguf=GGUF,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from archspec.interop.errors import ExportError
 from archspec.interop.families.common import (
     PLAIN_TO_HF,
     Getter,
@@ -16,10 +17,12 @@ from archspec.interop.families.common import (
     hf_name,
     needs,
     plain_activation,
+    qkv_blocks_to_grouped,
+    qkv_grouped_to_blocks,
     read_rope,
     rope_parameters,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import RopeSpec, Spec
 
@@ -88,6 +91,55 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return KeyMap(top, "gpt_neox.layers.{i}.", layer, fused_qkv("attention"), aliases=aliases, base_prefix="gpt_neox.")
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/gptneox.py`) writes "gptneox" with query_key_value's rows regrouped as
+# [q | k | v] (`common.qkv_grouped_to_blocks`), the rotated width as rope.dimension_count and use_parallel_residual.
+# Its graph runs GELU as tanh from an f16 table, whatever hidden_act says (Pythia's is erf GELU).
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    head_dim = get("embedding_length") // get("attention.head_count")
+    fraction = (get("rope.dimension_count") or head_dim) / head_dim
+    rope = {"rope_type": "default", "rope_theta": float(get("rope.freq_base") or 10000.0)}
+    return {
+        "use_parallel_residual": bool(get("use_parallel_residual")),
+        "layer_norm_eps": get("attention.layer_norm_epsilon"),
+        "attention_bias": "blk.0.attn_qkv.bias" in tensors,
+        "hidden_act": "gelu",
+        "rotary_pct": fraction,
+        "rope_parameters": rope | {"partial_rotary_factor": fraction},
+    }
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if config["hidden_act"] not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        raise ExportError(f"gpt_neox with {config['hidden_act']!r}: llama.cpp's gptneox runs gelu")
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    fraction = config["rope_parameters"].get("partial_rotary_factor", config.get("rotary_pct", 1.0))
+    return {
+        "rope.dimension_count": int(fraction * head_dim),
+        "use_parallel_residual": bool(config["use_parallel_residual"]),
+        "attention.layer_norm_epsilon": config["layer_norm_eps"],
+    }
+
+
+def _regroup(to_llama_cpp: bool) -> Any:
+    def fix(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+        if ".query_key_value." not in name:
+            return tensor
+        heads = config["num_attention_heads"]
+        return (qkv_grouped_to_blocks if to_llama_cpp else qkv_blocks_to_grouped)(tensor, heads, heads)
+
+    return fix
+
+
+GGUF = GgufMapping(
+    archs={"gptneox": "gpt_neox"},
+    export_arch={"gpt_neox": "gptneox"},
+    config=_gguf_config,
+    metadata=_gguf_metadata,
+    from_gguf=_regroup(False),
+    to_gguf=_regroup(True),
+)
+
 FAMILY = Family(
     name="gpt_neox",
     model_types=("gpt_neox",),
@@ -97,4 +149,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="dense",
+    gguf=GGUF,
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from archspec.interop.errors import UnsupportedConfigError
+from archspec.interop.errors import ExportError, UnsupportedConfigError
 from archspec.interop.families.common import (
     LLAMA_LAYER,
     Getter,
@@ -19,7 +19,7 @@ from archspec.interop.families.common import (
     needs,
     sliding_layers,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import Spec
 
@@ -137,6 +137,82 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return llama_key_map(LLAMA_LAYER)
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/llama.py`, `qwen.py`) writes Llama and Mistral as architecture "llama", with
+# the rows of q_proj / k_proj (weights and biases) permuted per head from HF's rotate-half RoPE layout to llama.cpp's
+# interleaved one; Qwen2 / Qwen3 keep HF's rows (llama.cpp runs them with NeoX-style RoPE).
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if get("attention.key_length") is None and get("rope.dimension_count") is not None:
+        config["head_dim"] = get("rope.dimension_count")  # older files: only the rotated width, all of a head here
+    if model_type in ("llama", "qwen3"):
+        config["attention_bias"] = "blk.0.attn_q.bias" in tensors
+    window = get("attention.sliding_window")
+    if model_type == "llama" and get("expert_count"):  # Mixtral, as "llama" with experts (families/mixtral.py)
+        config |= {
+            "model_type": "mixtral",
+            "num_local_experts": get("expert_count"),
+            "num_experts_per_tok": get("expert_used_count"),
+            "sliding_window": window,
+        }
+    elif model_type == "llama" and window is not None:  # Mistral, as "llama" with a window
+        config |= {"model_type": "mistral", "sliding_window": window}
+    return config
+
+
+def gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if model_type in ("qwen2", "qwen3") and config.get("use_sliding_window"):
+        raise ExportError(f"{model_type} with sliding-window layers: llama.cpp's {model_type} reads no window key")
+    if model_type not in ("llama", "mistral", "mixtral"):
+        return {}
+    data = {"rope.dimension_count": config["head_dim"]}
+    if model_type == "mixtral":
+        data["expert_count"] = config["num_local_experts"]
+    if model_type in ("mistral", "mixtral") and config.get("sliding_window") is not None:
+        data["attention.sliding_window"] = config["sliding_window"]
+    return data
+
+
+def _permuted_heads(name: str, config: dict[str, Any]) -> int | None:
+    """The head count the converter permutes this tensor's rows by (None: not permuted)."""
+    if config["model_type"] not in ("llama", "mistral", "mixtral"):
+        return None
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return config["num_attention_heads"]
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return config.get("num_key_value_heads") or config["num_attention_heads"]
+    return None
+
+
+def to_llama_cpp_rows(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+    """Each head's rows [first halves, second halves] -> interleaved pairs (the converter's `permute`)."""
+    heads = _permuted_heads(name, config)
+    if heads is None:
+        return tensor
+    return (
+        tensor.reshape(heads, 2, tensor.shape[0] // heads // 2, *tensor.shape[1:]).transpose(1, 2).reshape(tensor.shape)
+    )
+
+
+def from_llama_cpp_rows(name: str, tensor: Any, config: dict[str, Any]) -> Any:
+    """The inverse of `to_llama_cpp_rows`: interleaved pairs back to each head's two halves."""
+    heads = _permuted_heads(name, config)
+    if heads is None:
+        return tensor
+    return (
+        tensor.reshape(heads, tensor.shape[0] // heads // 2, 2, *tensor.shape[1:]).transpose(1, 2).reshape(tensor.shape)
+    )
+
+
+GGUF = GgufMapping(
+    archs={"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"},
+    export_arch={"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"},
+    config=_gguf_config,
+    metadata=gguf_metadata,
+    from_gguf=from_llama_cpp_rows,
+    to_gguf=to_llama_cpp_rows,
+)
+
 FAMILY = Family(
     name="llama",
     model_types=("llama", "mistral", "qwen2", "qwen3"),
@@ -151,4 +227,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="dense",
+    gguf=GGUF,
 )

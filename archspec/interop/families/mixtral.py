@@ -18,7 +18,7 @@ from archspec.interop.families.common import (
     moe_section,
     needs,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import ExpertNames, KeyMap
 from archspec.spec.schema import Spec
 
@@ -71,6 +71,19 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     )
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter writes Mixtral as "llama" with expert_count and the experts stacked (ffn_*_exps); Q/K rows
+# permuted as Llama's. Reading such a file is the llama family's (`llama.GGUF.config` turns it into a mixtral
+# config); writing is here.
+GGUF = GgufMapping(
+    archs={},
+    export_arch={"mixtral": "llama"},
+    config=lambda get, tensors, model_type: {},
+    metadata=llama.gguf_metadata,
+    from_gguf=llama.from_llama_cpp_rows,
+    to_gguf=llama.to_llama_cpp_rows,
+)
+
 FAMILY = Family(
     name="mixtral",
     model_types=("mixtral",),
@@ -80,4 +93,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="moe",
+    gguf=GGUF,
 )

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from archspec.interop.errors import UnsupportedConfigError
+from archspec.interop.errors import ExportError, UnsupportedConfigError
 from archspec.interop.families.common import (
     FULL,
     LLAMA_LAYER,
@@ -46,7 +46,7 @@ from archspec.interop.families.common import (
     rope_parameters,
     single_window,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import NoPositionSpec, QKNormSpec, RopeSpec, Spec
 
@@ -163,6 +163,26 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return llama_key_map(OUTPUT_NORM_LAYER)
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/olmo.py`) writes OLMo 2 as "olmo2" with HF's names and rows (NeoX-style RoPE,
+# no permutation): output norms after attention and MLP, q/k norms over the whole projection. OLMo 3's sliding
+# layers (sliding_window_pattern) are not mapped here.
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    if get("attention.sliding_window") is not None:
+        raise UnsupportedConfigError("olmo2 with olmo2.attention.sliding_window (OLMo 3's pattern) is not mapped")
+    return {"attention_bias": "blk.0.attn_q.bias" in tensors}
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if model_type != "olmo2" or config.get("attention_bias"):
+        raise ExportError(f"{model_type}: only OLMo 2 without biases is written as GGUF")
+    return {}
+
+
+GGUF = GgufMapping(
+    archs={"olmo2": "olmo2"}, export_arch={"olmo2": "olmo2"}, config=_gguf_config, metadata=_gguf_metadata
+)
+
 FAMILY = Family(
     name="olmo",
     model_types=("olmo2", "olmo3"),
@@ -172,4 +192,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="dense",
+    gguf=GGUF,
 )

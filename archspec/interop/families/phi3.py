@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from archspec.interop.errors import UnsupportedConfigError
+from archspec.interop.errors import ExportError, UnsupportedConfigError
 from archspec.interop.families.common import (
     LLAMA_LAYER,
     Getter,
@@ -34,7 +34,7 @@ from archspec.interop.families.common import (
     needs,
     read_rope,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap, Split, split_rows
 from archspec.spec.schema import LongRopeScaling, Spec
 
@@ -114,6 +114,35 @@ def fused_part(spec: Spec, part: str) -> Split:
     return lambda t: t[start:stop]
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/phi.py`, Phi3MiniModel) keeps qkv_proj and gate_up_proj fused (attn_qkv,
+# ffn_up), writes the rotated width as rope.dimension_count and sliding_window = 0 for "none". LongRoPE's factors
+# become rope_factors_long / rope_factors_short tensors, which archspec does not map (refused both ways).
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    if "rope_factors_long.weight" in tensors:
+        raise UnsupportedConfigError(
+            "phi3 with rope_factors_long / rope_factors_short tensors (LongRoPE) is not mapped"
+        )
+    config: dict[str, Any] = {"sliding_window": get("attention.sliding_window") or None}
+    heads, rotated = get("attention.head_count"), get("rope.dimension_count")
+    head_dim = get("attention.key_length") or get("embedding_length") // heads
+    if rotated is not None and rotated != head_dim:
+        config["partial_rotary_factor"] = rotated / head_dim
+    return config
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if config["rope_parameters"].get("rope_type", "default") != "default":
+        raise ExportError(
+            "phi3 with LongRoPE: its factors would be rope_factors_* tensors, which archspec does not write"
+        )
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    fraction = config["rope_parameters"].get("partial_rotary_factor", 1.0)
+    return {"rope.dimension_count": int(head_dim * fraction), "attention.sliding_window": config["sliding_window"] or 0}
+
+
+GGUF = GgufMapping(archs={"phi3": "phi3"}, export_arch={"phi3": "phi3"}, config=_gguf_config, metadata=_gguf_metadata)
+
 FAMILY = Family(
     name="phi3",
     model_types=("phi3",),
@@ -124,4 +153,5 @@ FAMILY = Family(
     key_map=key_map,
     kind="dense",
     fused_part=fused_part,
+    gguf=GGUF,
 )

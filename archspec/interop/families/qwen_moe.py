@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from archspec.interop.errors import ExportError
 from archspec.interop.families import llama
 from archspec.interop.families.common import (
     LLAMA_LAYER,
@@ -23,7 +24,7 @@ from archspec.interop.families.common import (
     shared_expert_layer,
     sliding_layers,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import Spec
 
@@ -119,6 +120,45 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return llama_key_map(layer)
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter (`conversion/qwen.py`) writes "qwen2moe" / "qwen3moe" with the routed experts stacked
+# (ffn_{gate,up,down}_exps), Qwen2-MoE's shared expert and its sigmoid gate (ffn_*_shexp, ffn_gate_inp_shexp). Its
+# graphs put experts on every layer and renormalise the top-k weights for qwen3moe only (not for qwen2moe).
+_RENORMALIZE = {"qwen2_moe": False, "qwen3_moe": True}
+
+
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    bias = "blk.0.attn_q.bias" in tensors
+    config = {
+        "moe_intermediate_size": get("expert_feed_forward_length"),
+        "norm_topk_prob": _RENORMALIZE[model_type],
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "qkv_bias" if model_type == "qwen2_moe" else "attention_bias": bias,
+    }
+    if model_type == "qwen2_moe":
+        config["shared_expert_intermediate_size"] = get("expert_shared_feed_forward_length")
+    return config
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if config["norm_topk_prob"] != _RENORMALIZE[model_type]:
+        raise ExportError(f"{model_type} with norm_topk_prob = {config['norm_topk_prob']}: llama.cpp's is fixed")
+    if config["mlp_only_layers"]:
+        raise ExportError(f"{model_type} with dense layers (mlp_only_layers): llama.cpp's has experts on every layer")
+    data = {"expert_feed_forward_length": config["moe_intermediate_size"]}
+    if model_type == "qwen2_moe":
+        data["expert_shared_feed_forward_length"] = config["shared_expert_intermediate_size"]
+    return data
+
+
+GGUF = GgufMapping(
+    archs={"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"},
+    export_arch={"qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"},
+    config=_gguf_config,
+    metadata=_gguf_metadata,
+)
+
 FAMILY = Family(
     name="qwen_moe",
     model_types=("qwen2_moe", "qwen3_moe"),
@@ -128,4 +168,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="moe",
+    gguf=GGUF,
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from archspec.interop.errors import ExportError
 from archspec.interop.families.common import (
     PLAIN_TO_HF,
     Getter,
@@ -22,7 +23,7 @@ from archspec.interop.families.common import (
     read_rope,
     rope_parameters,
 )
-from archspec.interop.family import Family
+from archspec.interop.family import Family, GgufMapping
 from archspec.interop.keys import KeyMap
 from archspec.spec.schema import GATED_ACTIVATIONS, RopeSpec, Spec
 
@@ -118,6 +119,35 @@ def key_map(spec: Spec, model_type: str) -> KeyMap:
     return llama_key_map(layer)
 
 
+# ============================================================================================ GGUF
+# llama.cpp's converter writes architecture "starcoder2" with HF's names and rows (NeoX-style RoPE, no permutation);
+# its graph: LayerNorm, GELU (tanh), biases on every projection, no sliding window.
+def _gguf_config(get: Any, tensors: set[str], model_type: str) -> dict[str, Any]:
+    return {
+        "norm_epsilon": get("attention.layer_norm_epsilon"),
+        "use_bias": "blk.0.attn_q.bias" in tensors,
+        "hidden_act": "gelu_pytorch_tanh",
+        "sliding_window": None,
+    }
+
+
+def _gguf_metadata(config: dict[str, Any], model_type: str) -> dict[str, Any]:
+    if config["hidden_act"] != "gelu_pytorch_tanh":
+        raise ExportError(f"starcoder2 with {config['hidden_act']!r}: llama.cpp's starcoder2 runs gelu (tanh)")
+    if config["sliding_window"] is not None and config["sliding_window"] < config["max_position_embeddings"]:
+        raise ExportError("starcoder2 with a sliding window: llama.cpp's starcoder2 attends to every position")
+    if not config["use_bias"]:
+        raise ExportError("starcoder2 without biases: llama.cpp's starcoder2 requires them")
+    return {"attention.layer_norm_epsilon": config["norm_epsilon"]}
+
+
+GGUF = GgufMapping(
+    archs={"starcoder2": "starcoder2"},
+    export_arch={"starcoder2": "starcoder2"},
+    config=_gguf_config,
+    metadata=_gguf_metadata,
+)
+
 FAMILY = Family(
     name="starcoder2",
     model_types=("starcoder2",),
@@ -127,4 +157,5 @@ FAMILY = Family(
     to_config=to_config,
     key_map=key_map,
     kind="dense",
+    gguf=GGUF,
 )
