@@ -98,9 +98,12 @@ def diff(
 
 
 def register(app: typer.Typer) -> None:
-    """Add `info` and `diff` to the archspec command line."""
+    """Add `info`, `diff` and `plan` to the archspec command line."""
+    from archspec import cli_plan
+
     app.command("info")(info)
     app.command("diff")(diff)
+    cli_plan.register(app)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -1,0 +1,457 @@
+"""What a spec costs to train and to serve on one device: memory by kind, whether it fits, and time bounds.
+
+Every figure is read from the compiler's plan (`archspec.compiler.plan`): which attention (ordinary, MLA), which
+windows, which MLP or MoE, which norms and block layout, a tied head, which layers differ. Parameters and the KV
+cache are exact (`archspec.analysis.metrics`); tensor parallelism divides what `archspec.distributed.tp_plan`
+splits (the same plan `parallelize` applies, read from a meta-device build, which allocates nothing).
+
+Training memory of one steady-state step (forward + backward + optimizer step, optimizer states allocated):
+
+    parameters   weights in `dtype` (FSDP: / fsdp ranks; TP: split weights / tp)
+    gradients    one per parameter, in `dtype` (sharded alike); all of them exist at the optimizer step
+    optimizer    AdamW: 2 fp32 states per parameter (+ fp32 master weights with --master-weights); SGD: none
+    activations  what autograd saves for backward, per layer, from the plan's components (module docstring of
+                 `saved_per_token`); full checkpointing keeps each block's input only and recomputes one block
+    logits       the [batch, seq, vocab] logits and the loss's fp32 log-softmax (saved for backward)
+    transient    the largest short-lived peak: the loss backward (two fp32 [batch, seq, vocab] gradients), a
+                 block's backward (its recomputed activations under checkpointing, its gradients in flight), or
+                 the optimizer step (temporaries of the largest parameter); FSDP: the gathered block weights
+    total        the peak over the step: max over (end of forward, each block's backward, optimizer step)
+
+Serving: the weights plus the KV cache of `batch` sequences of `seq` positions, windows capped (a rolling
+buffer per sliding layer), MLA's latent + rope key, the encoder-decoder's cached cross keys/values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from archspec.analysis.metrics import (
+    AnalysisError,
+    canonical_dtype,
+    check_context,
+    dtype_bytes,
+    flop_counts,
+    kv_cache,
+    layer_windows,
+    param_counts,
+)
+from archspec.compiler import plan as plan_of
+from archspec.plan import Call
+from archspec.spec.schema import Spec
+
+Mode = Literal["train", "serve"]
+Checkpointing = Literal["none", "full"]
+Optimizer = Literal["adamw", "sgd"]
+
+
+# ------------------------------------------------------------------------------------------------ devices
+@dataclass(frozen=True)
+class Device:
+    """Dense bf16 tensor-core peak (TFLOP/s), memory bandwidth (GB/s) and memory (GiB) of one accelerator."""
+
+    name: str
+    peak_tflops: float
+    bandwidth_gbs: float
+    memory_gib: float
+
+
+DEVICES: dict[str, Device] = {  # vendors' datasheets, SXM parts, dense (no 2:4 sparsity)
+    "h100": Device("h100", 989.0, 3350.0, 80.0),
+    "h200": Device("h200", 989.0, 4800.0, 141.0),
+    "a100": Device("a100", 312.0, 2039.0, 80.0),
+    "cpu": Device("cpu", 1.0, 100.0, 64.0),  # a nominal workstation; pass your own figures
+}
+
+
+def device_of(
+    name: str | None = None,
+    peak_tflops: float | None = None,
+    bandwidth_gbs: float | None = None,
+    memory_gib: float | None = None,
+) -> Device:
+    """A named device, with any of its figures overridden; all three figures without a name: a custom device."""
+    if name is None and None not in (peak_tflops, bandwidth_gbs, memory_gib):
+        return Device("custom", peak_tflops, bandwidth_gbs, memory_gib)  # type: ignore[arg-type]
+    key = (name or "h100").lower()
+    if key not in DEVICES:
+        raise AnalysisError(
+            f"unknown device {name!r} (known: {', '.join(DEVICES)}; or give --peak-tflops, "
+            "--bandwidth-gbs and --memory-gib)"
+        )
+    base = DEVICES[key]
+    for value, what in ((peak_tflops, "peak"), (bandwidth_gbs, "bandwidth"), (memory_gib, "memory")):
+        if value is not None and value <= 0:
+            raise AnalysisError(f"the device's {what} must be positive, got {value}")
+    return Device(
+        base.name,
+        peak_tflops or base.peak_tflops,
+        bandwidth_gbs or base.bandwidth_gbs,
+        memory_gib or base.memory_gib,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the request
+@dataclass(frozen=True)
+class Setup:
+    """What is asked: `batch` sequences of `seq` tokens per data-parallel rank (serving: `seq` is the context)."""
+
+    mode: Mode = "train"
+    batch: int = 1
+    seq: int = 2048
+    gpus: int = 1
+    fsdp: int = 1
+    tp: int = 1
+    dtype: str = "bfloat16"
+    optimizer: Optimizer = "adamw"
+    master_weights: bool = False
+    checkpointing: Checkpointing = "none"
+    device: Device = field(default_factory=lambda: DEVICES["h100"])
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes per device by kind; `total` is the step's peak, not the sum (see the module docstring)."""
+
+    parameters: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    transient: int
+    kv_cache: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Upper bounds from the device's peak FLOP/s and bandwidth (None where the mode does not apply)."""
+
+    train_tokens_per_s: float | None
+    decode_tokens_per_s: float | None  # batch-B decoding: B tokens per step
+    decode_tokens_per_s_batch1: float | None
+    prefill_s: float | None
+    train_flops_per_token: float
+    decode_bytes_per_step: int | None
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """`archspec plan`'s answer for one spec and setup."""
+
+    spec: str
+    setup: Setup
+    memory: Memory
+    fits: bool
+    suggestion: str | None
+    bounds: Bounds
+
+    def mfu(self, measured_tokens_per_s: float) -> float:
+        """Model FLOPs utilisation a measured training throughput corresponds to."""
+        flops = measured_tokens_per_s * self.bounds.train_flops_per_token
+        return flops / (self.setup.device.peak_tflops * 1e12 * max(1, self.setup.gpus))
+
+    def to_json(self) -> dict[str, Any]:
+        """Stable keys: memory (bytes), fits, bounds (tokens/s, seconds), setup, suggestion."""
+        bounds = asdict(self.bounds)
+        return {
+            "spec": self.spec,
+            "setup": {**asdict(self.setup), "device": asdict(self.setup.device)},
+            "memory": asdict(self.memory),
+            "fits": self.fits,
+            "suggestion": self.suggestion,
+            "bounds": bounds,
+        }
+
+
+# ------------------------------------------------------------------------------------------------ activations
+FP32 = 4
+
+
+def _norm_saved(norm: Call | None) -> tuple[int, int]:
+    """(elements per token a norm saves of width d, extra per token): RMSNorm its input, the normalised x and
+    1/rms; LayerNorm its input, mean and 1/std. Its output is saved by whatever reads it (counted there)."""
+    if norm is None or norm.component == "nn.Identity":
+        return 0, 0
+    if norm.component in ("RMSNorm", "OffsetRMSNorm"):
+        return 2 * norm.positional(0), 1
+    if norm.component == "nn.LayerNorm":
+        return norm.positional(0), 2
+    return 2 * norm.positional(0), 1  # other norms: as an RMSNorm
+
+
+def _activation_saved(activation: Any, width: int) -> int:
+    """What an elementwise activation keeps: relu its output (shared with the next matmul's input), the others
+    their input and output."""
+    key = getattr(activation, "key", "")
+    if key == "relu":
+        return 0
+    if key == "quick-gelu":  # x * sigmoid(1.702 x): x, the sigmoid and the product
+        return 2 * width
+    return width
+
+
+def mlp_saved(mlp: Call) -> int:
+    """Per token: the matmul outputs the MLP keeps (its input is counted by the block)."""
+    if mlp.component == "GatedMLP":
+        width = mlp["up"].positional(1)
+        return 3 * width + _activation_saved(mlp["activation"], width)  # gate, up, product (+ act)
+    if mlp.component == "MLP":
+        width = mlp["up"].positional(1)
+        return width + _activation_saved(mlp["activation"], width)
+    if mlp.component == "Projector":
+        return sum(layer.positional(1) for layer in mlp["layers"])
+    if mlp.component == "MoE":
+        return moe_saved(mlp)
+    return 0
+
+
+def moe_saved(moe: Call) -> int:
+    """An MoE per token: router logits and probabilities, then per routed copy (top_k of them) the gathered input
+    and a gated/plain expert MLP's outputs and the weighted output; shared experts as an MLP."""
+    router, experts = moe["router"], moe["experts"]
+    top_k, count = router["top_k"], router["experts"]
+    d, width = experts.positional(1), experts.positional(2)
+    per_copy = d + (3 * width + width if experts["gated"] else 2 * width) + d
+    shared = moe.get("shared")
+    return 2 * count + top_k * per_copy + (0 if shared is None else shared["up"].positional(0) + mlp_saved(shared))
+
+
+def attention_saved(attn: Call) -> tuple[int, int]:
+    """(per token, per token and key) an attention keeps through SDPA: q, k, v after RoPE, the output and the
+    log-sum-exp (per head); MLA also its latents. The input is counted by the block."""
+    heads = attn["heads"]
+    if attn.component == "LatentAttention":
+        qk, v_dim, rank, rope = attn["nope_dim"] + attn["rope_dim"], attn["v_dim"], attn["kv_rank"], attn["rope_dim"]
+        q_side = heads * qk
+        q_rank = attn.get("q_rank")
+        if q_rank:
+            q_side += 3 * q_rank + 1
+        latent = (rank + rope) + 2 * rank + 1 + heads * (attn["nope_dim"] + v_dim)
+        return q_side + latent + heads * qk * 2 + heads * v_dim * 2 + heads, 0
+    head_dim, kv = attn["head_dim"], attn["kv_heads"]
+    saved = 2 * heads * head_dim + 2 * kv * head_dim + heads
+    if attn.get("q_norm") is not None:
+        saved += 2 * (heads + kv) * head_dim + heads + kv
+    return saved, 0
+
+
+def block_saved(block: Call) -> int:
+    """Elements per token one block saves for backward (no checkpointing)."""
+    d = _block_width(block)
+    total = 0
+    for key in ("attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm", "cross_norm"):
+        per_d, extra = _norm_saved(block.get(key))
+        total += per_d + extra
+    attn = block["attn"]
+    total += d + attention_saved(attn)[0]  # the attention's input, then what it keeps
+    if block.get("cross_attn") is not None:
+        total += d + attention_saved(block["cross_attn"])[0]
+    shared_input = block.component == "ParallelBlock" and block.get("mlp_norm") is None
+    total += (0 if shared_input else d) + mlp_saved(block["mlp"])
+    return total
+
+
+def _block_width(block: Call) -> int:
+    attn = block["attn"]
+    if attn.component == "LatentAttention":
+        return attn["o"].positional(1)
+    return attn["o"].positional(1)
+
+
+# ------------------------------------------------------------------------------------------------ sharding
+def tp_split_parameters(spec: Spec, tp: int) -> tuple[int, int]:
+    """(parameters split by the tensor-parallel plan, parameters replicated), read from `tp_plan` on a meta build."""
+    from archspec.builder import build
+    from archspec.distributed import check_tp_degree, tp_plan
+
+    model = build(spec, device="meta")
+    check_tp_degree(model, tp)  # heads (and kv heads) must divide by the degree, as parallelize requires
+    plan = tp_plan(model)
+    split = replicated = 0
+    seen: set[int] = set()
+    for name, module in model.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            style = type(plan.get(name, None)).__name__
+            if style in ("ColwiseParallel", "RowwiseParallel") and not (style == "RowwiseParallel" and pname == "bias"):
+                split += param.numel()
+            else:
+                replicated += param.numel()
+    return split, replicated
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def plan_memory(spec: Spec, setup: Setup | None = None, **options: Any) -> MemoryPlan:
+    """Memory per device, whether it fits, the smallest change that fits, and the time bounds of `spec` under
+    `setup` (or `Setup(**options)`)."""
+    setup = _checked(spec, setup or Setup(**options))
+    memory = _memory(spec, setup)
+    fits = memory.total <= setup.device.memory_gib * 2**30
+    suggestion = None if fits else _suggest(spec, setup)
+    return MemoryPlan(spec.name, setup, memory, fits, suggestion, _bounds(spec, setup))
+
+
+def _checked(spec: Spec, setup: Setup) -> Setup:
+    for name in ("batch", "seq", "gpus", "fsdp", "tp"):
+        if getattr(setup, name) < 1:
+            raise AnalysisError(f"{name} must be at least 1, got {getattr(setup, name)}")
+    if setup.mode not in ("train", "serve"):
+        raise AnalysisError(f"mode must be train or serve, not {setup.mode!r}")
+    if setup.checkpointing not in ("none", "full"):
+        raise AnalysisError(f"checkpointing must be none or full, not {setup.checkpointing!r}")
+    if setup.optimizer not in ("adamw", "sgd"):
+        raise AnalysisError(f"optimizer must be adamw or sgd, not {setup.optimizer!r}")
+    if setup.fsdp * setup.tp > setup.gpus:
+        setup = replace(setup, gpus=setup.fsdp * setup.tp)
+    if setup.gpus % (setup.fsdp * setup.tp):
+        raise AnalysisError(f"{setup.gpus} GPUs do not divide into fsdp {setup.fsdp} x tp {setup.tp}")
+    check_context(spec, setup.seq)
+    return replace(setup, dtype=canonical_dtype(setup.dtype))
+
+
+def _memory(spec: Spec, setup: Setup) -> Memory:
+    size = dtype_bytes(setup.dtype)
+    counts = param_counts(spec)
+    if setup.tp > 1:
+        split, replicated = tp_split_parameters(spec, setup.tp)
+        local = split // setup.tp + replicated
+    else:
+        local = counts.total
+    sharded = -(-local // setup.fsdp)  # FSDP: every rank one shard of what TP left it
+    parameters = sharded * size
+    if setup.mode == "serve":
+        kv = _kv_bytes(spec, setup)
+        return Memory(parameters, 0, 0, 0, 0, 0, kv, parameters + kv)
+    gradients = parameters
+    optimizer = (2 * FP32 * sharded if setup.optimizer == "adamw" else 0) + (
+        FP32 * sharded if setup.master_weights else 0
+    )
+    tokens = setup.batch * setup.seq
+    model = plan_of(spec).model
+    blocks = _all_blocks(model)
+    per_layer = [block_saved(block) * tokens * size // setup.tp for block in blocks]
+    inputs = [_block_width(block) * tokens * size for block in blocks]
+    vocab = model["lm_head"].positional(1)
+    head_in = model["lm_head"].positional(0)
+    final_per_d, final_extra = _norm_saved(model.get("final_norm"))
+    edges = (final_per_d + final_extra + head_in) * tokens * size
+    logits = tokens * vocab * (size + FP32)  # the logits and the fp32 log-softmax the loss keeps
+    loss_transient = 2 * tokens * vocab * FP32 + (tokens * vocab * size if size != FP32 else 0)
+    layer_params = [_block_params(block) * size // setup.tp // setup.fsdp for block in blocks]
+    gathered = max(_block_params(block) for block in blocks) * size // setup.tp if setup.fsdp > 1 else 0
+    static = parameters + optimizer
+    head_grad = (counts.head or counts.token_embedding) * size // setup.tp // setup.fsdp
+    if setup.checkpointing == "full":
+        kept = inputs
+    else:
+        kept = per_layer
+    activations = sum(kept) + edges
+    # end of forward: everything saved, the loss backward's gradients in flight
+    peaks = [static + activations + logits + loss_transient + gathered]
+    transient = loss_transient
+    grads = head_grad
+    held = tokens * vocab * size  # the logits, which the caller's output keeps through the backward
+    remaining = activations - edges
+    for index in reversed(range(len(blocks))):  # each block's backward, last to first
+        flowing = 3 * inputs[index]  # the residual stream's gradient and a sublayer's, in flight
+        extra = (per_layer[index] if setup.checkpointing == "full" else 0) + flowing + gathered
+        peaks.append(static + grads + remaining + extra + held)
+        transient = max(transient, extra)
+        remaining -= kept[index]
+        grads += layer_params[index]
+    grads = gradients
+    step_transient = 2 * _largest_param(spec) * FP32 // setup.tp // setup.fsdp if setup.optimizer == "adamw" else 0
+    peaks.append(static + grads + step_transient)
+    total = max(peaks)
+    return Memory(parameters, gradients, optimizer, activations, logits, max(transient, step_transient), 0, total)
+
+
+def _all_blocks(model: Call) -> list[Call]:
+    if model.component == "EncoderDecoderLM":
+        return model["encoder"]["layers"].per_layer() + model["decoder"]["layers"].per_layer()
+    return model["layers"].per_layer()
+
+
+def _block_params(block: Call) -> int:
+    from archspec.analysis.metrics import params_of
+
+    return params_of(block)
+
+
+def _largest_param(spec: Spec) -> int:
+    counts = param_counts(spec)
+    model = plan_of(spec).model
+    embed = model["embed"]
+    return max(embed.positional(0) * embed.positional(1), counts.head)
+
+
+def _kv_bytes(spec: Spec, setup: Setup) -> int:
+    """The KV cache of `batch` sequences of `seq` positions with windows capped, per TP rank (kv heads split)."""
+    figures = kv_cache(spec, setup.seq, setup.batch, setup.dtype)
+    return figures.bytes_windowed // (setup.tp if _kv_splits(spec, setup.tp) else 1)
+
+
+def _kv_splits(spec: Spec, tp: int) -> bool:
+    """TP splits the cache by kv heads when every attention's kv heads divide by the degree (MLA's latent does
+    not split)."""
+    if tp == 1:
+        return False
+    model = plan_of(spec).model
+    return all(
+        block["attn"].component == "Attention" and block["attn"]["kv_heads"] % tp == 0 for block in _all_blocks(model)
+    )
+
+
+def _bounds(spec: Spec, setup: Setup) -> Bounds:
+    flops = flop_counts(spec, setup.seq)
+    peak = setup.device.peak_tflops * 1e12 * setup.gpus
+    train_per_token = flops.train_per_token
+    if setup.mode == "train":
+        return Bounds(peak / train_per_token, None, None, None, train_per_token, None)
+    bandwidth = setup.device.bandwidth_gbs * 1e9
+    counts = param_counts(spec)
+    size = dtype_bytes(setup.dtype)
+    weights = _streamed_weights(spec) * size
+    kv = kv_cache(spec, setup.seq, setup.batch, setup.dtype).bytes_windowed
+    kv_one = kv // setup.batch
+    step_bytes = weights + kv
+    ranks = setup.tp * setup.fsdp
+    decode = setup.batch * bandwidth * ranks / step_bytes
+    decode1 = bandwidth * ranks / (weights + kv_one)
+    prefill = setup.batch * flops.forward_per_sequence / peak
+    del counts
+    return Bounds(None, decode, decode1, prefill, train_per_token, step_bytes)
+
+
+def _streamed_weights(spec: Spec) -> int:
+    """Weights one decoding step reads: every parameter a token touches (MoE: the active ones; at batch B many
+    experts are read, so this is the batch-1 figure and a lower bound on the bytes)."""
+    return param_counts(spec).active
+
+
+def _suggest(spec: Spec, setup: Setup) -> str | None:
+    """The smallest change that fits: more FSDP ranks, then checkpointing, then a smaller batch."""
+    limit = setup.device.memory_gib * 2**30
+    if setup.mode == "train":
+        for ranks in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
+            if ranks > setup.fsdp:
+                trial = replace(setup, fsdp=ranks, gpus=max(setup.gpus, ranks * setup.tp))
+                if _memory(spec, trial).total <= limit:
+                    return f"--fsdp {ranks} ({ranks * setup.tp} GPUs)"
+        if setup.checkpointing == "none":
+            trial = replace(setup, checkpointing="full")
+            if _memory(spec, trial).total <= limit:
+                return "--checkpointing full"
+    batch = setup.batch
+    while batch > 1:
+        batch //= 2
+        if _memory(spec, replace(setup, batch=batch)).total <= limit:
+            return f"--batch {batch}"
+    return None
+
+
+__all__ = ["DEVICES", "Bounds", "Device", "Memory", "MemoryPlan", "Setup", "device_of", "layer_windows", "plan_memory"]
