@@ -107,6 +107,7 @@ class Setup:
     optimizer: Optimizer = "adamw"
     master_weights: bool = False
     checkpointing: Checkpointing = "none"
+    images: int = 0  # images per sequence (vision-language specs): their tower and projector activations
     device: Device = field(default_factory=lambda: DEVICES["h100"])
 
 
@@ -168,96 +169,193 @@ class MemoryPlan:
 # ------------------------------------------------------------------------------------------------ activations
 FP32 = 4
 
+AttentionPath = Literal["fused", "chunked", "distance-bias", "math", "masked", "eager-softcap"]
+"""How a layer's attention runs, as `archspec.nn.attend.AttentionPaths` picks it for a training step of whole
+sequences, and what each keeps for backward (per token; h heads of width hd, g kv heads, s keys):
 
-def _norm_saved(norm: Call | None) -> tuple[int, int]:
-    """(elements per token a norm saves of width d, extra per token): RMSNorm its input, the normalised x and
-    1/rms; LayerNorm its input, mean and 1/std. Its output is saved by whatever reads it (counted there)."""
+    fused          SDPA's fused kernels (flash / memory-efficient; FlexAttention): q, k, v, the output and the
+                   log-sum-exp (h); the output projection reads the output as it is. GPU, and CPU without a mask
+                   or with a boolean one (causal, GLM's prefix, padding).
+    chunked        a sliding window shorter than the sequence on CPU (`ChunkedWindow`): fused, plus copies of the
+                   chunked queries and of the keys/values spans, and the re-laid-out output the projection reads.
+    distance-bias  ALiBi on CPU (`ToeplitzBias`): fused with the queries flipped (a copy instead of q) and the
+                   re-laid-out output.
+    math           a bias with a gradient (T5's relative positions) on CPU, or MLA's q.k width unlike its
+                   values' on CPU: the reference path keeps the [h, s] softmax of each query, q, k, v (per query
+                   head) and the re-laid-out output; no log-sum-exp.
+    masked         a boolean mask per row (GLM's bidirectional prefix): fused, plus the float mask SDPA makes of
+                   it in every layer, [batch, 1, s, s].
+    eager-softcap  soft-capped scores (Gemma 2) on CPU (`SoftCapped`): the capped scores and their softmax, [h, s]
+                   each, keys/values repeated to every head, the output re-laid-out.
+"""
+
+
+def _norm_saved(norm: Call | None) -> int:
+    """Elements per token a norm keeps: RMSNorm its input, the normalised x and 1/rms; LayerNorm its input, mean
+    and 1/std. Its output is kept by whatever reads it (counted there)."""
     if norm is None or norm.component == "nn.Identity":
-        return 0, 0
-    if norm.component in ("RMSNorm", "OffsetRMSNorm"):
-        return 2 * norm.positional(0), 1
+        return 0
     if norm.component == "nn.LayerNorm":
-        return norm.positional(0), 2
-    return 2 * norm.positional(0), 1  # other norms: as an RMSNorm
+        return norm.positional(0) + 2
+    if norm.component == "HeadNorm":
+        return norm.positional(1) * norm.positional(2) * 2 + norm.positional(1)
+    return 2 * norm.positional(0) + 1  # RMSNorm, OffsetRMSNorm
 
 
 def _activation_saved(activation: Any, width: int) -> int:
-    """What an elementwise activation keeps: relu its output (shared with the next matmul's input), the others
-    their input and output."""
+    """What an elementwise activation keeps besides its input's other readers: relu only its output (which the
+    next matmul keeps anyway), x * sigmoid(1.702 x) the sigmoid and the product, the others their output too."""
     key = getattr(activation, "key", "")
     if key == "relu":
         return 0
-    if key == "quick-gelu":  # x * sigmoid(1.702 x): x, the sigmoid and the product
+    if key == "quick-gelu":
         return 2 * width
     return width
 
 
 def mlp_saved(mlp: Call) -> int:
-    """Per token: the matmul outputs the MLP keeps (its input is counted by the block)."""
+    """Per token: what an MLP keeps past its input (counted by the block): the up (and gate) outputs, the
+    activation's output and the product the down projection reads."""
     if mlp.component == "GatedMLP":
         width = mlp["up"].positional(1)
-        return 3 * width + _activation_saved(mlp["activation"], width)  # gate, up, product (+ act)
+        return 3 * width + _activation_saved(mlp["activation"], width)
     if mlp.component == "MLP":
         width = mlp["up"].positional(1)
         return width + _activation_saved(mlp["activation"], width)
-    if mlp.component == "Projector":
-        return sum(layer.positional(1) for layer in mlp["layers"])
     if mlp.component == "MoE":
         return moe_saved(mlp)
     return 0
 
 
 def moe_saved(moe: Call) -> int:
-    """An MoE per token: router logits and probabilities, then per routed copy (top_k of them) the gathered input
-    and a gated/plain expert MLP's outputs and the weighted output; shared experts as an MLP."""
+    """An MoE per token: the router's probabilities (and the balance loss's copy), top-k weights, then for each of
+    the top_k routed copies the gathered input, the expert MLP's outputs, the expert output and its weighted copy
+    (which the scatter-add keeps); shared experts as an MLP of the same input, their sigmoid gate and output."""
     router, experts = moe["router"], moe["experts"]
     top_k, count = router["top_k"], router["experts"]
     d, width = experts.positional(1), experts.positional(2)
-    per_copy = d + (3 * width + width if experts["gated"] else 2 * width) + d
+    inner = 3 * width + _activation_saved(experts["activation"], width) if experts["gated"] else 2 * width
+    saved = 2 * count + 3 + top_k + top_k * (3 * d + inner)
     shared = moe.get("shared")
-    return 2 * count + top_k * per_copy + (0 if shared is None else shared["up"].positional(0) + mlp_saved(shared))
+    if shared is not None:
+        saved += mlp_saved(shared) + (d + 2 if moe.get("shared_gate") is not None else 0)
+    return saved
 
 
-def attention_saved(attn: Call) -> tuple[int, int]:
-    """(per token, per token and key) an attention keeps through SDPA: q, k, v after RoPE, the output and the
-    log-sum-exp (per head); MLA also its latents. The input is counted by the block."""
+def _core(heads: int, qk: int, v: int, k_width: int, v_width: int, path: AttentionPath, seq: int) -> float:
+    """Scores and weighted values: fused kernels keep q, k, v, the output and the log-sum-exp; the reference
+    (math) path q, k and v per query head, the [heads, keys] softmax and the re-laid-out output."""
+    if path == "math":
+        return heads * qk + heads * qk + heads * v + heads * seq + heads * v
+    return heads * qk + k_width + v_width + heads * v + heads
+
+
+def attention_saved(attn: Call, path: AttentionPath, seq: int, window: int | None = None, mask: float = 0.0) -> float:
+    """Per token: what one attention keeps for backward past its input (see `AttentionPath`)."""
     heads = attn["heads"]
-    if attn.component == "LatentAttention":
+    if attn.component == "LatentAttention":  # q and k assembled from nope and rope parts
         qk, v_dim, rank, rope = attn["nope_dim"] + attn["rope_dim"], attn["v_dim"], attn["kv_rank"], attn["rope_dim"]
-        q_side = heads * qk
-        q_rank = attn.get("q_rank")
-        if q_rank:
-            q_side += 3 * q_rank + 1
-        latent = (rank + rope) + 2 * rank + 1 + heads * (attn["nope_dim"] + v_dim)
-        return q_side + latent + heads * qk * 2 + heads * v_dim * 2 + heads, 0
+        q_rank = attn["q_down"].positional(1) if attn.get("q_down") is not None else 0
+        down = 3 * q_rank + 1 if q_rank else 0  # q_down's output, its norm, q_up's input
+        latent = (rank + rope) + 2 * rank + 1  # kv_down's output, its norm
+        if path != "math":  # the values are a view of kv_up's output (the reference path copies them)
+            latent += heads * (attn["nope_dim"] + v_dim)
+        return down + latent + _core(heads, qk, v_dim, heads * qk, 0, path, seq)
     head_dim, kv = attn["head_dim"], attn["kv_heads"]
-    saved = 2 * heads * head_dim + 2 * kv * head_dim + heads
+    q, kv_width = heads * head_dim, 2 * kv * head_dim
+    saved = _core(heads, head_dim, head_dim, kv * head_dim, kv * head_dim, "math" if path == "math" else "fused", seq)
     if attn.get("q_norm") is not None:
-        saved += 2 * (heads + kv) * head_dim + heads + kv
-    return saved, 0
+        saved += 2 * q + kv_width + heads + kv  # each qk-norm's input and normalised x (+ 1/rms per head)
+    if attn.component == "CrossAttention":
+        return saved
+    if path == "chunked" and window is not None and window < seq:
+        saved += q * (seq - window) / seq + kv_width + q
+    elif path == "distance-bias":
+        saved += q
+    elif path == "masked":
+        saved += mask  # SDPA turns the boolean mask into a float one in every call
+    elif path == "eager-softcap":
+        saved += 2 * heads * seq + 2 * q - heads
+    return saved
 
 
-def block_saved(block: Call) -> int:
-    """Elements per token one block saves for backward (no checkpointing)."""
+def block_saved(
+    block: Call, path: AttentionPath = "fused", seq: int = 1, window: int | None = None, mask: float = 0.0
+) -> float:
+    """Elements per token one block keeps for backward (no checkpointing): its norms, each sublayer's input and
+    what the sublayer keeps."""
     d = _block_width(block)
-    total = 0
-    for key in ("attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm", "cross_norm"):
-        per_d, extra = _norm_saved(block.get(key))
-        total += per_d + extra
-    attn = block["attn"]
-    total += d + attention_saved(attn)[0]  # the attention's input, then what it keeps
+    total: float = sum(_norm_saved(block.get(key)) for key in _NORM_SLOTS)
+    total += d + attention_saved(block["attn"], path, seq, window, mask)
     if block.get("cross_attn") is not None:
-        total += d + attention_saved(block["cross_attn"])[0]
+        total += d + attention_saved(block["cross_attn"], "fused", seq)
     shared_input = block.component == "ParallelBlock" and block.get("mlp_norm") is None
-    total += (0 if shared_input else d) + mlp_saved(block["mlp"])
-    return total
+    return total + (0 if shared_input else d) + mlp_saved(block["mlp"])
+
+
+_NORM_SLOTS = ("attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm", "cross_norm")
 
 
 def _block_width(block: Call) -> int:
-    attn = block["attn"]
-    if attn.component == "LatentAttention":
-        return attn["o"].positional(1)
-    return attn["o"].positional(1)
+    return block["attn"]["o"].positional(1)
+
+
+Path = tuple[AttentionPath, int | None, float]  # path, window, mask elements per token
+
+
+def attention_paths(model: Call, batch: int, seq: int, device: str) -> list[Path]:
+    """Each block's attention path, window and per-token mask for a training step of `batch` whole sequences of
+    `seq` tokens on `device`: archspec's CPU paths on "cpu", SDPA's fused kernels elsewhere (with the mask
+    `AttentionPaths` renders where it needs one: a window, GLM's prefix), from the plan's attention paths call."""
+    cpu = device == "cpu"
+    if model.component == "EncoderDecoderLM":  # relative-position bias with a gradient in every self-attention
+        blocks = _all_blocks(model)
+        return [("math" if cpu else "fused", None, 0.0)] * len(blocks)
+    paths = model["attention"]
+    result: list[Path] = []
+    for block, window in zip(_all_blocks(model), layer_windows(model), strict=True):
+        attn = block["attn"]
+        windowed = window is not None and window < seq
+        if paths.get("softcap") is not None:
+            result.append(("eager-softcap" if cpu else "fused", window, 0.0))
+        elif paths.get("alibi") is not None:
+            result.append(("distance-bias" if cpu else "masked", window, 0.0 if cpu else attn["heads"] * seq))
+        elif model.get("prefix_lm"):
+            result.append(("masked", window, float(seq)))  # a [batch, 1, seq, seq] mask
+        elif windowed:
+            result.append(("chunked" if cpu else "masked", window, 0.0 if cpu else seq / batch))  # [1, 1, s, s]
+        elif cpu and attn.component == "LatentAttention" and attn["nope_dim"] + attn["rope_dim"] != attn["v_dim"]:
+            result.append(("math", window, 0.0))  # CPU flash attention needs equal q.k and value widths
+        else:
+            result.append(("fused", window, 0.0))
+    return result
+
+
+def vision_saved_per_image(model: Call) -> int:
+    """Elements one image keeps through the vision tower (the blocks up to the deepest feature layer, fused
+    bidirectional attention) and the projector."""
+    if model.component != "VisionLanguageLM":
+        return 0
+    saved = 0
+    feature_tokens, feature_width = model["feature_shape"]
+    tower = model.get("vision_tower")
+    if tower is not None:
+        embed = tower["embed"]
+        tokens = embed["positions"].positional(0)
+        conv = embed["proj"]
+        patches = tokens - bool(embed["class_token"])
+        saved += patches * conv.positional(0) * conv["kernel_size"] ** 2  # the pixels, which the convolution keeps
+        saved += tokens * _norm_saved(tower.get("pre_norm"))
+        for block in tower["layers"].per_layer()[: max(tower["feature_layers"])]:
+            saved += tokens * int(block_saved(block, "fused", tokens))
+    projector = model["projector"]
+    layers = projector["layers"]
+    saved += feature_tokens * feature_width  # the projector's input
+    for layer in layers[:-1]:
+        saved += feature_tokens * (
+            layer.positional(1) + _activation_saved(projector["activation"], layer.positional(1))
+        )
+    return saved
 
 
 # ------------------------------------------------------------------------------------------------ sharding
@@ -333,12 +431,19 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
     tokens = setup.batch * setup.seq
     model = plan_of(spec).model
     blocks = _all_blocks(model)
-    per_layer = [block_saved(block) * tokens * size // setup.tp for block in blocks]
+    paths = attention_paths(model, setup.batch, setup.seq, setup.device.name)
+    per_layer = [
+        int(block_saved(block, path, setup.seq, window, mask) * tokens) * size // setup.tp
+        for block, (path, window, mask) in zip(blocks, paths, strict=True)
+    ]
     inputs = [_block_width(block) * tokens * size for block in blocks]
     vocab = model["lm_head"].positional(1)
     head_in = model["lm_head"].positional(0)
-    final_per_d, final_extra = _norm_saved(model.get("final_norm"))
-    edges = (final_per_d + final_extra + head_in) * tokens * size
+    edges = (_norm_saved(model.get("final_norm")) + _norm_saved(model.get("embed_norm")) + head_in) * tokens * size
+    if model.component == "EncoderDecoderLM":  # both stacks' final norms, and the encoder output cross k/v read
+        norms = _norm_saved(model["encoder"]["final_norm"]) + _norm_saved(model["decoder"]["final_norm"])
+        edges += (norms + head_in) * tokens * size
+    edges += vision_saved_per_image(model) * setup.images * setup.batch * size
     logits = tokens * vocab * (size + FP32)  # the logits and the fp32 log-softmax the loss keeps
     loss_transient = 2 * tokens * vocab * FP32 + (tokens * vocab * size if size != FP32 else 0)
     layer_params = [_block_params(block) * size // setup.tp // setup.fsdp for block in blocks]
