@@ -284,13 +284,39 @@ def block_saved(
 ) -> float:
     """Elements per token one block keeps for backward (no checkpointing): its norms, each sublayer's input and
     what the sublayer keeps."""
+    return sum(block_saved_parts(block, path, seq, window, mask))
+
+
+def block_saved_parts(
+    block: Call, path: AttentionPath = "fused", seq: int = 1, window: int | None = None, mask: float = 0.0
+) -> tuple[float, float]:
+    """`block_saved` as (what every tensor-parallel rank keeps whole, what TP splits): the norms and the
+    sublayers' inputs are replicated; the attention's heads and a dense MLP's hidden width are split (routed
+    experts stay whole on each rank, as `tp_plan` leaves them)."""
     d = _block_width(block)
-    total: float = sum(_norm_saved(block.get(key)) for key in _NORM_SLOTS)
-    total += d + attention_saved(block["attn"], path, seq, window, mask)
+    whole: float = sum(_norm_saved(block.get(key)) for key in _NORM_SLOTS) + d
+    split = attention_saved(block["attn"], path, seq, window, mask)
     if block.get("cross_attn") is not None:
-        total += d + attention_saved(block["cross_attn"], "fused", seq)
-    shared_input = block.component == "ParallelBlock" and block.get("mlp_norm") is None
-    return total + (0 if shared_input else d) + mlp_saved(block["mlp"])
+        whole += d
+        split += attention_saved(block["cross_attn"], "fused", seq)
+    if not (block.component == "ParallelBlock" and block.get("mlp_norm") is None):  # else one shared input
+        whole += d
+    mlp = block["mlp"]
+    if mlp.component == "MoE":
+        whole += mlp_saved(mlp)
+    else:
+        split += mlp_saved(mlp)
+    return whole, split
+
+
+def checkpointed_saved(block: Call) -> int:
+    """Elements per token a checkpointed block keeps: its inputs (the residual stream; a decoder block of an
+    encoder-decoder also the cross keys/values, projected outside the block)."""
+    kept = _block_width(block)
+    cross = block.get("cross_attn")
+    if cross is not None:
+        kept += 2 * cross["kv_heads"] * cross["head_dim"]
+    return kept
 
 
 _NORM_SLOTS = ("attn_norm", "mlp_norm", "attn_out_norm", "mlp_out_norm", "cross_norm")
@@ -432,10 +458,10 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
     model = plan_of(spec).model
     blocks = _all_blocks(model)
     paths = attention_paths(model, setup.batch, setup.seq, setup.device.name)
-    per_layer = [
-        int(block_saved(block, path, setup.seq, window, mask) * tokens) * size // setup.tp
-        for block, (path, window, mask) in zip(blocks, paths, strict=True)
-    ]
+    per_layer = []
+    for block, (path, window, mask) in zip(blocks, paths, strict=True):
+        whole, split = block_saved_parts(block, path, setup.seq, window, mask)
+        per_layer.append(int((whole + split / setup.tp) * tokens) * size)
     inputs = [_block_width(block) * tokens * size for block in blocks]
     vocab = model["lm_head"].positional(1)
     head_in = model["lm_head"].positional(0)
@@ -451,7 +477,10 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
     static = parameters + optimizer
     head_grad = (counts.head or counts.token_embedding) * size // setup.tp // setup.fsdp
     if setup.checkpointing == "full":
-        kept = inputs
+        kept = [checkpointed_saved(block) * tokens * size for block in blocks]
+        if model.component == "EncoderDecoderLM":  # each stack's [heads, seq, seq] position bias, a block input
+            heads = blocks[0]["attn"]["heads"]
+            edges += 2 * heads * setup.seq * setup.seq * size // setup.tp
     else:
         kept = per_layer
     activations = sum(kept) + edges
@@ -469,7 +498,9 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
         remaining -= kept[index]
         grads += layer_params[index]
     grads = gradients
-    step_transient = 2 * _largest_param(spec) * FP32 // setup.tp // setup.fsdp if setup.optimizer == "adamw" else 0
+    # AdamW (one tensor at a time, as on CPU, and per parameter group on GPU): sqrt(v) and its quotient, the size
+    # of the largest parameter
+    step_transient = 2 * _largest_param(spec) * size // setup.tp // setup.fsdp if setup.optimizer == "adamw" else 0
     peaks.append(static + grads + step_transient)
     total = max(peaks)
     return Memory(parameters, gradients, optimizer, activations, logits, max(transient, step_transient), 0, total)
@@ -488,10 +519,9 @@ def _block_params(block: Call) -> int:
 
 
 def _largest_param(spec: Spec) -> int:
+    """The token embedding or an untied head: the vocabulary-sized matrices are a model's largest tensors."""
     counts = param_counts(spec)
-    model = plan_of(spec).model
-    embed = model["embed"]
-    return max(embed.positional(0) * embed.positional(1), counts.head)
+    return max(counts.token_embedding, counts.head)
 
 
 def _kv_bytes(spec: Spec, setup: Setup) -> int:
