@@ -79,6 +79,13 @@ def diff(
         help="Also draw the figures as grouped bars into this PNG (needs matplotlib).",
         show_default=False,
     ),
+    plan: str | None = typer.Option(
+        None,
+        "--plan",
+        help="Also the memory plans side by side: train or serve, at --context, --batch and --dtype on an H100 "
+        "(`archspec plan A B` takes every plan option).",
+        show_default=False,
+    ),
 ) -> None:
     """Fields that differ between resolved specs, and their figures side by side with the ratio to the first."""
 
@@ -89,12 +96,34 @@ def diff(
         result = diff_specs(loaded, context, batch, dtype, labels=labels)
         if plot is not None:
             plot_diff(result, plot)
-        return result
+        return result, _plans(loaded, plan, context, batch, dtype)
 
-    result = _guarded(compute)
-    _emit(format, lambda: diff_tables(result), lambda: diff_json(result))
+    result, plans = _guarded(compute)
+    if plans:
+        from archspec.analysis.plan_render import plan_diff_tables, plan_json
+
+        _emit(
+            format,
+            lambda: diff_tables(result) + plan_diff_tables(plans),
+            lambda: {**diff_json(result), "plans": plan_json(plans)},
+        )
+    else:
+        _emit(format, lambda: diff_tables(result), lambda: diff_json(result))
     if plot is not None and format is OutputFormat.table:
         typer.echo(f"plot written to {plot}", err=True)
+
+
+def _plans(specs: list[Any], mode: str | None, context: int | None, batch: int, dtype: str) -> list[Any]:
+    """`diff --plan`: each spec's memory plan at the diff's context (default: the shortest context_length)."""
+    if mode is None:
+        return []
+    from archspec.analysis.metrics import AnalysisError
+    from archspec.analysis.planner import plan_memory
+
+    if mode not in ("train", "serve"):
+        raise AnalysisError(f"--plan takes train or serve, not {mode!r}")
+    seq = context or min(spec.context_length for spec in specs)
+    return [plan_memory(spec, mode=mode, batch=batch, seq=seq, dtype=dtype) for spec in specs]
 
 
 def register(app: typer.Typer) -> None:

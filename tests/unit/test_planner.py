@@ -141,3 +141,18 @@ def test_setup_rejects_more_ranks_than_gpus_divide() -> None:
     spec = archspec.load_spec(SPECS[0].parent / "llama3-8b.yaml")
     with pytest.raises(AnalysisError, match="do not divide"):
         plan_memory(spec, Setup(gpus=6, fsdp=4))
+
+
+def test_diff_puts_the_plans_side_by_side() -> None:
+    """`diff --plan serve` at 32k: Mistral's 4096-token window caps its cache at an eighth of Llama 3's (both
+    have 8 kv heads of 128 over 32 layers), the same figure `archspec plan A B` gives."""
+    llama, mistral = SPECS[0].parent / "llama3-8b.yaml", SPECS[0].parent / "mistral-7b.yaml"
+    result = RUNNER.invoke(app, ["diff", str(llama), str(mistral), "--plan", "serve", "--context", "32768",
+                                 "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plans = json.loads(result.output)["plans"]
+    assert [plan["memory"]["kv_cache"] for plan in plans] == [32 * 2 * 8 * 128 * 2 * n for n in (32768, 4096)]
+    table = RUNNER.invoke(app, ["diff", str(llama), str(mistral), "--plan", "serve", "--context", "32768"])
+    assert "plans side by side" in table.output and "512 MiB" in table.output
+    bad = RUNNER.invoke(app, ["diff", str(llama), str(mistral), "--plan", "sometimes"])
+    assert bad.exit_code == 1 and "--plan takes train or serve" in bad.output
