@@ -473,7 +473,13 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
     logits = tokens * vocab * (size + FP32)  # the logits and the fp32 log-softmax the loss keeps
     loss_transient = 2 * tokens * vocab * FP32 + (tokens * vocab * size if size != FP32 else 0)
     layer_params = [_block_params(block) * size // setup.tp // setup.fsdp for block in blocks]
-    gathered = max(_block_params(block) for block in blocks) * size // setup.tp if setup.fsdp > 1 else 0
+    # FSDP2: a unit (a block, or the root's embedding, head and norms) is all-gathered into a buffer and copied
+    # out to its parameters for its forward (2 x the unit); in its backward the unsharded gradients are
+    # reduce-scattered while the next unit is gathered (3 x the unit, measured on 2 gloo ranks)
+    units = [_block_params(block) for block in blocks]
+    unit = max([*units, counts.total - sum(units) - counts.vision]) * size // setup.tp
+    gathered = 2 * unit if setup.fsdp > 1 else 0
+    scattered = 3 * unit if setup.fsdp > 1 else 0
     static = parameters + optimizer
     head_grad = (counts.head or counts.token_embedding) * size // setup.tp // setup.fsdp
     if setup.checkpointing == "full":
@@ -492,7 +498,7 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
     remaining = activations - edges
     for index in reversed(range(len(blocks))):  # each block's backward, last to first
         flowing = 3 * inputs[index]  # the residual stream's gradient and a sublayer's, in flight
-        extra = (per_layer[index] if setup.checkpointing == "full" else 0) + flowing + gathered
+        extra = (per_layer[index] if setup.checkpointing == "full" else 0) + flowing + scattered
         peaks.append(static + grads + remaining + extra + held)
         transient = max(transient, extra)
         remaining -= kept[index]
