@@ -31,6 +31,12 @@ def plan(
     peak_tflops: float | None = typer.Option(None, "--peak-tflops", help="Dense peak TFLOP/s.", show_default=False),
     bandwidth_gbs: float | None = typer.Option(None, "--bandwidth-gbs", help="Memory GB/s.", show_default=False),
     memory_gib: float | None = typer.Option(None, "--memory-gib", help="Memory per device.", show_default=False),
+    measured: float | None = typer.Option(
+        None,
+        "--measured",
+        help="A measured training throughput (tokens/s, all GPUs): also print the MFU it corresponds to.",
+        show_default=False,
+    ),
     format: OutputFormat = FORMAT,
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw the memory as stacked bars into this PNG.", show_default=False
@@ -60,8 +66,8 @@ def plan(
         return plans
 
     plans = _guarded(compute)
-    tables = (lambda: plan_tables(plans[0])) if len(plans) == 1 else (lambda: plan_diff_tables(plans))
-    _emit(format, tables, lambda: plan_json(plans))  # type: ignore[arg-type]
+    tables = (lambda: plan_tables(plans[0], measured)) if len(plans) == 1 else (lambda: plan_diff_tables(plans))
+    _emit(format, tables, lambda: plan_json(plans, measured))  # type: ignore[arg-type]
     if plot is not None and format is OutputFormat.table:
         typer.echo(f"plot written to {plot}", err=True)
 

@@ -43,8 +43,9 @@ def _setup_line(plan: MemoryPlan) -> str:
     return ", ".join(parts)
 
 
-def plan_tables(plan: MemoryPlan) -> list[Table]:
-    """Memory by kind (bytes, exact bytes, a bar against the device's memory) and the time bounds."""
+def plan_tables(plan: MemoryPlan, measured: float | None = None) -> list[Table]:
+    """Memory by kind (bytes, exact bytes, a bar against the device's memory) and the time bounds (and the MFU
+    of a `measured` training throughput)."""
     memory = plan.memory
     limit = plan.setup.device.memory_gib * 2**30
     scale = max(limit, memory.total)
@@ -63,6 +64,8 @@ def plan_tables(plan: MemoryPlan) -> list[Table]:
     if bounds.train_tokens_per_s is not None:
         times.rows.append(["training FLOPs per token", f"{bounds.train_flops_per_token:.4g}"])
         times.rows.append(["training tokens/s (all GPUs)", f"{bounds.train_tokens_per_s:,.0f}"])
+        if measured is not None:
+            times.rows.append([f"MFU at {measured:,.0f} tokens/s", f"{plan.mfu(measured):.1%}"])
     if bounds.decode_tokens_per_s is not None:
         times.rows.append(["decode tokens/s, batch 1", f"{bounds.decode_tokens_per_s_batch1:,.1f}"])
         times.rows.append([f"decode tokens/s, batch {plan.setup.batch}", f"{bounds.decode_tokens_per_s:,.1f}"])
@@ -122,5 +125,9 @@ def plot_plan(plans: list[MemoryPlan], path: str | Path) -> None:
         plt.close(figure)
 
 
-def plan_json(plans: list[MemoryPlan]) -> dict[str, Any] | list[dict[str, Any]]:
-    return plans[0].to_json() if len(plans) == 1 else [plan.to_json() for plan in plans]
+def plan_json(plans: list[MemoryPlan], measured: float | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+    documents = [plan.to_json() for plan in plans]
+    if measured is not None:
+        for document, plan in zip(documents, plans, strict=True):
+            document["bounds"]["mfu_of_measured"] = plan.mfu(measured) if plan.setup.mode == "train" else None
+    return documents[0] if len(plans) == 1 else documents
