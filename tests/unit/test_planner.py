@@ -156,3 +156,40 @@ def test_diff_puts_the_plans_side_by_side() -> None:
     assert "plans side by side" in table.output and "512 MiB" in table.output
     bad = RUNNER.invoke(app, ["diff", str(llama), str(mistral), "--plan", "sometimes"])
     assert bad.exit_code == 1 and "--plan takes train or serve" in bad.output
+
+
+def test_measured_throughput_gives_its_mfu() -> None:
+    """torchtitan's published Llama 3 8B run (64 A100s, FSDP2, batch 1, seq 8192): 2,973 tokens/s per GPU. MFU =
+    tokens/s x training FLOPs per token / peak; FLOPs per token from the independent closed form 6 x (weights of
+    every matmul: 7,504,924,672 = all parameters but the embedding and the 65 norms) + 6 x causal attention."""
+    spec = SPECS[0].parent / "llama3-8b.yaml"
+    result = RUNNER.invoke(app, ["plan", str(spec), "--seq", "8192", "--fsdp", "64", "--device", "a100",
+                                 "--measured", "190272", "--format", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    matmuls = 8030261248 - 128256 * 4096 - 65 * 4096
+    attention = 2 * 32 * 128 * (8192 + 1) * 32  # 4 h d K / L with K = L (L + 1) / 2, per layer
+    flops = 6 * matmuls + 3 * attention
+    assert json.loads(result.output)["bounds"]["mfu_of_measured"] == pytest.approx(190272 * flops / (64 * 312e12))
+
+
+def test_the_default_output_is_a_table_with_the_verdict() -> None:
+    result = RUNNER.invoke(app, ["plan", str(SPECS[0].parent / "llama3-8b.yaml"), "--seq", "8192"])
+    assert result.exit_code == 0, result.output
+    assert "does not fit" in result.output and "smallest change that fits: --fsdp" in result.output
+
+
+def test_plot_without_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    gpt2 = str(SPECS[0].parent / "gpt2.yaml")
+    result = RUNNER.invoke(app, ["plan", gpt2, "--seq", "512", "--plot", str(tmp_path / "m.png")])
+    assert result.exit_code == 1 and "matplotlib" in result.output
+
+
+def test_plot_with_matplotlib(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "m.png"
+    result = RUNNER.invoke(app, ["plan", str(SPECS[0].parent / "gpt2.yaml"), "--seq", "1024", "--plot", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
