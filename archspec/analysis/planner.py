@@ -9,14 +9,19 @@ Training memory of one steady-state step (forward + backward + optimizer step, o
 
     parameters   weights in `dtype` (FSDP: / fsdp ranks; TP: split weights / tp)
     gradients    one per parameter, in `dtype` (sharded alike); all of them exist at the optimizer step
-    optimizer    AdamW: 2 fp32 states per parameter (+ fp32 master weights with --master-weights); SGD: none
-    activations  what autograd saves for backward, per layer, from the plan's components (module docstring of
-                 `saved_per_token`); full checkpointing keeps each block's input only and recomputes one block
+    optimizer    AdamW: 2 states per parameter in the parameters' dtype; with --master-weights an fp32 copy of
+                 the weights and fp32 states (mixed precision); SGD: none
+    activations  what autograd saves for backward, per layer, from the plan's components and the attention path
+                 each layer takes (`block_saved`, `AttentionPath`); full checkpointing keeps each block's inputs
+                 and recomputes one block at a time in the backward
     logits       the [batch, seq, vocab] logits and the loss's fp32 log-softmax (saved for backward)
     transient    the largest short-lived peak: the loss backward (two fp32 [batch, seq, vocab] gradients), a
-                 block's backward (its recomputed activations under checkpointing, its gradients in flight), or
-                 the optimizer step (temporaries of the largest parameter); FSDP: the gathered block weights
+                 block's backward (its recomputed activations under checkpointing, gradients in flight, FSDP's
+                 gathered and reduce-scattered unit), or the optimizer step's temporaries
     total        the peak over the step: max over (end of forward, each block's backward, optimizer step)
+
+Checked against PyTorch's `MemTracker` on CPU (tests/unit/test_planner_measured.py, 2-rank FSDP2 and TP in
+tests/distributed/test_plan_memory.py): within 10% for nine families; the GPU kernels' figures are modelled.
 
 Serving: the weights plus the KV cache of `batch` sequences of `seq` positions, windows capped (a rolling
 buffer per sliding layer), MLA's latent + rope key, the encoder-decoder's cached cross keys/values.
@@ -36,6 +41,7 @@ from archspec.analysis.metrics import (
     kv_cache,
     layer_windows,
     param_counts,
+    params_of,
 )
 from archspec.compiler import plan as plan_of
 from archspec.plan import Call
@@ -190,16 +196,20 @@ sequences, and what each keeps for backward (per token; h heads of width hd, g k
 """
 
 
-def _norm_saved(norm: Call | None) -> int:
-    """Elements per token a norm keeps: RMSNorm its input, the normalised x and 1/rms; LayerNorm its input, mean
-    and 1/std. Its output is kept by whatever reads it (counted there)."""
+def _norm_saved(norm: Call | None, up: float = 1.0) -> float:
+    """Elements per token a norm keeps (`up`: bytes of float32 over the activations' dtype, for what it keeps in
+    float32): RMSNorm its input in float32, 1/rms and the normalised x cast back (Gemma's: kept in float32);
+    LayerNorm its input, and mean and 1/std in float32. Its output is kept by whatever reads it (counted there)."""
     if norm is None or norm.component == "nn.Identity":
         return 0
+    d = norm.positional(0)
     if norm.component == "nn.LayerNorm":
-        return norm.positional(0) + 2
+        return d + 2 * up
     if norm.component == "HeadNorm":
         return norm.positional(1) * norm.positional(2) * 2 + norm.positional(1)
-    return 2 * norm.positional(0) + 1  # RMSNorm, OffsetRMSNorm
+    if norm.component == "OffsetRMSNorm":
+        return 2 * d * up + up
+    return d * up + up + d  # RMSNorm
 
 
 def _activation_saved(activation: Any, width: int) -> int:
@@ -213,7 +223,7 @@ def _activation_saved(activation: Any, width: int) -> int:
     return width
 
 
-def mlp_saved(mlp: Call) -> int:
+def mlp_saved(mlp: Call, up: float = 1.0) -> float:
     """Per token: what an MLP keeps past its input (counted by the block): the up (and gate) outputs, the
     activation's output and the product the down projection reads."""
     if mlp.component == "GatedMLP":
@@ -223,11 +233,11 @@ def mlp_saved(mlp: Call) -> int:
         width = mlp["up"].positional(1)
         return width + _activation_saved(mlp["activation"], width)
     if mlp.component == "MoE":
-        return moe_saved(mlp)
+        return moe_saved(mlp, up)
     return 0
 
 
-def moe_saved(moe: Call) -> int:
+def moe_saved(moe: Call, up: float = 1.0) -> float:
     """An MoE per token: the router's probabilities (and the balance loss's copy), top-k weights, then for each of
     the top_k routed copies the gathered input, the expert MLP's outputs, the expert output and its weighted copy
     (which the scatter-add keeps); shared experts as an MLP of the same input, their sigmoid gate and output."""
@@ -235,22 +245,26 @@ def moe_saved(moe: Call) -> int:
     top_k, count = router["top_k"], router["experts"]
     d, width = experts.positional(1), experts.positional(2)
     inner = 3 * width + _activation_saved(experts["activation"], width) if experts["gated"] else 2 * width
-    saved = 2 * count + 3 + top_k + top_k * (3 * d + inner)
+    saved = (d + 2 * count + 3 + top_k) * up + top_k * (3 * d + inner) - d  # the router works in float32
     shared = moe.get("shared")
     if shared is not None:
         saved += mlp_saved(shared) + (d + 2 if moe.get("shared_gate") is not None else 0)
     return saved
 
 
-def _core(heads: int, qk: int, v: int, k_width: int, v_width: int, path: AttentionPath, seq: int) -> float:
+def _core(
+    heads: int, qk: int, v: int, k_width: int, v_width: int, path: AttentionPath, seq: int, up: float = 1.0
+) -> float:
     """Scores and weighted values: fused kernels keep q, k, v, the output and the log-sum-exp; the reference
     (math) path q, k and v per query head, the [heads, keys] softmax and the re-laid-out output."""
-    if path == "math":
-        return heads * qk + heads * qk + heads * v + heads * seq + heads * v
+    if path == "math":  # on CPU in float32 whatever the inputs' dtype
+        return (heads * qk + heads * qk + heads * v + heads * seq) * up + heads * v
     return heads * qk + k_width + v_width + heads * v + heads
 
 
-def attention_saved(attn: Call, path: AttentionPath, seq: int, window: int | None = None, mask: float = 0.0) -> float:
+def attention_saved(
+    attn: Call, path: AttentionPath, seq: int, window: int | None = None, mask: float = 0.0, up: float = 1.0
+) -> float:
     """Per token: what one attention keeps for backward past its input (see `AttentionPath`)."""
     heads = attn["heads"]
     if attn.component == "LatentAttention":  # q and k assembled from nope and rope parts
@@ -260,10 +274,11 @@ def attention_saved(attn: Call, path: AttentionPath, seq: int, window: int | Non
         latent = (rank + rope) + 2 * rank + 1  # kv_down's output, its norm
         if path != "math":  # the values are a view of kv_up's output (the reference path copies them)
             latent += heads * (attn["nope_dim"] + v_dim)
-        return down + latent + _core(heads, qk, v_dim, heads * qk, 0, path, seq)
+        return down + latent + _core(heads, qk, v_dim, heads * qk, 0, path, seq, up)
     head_dim, kv = attn["head_dim"], attn["kv_heads"]
     q, kv_width = heads * head_dim, 2 * kv * head_dim
-    saved = _core(heads, head_dim, head_dim, kv * head_dim, kv * head_dim, "math" if path == "math" else "fused", seq)
+    core: AttentionPath = "math" if path == "math" else "fused"
+    saved = _core(heads, head_dim, head_dim, kv * head_dim, kv * head_dim, core, seq, up)
     if attn.get("q_norm") is not None:
         saved += 2 * q + kv_width + heads + kv  # each qk-norm's input and normalised x (+ 1/rms per head)
     if attn.component == "CrossAttention":
@@ -274,38 +289,48 @@ def attention_saved(attn: Call, path: AttentionPath, seq: int, window: int | Non
         saved += q
     elif path == "masked":
         saved += mask  # SDPA turns the boolean mask into a float one in every call
-    elif path == "eager-softcap":
-        saved += 2 * heads * seq + 2 * q - heads
+    elif path == "eager-softcap":  # the capped scores, and their softmax in float32
+        saved += heads * seq * (1 + up) + 2 * q - heads
     return saved
 
 
 def block_saved(
-    block: Call, path: AttentionPath = "fused", seq: int = 1, window: int | None = None, mask: float = 0.0
+    block: Call,
+    path: AttentionPath = "fused",
+    seq: int = 1,
+    window: int | None = None,
+    mask: float = 0.0,
+    up: float = 1.0,
 ) -> float:
     """Elements per token one block keeps for backward (no checkpointing): its norms, each sublayer's input and
     what the sublayer keeps."""
-    return sum(block_saved_parts(block, path, seq, window, mask))
+    return sum(block_saved_parts(block, path, seq, window, mask, up))
 
 
 def block_saved_parts(
-    block: Call, path: AttentionPath = "fused", seq: int = 1, window: int | None = None, mask: float = 0.0
+    block: Call,
+    path: AttentionPath = "fused",
+    seq: int = 1,
+    window: int | None = None,
+    mask: float = 0.0,
+    up: float = 1.0,
 ) -> tuple[float, float]:
     """`block_saved` as (what every tensor-parallel rank keeps whole, what TP splits): the norms and the
     sublayers' inputs are replicated; the attention's heads and a dense MLP's hidden width are split (routed
     experts stay whole on each rank, as `tp_plan` leaves them)."""
     d = _block_width(block)
-    whole: float = sum(_norm_saved(block.get(key)) for key in _NORM_SLOTS) + d
-    split = attention_saved(block["attn"], path, seq, window, mask)
+    whole: float = sum(_norm_saved(block.get(key), up) for key in _NORM_SLOTS) + d
+    split = attention_saved(block["attn"], path, seq, window, mask, up)
     if block.get("cross_attn") is not None:
         whole += d
-        split += attention_saved(block["cross_attn"], "fused", seq)
+        split += attention_saved(block["cross_attn"], "fused", seq, up=up)
     if not (block.component == "ParallelBlock" and block.get("mlp_norm") is None):  # else one shared input
         whole += d
     mlp = block["mlp"]
     if mlp.component == "MoE":
-        whole += mlp_saved(mlp)
+        whole += mlp_saved(mlp, up)
     else:
-        split += mlp_saved(mlp)
+        split += mlp_saved(mlp, up)
     return whole, split
 
 
@@ -357,7 +382,7 @@ def attention_paths(model: Call, batch: int, seq: int, device: str) -> list[Path
     return result
 
 
-def vision_saved_per_image(model: Call) -> int:
+def vision_saved_per_image(model: Call, up: float = 1.0) -> float:
     """Elements one image keeps through the vision tower (the blocks up to the deepest feature layer, fused
     bidirectional attention) and the projector."""
     if model.component != "VisionLanguageLM":
@@ -371,9 +396,9 @@ def vision_saved_per_image(model: Call) -> int:
         conv = embed["proj"]
         patches = tokens - bool(embed["class_token"])
         saved += patches * conv.positional(0) * conv["kernel_size"] ** 2  # the pixels, which the convolution keeps
-        saved += tokens * _norm_saved(tower.get("pre_norm"))
+        saved += tokens * _norm_saved(tower.get("pre_norm"), up)
         for block in tower["layers"].per_layer()[: max(tower["feature_layers"])]:
-            saved += tokens * int(block_saved(block, "fused", tokens))
+            saved += tokens * block_saved(block, "fused", tokens, up=up)
     projector = model["projector"]
     layers = projector["layers"]
     saved += feature_tokens * feature_width  # the projector's input
@@ -451,25 +476,31 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
         kv = _kv_bytes(spec, setup)
         return Memory(parameters, 0, 0, 0, 0, 0, kv, parameters + kv)
     gradients = parameters
-    optimizer = (2 * FP32 * sharded if setup.optimizer == "adamw" else 0) + (
+    # AdamW keeps its two states in the dtype of the parameters it updates: the fp32 master copy when there is one
+    state = FP32 if setup.master_weights else size
+    optimizer = (2 * state * sharded if setup.optimizer == "adamw" else 0) + (
         FP32 * sharded if setup.master_weights else 0
     )
     tokens = setup.batch * setup.seq
+    up = FP32 / size  # what the model keeps in float32, in elements of the activations' dtype
     model = plan_of(spec).model
     blocks = _all_blocks(model)
     paths = attention_paths(model, setup.batch, setup.seq, setup.device.name)
     per_layer = []
     for block, (path, window, mask) in zip(blocks, paths, strict=True):
-        whole, split = block_saved_parts(block, path, setup.seq, window, mask)
+        whole, split = block_saved_parts(block, path, setup.seq, window, mask, up)
         per_layer.append(int((whole + split / setup.tp) * tokens) * size)
     inputs = [_block_width(block) * tokens * size for block in blocks]
     vocab = model["lm_head"].positional(1)
     head_in = model["lm_head"].positional(0)
-    edges = (_norm_saved(model.get("final_norm")) + _norm_saved(model.get("embed_norm")) + head_in) * tokens * size
+    edges = (
+        int((_norm_saved(model.get("final_norm"), up) + _norm_saved(model.get("embed_norm"), up) + head_in) * tokens)
+        * size
+    )
     if model.component == "EncoderDecoderLM":  # both stacks' final norms, and the encoder output cross k/v read
-        norms = _norm_saved(model["encoder"]["final_norm"]) + _norm_saved(model["decoder"]["final_norm"])
-        edges += (norms + head_in) * tokens * size
-    edges += vision_saved_per_image(model) * setup.images * setup.batch * size
+        norms = _norm_saved(model["encoder"]["final_norm"], up) + _norm_saved(model["decoder"]["final_norm"], up)
+        edges += int((norms + head_in) * tokens) * size
+    edges += int(vision_saved_per_image(model, up) * setup.images * setup.batch) * size
     logits = tokens * vocab * (size + FP32)  # the logits and the fp32 log-softmax the loss keeps
     loss_transient = 2 * tokens * vocab * FP32 + (tokens * vocab * size if size != FP32 else 0)
     layer_params = [_block_params(block) * size // setup.tp // setup.fsdp for block in blocks]
@@ -504,9 +535,14 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
         remaining -= kept[index]
         grads += layer_params[index]
     grads = gradients
-    # AdamW (one tensor at a time, as on CPU, and per parameter group on GPU): sqrt(v) and its quotient, the size
-    # of the largest parameter
-    step_transient = 2 * _largest_param(spec) * size // setup.tp // setup.fsdp if setup.optimizer == "adamw" else 0
+    # AdamW's temporaries: one tensor at a time on CPU (sqrt(v) and its quotient, the largest parameter's size);
+    # on a GPU the default foreach implementation takes sqrt(v) of every parameter at once
+    if setup.optimizer != "adamw":
+        step_transient = 0
+    elif setup.device.name == "cpu":
+        step_transient = 2 * _largest_param(spec) * size // setup.tp // setup.fsdp
+    else:
+        step_transient = sharded * state
     peaks.append(static + grads + step_transient)
     total = max(peaks)
     return Memory(parameters, gradients, optimizer, activations, logits, max(transient, step_transient), 0, total)
@@ -519,8 +555,6 @@ def _all_blocks(model: Call) -> list[Call]:
 
 
 def _block_params(block: Call) -> int:
-    from archspec.analysis.metrics import params_of
-
     return params_of(block)
 
 
@@ -548,23 +582,21 @@ def _kv_splits(spec: Spec, tp: int) -> bool:
 
 
 def _bounds(spec: Spec, setup: Setup) -> Bounds:
+    """Training: tokens/s = peak FLOP/s of all GPUs / training FLOPs per token (`archspec info`'s exact count,
+    causal attention). Serving: a decoding step reads the weights once and every cached position (the cache full
+    at `seq`), so tokens/s <= batch x bandwidth / bytes; prefill of `batch` sequences >= their FLOPs / peak."""
     flops = flop_counts(spec, setup.seq)
     peak = setup.device.peak_tflops * 1e12 * setup.gpus
     train_per_token = flops.train_per_token
     if setup.mode == "train":
         return Bounds(peak / train_per_token, None, None, None, train_per_token, None)
-    bandwidth = setup.device.bandwidth_gbs * 1e9
-    counts = param_counts(spec)
-    size = dtype_bytes(setup.dtype)
-    weights = _streamed_weights(spec) * size
+    bandwidth = setup.device.bandwidth_gbs * 1e9 * setup.gpus
+    weights = _streamed_weights(spec) * dtype_bytes(setup.dtype)
     kv = kv_cache(spec, setup.seq, setup.batch, setup.dtype).bytes_windowed
-    kv_one = kv // setup.batch
     step_bytes = weights + kv
-    ranks = setup.tp * setup.fsdp
-    decode = setup.batch * bandwidth * ranks / step_bytes
-    decode1 = bandwidth * ranks / (weights + kv_one)
+    decode = setup.batch * bandwidth / step_bytes
+    decode1 = bandwidth / (weights + kv // setup.batch)
     prefill = setup.batch * flops.forward_per_sequence / peak
-    del counts
     return Bounds(None, decode, decode1, prefill, train_per_token, step_bytes)
 
 
@@ -595,4 +627,4 @@ def _suggest(spec: Spec, setup: Setup) -> str | None:
     return None
 
 
-__all__ = ["DEVICES", "Bounds", "Device", "Memory", "MemoryPlan", "Setup", "device_of", "layer_windows", "plan_memory"]
+__all__ = ["DEVICES", "Bounds", "Device", "Memory", "MemoryPlan", "Setup", "device_of", "plan_memory"]

@@ -7,7 +7,7 @@ caching allocator, so live tensor bytes are the memory a step holds, and that is
 bytes; on a GPU `torch.cuda.max_memory_allocated` measures the same). The profiler's memory events would give the
 same numbers with less attribution.
 
-The step is forward + backward + AdamW step + zero_grad, in float32 (CPU), with the inputs made inside the step as
+The step is forward + backward + AdamW step + zero_grad, in float32 (and bfloat16), with the inputs made inside the step as
 a data loader would. Step 1 allocates AdamW's states lazily, so it is run first and step 2, the steady state that
 every later step repeats, is measured. The plan is read from the spec alone (`plan_memory`): the test never looks
 at the plan's internals nor counts saved tensors; it compares the plan's total with the measured peak.
@@ -65,18 +65,22 @@ def _inputs(model: torch.nn.Module, spec: archspec.Spec, batch: int, seq: int) -
     return ids, options
 
 
-def measured_peak(spec: archspec.Spec, batch: int, seq: int, checkpointing: bool) -> int:
+def measured_peak(
+    spec: archspec.Spec, batch: int, seq: int, checkpointing: bool, dtype: torch.dtype = torch.float32
+) -> int:
     """Peak live tensor bytes of the second training step (see the module docstring)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     torch.manual_seed(0)
-    model = archspec.build(spec)
+    model = archspec.build(spec, dtype=dtype)
     if checkpointing:
         enable_activation_checkpointing(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step() -> None:
         ids, options = _inputs(model, spec, batch, seq)
+        if "pixel_values" in options:
+            options["pixel_values"] = options["pixel_values"].to(dtype)
         model(ids, **options).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -90,14 +94,14 @@ def measured_peak(spec: archspec.Spec, batch: int, seq: int, checkpointing: bool
     return peaks["Total"]
 
 
-def _check(family: str, batch: int, seq: int, checkpointing: bool) -> None:
+def _check(family: str, batch: int, seq: int, checkpointing: bool, dtype: str = "float32") -> None:
     spec = shrink(archspec.load_spec(SPECS / f"{FAMILIES[family]}.yaml"))
-    measured = measured_peak(spec, batch, seq, checkpointing)
+    measured = measured_peak(spec, batch, seq, checkpointing, getattr(torch, dtype))
     plan = plan_memory(
         spec,
         batch=batch,
         seq=seq,
-        dtype="float32",
+        dtype=dtype,
         checkpointing="full" if checkpointing else "none",
         device=DEVICES["cpu"],
         images=1 if spec.vision is not None else 0,
@@ -118,3 +122,17 @@ def test_plan_matches_the_measured_peak(family: str, checkpointing: bool) -> Non
 @pytest.mark.parametrize("family", FAMILIES)
 def test_plan_matches_the_measured_peak_at_every_point(family: str, checkpointing: bool, point: tuple) -> None:
     _check(family, *point, checkpointing)
+
+
+@pytest.mark.parametrize("family", ["dense", "moe", "t5"])
+def test_plan_matches_the_measured_peak_in_bfloat16(family: str) -> None:
+    """bfloat16 weights, activations and AdamW states; norms, the router, the loss and CPU's reference attention
+    keep float32 copies, which the plan counts at 4 bytes."""
+    _check(family, *POINTS[2], False, "bfloat16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [POINTS[0], POINTS[2]], ids=["b1-s20", "b4-s64"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plan_matches_the_measured_peak_in_bfloat16_at_both_ends(family: str, point: tuple) -> None:
+    _check(family, *point, False, "bfloat16")
