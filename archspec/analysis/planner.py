@@ -14,7 +14,8 @@ Training memory of one steady-state step (forward + backward + optimizer step, o
     activations  what autograd saves for backward, per layer, from the plan's components and the attention path
                  each layer takes (`block_saved`, `AttentionPath`); full checkpointing keeps each block's inputs
                  and recomputes one block at a time in the backward
-    logits       the [batch, seq, vocab] logits and the loss's fp32 log-softmax (saved for backward)
+    logits       the loss's fp32 log-softmax of the [batch, seq, vocab] logits (saved for backward; the logits
+                 go with the model's output, which a training loop drops once it has the loss)
     transient    the largest short-lived peak: the loss backward (two fp32 [batch, seq, vocab] gradients), a
                  block's backward (its recomputed activations under checkpointing, gradients in flight, FSDP's
                  gathered and reduce-scattered unit), or the optimizer step's temporaries
@@ -501,8 +502,10 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
         norms = _norm_saved(model["encoder"]["final_norm"], up) + _norm_saved(model["decoder"]["final_norm"], up)
         edges += int((norms + head_in) * tokens) * size
     edges += int(vision_saved_per_image(model, up) * setup.images * setup.batch) * size
-    logits = tokens * vocab * (size + FP32)  # the logits and the fp32 log-softmax the loss keeps
-    loss_transient = 2 * tokens * vocab * FP32 + (tokens * vocab * size if size != FP32 else 0)
+    # the loss keeps the fp32 log-softmax of the logits (the logits themselves go with the output, which a training
+    # loop drops once it has the loss); its backward makes two fp32 [tokens, vocab] gradients
+    logits = tokens * vocab * FP32
+    loss_transient = 2 * tokens * vocab * FP32
     layer_params = [_block_params(block) * size // setup.tp // setup.fsdp for block in blocks]
     # FSDP2: a unit (a block, or the root's embedding, head and norms) is all-gathered into a buffer and copied
     # out to its parameters for its forward (2 x the unit); in its backward the unsharded gradients are
@@ -525,12 +528,11 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
     peaks = [static + activations + logits + loss_transient + gathered]
     transient = loss_transient
     grads = head_grad
-    held = tokens * vocab * size  # the logits, which the caller's output keeps through the backward
     remaining = activations - edges
     for index in reversed(range(len(blocks))):  # each block's backward, last to first
         flowing = 3 * inputs[index]  # the residual stream's gradient and a sublayer's, in flight
         extra = (per_layer[index] if setup.checkpointing == "full" else 0) + flowing + scattered
-        peaks.append(static + grads + remaining + extra + held)
+        peaks.append(static + grads + remaining + extra)
         transient = max(transient, extra)
         remaining -= kept[index]
         grads += layer_params[index]

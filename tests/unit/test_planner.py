@@ -172,10 +172,13 @@ def test_measured_throughput_gives_its_mfu() -> None:
     assert json.loads(result.output)["bounds"]["mfu_of_measured"] == pytest.approx(190272 * flops / (64 * 312e12))
 
 
-def test_the_default_output_is_a_table_with_the_verdict() -> None:
-    result = RUNNER.invoke(app, ["plan", str(SPECS[0].parent / "llama3-8b.yaml"), "--seq", "8192"])
+def test_the_table_shows_the_verdict_and_the_smallest_change() -> None:
+    spec = str(SPECS[0].parent / "llama3-8b.yaml")
+    result = RUNNER.invoke(app, ["plan", spec, "--seq", "8192", "--format", "markdown"])
     assert result.exit_code == 0, result.output
-    assert "does not fit" in result.output and "smallest change that fits: --fsdp" in result.output
+    assert "| does not fit |" in result.output and "smallest change that fits: --fsdp" in result.output
+    rich = RUNNER.invoke(app, ["plan", spec, "--seq", "8192"])  # the default: a Rich table
+    assert rich.exit_code == 0 and "peak (total)" in rich.output
 
 
 def test_plot_without_matplotlib_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
