@@ -46,6 +46,7 @@ from archspec.analysis.metrics import (
 )
 from archspec.compiler import plan as plan_of
 from archspec.plan import Call
+from archspec.spec.errors import ArchspecError
 from archspec.spec.schema import Spec
 
 Mode = Literal["train", "serve"]
@@ -609,8 +610,18 @@ def _streamed_weights(spec: Spec) -> int:
 
 
 def _suggest(spec: Spec, setup: Setup) -> str | None:
-    """The smallest change that fits: more FSDP ranks, then checkpointing, then a smaller batch."""
+    """The smallest change that fits: training: more FSDP ranks, then checkpointing; serving: tensor parallelism
+    over more GPUs (whole heads per rank); then a smaller batch."""
     limit = setup.device.memory_gib * 2**30
+    if setup.mode == "serve":
+        for degree in (2, 4, 8, 16):
+            if degree > setup.tp:
+                try:
+                    trial = replace(setup, tp=degree, gpus=max(setup.gpus, degree * setup.fsdp))
+                    if _memory(spec, trial).total <= limit:
+                        return f"--tp {degree} ({degree * setup.fsdp} GPUs)"
+                except ArchspecError:  # heads that do not split over `degree` ranks
+                    continue
     if setup.mode == "train":
         for ranks in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024):
             if ranks > setup.fsdp:

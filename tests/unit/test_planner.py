@@ -196,3 +196,13 @@ def test_plot_with_matplotlib(tmp_path: Path) -> None:
     result = RUNNER.invoke(app, ["plan", str(SPECS[0].parent / "gpt2.yaml"), "--seq", "1024", "--plot", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_serving_that_does_not_fit_suggests_tensor_parallelism() -> None:
+    """llama3-70b in bf16 (141 GB of weights) with 4 x 32k tokens of cache (40 GiB) on 80 GiB: TP 2 leaves each
+    rank half of both (90.5 GiB, too much), TP 4 a quarter (45 GiB)."""
+    spec = archspec.load_spec(SPECS[0].parent / "llama3-70b.yaml")
+    plan = plan_memory(spec, mode="serve", batch=4, seq=32768)
+    assert not plan.fits and plan.suggestion == "--tp 4 (4 GPUs)"
+    assert plan_memory(spec, mode="serve", batch=4, seq=32768, tp=4).fits
+    assert not plan_memory(spec, mode="serve", batch=4, seq=32768, tp=2).fits
