@@ -85,6 +85,13 @@ def diff(
         help="Also draw both architectures side by side, what differs in red (.mmd, .md, .dot, .svg or .png).",
         show_default=False,
     ),
+    plan: str | None = typer.Option(
+        None,
+        "--plan",
+        help="Also the memory plans side by side: train or serve, at --context, --batch and --dtype on an H100 "
+        "(`archspec plan A B` takes every plan option).",
+        show_default=False,
+    ),
 ) -> None:
     """Fields that differ between resolved specs, and their figures side by side with the ratio to the first."""
 
@@ -97,10 +104,19 @@ def diff(
             plot_diff(result, plot)
         if draw is not None:
             draw_diff(loaded, labels or names, draw)
-        return result
+        return result, _plans(loaded, plan, context, batch, dtype)
 
-    result = _guarded(compute)
-    _emit(format, lambda: diff_tables(result), lambda: diff_json(result))
+    result, plans = _guarded(compute)
+    if plans:
+        from archspec.analysis.plan_render import plan_diff_tables, plan_json
+
+        _emit(
+            format,
+            lambda: diff_tables(result) + plan_diff_tables(plans),
+            lambda: {**diff_json(result), "plans": plan_json(plans)},
+        )
+    else:
+        _emit(format, lambda: diff_tables(result), lambda: diff_json(result))
     if plot is not None and format is OutputFormat.table:
         typer.echo(f"plot written to {plot}", err=True)
     if draw is not None and format is OutputFormat.table:
@@ -118,10 +134,26 @@ def draw_diff(specs: list[Any], titles: list[str], path: Path) -> None:
     write_atomically(path, picture(diff_diagram(specs[0], specs[1], (titles[0], titles[1])), fmt))
 
 
+def _plans(specs: list[Any], mode: str | None, context: int | None, batch: int, dtype: str) -> list[Any]:
+    """`diff --plan`: each spec's memory plan at the diff's context (default: the shortest context_length)."""
+    if mode is None:
+        return []
+    from archspec.analysis.metrics import AnalysisError
+    from archspec.analysis.planner import plan_memory
+
+    if mode not in ("train", "serve"):
+        raise AnalysisError(f"--plan takes train or serve, not {mode!r}")
+    seq = context or min(spec.context_length for spec in specs)
+    return [plan_memory(spec, mode=mode, batch=batch, seq=seq, dtype=dtype) for spec in specs]
+
+
 def register(app: typer.Typer) -> None:
-    """Add `info` and `diff` to the archspec command line."""
+    """Add `info`, `diff` and `plan` to the archspec command line."""
+    from archspec import cli_plan
+
     app.command("info")(info)
     app.command("diff")(diff)
+    cli_plan.register(app)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -3,6 +3,7 @@
     from archspec.analysis import analyse, diff_specs
     a = analyse(spec, context=8192, batch=1, dtype="bfloat16")
     a.params.total, a.params.active, a.flops.forward_per_token, a.kv.bytes_per_token
+    plan = plan_memory(spec, batch=1, seq=8192, fsdp=8, checkpointing="full")   # memory per device, bounds
 
 See `archspec.analysis.metrics` for the exact conventions (what a FLOP counts, what "active" means).
 """
@@ -23,18 +24,24 @@ from archspec.analysis.metrics import (
     kv_cache,
     param_counts,
 )
+from archspec.analysis.planner import DEVICES, Device, Memory, MemoryPlan, Setup, plan_memory
 
 __all__ = [
     "ABSENT",
+    "DEVICES",
     "DTYPE_BYTES",
     "Analysis",
     "AnalysisError",
+    "Device",
     "FieldDiff",
     "Figure",
     "FlopCounts",
     "KVCacheFigures",
     "LayerParams",
+    "Memory",
+    "MemoryPlan",
     "ParamCounts",
+    "Setup",
     "SpecDiff",
     "analyse",
     "canonical_dtype",
@@ -45,4 +52,5 @@ __all__ = [
     "flop_counts",
     "kv_cache",
     "param_counts",
+    "plan_memory",
 ]
