@@ -7,36 +7,16 @@ tables, Markdown (`--format markdown`, for pasting into a PR) or JSON (`--format
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
 
 from archspec.analysis.diff import diff_specs
 from archspec.analysis.metrics import AnalysisError, analyse
-from archspec.analysis.render import (
-    Table,
-    diff_json,
-    diff_tables,
-    info_json,
-    info_tables,
-    plot_diff,
-    tables_markdown,
-    to_rich,
-)
-from archspec.spec import ArchspecError, load_spec
-
-T = TypeVar("T")
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    markdown = "markdown"
-    json = "json"
-
+from archspec.analysis.render import diff_json, diff_tables, info_json, info_tables, plot_diff
+from archspec.cli_output import FORMAT, OutputFormat, emit, guarded
+from archspec.spec import load_spec
 
 CONTEXT = typer.Option(
     None,
@@ -50,7 +30,6 @@ BATCH = typer.Option(1, "--batch", "-b", help="Sequences in the batch, for the K
 DTYPE = typer.Option(
     "bfloat16", "--dtype", help="dtype of the KV cache: float32, float16/fp16, bfloat16/bf16, fp8, int8."
 )
-FORMAT = typer.Option(OutputFormat.table, "--format", "-f", help="table (Rich), markdown, or json (stable keys).")
 
 
 def info(
@@ -61,8 +40,8 @@ def info(
     format: OutputFormat = FORMAT,
 ) -> None:
     """Parameters (total, embeddings, per layer, active per token), FLOPs per token, KV-cache bytes."""
-    analysis = _guarded(lambda: analyse(load_spec(spec), context, batch, dtype))
-    _emit(format, lambda: info_tables(analysis), lambda: info_json(analysis))
+    analysis = guarded(lambda: analyse(load_spec(spec), context, batch, dtype))
+    emit(format, lambda: info_tables(analysis), lambda: info_json(analysis))
 
 
 def diff(
@@ -106,17 +85,17 @@ def diff(
             draw_diff(loaded, labels or names, draw)
         return result, _plans(loaded, plan, context, batch, dtype)
 
-    result, plans = _guarded(compute)
+    result, plans = guarded(compute)
     if plans:
         from archspec.analysis.plan_render import plan_diff_tables, plan_json
 
-        _emit(
+        emit(
             format,
             lambda: diff_tables(result) + plan_diff_tables(plans),
             lambda: {**diff_json(result), "plans": plan_json(plans)},
         )
     else:
-        _emit(format, lambda: diff_tables(result), lambda: diff_json(result))
+        emit(format, lambda: diff_tables(result), lambda: diff_json(result))
     if plot is not None and format is OutputFormat.table:
         typer.echo(f"plot written to {plot}", err=True)
     if draw is not None and format is OutputFormat.table:
@@ -154,28 +133,3 @@ def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("diff")(diff)
     cli_plan.register(app)
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def _guarded(compute: Callable[[], T]) -> T:
-    """Run `compute`; an ArchspecError becomes its message on stderr and exit code 1."""
-    try:
-        return compute()
-    except ArchspecError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from None
-
-
-def _emit(format: OutputFormat, tables: Callable[[], list[Table]], document: Callable[[], dict[str, Any]]) -> None:
-    if format is OutputFormat.json:
-        typer.echo(json.dumps(document(), indent=2))
-    elif format is OutputFormat.markdown:
-        typer.echo(tables_markdown(tables()), nl=False)
-    else:
-        from rich.console import Console
-
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=160)
-        for table in tables():
-            console.print(to_rich(table))

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from archspec.spec.errors import ArchspecError
+from archspec.cli_output import guarded
 
 
 def import_gguf(
@@ -30,7 +30,7 @@ def import_gguf(
         target.write_text(text, encoding="utf-8")
         return target
 
-    typer.echo(f"wrote {_guarded(run)}")
+    typer.echo(f"wrote {guarded(run)}")
 
 
 def export_gguf(
@@ -49,16 +49,7 @@ def export_gguf(
     """
     from archspec.interop.gguf import export_gguf as run
 
-    typer.echo(f"wrote {_guarded(lambda: run(source, output, type))}")
-
-
-def _guarded(compute):  # type: ignore[no-untyped-def]
-    """Run `compute`; an ArchspecError becomes its message on stderr and exit code 1."""
-    try:
-        return compute()
-    except ArchspecError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from None
+    typer.echo(f"wrote {guarded(lambda: run(source, output, type))}")
 
 
 def register(app: typer.Typer) -> None:

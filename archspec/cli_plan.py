@@ -11,7 +11,7 @@ import typer
 
 from archspec.analysis.plan_render import plan_diff_tables, plan_json, plan_tables, plot_plan
 from archspec.analysis.planner import Setup, device_of, plan_memory
-from archspec.cli_analysis import FORMAT, OutputFormat, _emit, _guarded
+from archspec.cli_output import FORMAT, OutputFormat, emit, guarded
 from archspec.spec import load_spec
 
 
@@ -65,9 +65,9 @@ def plan(
             plot_plan(plans, plot)
         return plans
 
-    plans = _guarded(compute)
+    plans = guarded(compute)
     tables = (lambda: plan_tables(plans[0], measured)) if len(plans) == 1 else (lambda: plan_diff_tables(plans))
-    _emit(format, tables, lambda: plan_json(plans, measured))  # type: ignore[arg-type]
+    emit(format, tables, lambda: plan_json(plans, measured))  # type: ignore[arg-type]
     if plot is not None and format is OutputFormat.table:
         typer.echo(f"plot written to {plot}", err=True)
 

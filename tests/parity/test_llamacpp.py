@@ -16,91 +16,19 @@ import pytest
 import torch
 import transformers
 from hf_reference import make_reference
+from test_gguf_parity import CONFIGS as GGUF_CONFIGS
+from test_gguf_parity import ONLY_ARCHSPEC, SMALL
 
 import archspec
 
 pytestmark = pytest.mark.llamacpp
 
-SMALL = dict(vocab_size=96, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128)
+# The GGUF parity suite's tiny models (every architecture mapped; not Mistral, which llama.cpp runs as llama without
+# its window), plus a tied head, and Gemma 2 and Qwen3 at their usual head widths (the parity suite widens their
+# heads where transformers' GGUF loading ignores head_dim).
 CONFIGS = {
-    "gemma3": lambda: transformers.Gemma3TextConfig(
-        hidden_size=64,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=256,
-        query_pre_attn_scalar=256,
-        sliding_window=8,
-        **{**SMALL, "num_hidden_layers": 6},
-    ),
-    "mixtral": lambda: transformers.MixtralConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        **SMALL,
-    ),
-    "bloom": lambda: transformers.BloomConfig(vocab_size=96, hidden_size=64, n_layer=2, n_head=4),
-    "falcon": lambda: transformers.FalconConfig(
-        vocab_size=96,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        new_decoder_architecture=True,
-        num_kv_heads=2,
-        bias=False,
-        max_position_embeddings=128,
-    ),
-    "falcon-7b-style": lambda: transformers.FalconConfig(
-        vocab_size=96,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        multi_query=True,
-        parallel_attn=True,
-        bias=False,
-        max_position_embeddings=128,
-    ),
-    "gpt_neox": lambda: transformers.GPTNeoXConfig(
-        vocab_size=96,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=96,
-        rotary_pct=0.25,
-        max_position_embeddings=128,
-    ),
-    "olmo2": lambda: transformers.Olmo2Config(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=1,
-        **SMALL,
-    ),
-    "cohere": lambda: transformers.CohereConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        **SMALL,
-    ),
-    "cohere2": lambda: transformers.Cohere2Config(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=8,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        **{**SMALL, "num_hidden_layers": 4},
-    ),
-    "gemma": lambda: transformers.GemmaConfig(
-        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, **SMALL
-    ),
+    **{name: config for name, config in GGUF_CONFIGS.items() if name != "mistral"},
+    **ONLY_ARCHSPEC,
     "gemma2": lambda: transformers.Gemma2Config(
         hidden_size=64,
         num_attention_heads=4,
@@ -110,41 +38,11 @@ CONFIGS = {
         sliding_window=8,
         **SMALL,
     ),
-    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
-        hidden_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=32,
-        shared_expert_intermediate_size=48,
-        **SMALL,
-    ),
-    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
-        hidden_size=256,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=128,
-        num_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=32,
-        norm_topk_prob=True,
-        **SMALL,
-    ),
-    "phi3": lambda: transformers.Phi3Config(
-        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **SMALL
-    ),
-    "starcoder2": lambda: transformers.Starcoder2Config(
-        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, sliding_window=None, **SMALL
-    ),
-    "gpt2": lambda: transformers.GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128),
-    "llama": lambda: transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **SMALL),
-    "llama-tied": lambda: transformers.LlamaConfig(
-        hidden_size=64, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True, **SMALL
-    ),
-    "qwen2": lambda: transformers.Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **SMALL),
     "qwen3": lambda: transformers.Qwen3Config(
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32, **SMALL
+    ),
+    "llama-tied": lambda: transformers.LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True, **SMALL
     ),
 }
 F32_TOLERANCE = 1e-5  # of max|logit|

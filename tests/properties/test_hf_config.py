@@ -364,6 +364,11 @@ def llava(draw: st.DrawFn) -> dict[str, Any]:
     return data
 
 
+def as_imported(config: transformers.PretrainedConfig, name: str) -> dict[str, Any]:
+    """The spec data of a config as import reads it from the config.json transformers writes."""
+    return archspec.spec_from_hf(json.loads(config.to_json_string()), name=name).model_dump(mode="json")
+
+
 @st.composite
 def imported(draw: st.DrawFn, model_type: str) -> dict[str, Any]:
     """Today's dense families: a tiny config of the family's own config class, its sizes drawn and every other
@@ -383,8 +388,7 @@ def imported(draw: st.DrawFn, model_type: str) -> dict[str, Any]:
         tie_word_embeddings=draw(st.booleans()),
     )
     config = transformers.CONFIG_MAPPING[model_type](**sizes)
-    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
-    return spec.model_dump(mode="json")
+    return as_imported(config, draw(names))
 
 
 @st.composite
@@ -418,8 +422,7 @@ def glm4_moe(draw: st.DrawFn) -> dict[str, Any]:
         routed_scaling_factor=draw(st.floats(0.25, 4.0)),
         tie_word_embeddings=draw(st.booleans()),
     )
-    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
-    return spec.model_dump(mode="json")
+    return as_imported(config, draw(names))
 
 
 @st.composite
@@ -446,8 +449,7 @@ def granitemoe(draw: st.DrawFn) -> dict[str, Any]:
         logits_scaling=draw(multiplier),
         tie_word_embeddings=draw(st.booleans()),
     )
-    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
-    return spec.model_dump(mode="json")
+    return as_imported(config, draw(names))
 
 
 @st.composite
@@ -474,8 +476,7 @@ def hunyuan_moe(draw: st.DrawFn) -> dict[str, Any]:
         rope_parameters=rope,
         tie_word_embeddings=draw(st.booleans()),
     )
-    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
-    return spec.model_dump(mode="json")
+    return as_imported(config, draw(names))
 
 
 @st.composite
@@ -500,8 +501,7 @@ def minimax_m2(draw: st.DrawFn) -> dict[str, Any]:
         router_jitter_noise=draw(st.floats(0.0, 0.5)),
         tie_word_embeddings=draw(st.booleans()),
     )
-    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
-    return spec.model_dump(mode="json")
+    return as_imported(config, draw(names))
 
 
 @st.composite
@@ -530,8 +530,7 @@ def ernie_moe(draw: st.DrawFn) -> dict[str, Any]:
         router_aux_loss_coef=draw(st.floats(0.0, 1.0)),
         tie_word_embeddings=draw(st.booleans()),
     )
-    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
-    return spec.model_dump(mode="json")
+    return as_imported(config, draw(names))
 
 
 @st.composite
@@ -561,8 +560,7 @@ def gpt_oss(draw: st.DrawFn) -> dict[str, Any]:
         router_aux_loss_coef=draw(st.floats(0.0, 1.0)),
         tie_word_embeddings=draw(st.booleans()),
     )
-    spec = archspec.spec_from_hf(json.loads(config.to_json_string()), name=draw(names))
-    return spec.model_dump(mode="json")
+    return as_imported(config, draw(names))
 
 
 MODERN_DENSE = ("gemma", "gemma2", "gemma3_text", "phi3", "starcoder2", "olmo2", "olmo3", "exaone4", "cohere",
