@@ -508,10 +508,7 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down.
-
-    `glu`: a gated unit of (gate, up) other than act(gate) * up (gpt-oss's clamped SwiGLU). `bias`: each expert's
-    projections have biases ([experts, out]), added to the rows of that expert."""
+    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down."""
 
     def __init__(
         self,
@@ -521,11 +518,11 @@ class Experts(nn.Module):
         activation: Activation,
         gated: bool,
         glu: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-        bias: bool = False,
+        bias: bool = False,  # a bias per expert and projection, added to that expert's rows
     ) -> None:
         super().__init__()
         self.activation = activation
-        self.glu = glu
+        self.glu = glu  # the hidden units from (gate, up), instead of act(gate) * up
         self.gate = nn.Parameter(torch.empty(experts, d_ff, d_model)) if gated else None
         self.up = nn.Parameter(torch.empty(experts, d_ff, d_model))
         self.down = nn.Parameter(torch.empty(experts, d_model, d_ff))

@@ -414,10 +414,7 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down.
-
-    `glu`: a gated unit of (gate, up) other than act(gate) * up (gpt-oss's clamped SwiGLU). `bias`: each expert's
-    projections have biases ([experts, out]), added to the rows of that expert."""
+    """E expert MLPs stored as 3-D tensors ([experts, out, in], nn.Linear layout): gate (gated MLPs), up, down."""
 
     def __init__(self, experts: int, d_model: int, d_ff: int, activation: Activation, gated: bool) -> None:
         super().__init__()
