@@ -42,7 +42,6 @@ def peaks(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple, list[int]]:
     return {case: [ranks[index] for ranks in per_rank] for index, case in enumerate(CASES)}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[f"{n}-{m}-b{b}-s{s}" for n, m, b, s in CASES])
 def test_plan_matches_each_ranks_measured_peak(peaks: dict[tuple, list[int]], case: tuple) -> None:
     name, mode, batch, seq = case
