@@ -26,7 +26,9 @@ def plan(
     dtype: str = typer.Option("bf16", "--dtype", help="Weights and activations: bf16, fp16, fp32, ..."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw (2 fp32 states per parameter) or sgd."),
     master_weights: bool = typer.Option(False, "--master-weights", help="Also fp32 master weights."),
-    checkpointing: str = typer.Option("none", "--checkpointing", help="Activation checkpointing: none or full."),
+    checkpointing: str = typer.Option(
+        "none", "--checkpointing", help="Activation checkpointing: none, selective (every other block) or full."
+    ),
     device: str | None = typer.Option(None, "--device", help="h100 (default), h200, a100, cpu.", show_default=False),
     peak_tflops: float | None = typer.Option(None, "--peak-tflops", help="Dense peak TFLOP/s.", show_default=False),
     bandwidth_gbs: float | None = typer.Option(None, "--bandwidth-gbs", help="Memory GB/s.", show_default=False),

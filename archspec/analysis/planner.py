@@ -50,7 +50,7 @@ from archspec.spec.errors import ArchspecError
 from archspec.spec.schema import Spec
 
 Mode = Literal["train", "serve"]
-Checkpointing = Literal["none", "full"]
+Checkpointing = Literal["none", "full", "selective"]
 Optimizer = Literal["adamw", "sgd"]
 
 
@@ -453,8 +453,8 @@ def _checked(spec: Spec, setup: Setup) -> Setup:
             raise AnalysisError(f"{name} must be at least 1, got {getattr(setup, name)}")
     if setup.mode not in ("train", "serve"):
         raise AnalysisError(f"mode must be train or serve, not {setup.mode!r}")
-    if setup.checkpointing not in ("none", "full"):
-        raise AnalysisError(f"checkpointing must be none or full, not {setup.checkpointing!r}")
+    if setup.checkpointing not in ("none", "full", "selective"):
+        raise AnalysisError(f"checkpointing must be none, selective or full, not {setup.checkpointing!r}")
     if setup.optimizer not in ("adamw", "sgd"):
         raise AnalysisError(f"optimizer must be adamw or sgd, not {setup.optimizer!r}")
     if setup.fsdp * setup.tp > setup.gpus:
@@ -518,13 +518,17 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
     scattered = 3 * unit if setup.fsdp > 1 else 0
     static = parameters + optimizer
     head_grad = (counts.head or counts.token_embedding) * size // setup.tp // setup.fsdp
-    if setup.checkpointing == "full":
-        kept = [checkpointed_saved(block) * tokens * size for block in blocks]
-        if model.component == "EncoderDecoderLM":  # each stack's [heads, seq, seq] position bias, a block input
-            heads = blocks[0]["attn"]["heads"]
-            edges += 2 * heads * setup.seq * setup.seq * size // setup.tp
-    else:
-        kept = per_layer
+    # which blocks recompute: every one (full), every other one from the first (selective, as
+    # `enable_activation_checkpointing(model, every=2)` wraps them), none
+    every = {"full": 1, "selective": 2}.get(setup.checkpointing)
+    recomputed = [every is not None and index % every == 0 for index in range(len(blocks))]
+    kept = [
+        checkpointed_saved(block) * tokens * size if again else per_layer[index]
+        for index, (block, again) in enumerate(zip(blocks, recomputed, strict=True))
+    ]
+    if any(recomputed) and model.component == "EncoderDecoderLM":  # each stack's [heads, seq, seq] position bias
+        heads = blocks[0]["attn"]["heads"]
+        edges += 2 * heads * setup.seq * setup.seq * size // setup.tp
     activations = sum(kept) + edges
     # end of forward: everything saved, the loss backward's gradients in flight
     peaks = [static + activations + logits + loss_transient + gathered]
@@ -533,7 +537,7 @@ def _memory(spec: Spec, setup: Setup) -> Memory:
     remaining = activations - edges
     for index in reversed(range(len(blocks))):  # each block's backward, last to first
         flowing = 3 * inputs[index]  # the residual stream's gradient and a sublayer's, in flight
-        extra = (per_layer[index] if setup.checkpointing == "full" else 0) + flowing + scattered
+        extra = (per_layer[index] if recomputed[index] else 0) + flowing + scattered
         peaks.append(static + grads + remaining + extra)
         transient = max(transient, extra)
         remaining -= kept[index]
@@ -611,7 +615,7 @@ def _streamed_weights(spec: Spec) -> int:
 
 
 def _suggest(spec: Spec, setup: Setup) -> str | None:
-    """The smallest change that fits: training: more FSDP ranks, then checkpointing; serving: tensor parallelism
+    """The smallest change that fits: training: more FSDP ranks, then selective or full checkpointing; serving: tensor parallelism
     over more GPUs (whole heads per rank); then a smaller batch."""
     limit = setup.device.memory_gib * 2**30
     if setup.mode == "serve":
@@ -629,10 +633,10 @@ def _suggest(spec: Spec, setup: Setup) -> str | None:
                 trial = replace(setup, fsdp=ranks, gpus=max(setup.gpus, ranks * setup.tp))
                 if _memory(spec, trial).total <= limit:
                     return f"--fsdp {ranks} ({ranks * setup.tp} GPUs)"
-        if setup.checkpointing == "none":
-            trial = replace(setup, checkpointing="full")
-            if _memory(spec, trial).total <= limit:
-                return "--checkpointing full"
+        lighter = {"none": ("selective", "full"), "selective": ("full",)}.get(setup.checkpointing, ())
+        for mode in lighter:  # selective recomputes half the blocks, full every one
+            if _memory(spec, replace(setup, checkpointing=mode)).total <= limit:  # type: ignore[arg-type]
+                return f"--checkpointing {mode}"
     batch = setup.batch
     while batch > 1:
         batch //= 2

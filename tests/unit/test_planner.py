@@ -213,3 +213,34 @@ def test_serving_that_does_not_fit_suggests_tensor_parallelism() -> None:
     assert not plan.fits and plan.suggestion == "--tp 4 (4 GPUs)"
     assert plan_memory(spec, mode="serve", batch=4, seq=32768, tp=4).fits
     assert not plan_memory(spec, mode="serve", batch=4, seq=32768, tp=2).fits
+
+
+def test_selective_checkpointing_wraps_every_other_block_and_keeps_the_gradients() -> None:
+    """`every=2` checkpoints blocks 0, 2, ... (what the plan's `selective` counts); gradients are unchanged."""
+    from archspec.distributed import ParallelismError, blocks, enable_activation_checkpointing
+
+    spec = archspec.spec_from_dict(
+        dict(
+            name="t",
+            vocab_size=32,
+            d_model=16,
+            n_layers=4,
+            context_length=16,
+            attention={"heads": 2},
+            position="rope",
+            norm="rmsnorm",
+            mlp={"activation": "swiglu", "d_ff": 24},
+        )  # fmt: skip
+    )
+    torch.manual_seed(0)
+    plain, selective = archspec.build(spec, dtype=torch.float64), archspec.build(spec, dtype=torch.float64)
+    selective.load_state_dict(plain.state_dict())
+    enable_activation_checkpointing(selective, every=2)
+    assert [getattr(b, "_archspec_checkpointed", False) for b in blocks(selective)] == [True, False, True, False]
+    ids = torch.randint(0, 32, (2, 9))
+    for model in (plain, selective):
+        model(ids, labels=ids).loss.backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), selective.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12, msg=name)
+    with pytest.raises(ParallelismError, match="at least 1"):
+        enable_activation_checkpointing(plain, every=0)
